@@ -1,0 +1,226 @@
+"""The ``ichnode`` command line: thin typer commands that parse and call the library."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ichnode.errors import IchnodeError
+
+app = typer.Typer(
+    name="ichnode",
+    help="A DICOM node that triages head CT for intracranial hemorrhage.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+_state = {"debug": False}
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="Config file (default: config/ichnode.toml if present)."),
+]
+DbUrlOpt = Annotated[
+    str | None,
+    typer.Option("--db-url", help="Database URL (sqlite:///... or postgresql+psycopg://...)."),
+]
+StoreOpt = Annotated[Path | None, typer.Option("--store", help="Folder of received files.")]
+DeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")
+]
+ModelOpt = Annotated[
+    Path | None, typer.Option("--model", help="Checkpoint (default: the bundled demo model).")
+]
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")
+    ] = "INFO",
+) -> None:
+    _state["debug"] = debug
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+# --------------------------------------------------------------------------- machine learning
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="Output folder (RSNA layout).")],
+    studies: Annotated[int, typer.Option("--studies", min=1, help="Number of studies.")] = 10,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same files).")] = 0,
+    size: Annotated[int, typer.Option("--size", min=64, help="Rows and columns.")] = 512,
+    valid_uids: Annotated[
+        bool,
+        typer.Option(
+            "--valid-uids", help="Write numeric DICOM UIDs instead of RSNA's ID_... ones."
+        ),
+    ] = False,
+) -> None:
+    """Write synthetic head-CT phantoms in the RSNA training layout."""
+    from training.synth import generate
+
+    summary = generate(out, studies=studies, seed=seed, size=size, valid_uids=valid_uids)
+    typer.echo(summary)
+
+
+@app.command()
+def train(
+    data: Annotated[
+        Path, typer.Option("--data", help="RSNA-layout folder (CSV + stage_2_train/).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, split, log.")],
+    architecture: Annotated[
+        str, typer.Option("--arch", help="Registered architecture.")
+    ] = "ichnet",
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 5,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
+    image_size: Annotated[int, typer.Option("--image-size", min=32)] = 224,
+    windows: Annotated[
+        str,
+        typer.Option(
+            "--windows", help="'stack', 'single', or names/CENTER/WIDTH, comma-separated."
+        ),
+    ] = "stack",
+    device: Annotated[
+        str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")
+    ] = "auto",
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Data loader processes.")] = 0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    balanced: Annotated[
+        bool, typer.Option("--balanced/--no-balanced", help="Balanced sampling per subtype.")
+    ] = True,
+    weighted_loss: Annotated[
+        bool, typer.Option("--weighted-loss", help="Weight the loss by the competition weights.")
+    ] = False,
+    augment: Annotated[
+        bool, typer.Option("--augment/--no-augment", help="Flips, rotations, scales, jitter.")
+    ] = True,
+    cache: Annotated[
+        Path | None,
+        typer.Option("--cache", help="Preprocessed-array cache (default OUT/cache)."),
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.pt.")] = False,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Use at most this many slices (quick runs).")
+    ] = None,
+) -> None:
+    """Train a model on RSNA-layout data; saves the best checkpoint by validation loss."""
+    from training.loop import TrainConfig, run
+
+    cfg = TrainConfig(
+        data=data,
+        out=out,
+        architecture=architecture,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        image_size=image_size,
+        windows=windows,
+        device=device,
+        workers=workers,
+        seed=seed,
+        balanced=balanced,
+        weighted_loss=weighted_loss,
+        augment=augment,
+        cache=cache,
+        resume=resume,
+        limit=limit,
+    )
+    best = run(cfg)
+    typer.echo(f"best checkpoint: {best}")
+
+
+@app.command()
+def evaluate(
+    data: Annotated[Path, typer.Option("--data", help="RSNA-layout folder or a training run's.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Report folder (report.json, report.md, PNGs).")
+    ],
+    model: ModelOpt = None,
+    split: Annotated[
+        Path | None,
+        typer.Option(
+            "--split", help="A training run's split.json: evaluate its test patients only."
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option("--device")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+) -> None:
+    """Evaluate a checkpoint: per-subtype metrics, weighted log loss, plots."""
+    from training.evaluate import evaluate as run_evaluation
+
+    report = run_evaluation(
+        data=data, model=model, out=out, split=split, device=device, batch_size=batch_size
+    )
+    typer.echo(report.summary_text())
+
+
+@app.command()
+def predict(
+    files: Annotated[list[Path], typer.Argument(help="DICOM files to score.")],
+    model: ModelOpt = None,
+    device: Annotated[str, typer.Option("--device")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    png: Annotated[
+        Path | None,
+        typer.Option("--png", help="Write annotated brain-window PNGs (a file, or a folder)."),
+    ] = None,
+) -> None:
+    """Score slices: six probabilities each, the predicted subtypes and the top subtype."""
+    from ichnode.predict import predict_paths, render_json, render_table
+
+    rows = predict_paths(files, model=model, device=device, png=png)
+    if as_json:
+        typer.echo(render_json(rows))
+    else:
+        render_table(rows)
+    if any(r.error for r in rows):
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Console entry point: one-line errors, no tracebacks unless ``--debug``."""
+    try:
+        app(standalone_mode=False)
+    except IchnodeError as exc:
+        _fail(str(exc), exc)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors and anything unexpected
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        _fail(f"{type(exc).__name__}: {exc}", exc)
+
+
+def _fail(message: str, exc: BaseException) -> None:
+    if _state["debug"]:
+        import traceback
+
+        traceback.print_exception(exc)
+    typer.echo(f"error: {message.splitlines()[0] if message else type(exc).__name__}", err=True)
+    sys.exit(2)
+
+
+__all__ = ["app", "main", "json"]

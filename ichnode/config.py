@@ -1,0 +1,244 @@
+"""Settings: defaults < ``config/ichnode.toml`` (or ``--config``) < ``ICHNODE_*`` env < CLI flags.
+
+One :class:`Settings` object, validated once at start. Nested sections are TOML tables
+(``[http]``, ``[selection]``, ``[[destinations]]``) and ``ICHNODE_SECTION__KEY`` variables.
+An invalid value is a :class:`~ichnode.errors.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from ichnode.errors import ConfigError
+
+#: Where ``ichnode`` looks for a config file when ``--config`` is not given.
+DEFAULT_CONFIG_FILE = Path("config/ichnode.toml")
+CONFIG_ENV = "ICHNODE_CONFIG"
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash, ≤ 16
+
+
+def _check_ae_title(value: str) -> str:
+    value = value.strip()
+    if not _AE_TITLE.match(value) or not value:
+        raise ValueError("an AE title is 1-16 printable characters without backslash")
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SelectionSettings(_Section):
+    """Which received CT slices are scored; the others are recorded as skipped with a reason."""
+
+    image_type_exclude: list[str] = Field(
+        default_factory=lambda: ["LOCALIZER"],
+        description="Skip images whose ImageType contains any of these values.",
+    )
+    image_type_include: list[str] = Field(
+        default_factory=list,
+        description="If not empty, score only images whose ImageType contains one of these.",
+    )
+    series_description_exclude: str = Field(
+        r"(?i)\b(scout|topogram|localizer|surview|scanogram|dose|screen ?save|mip|3d)\b",
+        description="Regex: skip series whose SeriesDescription matches.",
+    )
+    protocol_name_exclude: str = Field(
+        r"(?i)\b(chest|thorax|abdomen|pelvis|spine|cardiac|lung)\b",
+        description="Regex: skip series whose ProtocolName matches.",
+    )
+    body_part_include: str = Field(
+        r"(?i)^(|head|brain|skull|headneck|head_neck|cranium)$",
+        description="Regex BodyPartExamined must match (empty value allowed by default).",
+    )
+    orientation_tolerance_deg: float = Field(
+        20.0, ge=0, le=90, description="Max angle between the slice normal and the z axis."
+    )
+    skip_duplicate_positions: bool = Field(
+        True, description="Skip a slice at the same z as an already received one of its series."
+    )
+
+    @field_validator("series_description_exclude", "protocol_name_exclude", "body_part_include")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+class HTTPSettings(_Section):
+    """The HTTP API and worklist page."""
+
+    enabled: bool = True
+    bind: str = "127.0.0.1:8080"
+    token: str | None = None
+
+
+class TLSSettings(_Section):
+    """DICOM TLS for the listening port."""
+
+    enabled: bool = False
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+    require_client_cert: bool = False
+
+
+class Destination(_Section):
+    """A DICOM node that receives ichnode's report objects."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    objects: list[Literal["sr", "summary", "kos"]] = Field(
+        default_factory=lambda: ["sr", "summary"]
+    )
+    tls: bool = False
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+
+class Settings(BaseSettings):
+    """Every setting ichnode has, with a default that works on one machine."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ICHNODE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    # -- DICOM listener
+    ae_title: str = "ICHNODE"
+    bind: str = "127.0.0.1"
+    port: int = Field(11112, ge=1, le=65535)
+    max_associations: int = Field(10, ge=1)
+    max_pdu: int = Field(262144, ge=0, description="Max PDU we advertise (0 = unlimited).")
+    accept_other_objects: bool = Field(
+        True, description="Accept non-CT storage objects (recorded as skipped) instead of failing."
+    )
+    require_called_ae: bool = True
+    calling_ae_allow: list[str] = Field(default_factory=list)
+    max_instance_bytes: int = Field(256 * 1024 * 1024, ge=1)
+    min_free_bytes: int = Field(512 * 1024 * 1024, ge=0)
+    network_timeout: float = Field(60.0, gt=0)
+    idle_timeout: float = Field(120.0, gt=0)
+    tls: TLSSettings = Field(default_factory=TLSSettings)
+
+    # -- storage
+    db_url: str = "sqlite:///var/ichnode.db"
+    store: Path = Path("var/store")
+    auto_upgrade: bool = Field(True, description="Bring the schema up to date at start.")
+
+    # -- inference
+    model: Path | None = Field(None, description="Checkpoint; empty = the bundled demo model.")
+    device: str = "auto"
+    workers: int = Field(1, ge=0)
+    batch_size: int = Field(16, ge=1, le=1024)
+    lease_seconds: float = Field(120.0, gt=0)
+    torch_threads: int = Field(0, ge=0, description="0 = torch's default.")
+
+    # -- studies
+    stable_seconds: float = Field(10.0, ge=0)
+
+    # -- results delivery
+    destinations: list[Destination] = Field(default_factory=list)
+    return_to_sender: dict[str, int] = Field(default_factory=dict)
+    delivery_max_attempts: int = Field(10, ge=1)
+    delivery_backoff_seconds: float = Field(5.0, gt=0)
+
+    selection: SelectionSettings = Field(default_factory=SelectionSettings)
+    http: HTTPSettings = Field(default_factory=HTTPSettings)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+    @field_validator("calling_ae_allow")
+    @classmethod
+    def _allow(cls, value: list[str]) -> list[str]:
+        return [_check_ae_title(v) for v in value]
+
+    @field_validator("db_url")
+    @classmethod
+    def _db_url(cls, value: str) -> str:
+        if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", value):
+            raise ValueError("expected sqlite:///PATH or postgresql+psycopg://USER@HOST/DB")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.match(r"^(auto|cpu|mps|cuda(:\d+)?)$", value):
+            raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def config_path(config: str | Path | None = None) -> Path | None:
+    """The config file in effect: ``--config``, else ``$ICHNODE_CONFIG``, else the default."""
+    if config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    if os.environ.get(CONFIG_ENV):
+        return config_path(os.environ[CONFIG_ENV])
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "settings"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        parts.append(f"{key}: {msg}")
+    return "invalid setting " + "; ".join(parts)
+
+
+def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load settings; ``overrides`` (CLI flags) left as ``None`` do not override."""
+    path = config_path(config)
+    flags = {k: v for k, v in overrides.items() if v is not None}
+
+    class _FileSettings(Settings):
+        model_config = SettingsConfigDict(toml_file=path)
+
+    try:
+        loaded = _FileSettings(**flags) if path else Settings(**flags)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    return Settings.model_validate(loaded.model_dump())

@@ -1,0 +1,23 @@
+"""Exceptions that carry a message meant for the user (one line, no traceback)."""
+
+from __future__ import annotations
+
+
+class IchnodeError(Exception):
+    """Base class: the CLI prints ``error: <message>`` and exits non-zero."""
+
+
+class ConfigError(IchnodeError):
+    """A setting is missing or invalid."""
+
+
+class ImagingError(IchnodeError):
+    """A dataset cannot be turned into model input (no pixels, undecodable, not CT...)."""
+
+
+class CheckpointError(IchnodeError):
+    """A checkpoint cannot be loaded: wrong format, unknown architecture, wrong labels."""
+
+
+class DeviceError(IchnodeError):
+    """The requested compute device is not present."""

@@ -1,0 +1,270 @@
+"""Model architectures behind one registry, and the checkpoint format.
+
+A checkpoint is one ``.safetensors`` file: the weights as tensors, and in its metadata header a
+JSON document (key ``ichnode``) with the architecture, the preprocessing spec, the label order,
+per-subtype calibration and thresholds, and the training summary. Loading never unpickles: a
+file that is not safetensors is refused. The sha256 of the weights is the model's identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ichnode.errors import CheckpointError
+from ichnode.imaging import PreprocessSpec
+from ichnode.subtypes import SUBTYPES
+
+FORMAT_VERSION = 1
+METADATA_KEY = "ichnode"
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {}
+
+#: The default architecture for ``ichnode train`` and the shipped demo model.
+DEFAULT_ARCHITECTURE = "ichnet"
+
+
+def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: make an architecture constructible by name."""
+
+    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
+        ARCHITECTURES[name] = cls
+        return cls
+
+    return wrap
+
+
+def build(name: str, in_channels: int = 3, num_classes: int = len(SUBTYPES)) -> nn.Module:
+    """A fresh model of a registered architecture."""
+    try:
+        factory = ARCHITECTURES[name]
+    except KeyError:
+        known = ", ".join(sorted(ARCHITECTURES))
+        raise CheckpointError(f"unknown architecture {name!r}; known: {known}") from None
+    return factory(in_channels=in_channels, num_classes=num_classes)
+
+
+@register("simplecnn")
+class SimpleCNN(nn.Module):
+    """The seed network: conv 3→16 (3×3), conv 16→32, two fully connected layers to 6 logits.
+
+    Each conv is followed by ReLU and 2×2 max pooling; an adaptive average pool to 8×8 before
+    the fully connected layers keeps the checkpoint small for any input size.
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 6, hidden: int = 128) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
+        self.pool = nn.AdaptiveAvgPool2d((8, 8))
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(32 * 8 * 8, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x)))
+
+
+def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+@register("ichnet")
+class ICHNet(nn.Module):
+    """A small deeper CNN with batch norm and global pooling (the default; ~1 M parameters).
+
+    A stride-2 stem, four stages of two conv-BN-ReLU layers (the first of each stage strided),
+    global average pooling and a dropout + linear head. ``features`` ends in the last conv
+    block, which Grad-CAM uses for saliency.
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 6, width: int = 24) -> None:
+        super().__init__()
+        chans = [width, width * 2, width * 4, width * 8, width * 12]
+        layers: list[nn.Module] = [_conv_bn(in_channels, chans[0], stride=2)]
+        for cin, cout in zip(chans[:-1], chans[1:], strict=True):
+            layers += [_conv_bn(cin, cout, stride=2), _conv_bn(cout, cout)]
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.2), nn.Linear(chans[-1], num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x)))
+
+
+@dataclass
+class Calibration:
+    """Per-subtype Platt scaling of logits: ``p = sigmoid(scale * logit + bias)``.
+
+    Fitted on the validation split at its natural prevalence, it also undoes the prior shift
+    that balanced sampling puts into the raw outputs.
+    """
+
+    scale: list[float] = field(default_factory=lambda: [1.0] * len(SUBTYPES))
+    bias: list[float] = field(default_factory=lambda: [0.0] * len(SUBTYPES))
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        scale = torch.tensor(self.scale, dtype=logits.dtype, device=logits.device)
+        bias = torch.tensor(self.bias, dtype=logits.dtype, device=logits.device)
+        return torch.sigmoid(logits * scale + bias)
+
+
+@dataclass
+class Checkpoint:
+    """A loaded model with everything needed to serve it faithfully."""
+
+    model: nn.Module
+    architecture: str
+    spec: PreprocessSpec
+    labels: tuple[str, ...] = SUBTYPES
+    thresholds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SUBTYPES, 0.5))
+    calibration: Calibration = field(default_factory=Calibration)
+    summary: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""
+
+    @property
+    def model_id(self) -> str:
+        """Short identity used in DB rows, logs and reports: ``<architecture>-<sha256[:12]>``."""
+        return f"{self.architecture}-{self.sha256[:12]}"
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "architecture": self.architecture,
+            "preprocessing": self.spec.to_dict(),
+            "labels": list(self.labels),
+            "thresholds": self.thresholds,
+            "calibration": {"scale": self.calibration.scale, "bias": self.calibration.bias},
+            "summary": self.summary,
+        }
+
+
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the weights (names, shapes, dtypes and bytes, in name order)."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        digest.update(
+            t.numpy().tobytes()
+            if t.dtype != torch.bfloat16
+            else t.view(torch.int16).numpy().tobytes()
+        )
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> str:
+    """Write ``ckpt`` as safetensors + JSON metadata; returns (and sets) the weights' sha256."""
+    state = {k: v.detach().cpu().contiguous() for k, v in ckpt.model.state_dict().items()}
+    ckpt.sha256 = weights_sha256(state)
+    meta = ckpt.metadata() | {"sha256": ckpt.sha256}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
+    tmp.replace(path)
+    return ckpt.sha256
+
+
+def _finite(values: list[Any], what: str) -> list[float]:
+    out = [float(v) for v in values]
+    if len(out) != len(SUBTYPES) or not all(math.isfinite(v) for v in out):
+        raise CheckpointError(f"checkpoint {what} must be {len(SUBTYPES)} finite numbers")
+    return out
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint without executing code; clear errors for anything unexpected."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            raw_meta = (f.metadata() or {}).get(METADATA_KEY)
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open API
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path.name} is not an ichnode checkpoint (safetensors expected; pickled "
+            f"checkpoints are refused because loading them can run code): {exc}"
+        ) from None
+    if raw_meta is None:
+        raise CheckpointError(f"{path.name} has no ichnode metadata")
+    try:
+        meta = json.loads(raw_meta)
+        labels = tuple(meta["labels"])
+        if labels != SUBTYPES:
+            raise CheckpointError(
+                f"{path.name} predicts labels {list(labels)}, but this ichnode expects "
+                f"{list(SUBTYPES)}"
+            )
+        spec = PreprocessSpec.from_dict(meta["preprocessing"])
+        architecture = str(meta["architecture"])
+        thresholds = {name: float(meta["thresholds"][name]) for name in SUBTYPES}
+        calibration = Calibration(
+            scale=_finite(meta["calibration"]["scale"], "calibration scale"),
+            bias=_finite(meta["calibration"]["bias"], "calibration bias"),
+        )
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path.name} has malformed ichnode metadata: {exc!r}") from None
+    model = build(architecture, in_channels=spec.channels)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{path.name}: weights do not fit {architecture}: {first}") from None
+    sha = weights_sha256(state)
+    if meta.get("sha256") and meta["sha256"] != sha:
+        raise CheckpointError(f"{path.name}: weights do not match their recorded sha256")
+    model.eval().to(device)
+    return Checkpoint(
+        model=model,
+        architecture=architecture,
+        spec=spec,
+        labels=labels,
+        thresholds=thresholds,
+        calibration=calibration,
+        summary=dict(meta.get("summary", {})),
+        sha256=sha,
+    )
+
+
+def demo_model_path() -> Path:
+    """The demo checkpoint shipped inside the package."""
+    return Path(str(resources.files("ichnode") / "models" / "demo.safetensors"))
+
+
+@torch.inference_mode()
+def predict_proba(ckpt: Checkpoint, batch: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Calibrated probabilities ``(N, 6)`` for a preprocessed batch ``(N, C, S, S)``."""
+    param = next(ckpt.model.parameters())
+    x = torch.as_tensor(batch).to(device=param.device, dtype=param.dtype)
+    return ckpt.calibration.apply(ckpt.model(x).float()).cpu().numpy()
