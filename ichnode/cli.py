@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -33,9 +33,7 @@ DbUrlOpt = Annotated[
     typer.Option("--db-url", help="Database URL (sqlite:///... or postgresql+psycopg://...)."),
 ]
 StoreOpt = Annotated[Path | None, typer.Option("--store", help="Folder of received files.")]
-DeviceOpt = Annotated[
-    str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")
-]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 ModelOpt = Annotated[
     Path | None, typer.Option("--model", help="Checkpoint (default: the bundled demo model).")
 ]
@@ -53,6 +51,9 @@ def _root(
         level=getattr(logging, log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Third-party chatter stays out of the node's log unless debugging.
+    for noisy in ("alembic", "pynetdicom"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
 # --------------------------------------------------------------------------- machine learning
@@ -194,6 +195,121 @@ def predict(
         raise typer.Exit(1)
 
 
+# --------------------------------------------------------------------------- the node
+
+
+def _settings(config: Path | None, **flags: object):  # noqa: ANN202
+    from ichnode.config import load_settings
+
+    return load_settings(config, **flags)
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    ae_title: Annotated[str | None, typer.Option("--ae-title", help="Our AE title.")] = None,
+    bind: Annotated[str | None, typer.Option("--bind", help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="DICOM port.")] = None,
+    db_url: DbUrlOpt = None,
+    store: StoreOpt = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="In-process worker threads (0: none).")
+    ] = None,
+    stable_seconds: Annotated[
+        float | None,
+        typer.Option("--stable-seconds", help="Quiet time before a study is resulted."),
+    ] = None,
+) -> None:
+    """Run the DICOM node: receive CT, score every slice, result every study."""
+    from ichnode.node.server import serve as run_node
+
+    settings = _settings(
+        config,
+        ae_title=ae_title,
+        bind=bind,
+        port=port,
+        db_url=db_url,
+        store=store,
+        model=model,
+        device=device,
+        workers=workers,
+        stable_seconds=stable_seconds,
+    )
+    logging.getLogger().setLevel(settings.log_level)
+    run_node(settings)
+
+
+@app.command()
+def worker(
+    config: ConfigOpt = None,
+    db_url: DbUrlOpt = None,
+    store: StoreOpt = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+    torch_threads: Annotated[
+        int | None, typer.Option("--torch-threads", min=0, help="0: torch's default.")
+    ] = None,
+    exit_when_empty: Annotated[
+        bool, typer.Option("--exit-when-empty", help="Stop once the queue is empty.")
+    ] = False,
+) -> None:
+    """Run one worker process against the configured database and store."""
+    from ichnode.node.standalone import run_worker
+
+    settings = _settings(
+        config,
+        db_url=db_url,
+        store=store,
+        model=model,
+        device=device,
+        batch_size=batch_size,
+        torch_threads=torch_threads,
+    )
+    run_worker(settings, exit_when_empty=exit_when_empty)
+
+
+@app.command()
+def results(
+    config: ConfigOpt = None,
+    db_url: DbUrlOpt = None,
+    study: Annotated[
+        str | None, typer.Option("--study", help="Show one study with every slice.")
+    ] = None,
+    flagged: Annotated[
+        bool, typer.Option("--flagged", help="Only studies flagged for hemorrhage.")
+    ] = False,
+    since: Annotated[
+        datetime | None,
+        typer.Option("--since", help="Only studies received since (ISO date/time, UTC)."),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
+    fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+) -> None:
+    """List studies and their results (newest first), or one study in detail."""
+    from ichnode.results_view import show_results
+
+    if fmt not in ("table", "json", "csv"):
+        raise typer.BadParameter("expected table, json or csv", param_hint="--format")
+    settings = _settings(config, db_url=db_url)
+    show_results(settings, study=study, flagged=flagged, since=since, limit=limit, fmt=fmt)
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOpt = None, db_url: DbUrlOpt = None) -> None:
+    """Bring the database schema up to date (Alembic migrations)."""
+    from ichnode.db import migrate
+    from ichnode.db.engine import make_engine
+    from ichnode.node.server import display_url
+
+    settings = _settings(config, db_url=db_url)
+    engine = make_engine(settings.db_url)
+    migrate.upgrade(engine)
+    typer.echo(f"database {display_url(settings.db_url)} is at {migrate.current_revision(engine)}")
+
+
 def main() -> None:
     """Console entry point: one-line errors, no tracebacks unless ``--debug``."""
     try:
@@ -221,6 +337,3 @@ def _fail(message: str, exc: BaseException) -> None:
         traceback.print_exception(exc)
     typer.echo(f"error: {message.splitlines()[0] if message else type(exc).__name__}", err=True)
     sys.exit(2)
-
-
-__all__ = ["app", "main", "json"]

@@ -23,7 +23,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         dev = torch.device(name)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise DeviceError(
-                f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+                f"device {name!r} requested but only "
+                f"{torch.cuda.device_count()} CUDA device(s) exist"
             )
         return dev
     if name == "mps":

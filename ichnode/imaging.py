@@ -143,7 +143,8 @@ def check_ct(ds: Dataset) -> None:
 
 def _pixels(ds: Dataset) -> np.ndarray:
     """Stored values of the first frame, decoded by pydicom's handlers (pylibjpeg & co)."""
-    tsyntax = ds.file_meta.get("TransferSyntaxUID") if "file_meta" in ds else None
+    meta = getattr(ds, "file_meta", None)
+    tsyntax = meta.get("TransferSyntaxUID") if meta is not None else None
     try:
         arr = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - every decoder failure means the same to us

@@ -47,3 +47,56 @@ def index(name: str) -> int:
         raise ValueError(
             f"unknown subtype {name!r}; expected one of {', '.join(SUBTYPES)}"
         ) from None
+
+
+# --- SNOMED CT concepts ---------------------------------------------------------------------
+#
+# One SNOMED CT concept per label, for coded reports (DICOM SR). A code is listed here only if
+# it was confirmed in a published source; each is cited. Where no code could be confirmed the
+# entry is ``None`` and reports fall back to ichnode's local coding scheme (``99ICHNODE``),
+# which is honest rather than a guessed code. See docs/report.md for the search record.
+
+
+class SnomedConcept:
+    """A SNOMED CT concept: code value, meaning (FSN without the semantic tag) and its source."""
+
+    __slots__ = ("code", "meaning", "source")
+
+    def __init__(self, code: str, meaning: str, source: str) -> None:
+        self.code = code
+        self.meaning = meaning
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"SnomedConcept({self.code!r}, {self.meaning!r})"
+
+
+SNOMED_CT: dict[str, SnomedConcept | None] = {
+    # 1386000 |Intracranial hemorrhage (disorder)|: DICOM PS3.16 concept list as shipped in
+    # pydicom 3 (pydicom/sr/_concepts_dict.py, SCT "IntracranialHemorrhage"); also used with
+    # this display in the fhir.resources tests of the HL7 FHIR EvidenceVariable examples.
+    ANY: SnomedConcept("1386000", "Intracranial hemorrhage", "DICOM PS3.16 via pydicom 3"),
+    # 21454007 |Subarachnoid intracranial hemorrhage (disorder)|: tx.fhir.org expansion
+    # (SNOMED CT International 2025-02-01) of the Stroke Diagnosis ValueSet,
+    # tecnomod-um/SK-FHIR-IG ValueSet-stroke-diagnosis-vs.
+    SUBARACHNOID: SnomedConcept(
+        "21454007",
+        "Subarachnoid intracranial hemorrhage",
+        "tx.fhir.org expansion, SNOMED CT Intl 2025-02-01 (tecnomod-um/SK-FHIR-IG)",
+    ),
+    # 274100004 |Cerebral hemorrhage (disorder)| (intracerebral = intraparenchymal): the same
+    # tx.fhir.org expansion; also OHDSI concept 376713 "Cerebral hemorrhage" (OHDSI/Legend).
+    INTRAPARENCHYMAL: SnomedConcept(
+        "274100004",
+        "Cerebral hemorrhage",
+        "tx.fhir.org expansion, SNOMED CT Intl 2025-02-01 (tecnomod-um/SK-FHIR-IG)",
+    ),
+    # NOT CONFIRMED: 35486000 appears for subdural hemorrhage in two public repositories
+    # (no terminology-server page or DICOM/HL7 publication found); left out until verified.
+    SUBDURAL: None,
+    # NOT CONFIRMED: no published source found for epidural (extradural) hemorrhage.
+    EPIDURAL: None,
+    # NOT CONFIRMED: sources disagree for intraventricular hemorrhage (274110009 in one
+    # repository; 71186008, also seen, is croup); left out.
+    INTRAVENTRICULAR: None,
+}

@@ -1,0 +1,5 @@
+"""``python -m ichnode``: the same as the ``ichnode`` command."""
+
+from ichnode.cli import main
+
+main()

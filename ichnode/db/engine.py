@@ -1,0 +1,101 @@
+"""Engine and session setup for SQLite and PostgreSQL.
+
+Create **one engine per process** (at start-up, from the settings' ``db_url``) and share it
+between threads; every thread or task takes its own ``Session`` from :func:`make_sessionmaker`.
+Never create an engine per call or per C-STORE: an engine is a connection pool. A process that
+forks must call ``engine.dispose(close=False)`` in the child before using it; spawned processes
+(``ichnode worker``) create their own.
+
+SQLite: WAL journal (readers do not block the writer), ``synchronous=FULL`` (a committed row
+survives power loss: the node answers C-STORE Success only after the commit), a 30 s busy
+timeout (writers queue instead of failing), foreign keys enforced. The pysqlite driver's own
+transaction handling is kept: it opens a transaction at the first INSERT/UPDATE/DELETE, so a
+write transaction takes the write lock at that statement, where the busy timeout applies.
+
+PostgreSQL: psycopg 3 with ``pool_pre_ping`` (connections survive a server restart).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import Session, sessionmaker
+
+from ichnode.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: How long a SQLite writer waits for the lock before failing.
+SQLITE_BUSY_TIMEOUT_S = 30.0
+#: Pragmas set on every SQLite connection.
+SQLITE_PRAGMAS: tuple[tuple[str, str], ...] = (
+    ("journal_mode", "WAL"),
+    ("synchronous", "FULL"),
+    ("busy_timeout", str(int(SQLITE_BUSY_TIMEOUT_S * 1000))),
+    ("foreign_keys", "ON"),
+)
+POSTGRES_DRIVER = "postgresql+psycopg"
+
+
+def parse_url(url: str | URL) -> URL:
+    """Parse and normalise a database URL (plain ``postgresql://`` means psycopg 3)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"invalid database URL: {exc}") from None
+    backend = parsed.get_backend_name()
+    if backend == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername=POSTGRES_DRIVER)
+    elif backend not in ("sqlite", "postgresql"):
+        raise ConfigError(f"unsupported database {backend!r}; use sqlite:/// or postgresql://")
+    return parsed
+
+
+def make_engine(url: str | URL, **kwargs: Any) -> Engine:
+    """The process's engine for ``url`` (``sqlite:///PATH`` or ``postgresql+psycopg://...``).
+
+    For a SQLite file, its folder is created. ``kwargs`` go to ``create_engine``.
+    """
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, **kwargs)
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(parsed, **kwargs)
+
+
+def _sqlite_engine(url: URL, **kwargs: Any) -> Engine:
+    database = url.database or ""
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    connect_args = dict(kwargs.pop("connect_args", {}))
+    connect_args.setdefault("check_same_thread", False)
+    connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_S)
+    engine = create_engine(url, connect_args=connect_args, **kwargs)
+    event.listen(engine, "connect", _set_sqlite_pragmas)
+    return engine
+
+
+def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        for name, value in SQLITE_PRAGMAS:
+            cursor.execute(f"PRAGMA {name}={value}")
+    finally:
+        cursor.close()
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions whose objects stay readable after commit (``expire_on_commit=False``)."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def is_postgresql(bind: Engine | Session | Any) -> bool:
+    """Whether ``bind`` (an engine, connection or session) talks to PostgreSQL."""
+    if isinstance(bind, Session):
+        bind = bind.get_bind()
+    return bind.dialect.name == "postgresql"

@@ -1,0 +1,182 @@
+"""Recording received instances: the study, series and instance rows of one C-STORE.
+
+Callers own the transaction. Upserts of studies and series are race-safe across concurrent
+associations (``INSERT ... ON CONFLICT DO NOTHING`` then ``SELECT``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from pydicom.dataset import Dataset
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from ichnode.db.models import Instance, InstanceStatus, Series, Study, StudyStatus
+
+#: Two slices of one series closer than this along the normal are "the same position" (mm).
+SAME_POSITION_MM = 0.01
+
+
+def _text(ds: Dataset, keyword: str, limit: int = 64) -> str | None:
+    try:
+        value = ds.get(keyword)
+    except Exception:  # noqa: BLE001 - a malformed element is as good as absent
+        return None
+    if value is None or value == "":
+        return None
+    return str(value)[:limit]
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass
+class Received:
+    """The facts of one received instance that go into the database."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    received_at: datetime
+    calling_ae: str | None = None
+    modality: str | None = None
+    series_description: str | None = None
+    body_part: str | None = None
+    patient_id: str | None = None
+    patient_name: str | None = None
+    accession_number: str | None = None
+    study_date: str | None = None
+    study_description: str | None = None
+    instance_number: int | None = None
+    z: float | None = None
+    path: str | None = None
+    size_bytes: int | None = None
+    status: InstanceStatus = InstanceStatus.QUEUED
+    reason: str | None = None
+
+    @classmethod
+    def from_dataset(
+        cls,
+        ds: Dataset,
+        *,
+        calling_ae: str,
+        transfer_syntax: str,
+        z: float | None,
+        received_at: datetime,
+    ) -> Received:
+        return cls(
+            study_uid=str(ds.StudyInstanceUID),
+            series_uid=str(ds.SeriesInstanceUID),
+            sop_uid=str(ds.SOPInstanceUID),
+            sop_class_uid=str(ds.get("SOPClassUID", "")),
+            transfer_syntax_uid=transfer_syntax,
+            received_at=received_at,
+            calling_ae=calling_ae,
+            modality=_text(ds, "Modality", 16),
+            series_description=_text(ds, "SeriesDescription"),
+            body_part=_text(ds, "BodyPartExamined", 16),
+            patient_id=_text(ds, "PatientID"),
+            patient_name=_text(ds, "PatientName", 128),
+            accession_number=_text(ds, "AccessionNumber", 16),
+            study_date=_text(ds, "StudyDate", 8),
+            study_description=_text(ds, "StudyDescription"),
+            instance_number=_int(ds, "InstanceNumber"),
+            z=z,
+        )
+
+
+def _insert(session: Session, model: type, **values: object):  # noqa: ANN202
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(model).values(**values).on_conflict_do_nothing()
+
+
+def mark_duplicate(session: Session, sop_uid: str, now: datetime) -> bool:
+    """If ``sop_uid`` is already recorded, count the repeat and return True (first copy kept)."""
+    result = session.execute(
+        update(Instance)
+        .where(Instance.sop_instance_uid == sop_uid)
+        .values(times_received=Instance.times_received + 1)
+    )
+    return bool(result.rowcount)
+
+
+def record_instance(
+    session: Session, r: Received, skip_duplicate_positions: bool = True
+) -> Instance:
+    """Insert the instance (and its study and series if new); reopen a resulted study."""
+    session.execute(
+        _insert(
+            session,
+            Study,
+            study_instance_uid=r.study_uid,
+            patient_id=r.patient_id,
+            patient_name=r.patient_name,
+            accession_number=r.accession_number,
+            study_date=r.study_date,
+            study_description=r.study_description,
+            calling_ae=r.calling_ae,
+            first_received_at=r.received_at,
+            last_received_at=r.received_at,
+            status=StudyStatus.RECEIVING,
+        )
+    )
+    study_id = session.scalar(select(Study.id).where(Study.study_instance_uid == r.study_uid))
+    session.execute(
+        update(Study)
+        .where(Study.id == study_id)
+        .values(last_received_at=r.received_at, status=StudyStatus.RECEIVING)
+    )
+    session.execute(
+        _insert(
+            session,
+            Series,
+            study_id=study_id,
+            series_instance_uid=r.series_uid,
+            modality=r.modality,
+            series_description=r.series_description,
+            body_part=r.body_part,
+            created_at=r.received_at,
+        )
+    )
+    series_id = session.scalar(select(Series.id).where(Series.series_instance_uid == r.series_uid))
+    status, reason = r.status, r.reason
+    if status == InstanceStatus.QUEUED and skip_duplicate_positions and r.z is not None:
+        same_z = session.scalar(
+            select(func.count())
+            .select_from(Instance)
+            .where(
+                Instance.series_id == series_id,
+                Instance.status != InstanceStatus.SKIPPED,
+                func.abs(Instance.z - r.z) < SAME_POSITION_MM,
+            )
+        )
+        if same_z:
+            status, reason = InstanceStatus.SKIPPED, "duplicate slice position"
+    instance = Instance(
+        study_id=study_id,
+        series_id=series_id,
+        sop_instance_uid=r.sop_uid,
+        sop_class_uid=r.sop_class_uid,
+        transfer_syntax_uid=r.transfer_syntax_uid,
+        path=r.path,
+        size_bytes=r.size_bytes,
+        z=r.z,
+        instance_number=r.instance_number,
+        status=status,
+        reason=reason,
+        received_at=r.received_at,
+    )
+    session.add(instance)
+    session.flush()
+    return instance

@@ -1,0 +1,1 @@
+"""The DICOM node: C-STORE SCP, workers, study monitor, outbox."""

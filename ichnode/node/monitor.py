@@ -1,0 +1,172 @@
+"""The study monitor: when a study has stopped arriving and every slice is done, result it.
+
+A study is stable when nothing arrived for ``stable_seconds`` and none of its instances is
+queued or claimed. Its result (max probability per subtype over the scored slices, the key
+slice with the highest ``any``, flags from the checkpoint's thresholds) is stored as a new
+version; instances arriving later reopen the study and a later pass writes the next version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import exists, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from ichnode.db.models import (
+    Instance,
+    InstanceStatus,
+    Prediction,
+    Study,
+    StudyResult,
+    StudyStatus,
+)
+from ichnode.subtypes import ANY, SUBTYPES
+
+log = logging.getLogger(__name__)
+
+PENDING = (InstanceStatus.QUEUED, InstanceStatus.CLAIMED)
+
+
+@dataclass(frozen=True)
+class ResultPolicy:
+    """How slices become a study result: the model's thresholds and id."""
+
+    thresholds: dict[str, float]
+    model_id: str
+
+
+def stable_studies(session: Session, before: datetime) -> list[int]:
+    """Ids of receiving studies quiet since ``before`` with no instance left to score."""
+    pending = exists().where(Instance.study_id == Study.id, Instance.status.in_(PENDING))
+    return list(
+        session.scalars(
+            select(Study.id).where(
+                Study.status == StudyStatus.RECEIVING,
+                Study.last_received_at <= before,
+                ~pending,
+            )
+        )
+    )
+
+
+def compute_result(session: Session, study_id: int, policy: ResultPolicy) -> StudyResult | None:
+    """Write the next result version of a stable study; None if it changed meanwhile."""
+    study = session.get(Study, study_id)
+    if study is None or study.status != StudyStatus.RECEIVING:
+        return None
+    seen_last = study.last_received_at
+    rows = session.execute(
+        select(Instance.id, Instance.status, Prediction)
+        .outerjoin(Prediction, Prediction.instance_id == Instance.id)
+        .where(Instance.study_id == study_id)
+        .order_by(Instance.id, Prediction.created_at)
+    ).all()
+    latest: dict[int, Prediction] = {}
+    counts = dict.fromkeys(InstanceStatus, 0)
+    instance_ids: set[int] = set()
+    for instance_id, status, prediction in rows:
+        if instance_id not in instance_ids:
+            instance_ids.add(instance_id)
+            counts[status] += 1
+        if prediction is not None:
+            latest[instance_id] = prediction  # ordered by created_at: the newest wins
+    probs = dict.fromkeys(SUBTYPES, 0.0)
+    key_instance: int | None = None
+    best_any = -1.0
+    for instance_id, prediction in latest.items():
+        p = prediction.probabilities
+        for name in SUBTYPES:
+            probs[name] = max(probs[name], p[name])
+        if p[ANY] > best_any:
+            best_any, key_instance = p[ANY], instance_id
+    flagged = [n for n in SUBTYPES if latest and probs[n] >= policy.thresholds[n]]
+    version = study.result_version + 1
+    result = StudyResult(
+        study_id=study_id,
+        version=version,
+        model_id=policy.model_id,
+        flagged=bool(flagged),
+        flagged_subtypes=",".join(flagged),
+        key_instance_id=key_instance,
+        n_instances=len(instance_ids),
+        n_scored=len(latest),
+        n_failed=counts[InstanceStatus.FAILED],
+        n_skipped=counts[InstanceStatus.SKIPPED],
+        created_at=datetime.now(UTC),
+    )
+    if latest:  # with no scored slice the probabilities stay NULL
+        result.set_probabilities([probs[n] for n in SUBTYPES])
+    # Optimistic guard: if a slice arrived since we read the study, leave it receiving.
+    changed = session.execute(
+        update(Study)
+        .where(Study.id == study_id, Study.last_received_at == seen_last)
+        .where(Study.status == StudyStatus.RECEIVING)
+        .values(status=StudyStatus.RESULTED, result_version=version)
+    ).rowcount
+    if not changed:
+        return None
+    session.add(result)
+    session.flush()
+    return result
+
+
+class Monitor:
+    """Polls for stable studies and results them; calls ``on_result`` after each commit."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker,
+        policy: ResultPolicy,
+        stable_seconds: float,
+        on_result: Callable[[int], None] | None = None,
+        interval: float = 0.25,
+    ) -> None:
+        self.sessions = sessions
+        self.policy = policy
+        self.stable_seconds = stable_seconds
+        self.on_result = on_result or (lambda result_id: None)
+        self.interval = interval
+        self.wake = threading.Event()
+
+    def run_once(self, now: datetime | None = None) -> list[int]:
+        """Result every study that is stable now; returns the new result ids."""
+        now = now or datetime.now(UTC)
+        before = now - timedelta(seconds=self.stable_seconds)
+        with self.sessions.begin() as session:
+            candidates = stable_studies(session, before)
+        done: list[int] = []
+        for study_id in candidates:
+            with self.sessions.begin() as session:
+                result = compute_result(session, study_id, self.policy)
+                if result is None:
+                    continue
+                uid = session.get(Study, study_id).study_instance_uid
+                result_id = result.id
+                log.info(
+                    "study %s resulted v%d: %d scored, %d failed, %d skipped, flagged: %s",
+                    hashlib.sha256(uid.encode()).hexdigest()[:10],
+                    result.version,
+                    result.n_scored,
+                    result.n_failed,
+                    result.n_skipped,
+                    result.flagged_subtypes or "none",
+                )
+            done.append(result_id)
+            self.on_result(result_id)
+        return done
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except SQLAlchemyError as exc:
+                reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+                log.error("monitor: database error, retrying: %s", reason)
+            stop.wait(self.interval)

@@ -1,0 +1,81 @@
+"""Which received CT slices are scored: the series-selection rules.
+
+Localizers, non-axial series, non-head CT and duplicate slice positions are recorded as
+skipped with the reason. The rules come from :class:`ichnode.config.SelectionSettings`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from ichnode.config import SelectionSettings
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a slice lies: its position along the slice normal and the normal's tilt."""
+
+    z: float | None
+    tilt_deg: float | None
+
+
+def geometry(ds: Dataset) -> Geometry:
+    """z = ImagePositionPatient projected on the slice normal (InstanceNumber may run the
+    other way); tilt = angle between the normal and the patient z axis."""
+    try:
+        iop = [float(v) for v in ds.ImageOrientationPatient]
+        ipp = [float(v) for v in ds.ImagePositionPatient]
+    except (AttributeError, TypeError, ValueError):
+        return Geometry(None, None)
+    if len(iop) != 6 or len(ipp) != 3:
+        return Geometry(None, None)
+    normal = np.cross(iop[:3], iop[3:])
+    norm = float(np.linalg.norm(normal))
+    if not math.isfinite(norm) or norm < 1e-6:
+        return Geometry(None, None)
+    normal /= norm
+    # Sign: keep the normal pointing towards +z so z grows head-wards for every scanner.
+    if normal[2] < 0:
+        normal = -normal
+    tilt = math.degrees(math.acos(min(1.0, abs(float(normal[2])))))
+    z = float(np.dot(ipp, normal))
+    return Geometry(z if math.isfinite(z) else None, tilt)
+
+
+class SelectionRules:
+    """Compiled selection settings; :meth:`skip_reason` says why a CT slice is not scored."""
+
+    def __init__(self, settings: SelectionSettings) -> None:
+        self.settings = settings
+        self._series_exclude = re.compile(settings.series_description_exclude)
+        self._protocol_exclude = re.compile(settings.protocol_name_exclude)
+        self._body_part = re.compile(settings.body_part_include)
+
+    def skip_reason(self, ds: Dataset, geo: Geometry) -> str | None:
+        """None if the slice should be scored, else a short reason."""
+        s = self.settings
+        image_type = {str(v).upper() for v in (ds.get("ImageType") or [])}
+        excluded = image_type & {v.upper() for v in s.image_type_exclude}
+        if excluded:
+            return f"ImageType {'/'.join(sorted(excluded))} excluded"
+        if s.image_type_include and not image_type & {v.upper() for v in s.image_type_include}:
+            return "ImageType not in the include list"
+        description = str(ds.get("SeriesDescription", "") or "")
+        if description and self._series_exclude.search(description):
+            return "SeriesDescription excluded"
+        protocol = str(ds.get("ProtocolName", "") or "")
+        if protocol and self._protocol_exclude.search(protocol):
+            return "ProtocolName excluded"
+        body_part = str(ds.get("BodyPartExamined", "") or "")
+        if not self._body_part.match(body_part):
+            return f"BodyPartExamined {body_part!r} is not head"
+        if geo.tilt_deg is None:
+            return "no usable ImageOrientationPatient/ImagePositionPatient"
+        if geo.tilt_deg > s.orientation_tolerance_deg:
+            return f"not axial (tilt {geo.tilt_deg:.0f} degrees)"
+        return None

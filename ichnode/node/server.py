@@ -1,0 +1,168 @@
+"""``ichnode serve``: the SCP, in-process workers and the study monitor, started together."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import ssl
+import sys
+import threading
+from collections.abc import Callable
+
+import torch
+from sqlalchemy.engine import make_url
+
+from ichnode.config import Settings, TLSSettings
+from ichnode.db import migrate, queue
+from ichnode.db.engine import make_engine, make_sessionmaker
+from ichnode.errors import ConfigError
+from ichnode.inference import Predictor
+from ichnode.node.monitor import Monitor, ResultPolicy
+from ichnode.node.scp import StorageSCP
+from ichnode.node.worker import Worker
+from ichnode.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def tls_context(tls: TLSSettings) -> ssl.SSLContext | None:
+    """The server-side TLS context of the listening port, or None when TLS is off."""
+    if not tls.enabled:
+        return None
+    if not tls.cert or not tls.key:
+        raise ConfigError("invalid setting tls: enabled needs tls.cert and tls.key")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(str(tls.cert), str(tls.key))
+        if tls.ca:
+            ctx.load_verify_locations(str(tls.ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"invalid setting tls: cannot load certificate or key: {exc}") from None
+    if tls.require_client_cert:
+        if not tls.ca:
+            raise ConfigError("invalid setting tls: require_client_cert needs tls.ca")
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def open_database(settings: Settings):  # noqa: ANN201 - (engine, sessionmaker)
+    """The process's engine and sessionmaker, with the schema upgraded or checked."""
+    engine = make_engine(settings.db_url)
+    if settings.auto_upgrade:
+        migrate.upgrade(engine)
+    else:
+        migrate.check_schema(engine)
+    return engine, make_sessionmaker(engine)
+
+
+def display_url(url: str) -> str:
+    """The database URL without its password, for the ready line and logs."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+class Node:
+    """One running node. ``start()`` returns once it accepts associations."""
+
+    def __init__(self, settings: Settings, on_result: Callable[[int], None] | None = None) -> None:
+        self.settings = settings
+        self.on_result = on_result
+        self.stop_event = threading.Event()
+        self.wake = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.workers: list[Worker] = []
+
+    def worker_ids(self) -> list[str]:
+        """Stable ids for this node's in-process workers, so a restart can reclaim their leases."""
+        host = socket.gethostname()
+        return [f"{host}:serve:{self.settings.port}:{i}" for i in range(self.settings.workers)]
+
+    def start(self) -> str:
+        s = self.settings
+        if s.torch_threads:
+            torch.set_num_threads(s.torch_threads)
+        self.engine, self.sessions = open_database(s)
+        self.store = Store(s.store, s.min_free_bytes)
+        self.predictor = Predictor(s.model, s.device)
+        ssl_context = tls_context(s.tls)
+        with self.sessions.begin() as session:
+            for wid in self.worker_ids():
+                released = queue.release(session, wid)
+                if released:
+                    log.info("released %d instances held before a restart by %s", released, wid)
+        for wid in self.worker_ids():
+            worker = Worker(
+                self.sessions,
+                self.store,
+                self.predictor,
+                batch_size=s.batch_size,
+                lease_seconds=s.lease_seconds,
+                worker_id=wid,
+                wake=self.wake,
+            )
+            self.workers.append(worker)
+            self._spawn(worker.run, f"worker-{len(self.workers)}")
+        self.monitor = Monitor(
+            self.sessions,
+            ResultPolicy(self.predictor.checkpoint.thresholds, self.predictor.model_id),
+            s.stable_seconds,
+            on_result=self.on_result,
+        )
+        self._spawn(self.monitor.run, "monitor")
+        self.scp = StorageSCP(s, self.store, self.sessions, on_stored=self.wake.set)
+        try:
+            self.scp.start(ssl_context)
+        except OSError as exc:
+            self.stop()
+            raise ConfigError(
+                f"cannot listen on {s.bind}:{s.port}: {exc.strerror or exc}"
+            ) from None
+        ready = (
+            f"ichnode ready: AE {s.ae_title} on {s.bind}:{s.port}"
+            f"{' (TLS)' if ssl_context else ''}, "
+            f"database {display_url(s.db_url)}, model {self.predictor.model_id} "
+            f"on {self.predictor.device}, {s.workers} worker(s)"
+        )
+        log.info(ready)
+        return ready
+
+    def _spawn(self, target: Callable[[threading.Event], None], name: str) -> None:
+        thread = threading.Thread(target=target, args=(self.stop_event,), name=name, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def stop(self) -> None:
+        """Stop accepting, let in-flight stores finish, release leases, stop threads."""
+        scp = getattr(self, "scp", None)
+        if scp is not None:
+            scp.shutdown()
+        self.stop_event.set()
+        self.wake.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.dispose()
+
+
+def serve(settings: Settings) -> None:
+    """Run a node until SIGTERM or SIGINT; exit cleanly."""
+    node = Node(settings)
+    stop = threading.Event()
+
+    def _signal(signum: int, _frame: object) -> None:
+        log.info("received %s: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _signal)
+    signal.signal(signal.SIGINT, _signal)
+    ready = node.start()
+    print(ready, flush=True)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        node.stop()
+        log.info("ichnode stopped")
+        sys.stdout.flush()

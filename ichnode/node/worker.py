@@ -1,0 +1,135 @@
+"""The worker loop: claim a batch, decode and preprocess, one forward pass, write predictions.
+
+Runs as threads inside ``ichnode serve`` or alone as ``ichnode worker`` against a shared
+database and store. The loop holds no SQL: claims and completions go through
+:mod:`ichnode.db.queue`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import sessionmaker
+
+from ichnode.db import queue
+from ichnode.errors import IchnodeError
+from ichnode.imaging import preprocess, read
+from ichnode.inference import Predictor
+from ichnode.store import Store
+
+log = logging.getLogger(__name__)
+
+#: Seconds to back off after a database error before trying again.
+DB_RETRY_SECONDS = 2.0
+
+
+def default_worker_id(role: str = "worker", index: int | None = None) -> str:
+    """``host:role:pid[:index]`` -- unique per live worker, readable in the database."""
+    suffix = f":{index}" if index is not None else ""
+    return f"{socket.gethostname()}:{role}:{os.getpid()}{suffix}"
+
+
+class Worker:
+    """Scores queued instances with one :class:`~ichnode.inference.Predictor`."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker,
+        store: Store,
+        predictor: Predictor,
+        *,
+        batch_size: int = 16,
+        lease_seconds: float = 120.0,
+        worker_id: str | None = None,
+        wake: threading.Event | None = None,
+        idle_wait: float = 1.0,
+        decode_threads: int = 2,
+    ) -> None:
+        self.sessions = sessions
+        self.store = store
+        self.predictor = predictor
+        self.batch_size = batch_size
+        self.lease_seconds = lease_seconds
+        self.worker_id = worker_id or default_worker_id()
+        self.wake = wake or threading.Event()
+        self.idle_wait = idle_wait
+        self._pool = ThreadPoolExecutor(max(1, decode_threads), thread_name_prefix="decode")
+        self.scored = 0
+        self.failed = 0
+
+    def _load(self, path: str | None) -> np.ndarray:
+        if not path:
+            raise IchnodeError("no stored file")
+        try:
+            return preprocess(read(self.store.path(path)), self.predictor.checkpoint.spec)
+        except (OSError, ValueError) as exc:
+            raise IchnodeError(f"cannot read stored file: {exc}") from None
+
+    def run_once(self) -> int:
+        """Claim and score one batch; returns how many instances were claimed."""
+        with self.sessions.begin() as session:
+            claimed = [
+                (i.id, i.claim_token, i.path)
+                for i in queue.claim(session, self.worker_id, self.batch_size, self.lease_seconds)
+            ]
+        if not claimed:
+            return 0
+        futures = [self._pool.submit(self._load, path) for _, _, path in claimed]
+        ready: list[tuple[int, str]] = []
+        arrays: list[np.ndarray] = []
+        failures: list[tuple[int, str, str]] = []
+        for (instance_id, token, _), fut in zip(claimed, futures, strict=True):
+            try:
+                arrays.append(fut.result())
+                ready.append((instance_id, token))
+            except IchnodeError as exc:
+                failures.append((instance_id, token, str(exc)))
+            except Exception as exc:  # noqa: BLE001 - a bad slice must not stop the worker
+                failures.append((instance_id, token, f"{type(exc).__name__}: {exc}"))
+        probs = self.predictor.scores(np.stack(arrays)) if arrays else np.empty((0, 6))
+        model_id = self.predictor.model_id
+        completions = [
+            queue.Completion(instance_id, token, model_id, [float(p) for p in row])
+            for (instance_id, token), row in zip(ready, probs, strict=True)
+        ]
+        with self.sessions.begin() as session:
+            self.scored += len(queue.complete_many(session, completions))
+            for instance_id, token, reason in failures:
+                log.warning("instance %d failed: %s", instance_id, reason)
+                if queue.fail(session, instance_id, token, reason[:500]):
+                    self.failed += 1
+        return len(claimed)
+
+    def run(self, stop: threading.Event) -> None:
+        """Loop until ``stop`` is set; sleeps on ``wake`` when the queue is empty."""
+        log.info("worker %s started (model %s)", self.worker_id, self.predictor.model_id)
+        while not stop.is_set():
+            try:
+                if self.run_once():
+                    continue
+            except SQLAlchemyError as exc:
+                reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+                log.error("worker %s: database error, retrying: %s", self.worker_id, reason)
+                stop.wait(DB_RETRY_SECONDS)
+                continue
+            self.wake.wait(self.idle_wait)
+            self.wake.clear()
+        self.release()
+        self._pool.shutdown(wait=True)
+        log.info(
+            "worker %s stopped: %d scored, %d failed", self.worker_id, self.scored, self.failed
+        )
+
+    def release(self) -> None:
+        """Give back anything this worker still holds (graceful shutdown)."""
+        try:
+            with self.sessions.begin() as session:
+                queue.release(session, self.worker_id)
+        except SQLAlchemyError:
+            log.warning("worker %s: could not release leases; they will expire", self.worker_id)

@@ -1,0 +1,115 @@
+"""The study-level result that every report object is built from.
+
+A :class:`StudyFindings` is what the monitor knows once a study is stable: one calibrated
+probability and one threshold per label, the key slice, and the identity of the model and of
+ichnode. It validates itself on construction so the builders can trust it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from pydicom.uid import UID
+
+from ichnode.errors import IchnodeError
+from ichnode.subtypes import ANY, SUBTYPES
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ReportError(IchnodeError, ValueError):
+    """A report object cannot be built from these arguments (the message names the argument)."""
+
+
+def check_uid(value: object, argument: str) -> str:
+    """``value`` as a valid DICOM UID string, or :class:`ReportError` naming ``argument``."""
+    if not isinstance(value, str) or not UID(value).is_valid:
+        raise ReportError(f"{argument} must be a valid DICOM UID, got {value!r}")
+    return value
+
+
+def _per_subtype(values: object, argument: str, *, low: float, high: float) -> dict[str, float]:
+    if not isinstance(values, dict):
+        raise ReportError(
+            f"{argument} must be a dict keyed by subtype, got {type(values).__name__}"
+        )
+    missing = [s for s in SUBTYPES if s not in values]
+    extra = [k for k in values if k not in SUBTYPES]
+    if missing or extra:
+        raise ReportError(
+            f"{argument} must have exactly the keys {', '.join(SUBTYPES)}"
+            f" (missing: {missing or 'none'}, unknown: {extra or 'none'})"
+        )
+    out: dict[str, float] = {}
+    for name in SUBTYPES:
+        try:
+            v = float(values[name])
+        except (TypeError, ValueError):
+            raise ReportError(f"{argument}[{name!r}] is not a number: {values[name]!r}") from None
+        if not (math.isfinite(v) and low <= v <= high):
+            raise ReportError(f"{argument}[{name!r}] = {v} is outside [{low}, {high}]")
+        out[name] = v
+    return out
+
+
+@dataclass(frozen=True)
+class StudyFindings:
+    """Per-subtype probabilities and thresholds of one study, with model and key-slice identity.
+
+    ``version`` counts the results of this study (1 for the first report, 2 after the study was
+    reopened, ...). ``model_sha256`` is the weights' hash (the model's identity everywhere).
+    """
+
+    probabilities: dict[str, float]
+    thresholds: dict[str, float]
+    key_sop_instance_uid: str
+    model_id: str
+    model_architecture: str
+    model_sha256: str
+    version: int
+    ichnode_version: str
+    _flagged: dict[str, bool] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        probs = _per_subtype(self.probabilities, "probabilities", low=0.0, high=1.0)
+        thr = _per_subtype(self.thresholds, "thresholds", low=0.0, high=1.0)
+        object.__setattr__(self, "probabilities", probs)
+        object.__setattr__(self, "thresholds", thr)
+        check_uid(self.key_sop_instance_uid, "key_sop_instance_uid")
+        for name in ("model_id", "model_architecture", "ichnode_version"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ReportError(f"{name} must be a non-empty string, got {value!r}")
+        if not isinstance(self.model_sha256, str) or not _SHA256.match(self.model_sha256):
+            raise ReportError(
+                f"model_sha256 must be 64 lowercase hex digits, got {self.model_sha256!r}"
+            )
+        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
+            raise ReportError(f"version must be an integer >= 1, got {self.version!r}")
+        flagged = {name: probs[name] >= thr[name] for name in SUBTYPES}
+        object.__setattr__(self, "_flagged", flagged)
+
+    @property
+    def flagged(self) -> dict[str, bool]:
+        """Per subtype: probability >= threshold."""
+        return dict(self._flagged)
+
+    @property
+    def positive(self) -> bool:
+        """True when any label (``any`` or a subtype) is flagged."""
+        return any(self._flagged.values())
+
+    @property
+    def flagged_subtypes(self) -> tuple[str, ...]:
+        """The flagged labels, in :data:`~ichnode.subtypes.SUBTYPES` order."""
+        return tuple(name for name in SUBTYPES if self._flagged[name])
+
+    def summary_line(self) -> str:
+        """One line for descriptions: ``ICH suspected: subdural, any`` or ``No ICH flagged``."""
+        if not self.positive:
+            return "No intracranial hemorrhage flagged"
+        subtypes = [s for s in self.flagged_subtypes if s != ANY]
+        what = ", ".join(subtypes) if subtypes else "unspecified subtype"
+        return f"Intracranial hemorrhage suspected ({what})"

@@ -1,0 +1,83 @@
+"""Grad-CAM saliency on the last convolutional block of a checkpoint's model.
+
+Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
+Localization", ICCV 2017: weight each channel of the last conv block's activation by the
+spatial mean of the gradient of the class logit, sum, ReLU, upsample, scale to [0, 1].
+
+Both registered architectures keep their convolutional trunk in ``model.features`` (an
+``nn.Sequential``); its last module is hooked. The hook is removed and no parameter gradient is
+left behind (``torch.autograd.grad`` on the activation only, never ``backward``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ichnode.model import Checkpoint
+from ichnode.report.findings import ReportError
+from ichnode.subtypes import ANY, SUBTYPES
+
+
+def target_layer(model: nn.Module) -> nn.Module:
+    """The module Grad-CAM hooks: the last module of ``model.features``."""
+    features = getattr(model, "features", None)
+    if not isinstance(features, nn.Sequential) or len(features) == 0:
+        raise ReportError(
+            f"{type(model).__name__} has no non-empty 'features' nn.Sequential for Grad-CAM"
+        )
+    return features[-1]
+
+
+def grad_cam(ckpt: Checkpoint, x: np.ndarray, subtype: str = ANY) -> np.ndarray:
+    """Grad-CAM map ``float32 (S, S)`` in [0, 1] of ``subtype`` for one preprocessed image.
+
+    ``x`` is the model input ``(C, S, S)`` as :func:`ichnode.imaging.preprocess` returns it.
+    Works on any device the model is on; the model is left in eval mode with no hooks and no
+    ``.grad`` set. An all-zero map means no positive evidence for ``subtype``.
+    """
+    if not isinstance(ckpt, Checkpoint):
+        raise ReportError(f"ckpt must be a Checkpoint, got {type(ckpt).__name__}")
+    if subtype not in SUBTYPES:
+        raise ReportError(f"subtype {subtype!r} is not one of {', '.join(SUBTYPES)}")
+    arr = np.asarray(x)
+    channels = ckpt.spec.channels
+    if arr.ndim != 3 or arr.shape[0] != channels or arr.shape[1] != arr.shape[2]:
+        raise ReportError(f"x must have shape ({channels}, S, S), got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ReportError("x contains NaN or infinite values")
+
+    model = ckpt.model
+    was_training = model.training
+    model.eval()
+    param = next(model.parameters())
+    captured: list[torch.Tensor] = []
+
+    def keep(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        captured.append(output)
+
+    handle = target_layer(model).register_forward_hook(keep)
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            inp = torch.tensor(arr, dtype=param.dtype, device=param.device)[None]
+            # Gradients must reach the activation even for frozen weights.
+            inp.requires_grad_(True)
+            logits = model(inp)
+            score = logits[0, SUBTYPES.index(subtype)]
+            (grads,) = torch.autograd.grad(score, captured[-1])
+            act = captured[-1].detach()
+            weights = grads.mean(dim=(2, 3), keepdim=True)
+            cam = F.relu((weights * act).sum(dim=1, keepdim=True))
+            cam = F.interpolate(
+                cam.float(), size=arr.shape[1:], mode="bilinear", align_corners=False
+            )[0, 0]
+    finally:
+        handle.remove()
+        captured.clear()
+        model.train(was_training)
+    top = float(cam.max())
+    if top <= 0.0 or not np.isfinite(top):
+        return np.zeros(arr.shape[1:], dtype=np.float32)
+    return (cam / top).clamp_(0.0, 1.0).cpu().numpy().astype(np.float32)

@@ -1,0 +1,131 @@
+"""The query layer shared by ``ichnode results`` and the HTTP API.
+
+Returns plain dicts in the documented JSON contract (see README, "Results JSON").
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from ichnode.db.models import Instance, Prediction, Study, StudyResult
+
+
+def _latest_result(session: Session, study: Study) -> StudyResult | None:
+    if not study.result_version:
+        return None
+    return session.scalar(
+        select(StudyResult).where(
+            StudyResult.study_id == study.id, StudyResult.version == study.result_version
+        )
+    )
+
+
+def _probs(obj: Any) -> dict[str, float] | None:
+    if obj is None:
+        return None
+    p = obj.probabilities
+    return None if any(v is None for v in p.values()) else {k: round(v, 6) for k, v in p.items()}
+
+
+def study_summary(session: Session, study: Study) -> dict[str, Any]:
+    """One study in the list contract."""
+    result = _latest_result(session, study)
+    n_instances = session.scalar(
+        select(func.count()).select_from(Instance).where(Instance.study_id == study.id)
+    )
+    key_uid = None
+    if result is not None and result.key_instance_id is not None:
+        key_uid = session.scalar(
+            select(Instance.sop_instance_uid).where(Instance.id == result.key_instance_id)
+        )
+    return {
+        "study_instance_uid": study.study_instance_uid,
+        "status": str(study.status),
+        "flagged": bool(result.flagged) if result else None,
+        "flagged_subtypes": result.flagged_subtype_list if result else [],
+        "probabilities": _probs(result),
+        "key_sop_instance_uid": key_uid,
+        "version": result.version if result else 0,
+        "n_instances": n_instances,
+        "n_scored": result.n_scored if result else None,
+        "model_id": result.model_id if result else None,
+        "received_at": study.first_received_at.isoformat(),
+        "last_received_at": study.last_received_at.isoformat(),
+        "resulted_at": result.created_at.isoformat() if result else None,
+    }
+
+
+def list_studies(
+    session: Session,
+    *,
+    flagged: bool | None = None,
+    since: datetime | None = None,
+    limit: int | None = 50,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """Studies, newest first; ``flagged`` keeps only studies whose latest result is flagged."""
+    query = select(Study).order_by(Study.last_received_at.desc(), Study.id.desc())
+    if since is not None:
+        query = query.where(Study.last_received_at >= since)
+    if flagged is not None:
+        query = query.join(
+            StudyResult,
+            (StudyResult.study_id == Study.id) & (StudyResult.version == Study.result_version),
+        ).where(StudyResult.flagged.is_(flagged))
+    query = query.offset(offset)
+    if limit is not None:
+        query = query.limit(limit)
+    return [study_summary(session, s) for s in session.scalars(query)]
+
+
+def study_detail(session: Session, study_uid: str) -> dict[str, Any] | None:
+    """One study with every instance ordered by z (then instance number), and all versions."""
+    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+    if study is None:
+        return None
+    out = study_summary(session, study)
+    instances = session.scalars(
+        select(Instance)
+        .where(Instance.study_id == study.id)
+        .options(selectinload(Instance.predictions), selectinload(Instance.series))
+    ).all()
+    instances = sorted(
+        instances,
+        key=lambda i: (i.z is None, i.z if i.z is not None else 0.0, i.instance_number or 0, i.id),
+    )
+    out["instances"] = [
+        {
+            "sop_instance_uid": i.sop_instance_uid,
+            "series_instance_uid": i.series.series_instance_uid,
+            "z": i.z,
+            "instance_number": i.instance_number,
+            "status": str(i.status),
+            "error": i.reason,
+            "probabilities": _probs(_newest(i.predictions)),
+        }
+        for i in instances
+    ]
+    out["versions"] = [
+        {
+            "version": r.version,
+            "flagged": r.flagged,
+            "flagged_subtypes": r.flagged_subtype_list,
+            "probabilities": _probs(r),
+            "model_id": r.model_id,
+            "created_at": r.created_at.isoformat(),
+        }
+        for r in session.scalars(
+            select(StudyResult)
+            .where(StudyResult.study_id == study.id)
+            .order_by(StudyResult.version)
+        )
+    ]
+    return out
+
+
+def _newest(predictions: list[Prediction]) -> Prediction | None:
+    return max(predictions, key=lambda p: (p.created_at, p.id)) if predictions else None

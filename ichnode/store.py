@@ -1,0 +1,98 @@
+"""Where received files live: ``<root>/<study>/<series>/<sop>.dcm``, written durably.
+
+Paths are built only from UIDs that passed :func:`valid_uid` (digits and dots), never from raw
+strings, so no received value can steer a write outside the root. Files are written to a
+temporary name, fsynced, renamed into place, and the folder is fsynced, so a file that exists
+under its final name is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+from ichnode.errors import IchnodeError
+
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+UID_MAX_LENGTH = 64
+
+
+class StoreError(IchnodeError):
+    """The file could not be written (disk full, permissions, free-space threshold)."""
+
+
+def valid_uid(value: object) -> bool:
+    """True for a DICOM UID: ≤ 64 characters, dot-separated numbers without leading zeros."""
+    return isinstance(value, str) and len(value) <= UID_MAX_LENGTH and bool(_UID.match(value))
+
+
+class Store:
+    """A folder of received instances, addressed by (study, series, SOP instance) UIDs."""
+
+    def __init__(self, root: str | Path, min_free_bytes: int = 0) -> None:
+        self.root = Path(root).resolve()
+        self.min_free_bytes = min_free_bytes
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def relative_path(
+        self, study_uid: str, series_uid: str, sop_uid: str, suffix: str = ".dcm"
+    ) -> str:
+        """``study/series/sop.dcm`` for validated UIDs; ValueError otherwise."""
+        for name, uid in (("study", study_uid), ("series", series_uid), ("SOP instance", sop_uid)):
+            if not valid_uid(uid):
+                raise ValueError(f"invalid {name} UID")
+        return f"{study_uid}/{series_uid}/{sop_uid}{suffix}"
+
+    def path(self, relative: str) -> Path:
+        """Absolute path of a stored file; refuses anything that would leave the root."""
+        path = (self.root / relative).resolve()
+        if not path.is_relative_to(self.root):
+            raise ValueError("path outside the store")
+        return path
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def write(self, relative: str, chunks: list[bytes] | bytes) -> int:
+        """Write durably (temp file, fsync, rename, fsync folder); returns the size in bytes."""
+        data = [chunks] if isinstance(chunks, bytes | bytearray | memoryview) else chunks
+        size = sum(len(c) for c in data)
+        if self.min_free_bytes and self.free_bytes() - size < self.min_free_bytes:
+            raise StoreError("free disk space below the configured minimum")
+        final = self.path(relative)
+        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                for chunk in data:
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise StoreError(f"cannot write to the store: {exc.strerror or exc}") from None
+        return size
+
+    def remove(self, relative: str) -> None:
+        """Delete a stored file (used to undo a write whose database row failed)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path(relative).unlink()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
