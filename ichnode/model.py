@@ -265,6 +265,7 @@ def demo_model_path() -> Path:
 @torch.inference_mode()
 def predict_proba(ckpt: Checkpoint, batch: np.ndarray | torch.Tensor) -> np.ndarray:
     """Calibrated probabilities ``(N, 6)`` for a preprocessed batch ``(N, C, S, S)``."""
+    ckpt.model.eval()  # batch norm and dropout in inference mode, whatever the caller did
     param = next(ckpt.model.parameters())
     x = torch.as_tensor(batch).to(device=param.device, dtype=param.dtype)
     return ckpt.calibration.apply(ckpt.model(x).float()).cpu().numpy()

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -40,7 +41,7 @@ from sqlalchemy.orm import sessionmaker
 from ichnode.config import Settings
 from ichnode.db import ingest
 from ichnode.db.models import InstanceStatus
-from ichnode.imaging import CT_SOP_CLASSES
+from ichnode.imaging import CT_SOP_CLASSES, MAX_PIXELS
 from ichnode.node.selection import SelectionRules, geometry
 from ichnode.store import Store, StoreError, valid_uid
 
@@ -230,6 +231,12 @@ class StorageSCP:
             )
             self._count(event, "failed")
             return DATASET_DOES_NOT_MATCH
+        if sop_class in CT_SOP_CLASSES:
+            problem = pixel_problem(ds, event.context.transfer_syntax)
+            if problem:
+                log.warning("C-STORE refused: CT instance %s: %s", uid_hash(sop_uid), problem)
+                self._count(event, "failed")
+                return DATASET_DOES_NOT_MATCH
         try:
             return self._store(event, ds, study_uid, series_uid, sop_uid, sop_class)
         except Exception:  # noqa: BLE001 - never let a bug answer Success or kill the AE
@@ -316,8 +323,28 @@ class StorageSCP:
         return SUCCESS
 
 
-def _sop_name(uid: str) -> str:
-    from pydicom.uid import UID
+def pixel_problem(ds: Dataset, transfer_syntax: str) -> str | None:
+    """Why a CT dataset's pixel data cannot be right, checked from the header (no decoding)."""
+    if "PixelData" not in ds:
+        return "no pixel data"
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        bits = int(ds.BitsAllocated)
+        samples = int(ds.get("SamplesPerPixel", 1))
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return "missing or malformed Rows/Columns/BitsAllocated"
+    if rows <= 0 or cols <= 0 or rows * cols > MAX_PIXELS:
+        return f"implausible image size {rows}x{cols}"
+    if UID(transfer_syntax).is_compressed:
+        return None  # the length of a compressed stream says nothing; the worker decodes it
+    expected = rows * cols * samples * frames * bits // 8
+    actual = len(ds.PixelData)
+    if actual < expected:
+        return f"pixel data has {actual} bytes, Rows x Columns needs {expected}"
+    return None
 
+
+def _sop_name(uid: str) -> str:
     name = UID(uid).name
     return name if name != uid else f"SOP class {uid}"

@@ -1,0 +1,140 @@
+"""Shared test helpers: DCMTK tools, free ports, polling, small CT datasets."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+DCMTK_DIR = Path("/usr/bin")
+#: DCMTK tools stall ~45 ms per file on loopback without this.
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def dcmtk(tool: str) -> str:
+    """Full path of a DCMTK tool (pynetdicom's apps of the same name shadow them on PATH)."""
+    path = DCMTK_DIR / tool
+    assert path.is_file(), f"{path} missing: .ci/run installs the Debian package dcmtk"
+    return str(path)
+
+
+def run_dcmtk(tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [dcmtk(tool), *args], env=DCMTK_ENV, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05):  # noqa: ANN201
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def sample_file(name: str) -> Path:
+    """A file shipped by pydicom or pydicom-data."""
+    path = get_testdata_file(name)
+    assert path, f"{name} not found in pydicom's test data"
+    return Path(path)
+
+
+def ct_dataset(
+    pixels: np.ndarray,
+    *,
+    slope: float = 1.0,
+    intercept: float = -1024.0,
+    signed: bool = False,
+    bits_stored: int = 16,
+    photometric: str = "MONOCHROME2",
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    z: float = 0.0,
+    **attrs: object,
+) -> Dataset:
+    """A minimal valid CT Image Storage dataset around ``pixels`` (stored values)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.Modality = "CT"
+    ds.PatientName = "Phantom^Test"
+    ds.PatientID = "PHANTOM-0001"
+    ds.AccessionNumber = "ACC0001"
+    ds.StudyDate = "20260101"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.BodyPartExamined = "HEAD"
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = [-100.0, -100.0, float(z)]
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.InstanceNumber = 1
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 1 if signed else 0
+    ds.RescaleSlope = slope
+    ds.RescaleIntercept = intercept
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    ds.PixelData = pixels.astype(np.int16 if signed else np.uint16).tobytes()
+    return ds
+
+
+def study(n: int = 4, size: int = 64, **attrs: object) -> list[Dataset]:
+    """``n`` axial slices of one study/series with a gradient image."""
+    study_uid, series_uid = generate_uid(), generate_uid()
+    base = (np.add.outer(np.arange(size), np.arange(size)) * 4 + 900).astype(np.uint16)
+    return [
+        ct_dataset(
+            base + i,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            z=5.0 * i,
+            InstanceNumber=i + 1,
+            **attrs,
+        )
+        for i in range(n)
+    ]
+
+
+def write_all(datasets: Sequence[Dataset], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ds in datasets:
+        path = folder / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def which(tool: str) -> str:
+    path = shutil.which(tool)
+    assert path, f"{tool} is not installed: .ci/run installs it"
+    return path

@@ -1,0 +1,179 @@
+"""ichnode.imaging: HU conversion per storage variant, transfer syntaxes, windows, resize."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+from helpers import ct_dataset, run_dcmtk, sample_file
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
+
+from ichnode.errors import ImagingError
+from ichnode.imaging import (
+    WINDOWS,
+    PreprocessSpec,
+    parse_window,
+    preprocess,
+    resize,
+    to_hu,
+    window_stack,
+    windows_for_mode,
+)
+
+# Known HU values placed at known pixels.
+HU = np.array([[-1000, -100, 0, 35], [80, 700, 1500, 3000]], dtype=np.int32)
+
+
+def test_unsigned_storage_with_intercept_gives_exact_hu():
+    ds = ct_dataset((HU + 1024).astype(np.uint16), intercept=-1024)
+    assert np.array_equal(to_hu(ds), HU)
+
+
+def test_signed_storage_with_zero_intercept_gives_exact_hu():
+    ds = ct_dataset(HU.astype(np.int16), intercept=0, signed=True)
+    assert np.array_equal(to_hu(ds), HU)
+
+
+def test_slope_is_applied():
+    ds = ct_dataset((HU + 1024).astype(np.uint16) * 2, slope=0.5, intercept=-1024)
+    assert np.array_equal(to_hu(ds), HU)
+
+
+def test_rsna_12bit_quirk_is_corrected():
+    # RSNA slices: BitsStored 12, unsigned, intercept 0, negative HU wrapped around 4096.
+    stored = np.where(HU < 0, HU + 4096, HU).astype(np.uint16)
+    ds = ct_dataset(stored, intercept=0, bits_stored=12)
+    assert np.array_equal(to_hu(ds), HU)
+
+
+def test_12bit_with_a_proper_intercept_is_left_alone():
+    stored = (np.clip(HU, -1000, 3000) + 1024).astype(np.uint16)
+    ds = ct_dataset(stored, intercept=-1024, bits_stored=12)
+    assert np.array_equal(to_hu(ds), stored.astype(np.int32) - 1024)
+
+
+def test_monochrome1_is_inverted():
+    ds = ct_dataset((HU + 1024).astype(np.uint16), photometric="MONOCHROME1")
+    hu = to_hu(ds)
+    assert hu[0, 0] == HU.max() and hu[1, 3] == HU.min()
+
+
+def test_multivalued_window_attributes_are_tolerated():
+    ds = ct_dataset((HU + 1024).astype(np.uint16), WindowCenter=[40, 40], WindowWidth=[80, 80])
+    assert preprocess(ds, PreprocessSpec(size=8)).shape == (3, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("dcmcjpeg", "+e1"),  # JPEG lossless, first-order prediction (SV1)
+        ("dcmcjpeg", "+el"),  # JPEG lossless, process 14
+        ("dcmcjpls", "+el"),  # JPEG-LS lossless
+        ("dcmcrle",),  # RLE lossless
+        ("dcmconv", "+td"),  # deflated explicit VR little endian
+    ],
+    ids=["jpeg-lossless-sv1", "jpeg-lossless-p14", "jpeg-ls", "rle", "deflated"],
+)
+def test_lossless_transfer_syntaxes_decode_to_the_same_hu(tmp_path, args):
+    source = sample_file("693_UNCR.dcm")
+    out = tmp_path / "encoded.dcm"
+    done = run_dcmtk(args[0], *args[1:], str(source), str(out))
+    assert done.returncode == 0, done.stderr
+    encoded = pydicom.dcmread(out)
+    assert (
+        encoded.file_meta.TransferSyntaxUID != pydicom.dcmread(source).file_meta.TransferSyntaxUID
+    )
+    assert np.array_equal(to_hu(encoded), to_hu(pydicom.dcmread(source)))
+
+
+def test_jpeg2000_lossless_real_head_ct_matches_uncompressed():
+    j2k = pydicom.dcmread(sample_file("693_J2KR.dcm"))
+    assert j2k.file_meta.TransferSyntaxUID == JPEG2000Lossless
+    assert np.array_equal(to_hu(j2k), to_hu(pydicom.dcmread(sample_file("693_UNCR.dcm"))))
+
+
+def test_jpeg2000_lossy_real_head_ct_is_close():
+    lossy = to_hu(pydicom.dcmread(sample_file("693_J2KI.dcm")))
+    reference = to_hu(pydicom.dcmread(sample_file("693_UNCI.dcm")))
+    assert np.abs(lossy - reference).mean() < 20
+
+
+def test_rle_and_deflate_written_by_pydicom_round_trip(tmp_path):
+    ds = ct_dataset((HU + 1024).astype(np.uint16))
+    rle = ct_dataset((HU + 1024).astype(np.uint16))
+    rle.compress(RLELossless)
+    assert np.array_equal(to_hu(rle), HU)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "d.dcm", enforce_file_format=True)
+    assert np.array_equal(to_hu(pydicom.dcmread(tmp_path / "d.dcm")), HU)
+
+
+def test_undecodable_pixels_name_the_transfer_syntax():
+    ds = pydicom.dcmread(sample_file("693_J2KR.dcm"))
+    ds.PixelData = ds.PixelData[:200] + b"\x00" * 64  # corrupt the codestream
+    with pytest.raises(ImagingError, match="JPEG 2000"):
+        to_hu(ds)
+
+
+def test_dataset_without_pixels_is_a_clear_error():
+    ds = ct_dataset((HU + 1024).astype(np.uint16))
+    del ds.PixelData
+    with pytest.raises(ImagingError, match="no pixel data"):
+        to_hu(ds)
+
+
+def test_non_ct_is_a_clear_error():
+    ds = pydicom.dcmread(sample_file("MR_small.dcm"))
+    with pytest.raises(ImagingError, match="not a CT image"):
+        to_hu(ds)
+
+
+def test_huge_header_with_tiny_pixel_data_does_not_allocate():
+    ds = ct_dataset(np.zeros((2, 2), np.uint16))
+    ds.Rows = ds.Columns = 65535
+    with pytest.raises(ImagingError, match="implausible image size"):
+        to_hu(ds)
+
+
+def test_windows_clip_and_scale_to_unit_range():
+    hu = np.array([[-1000.0, 0.0, 40.0, 80.0, 1000.0]])
+    brain = WINDOWS["brain"].apply(hu.copy())
+    assert brain.tolist() == [[0.0, 0.0, 0.5, 1.0, 1.0]]
+    stack = window_stack(hu, windows_for_mode("stack"))
+    assert stack.shape == (3, 1, 5) and stack.min() >= 0 and stack.max() <= 1
+
+
+def test_single_mode_repeats_the_brain_window():
+    hu = np.linspace(-50, 150, 25, dtype=np.float32).reshape(5, 5)
+    stack = window_stack(hu, windows_for_mode("single"))
+    assert np.array_equal(stack[0], stack[1]) and np.array_equal(stack[0], stack[2])
+
+
+def test_parse_window_accepts_names_and_center_width():
+    assert parse_window("subdural") == WINDOWS["subdural"]
+    w = parse_window("40/380")
+    assert (w.center, w.width) == (40, 380)
+    with pytest.raises(ValueError, match="neither a name"):
+        parse_window("wide")
+
+
+def test_non_square_images_are_padded_not_stretched():
+    img = np.ones((1, 100, 50), dtype=np.float32)
+    out = resize(img, 100)
+    assert out.shape == (1, 100, 100)
+    # The 50-pixel-wide content stays 50 pixels wide, centred, with zero (air) either side.
+    assert (
+        out[0, 50, :20].max() == 0 and out[0, 50, 30:70].min() > 0.99 and out[0, 50, 80:].max() == 0
+    )
+
+
+def test_preprocess_real_head_ct_has_the_spec_shape():
+    ds = pydicom.dcmread(sample_file("693_UNCR.dcm"))
+    x = preprocess(ds, PreprocessSpec(size=224))
+    assert x.shape == (3, 224, 224) and x.dtype == np.float32
+    assert x.min() >= 0.0 and x.max() <= 1.0 and x.mean() > 0.05
+
+
+def test_spec_round_trips_through_a_dict():
+    spec = PreprocessSpec(windows=(parse_window("brain"), parse_window("60/300")), size=96)
+    assert PreprocessSpec.from_dict(spec.to_dict()) == spec

@@ -1,0 +1,135 @@
+"""ichnode.model: architectures, checkpoint round trip, refusal of bad checkpoints."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from ichnode.errors import CheckpointError
+from ichnode.imaging import PreprocessSpec, windows_for_mode
+from ichnode.model import (
+    ARCHITECTURES,
+    METADATA_KEY,
+    Calibration,
+    Checkpoint,
+    SimpleCNN,
+    build,
+    demo_model_path,
+    load_checkpoint,
+    predict_proba,
+    save_checkpoint,
+)
+from ichnode.subtypes import SUBTYPES
+
+
+def _ckpt(arch: str = "ichnet", size: int = 64) -> Checkpoint:
+    torch.manual_seed(0)
+    return Checkpoint(
+        model=build(arch),
+        architecture=arch,
+        spec=PreprocessSpec(windows=windows_for_mode("single"), size=size),
+        thresholds={n: 0.3 for n in SUBTYPES},
+        calibration=Calibration(scale=[0.5] * 6, bias=[-1.0] * 6),
+        summary={"epochs": 1},
+    )
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_every_architecture_gives_six_logits(arch):
+    assert build(arch)(torch.zeros(2, 3, 96, 96)).shape == (2, 6)
+
+
+def test_simplecnn_is_the_seed_network():
+    convs = [m for m in SimpleCNN().modules() if isinstance(m, torch.nn.Conv2d)]
+    linears = [m for m in SimpleCNN().modules() if isinstance(m, torch.nn.Linear)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
+        (3, 16, (3, 3)),
+        (16, 32, (3, 3)),
+    ]
+    assert len(linears) == 2 and linears[-1].out_features == 6
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path, arch):
+    ckpt = _ckpt(arch)
+    sha = save_checkpoint(tmp_path / "m.safetensors", ckpt)
+    loaded = load_checkpoint(tmp_path / "m.safetensors")
+    assert loaded.sha256 == sha and loaded.model_id == f"{arch}-{sha[:12]}"
+    assert loaded.spec == ckpt.spec and loaded.thresholds == ckpt.thresholds
+    assert loaded.calibration == ckpt.calibration and loaded.summary == {"epochs": 1}
+    x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
+    assert np.allclose(predict_proba(loaded, x), predict_proba(ckpt, x), atol=1e-6)
+    assert (tmp_path / "m.safetensors").stat().st_size < 10 * 1024 * 1024
+
+
+def test_calibration_is_applied_to_logits():
+    ckpt = _ckpt()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        logits = ckpt.model.eval()(x)
+    expected = torch.sigmoid(logits * 0.5 - 1.0).numpy()
+    assert np.allclose(predict_proba(ckpt, x.numpy()), expected, atol=1e-6)
+
+
+def test_pickled_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"state_dict": Exploit()}))
+    with pytest.raises(CheckpointError, match="pickled checkpoints are refused"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def _rewrite_meta(tmp_path, **changes):
+    ckpt = _ckpt()
+    save_checkpoint(tmp_path / "ok.safetensors", ckpt)
+    meta = ckpt.metadata() | changes
+    state = {k: v.contiguous() for k, v in ckpt.model.state_dict().items()}
+    save_file(state, str(tmp_path / "bad.safetensors"), metadata={METADATA_KEY: json.dumps(meta)})
+    return tmp_path / "bad.safetensors"
+
+
+def test_unknown_architecture_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="unknown architecture 'resnet999'"):
+        load_checkpoint(_rewrite_meta(tmp_path, architecture="resnet999"))
+
+
+def test_mismatched_labels_are_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="predicts labels"):
+        load_checkpoint(_rewrite_meta(tmp_path, labels=list(reversed(SUBTYPES))))
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="weights do not fit simplecnn"):
+        load_checkpoint(_rewrite_meta(tmp_path, architecture="simplecnn"))
+
+
+def test_tampered_weights_fail_the_hash(tmp_path):
+    ckpt = _ckpt()
+    save_checkpoint(tmp_path / "ok.safetensors", ckpt)
+    meta = ckpt.metadata() | {"sha256": "0" * 64}
+    state = {k: v.contiguous() for k, v in ckpt.model.state_dict().items()}
+    save_file(state, str(tmp_path / "t.safetensors"), metadata={METADATA_KEY: json.dumps(meta)})
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_checkpoint(tmp_path / "t.safetensors")
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.safetensors")
+
+
+def test_demo_model_ships_and_loads():
+    ckpt = load_checkpoint(demo_model_path())
+    assert ckpt.labels == SUBTYPES and ckpt.summary
+    assert demo_model_path().stat().st_size < 10 * 1024 * 1024

@@ -1,0 +1,65 @@
+"""Grad-CAM on real models (random weights, and the demo checkpoint when it is shipped)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_report_fixtures import synth_ct_study
+
+from ichnode.imaging import PreprocessSpec, preprocess
+from ichnode.model import Checkpoint, build, demo_model_path, load_checkpoint, save_checkpoint
+from ichnode.report import ReportError, grad_cam
+from ichnode.report.saliency import target_layer
+
+SIZE = 96
+CHECKPOINTS = ["ichnet", "simplecnn"] + (["demo"] if demo_model_path().is_file() else [])
+
+
+@pytest.fixture(params=CHECKPOINTS)
+def ckpt(request, tmp_path) -> Checkpoint:
+    if request.param == "demo":
+        return load_checkpoint(demo_model_path())
+    torch.manual_seed(0)
+    fresh = Checkpoint(
+        model=build(request.param), architecture=request.param, spec=PreprocessSpec(size=SIZE)
+    )
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, fresh)
+    return load_checkpoint(path)  # a real round trip, as the node loads it
+
+
+def _input(ckpt: Checkpoint) -> np.ndarray:
+    return preprocess(synth_ct_study(n_slices=1)[0], ckpt.spec)
+
+
+def test_map_has_input_size_and_unit_range(ckpt):
+    x = _input(ckpt)
+    cam = grad_cam(ckpt, x, "subdural")
+    assert cam.shape == x.shape[1:] and cam.dtype == np.float32
+    assert cam.min() >= 0.0 and cam.max() <= 1.0
+    assert np.isfinite(cam).all()
+
+
+def test_no_hooks_grads_or_train_mode_left_behind(ckpt):
+    grad_cam(ckpt, _input(ckpt))
+    layer = target_layer(ckpt.model)
+    assert not layer._forward_hooks and not layer._backward_hooks
+    assert all(p.grad is None for p in ckpt.model.parameters())
+    assert not ckpt.model.training
+
+
+def test_works_inside_inference_mode(ckpt):
+    with torch.inference_mode():
+        cam = grad_cam(ckpt, _input(ckpt))
+    assert cam.shape == (ckpt.spec.size, ckpt.spec.size)
+
+
+def test_unknown_subtype_is_refused(ckpt):
+    with pytest.raises(ReportError, match="subtype"):
+        grad_cam(ckpt, _input(ckpt), "chronic")
+
+
+def test_wrong_input_shape_is_named(ckpt):
+    with pytest.raises(ReportError, match="x must have shape"):
+        grad_cam(ckpt, np.zeros((1, 8, 8), np.float32))

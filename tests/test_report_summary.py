@@ -1,0 +1,92 @@
+"""The summary Secondary Capture: valid DICOM, same study, readable burned-in findings."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from test_report_fixtures import dciodvfy, make_findings, roundtrip, synth_ct_study
+
+from ichnode.report import ReportError, build_summary
+from ichnode.report.summary import FLAG_FILL, IMAGE_SIZE, PANEL_HEIGHT, render
+
+
+@pytest.fixture(scope="module")
+def study():
+    return synth_ct_study(n_slices=3)
+
+
+@pytest.fixture(scope="module")
+def key(study):
+    return study[1]
+
+
+@pytest.fixture(scope="module")
+def findings(key):
+    return make_findings(str(key.SOPInstanceUID))
+
+
+def _saliency() -> np.ndarray:
+    s = np.zeros((224, 224), np.float32)
+    s[60:120, 120:180] = 1.0
+    return s
+
+
+def test_summary_round_trips_and_passes_dciodvfy(key, findings, tmp_path):
+    sc = build_summary(key, findings, saliency=_saliency())
+    back = roundtrip(sc)
+    assert back.pixel_array.shape == (IMAGE_SIZE + PANEL_HEIGHT, IMAGE_SIZE, 3)
+    errors, _ = dciodvfy(sc, tmp_path, "summary")
+    assert errors == []
+
+
+def test_summary_files_into_the_study_in_its_own_series(key, findings):
+    sc = build_summary(key, findings)
+    for keyword in ("StudyInstanceUID", "PatientID", "PatientName", "AccessionNumber", "StudyID"):
+        assert sc[keyword].value == key[keyword].value
+    assert sc.SeriesInstanceUID != key.SeriesInstanceUID
+    assert sc.BurnedInAnnotation == "YES"
+    assert sc.PhotometricInterpretation == "RGB"
+    assert "not for diagnosis" in sc.SeriesDescription
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == key.SOPInstanceUID
+
+
+def test_flagged_rows_are_highlighted(key, findings):
+    img = render(key, findings)
+    panel = img[IMAGE_SIZE:]
+    red_rows = np.all(panel == np.array(FLAG_FILL, np.uint8), axis=2).any(axis=1).sum()
+    assert red_rows > 0
+    negative = render(key, make_findings(findings.key_sop_instance_uid, positive=False))
+    assert not np.all(negative[IMAGE_SIZE:] == np.array(FLAG_FILL, np.uint8), axis=2).any()
+
+
+def test_saliency_colours_only_where_it_is_high(key, findings):
+    plain = render(key, findings).astype(int)
+    overlay = render(key, findings, saliency=_saliency()).astype(int)
+    hot = np.abs(overlay - plain)[: IMAGE_SIZE // 2, IMAGE_SIZE // 2 + 40 :].sum()
+    cold = np.abs(overlay - plain)[IMAGE_SIZE - 100 : IMAGE_SIZE, :100].sum()
+    assert hot > 0 and cold == 0
+
+
+def test_image_is_grayscale_where_nothing_is_drawn(key, findings):
+    img = render(key, findings)
+    centre = img[IMAGE_SIZE // 2 + 60 : IMAGE_SIZE // 2 + 80, 200:220]
+    assert np.all(centre[..., 0] == centre[..., 1])
+
+
+def test_key_must_match_findings(study, findings):
+    with pytest.raises(ReportError, match="key_sop_instance_uid"):
+        build_summary(study[0], findings)
+
+
+def test_saliency_must_be_two_dimensional(key, findings):
+    with pytest.raises(ReportError, match="saliency"):
+        build_summary(key, findings, saliency=np.zeros((3, 8, 8)))
+
+
+def test_key_without_pixels_is_refused(key, findings):
+    header = copy.deepcopy(key)
+    del header.PixelData
+    with pytest.raises(ReportError, match="pixel data"):
+        build_summary(header, findings)

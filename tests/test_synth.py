@@ -1,0 +1,222 @@
+"""The synthetic head-CT generator: RSNA layout, determinism, HU storage, anatomy, bleeds, CLI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
+from scipy import ndimage
+from typer.testing import CliRunner
+
+from ichnode import subtypes as st
+from ichnode.cli import app
+from ichnode.imaging import needs_rsna_12bit_fix, to_hu
+from training import synth
+from training.phantom import Tissue, min_bleed_pixels
+from training.synth import STORAGES, generate, synth_study
+
+# RSNA's ID_... identifiers are not valid UI values; pydicom warns when it reads them.
+pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+
+RSNA_SOP_ID = re.compile(r"^ID_[0-9a-f]{9}$")
+RSNA_ID = re.compile(r"^ID_[0-9a-f]+$")
+
+
+def _round_trip(ds: pydicom.Dataset) -> pydicom.Dataset:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return pydicom.dcmread(io.BytesIO(buf.getvalue()))
+
+
+def _read_csv(path: Path) -> list[tuple[str, str]]:
+    with path.open(newline="") as fh:
+        reader = csv.reader(fh)
+        assert next(reader) == ["ID", "Label"]
+        return [(row[0], row[1]) for row in reader]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, studies=3, seed=7, size=96, progress=False)
+    return out
+
+
+def test_generate_writes_six_csv_rows_per_slice_in_subtype_order(small_run: Path) -> None:
+    rows = _read_csv(small_run / "stage_2_train.csv")
+    files = sorted(p.stem for p in (small_run / "stage_2_train").glob("*.dcm"))
+    assert len(rows) == 6 * len(files) > 0
+    for i in range(0, len(rows), 6):
+        group = rows[i : i + 6]
+        prefix = group[0][0].rsplit("_", 1)[0]
+        assert [ident for ident, _ in group] == [f"{prefix}_{name}" for name in st.SUBTYPES]
+        labels = [int(v) for _, v in group]
+        assert set(labels) <= {0, 1}
+        assert labels[-1] == max(labels[:-1])  # any = 1 iff some subtype is 1
+    assert sorted(ident.rsplit("_", 1)[0] for ident, _ in rows[::6]) == files
+
+
+def test_generated_file_stem_is_the_rsna_sop_instance_uid(small_run: Path) -> None:
+    path = next((small_run / "stage_2_train").glob("*.dcm"))
+    ds = pydicom.dcmread(path)
+    assert RSNA_SOP_ID.match(path.stem)
+    assert ds.SOPInstanceUID == path.stem == ds.file_meta.MediaStorageSOPInstanceUID
+    for value in (ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID):
+        assert RSNA_ID.match(str(value))
+    assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert ds.SOPClassUID == CTImageStorage and ds.Modality == "CT"
+    assert list(ds.ImageType) == ["ORIGINAL", "PRIMARY", "AXIAL"]
+    assert ds.BodyPartExamined == "HEAD" and ds.Rows == ds.Columns == 96
+    assert path.read_bytes()[128:132] == b"DICM"
+
+
+def test_generate_is_byte_identical_for_the_same_seed(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    generate(a, studies=2, seed=11, size=64, progress=False)
+    generate(b, studies=2, seed=11, size=64, progress=False)
+    assert (a / "stage_2_train.csv").read_bytes() == (b / "stage_2_train.csv").read_bytes()
+    names = sorted(p.name for p in (a / "stage_2_train").iterdir())
+    assert names == sorted(p.name for p in (b / "stage_2_train").iterdir())
+    for name in names:
+        assert (a / "stage_2_train" / name).read_bytes() == (
+            b / "stage_2_train" / name
+        ).read_bytes()
+
+
+def test_different_seeds_give_different_studies() -> None:
+    one = synth_study(1, n_slices=2, size=64)
+    two = synth_study(2, n_slices=2, size=64)
+    assert not np.array_equal(one[0].hu, two[0].hu)
+
+
+@pytest.mark.parametrize("storage", STORAGES)
+def test_to_hu_reproduces_the_generated_hu_for_each_storage(storage: str) -> None:
+    for s in synth_study(5, n_slices=3, size=128, storage=storage, subtypes=[st.SUBDURAL]):
+        ds = _round_trip(s.dataset)
+        assert needs_rsna_12bit_fix(ds) == (storage == synth.RSNA12)
+        np.testing.assert_array_equal(to_hu(ds), s.hu)
+
+
+def test_slices_are_ordered_by_z_with_constant_spacing() -> None:
+    slices = synth_study(3, n_slices=6, size=64)
+    z = [float(s.dataset.ImagePositionPatient[2]) for s in slices]
+    assert [int(s.dataset.InstanceNumber) for s in slices] == list(range(1, 7))
+    assert np.allclose(np.diff(z), float(slices[0].dataset.SliceThickness))
+    ds = slices[0].dataset
+    assert [float(v) for v in ds.ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
+    assert len({s.dataset.SeriesInstanceUID for s in slices}) == 1
+    assert len({s.dataset.SOPInstanceUID for s in slices}) == 6
+
+
+def test_anatomy_has_air_skull_and_brain_densities() -> None:
+    s = synth_study(4, n_slices=1, size=256)[0]
+    hu, tissue = s.hu, s.tissue
+    assert np.median(hu[tissue == Tissue.AIR]) < -950
+    skull = hu[tissue == Tissue.BONE]
+    assert np.percentile(skull, 90) > 1100 and np.median(skull) > 700
+    assert 20 <= hu[tissue == Tissue.BRAIN].mean() <= 45
+    assert np.median(hu[tissue == Tissue.VENTRICLE]) < 18
+
+
+def test_normal_study_has_no_positive_label() -> None:
+    slices = synth_study(8, n_slices=8, size=64)
+    assert all(v == 0 for s in slices for v in s.labels.values())
+    assert all(not s.bleed.any() for s in slices)
+
+
+def _near(mask: np.ndarray, other: np.ndarray, pixels: int) -> bool:
+    return bool((ndimage.binary_dilation(mask, iterations=pixels) & other).any())
+
+
+@pytest.mark.parametrize("subtype", st.HEMORRHAGE_SUBTYPES)
+def test_forced_subtype_shows_where_it_belongs_at_blood_density(subtype: str) -> None:
+    code = st.index(subtype) + 1
+    slices = synth_study(21, n_slices=8, size=256, subtypes=[subtype])
+    positive = [s for s in slices if s.labels[subtype]]
+    assert positive
+    for s in slices:  # labels are read off the pixels
+        counts = np.bincount(s.bleed.ravel(), minlength=6)
+        assert s.labels[subtype] == int(counts[code] >= min_bleed_pixels(256))
+        assert s.labels[st.ANY] == max(s.labels[n] for n in st.HEMORRHAGE_SUBTYPES)
+    interior = []  # blood pixels clear of the skull's blur
+    for s in positive:
+        blood = s.bleed == code
+        bone = s.tissue == Tissue.BONE
+        interior.append(s.hu[blood & ~ndimage.binary_dilation(bone, iterations=2)])
+        if subtype in (st.EPIDURAL, st.SUBDURAL):
+            assert _near(blood, bone, 2)  # against the inner table
+        elif subtype == st.INTRAVENTRICULAR:
+            assert (s.tissue[blood] == Tissue.VENTRICLE).all()
+        elif subtype == st.INTRAPARENCHYMAL:
+            assert not _near(blood, bone, 8)  # deep in the parenchyma
+            assert (s.tissue[blood] != Tissue.VENTRICLE).all()
+        else:
+            assert np.isin(s.tissue[blood], [Tissue.BRAIN, Tissue.CSF, Tissue.FALX]).all()
+    assert 50 <= np.median(np.concatenate(interior)) <= 90
+
+
+def test_subarachnoid_blood_is_at_least_three_pixels_thick_at_512() -> None:
+    slices = synth_study(2, n_slices=4, size=512, subtypes=[st.SUBARACHNOID])
+    code = st.index(st.SUBARACHNOID) + 1
+    blood = np.stack([s.bleed == code for s in slices])
+    # Eroding by one pixel in-plane keeps most of it: the lines are 3+ pixels wide.
+    kept = ndimage.binary_erosion(blood, structure=np.ones((1, 3, 3), bool)).sum()
+    assert kept > 0.25 * blood.sum() > 0
+
+
+def test_several_subtypes_can_share_a_study() -> None:
+    wanted = [st.SUBDURAL, st.INTRAPARENCHYMAL]
+    slices = synth_study(9, n_slices=10, size=128, subtypes=wanted)
+    for name in wanted:
+        assert any(s.labels[name] for s in slices)
+
+
+def test_valid_uids_are_valid_and_distinct_from_the_rsna_image_id() -> None:
+    s = synth_study(6, n_slices=2, size=64, valid_uids=True)[0]
+    ds = s.dataset
+    for uid in (ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID):
+        assert UID(str(uid)).is_valid and str(uid).startswith("2.25.")
+    assert RSNA_SOP_ID.match(s.image_id) and s.image_id != ds.SOPInstanceUID
+
+
+def test_generate_with_valid_uids_keeps_rsna_file_names(tmp_path: Path) -> None:
+    generate(tmp_path, studies=1, seed=2, size=64, valid_uids=True, progress=False)
+    path = next((tmp_path / "stage_2_train").glob("*.dcm"))
+    ds = pydicom.dcmread(path)
+    assert RSNA_SOP_ID.match(path.stem)
+    assert UID(ds.SOPInstanceUID).is_valid and ds.SOPInstanceUID != path.stem
+
+
+def test_about_half_of_generated_studies_bleed() -> None:
+    rng = np.random.default_rng(0)
+    draws = [synth._draw_subtypes(rng) for _ in range(4000)]
+    assert 0.4 <= np.mean([bool(d) for d in draws]) <= 0.5
+    assert {name for d in draws for name in d} == set(st.HEMORRHAGE_SUBTYPES)
+
+
+def test_synth_study_rejects_an_unknown_subtype() -> None:
+    with pytest.raises(ValueError, match="hemorrhage subtypes"):
+        synth_study(0, n_slices=1, size=64, subtypes=["fracture"])
+
+
+def test_summary_is_one_line_naming_the_counts(tmp_path: Path) -> None:
+    summary = generate(tmp_path, studies=1, seed=4, size=64, progress=False)
+    text = str(summary)
+    assert "\n" not in text and text.startswith("wrote 1 studies, ")
+    assert summary.slices == len(list((tmp_path / "stage_2_train").glob("*.dcm")))
+
+
+def test_cli_synth_writes_the_rsna_layout(tmp_path: Path) -> None:
+    out = tmp_path / "cli"
+    args = ["synth", "--out", str(out), "--studies", "1", "--seed", "3", "--size", "64"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "wrote 1 studies" in result.output
+    rows = _read_csv(out / "stage_2_train.csv")
+    assert len(rows) == 6 * len(list((out / "stage_2_train").glob("*.dcm"))) > 0
