@@ -1,0 +1,182 @@
+"""`ichnode serve` as a real process: start on defaults, the README walk-through, SIGTERM,
+and SIGKILL while a study is arriving."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from dicom_client import send
+from helpers import free_port, run_dcmtk, study, wait_for
+from pynetdicom import AE
+from sqlalchemy import create_engine, text
+
+pytestmark = pytest.mark.slow
+
+ICHNODE = [sys.executable, "-m", "ichnode"]
+
+
+class ServeProcess:
+    """`ichnode serve ARGS` in ``cwd``; its output goes to a log file."""
+
+    def __init__(self, cwd: Path, *args: str) -> None:
+        self.cwd = cwd
+        self.log = cwd / f"serve-{len(list(cwd.glob('serve-*.log')))}.log"
+        self.proc = subprocess.Popen(
+            [*ICHNODE, "serve", *args],
+            cwd=cwd,
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        wait_for(self.ready, timeout=90, interval=0.1)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"ichnode serve exited early:\n{self.output()}")
+        return "ichnode ready:" in self.output()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ICHNODE, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def _results(cwd: Path, *args: str) -> list[dict]:
+    done = _cli(cwd, "results", "--format", "json", *args)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_serve_with_no_arguments_starts_on_the_defaults(tmp_path):
+    node = ServeProcess(tmp_path)
+    try:
+        line = next(x for x in node.output().splitlines() if x.startswith("ichnode ready:"))
+        assert "AE ICHNODE on 127.0.0.1:11112" in line and "sqlite:///var/ichnode.db" in line
+        done = run_dcmtk("echoscu", "-aec", "ICHNODE", "127.0.0.1", "11112")
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "var" / "ichnode.db").is_file()
+    finally:
+        assert node.stop() == 0
+
+
+def test_readme_walkthrough_synth_storescu_results(tmp_path):
+    """The README's main walk-through, command for command (on a free port)."""
+    done = _cli(tmp_path, "synth", "--out", "demo", "--studies", "1", "--seed", "3",
+                "--size", "256", "--valid-uids")
+    assert done.returncode == 0, done.stderr
+    port = free_port()
+    node = ServeProcess(tmp_path, "--port", str(port), "--stable-seconds", "2")
+    try:
+        sent = run_dcmtk(
+            "storescu", "-aec", "ICHNODE", "+sd", "127.0.0.1", str(port),
+            str(tmp_path / "demo" / "stage_2_train"), timeout=120,
+        )
+        assert sent.returncode == 0, sent.stderr
+        n_files = len(list((tmp_path / "demo" / "stage_2_train").glob("*.dcm")))
+        studies = wait_for(
+            lambda: [s for s in _results(tmp_path) if s["status"] == "resulted"], timeout=60
+        )
+        (study_row,) = studies
+        assert study_row["n_instances"] == n_files and study_row["version"] == 1
+        assert set(study_row["probabilities"]) == {
+            "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any"
+        }
+        detail = _results(tmp_path, "--study", study_row["study_instance_uid"])[0]
+        assert len(detail["instances"]) == n_files
+        assert all(i["status"] == "done" and i["probabilities"] for i in detail["instances"])
+        csv_out = _cli(tmp_path, "results", "--format", "csv")
+        assert csv_out.returncode == 0 and study_row["study_instance_uid"] in csv_out.stdout
+    finally:
+        assert node.stop() == 0
+    assert "ichnode stopped" in node.output()
+
+
+def test_sigterm_finishes_and_exits_zero_releasing_leases(tmp_path):
+    port = free_port()
+    node = ServeProcess(tmp_path, "--port", str(port), "--stable-seconds", "30")
+    slices = study(8, size=64)
+    assert send(port, slices) == [0] * 8
+    assert node.stop(signal.SIGTERM) == 0
+    engine = create_engine(f"sqlite:///{tmp_path / 'var' / 'ichnode.db'}")
+    with engine.connect() as conn:
+        claimed = conn.execute(text("select count(*) from instances where status='claimed'")).scalar()
+        total = conn.execute(text("select count(*) from instances")).scalar()
+    engine.dispose()
+    assert claimed == 0 and total == 8
+
+
+def test_sigkill_while_a_study_arrives_loses_no_acknowledged_instance(tmp_path):
+    port = free_port()
+    args = ("--port", str(port), "--stable-seconds", "1")
+    node = ServeProcess(tmp_path, *args)
+    slices = study(40, size=128)
+    acked: list[str] = []
+    enough = threading.Event()
+
+    def sender() -> None:
+        ae = AE(ae_title="CRASHSCU")
+        ae.add_requested_context(slices[0].SOPClassUID, slices[0].file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", port, ae_title="ICHNODE")
+        try:
+            for ds in slices:
+                rsp = assoc.send_c_store(ds)
+                if "Status" in rsp and rsp.Status == 0:
+                    acked.append(ds.SOPInstanceUID)
+                if len(acked) >= 12:
+                    enough.set()
+                if not assoc.is_established:
+                    break
+        finally:
+            enough.set()
+            if assoc.is_established:
+                assoc.abort()
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    assert enough.wait(60)
+    node.stop(signal.SIGKILL)
+    thread.join(30)
+    assert len(acked) >= 12
+
+    node = ServeProcess(tmp_path, *args)
+    try:
+        db = create_engine(f"sqlite:///{tmp_path / 'var' / 'ichnode.db'}")
+
+        def scored() -> dict[str, int]:
+            with db.connect() as conn:
+                rows = conn.execute(
+                    text(
+                        "select i.sop_instance_uid, count(p.id) from instances i "
+                        "left join predictions p on p.instance_id = i.id "
+                        "where i.status = 'done' group by i.sop_instance_uid"
+                    )
+                ).all()
+            return dict(rows)
+
+        wait_for(lambda: set(acked) <= set(scored()), timeout=60)
+        counts = scored()
+        assert all(counts[uid] == 1 for uid in acked)  # scored exactly once
+        for uid in acked:
+            assert list((tmp_path / "var" / "store").rglob(f"{uid}.dcm"))
+        # The sender re-sends what it was not told was stored: everything ends up scored once.
+        rest = [ds for ds in slices if ds.SOPInstanceUID not in set(acked)]
+        assert send(port, rest) == [0] * len(rest)
+        wait_for(lambda: len(scored()) == len(slices), timeout=90)
+        assert set(scored().values()) == {1}
+        db.dispose()
+    finally:
+        assert node.stop() == 0
