@@ -91,27 +91,39 @@ def windows_for_mode(mode: str) -> tuple[Window, ...]:
     raise ValueError(f"window mode {mode!r}: expected 'stack' or 'single'")
 
 
+RESAMPLE_MODES = ("area", "antialias")
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
     """Everything that turns HU into model input; recorded in every checkpoint.
 
     Non-square images are padded (centred, with air = the windows' 0) to a square before
-    resizing, so anatomy is never stretched.
+    resizing, so anatomy is never stretched. Windows are applied before resizing.
     """
 
     windows: tuple[Window, ...] = field(default_factory=lambda: windows_for_mode("stack"))
     size: int = 224
+    #: ``area`` (box average; 3x cheaper on CPU) or ``antialias`` (antialiased bilinear).
+    resample: str = "area"
+
+    def __post_init__(self) -> None:
+        if self.resample not in RESAMPLE_MODES:
+            raise ValueError(f"resample {self.resample!r}: expected one of {RESAMPLE_MODES}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "windows": [[w.name, w.center, w.width] for w in self.windows],
             "size": self.size,
+            "resample": self.resample,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
         windows = tuple(Window(str(n), float(c), float(w)) for n, c, w in data["windows"])
-        return cls(windows=windows, size=int(data["size"]))
+        # Checkpoints written before `resample` existed were trained with antialiasing.
+        resample = str(data.get("resample", "antialias"))
+        return cls(windows=windows, size=int(data["size"]), resample=resample)
 
     @property
     def channels(self) -> int:
@@ -197,7 +209,7 @@ def to_hu(ds: Dataset) -> np.ndarray:
 
 def window_stack(hu: np.ndarray, windows: tuple[Window, ...]) -> np.ndarray:
     """Stack the windows of a 2-D HU image: float32 ``(len(windows), H, W)`` in [0, 1]."""
-    return np.stack([w.apply(hu.copy()) for w in windows])
+    return np.stack([w.apply(hu) for w in windows])
 
 
 def _pad_square(img: np.ndarray) -> np.ndarray:
@@ -212,19 +224,34 @@ def _pad_square(img: np.ndarray) -> np.ndarray:
     return out
 
 
-def resize(img: np.ndarray, size: int) -> np.ndarray:
-    """Pad ``(C, H, W)`` to a square and resize it to ``size`` × ``size`` (antialiased)."""
+def resize(img: np.ndarray, size: int, resample: str = "area") -> np.ndarray:
+    """Pad ``(C, H, W)`` to a square and resize it to ``size`` × ``size``.
+
+    ``area`` averages the source pixels under each target pixel (exact for integer factors,
+    never aliases when shrinking); ``antialias`` is antialiased bilinear. Enlarging always
+    uses bilinear.
+    """
     img = _pad_square(img)
     if img.shape[-1] == size:
         return np.ascontiguousarray(img, dtype=np.float32)
     t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None]
-    out = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    if resample == "area" and img.shape[-1] > size:
+        out = F.interpolate(t, size=(size, size), mode="area")
+    else:
+        out = F.interpolate(
+            t, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
     return out[0].clamp_(0.0, 1.0).numpy()
+
+
+def hu_to_input(hu: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """HU image → model input: the windows of ``spec``, padded square, resized."""
+    return resize(window_stack(hu, spec.windows), spec.size, spec.resample)
 
 
 def preprocess(ds: Dataset, spec: PreprocessSpec) -> np.ndarray:
     """Dataset → model input: float32 ``(channels, size, size)`` in [0, 1]."""
-    return resize(window_stack(to_hu(ds), spec.windows), spec.size)
+    return hu_to_input(to_hu(ds), spec)
 
 
 def preprocess_file(path: str | Path, spec: PreprocessSpec) -> np.ndarray:

@@ -177,3 +177,22 @@ def test_preprocess_real_head_ct_has_the_spec_shape():
 def test_spec_round_trips_through_a_dict():
     spec = PreprocessSpec(windows=(parse_window("brain"), parse_window("60/300")), size=96)
     assert PreprocessSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_area_resampling_averages_blocks_exactly():
+    img = np.arange(16, dtype=np.float32).reshape(1, 4, 4) / 16
+    out = resize(img, 2, "area")
+    assert np.allclose(out[0], img[0].reshape(2, 2, 2, 2).mean(axis=(1, 3)))
+
+
+def test_checkpoints_without_resample_mode_keep_antialiasing():
+    legacy = {"windows": [["brain", 40, 80]], "size": 64}
+    assert PreprocessSpec.from_dict(legacy).resample == "antialias"
+    with pytest.raises(ValueError, match="resample"):
+        PreprocessSpec(resample="nearest")
+
+
+def test_window_stack_leaves_its_input_alone():
+    hu = np.array([[-50.0, 40.0, 500.0]])
+    window_stack(hu, windows_for_mode("stack"))
+    assert hu.tolist() == [[-50.0, 40.0, 500.0]]

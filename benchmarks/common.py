@@ -1,0 +1,83 @@
+"""Helpers shared by the benchmark scripts (not a test module)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+BENCH_DIR = Path(os.environ.get("ICHNODE_BENCH_DIR", "/tmp/ichnode-bench"))
+
+
+def machine() -> str:
+    return f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 60.0, interval: float = 0.02):  # noqa: ANN201
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        time.sleep(interval)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def phantom_slices(n: int, size: int = 512, seed: int = 1) -> Path:
+    """``n`` phantom slices (valid UIDs, 16-bit) in a folder, made once and reused."""
+    from training.synth import synth_study
+
+    folder = BENCH_DIR / f"slices-{n}-{size}-{seed}"
+    if folder.is_dir() and len(list(folder.glob("*.dcm"))) == n:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    written, study = 0, 0
+    while written < n:
+        per = min(40, n - written)
+        for s in synth_study(seed + study, n_slices=max(per, 24), size=size, valid_uids=True)[:per]:
+            s.dataset.save_as(folder / f"{written:05d}.dcm", enforce_file_format=True)
+            written += 1
+        study += 1
+    return folder
+
+
+def storescu(port: int, folder: Path, aec: str) -> float:
+    """Seconds DCMTK storescu takes to send every file in ``folder`` on one association."""
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        ["/usr/bin/storescu", "-aec", aec, "+sd", "127.0.0.1", str(port), str(folder)],
+        env=DCMTK_ENV,
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"storescu failed: {done.stderr.strip()[:500]}")
+    return elapsed
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def python() -> str:
+    return sys.executable
