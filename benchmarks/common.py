@@ -17,7 +17,10 @@ BENCH_DIR = Path(os.environ.get("ICHNODE_BENCH_DIR", "/tmp/ichnode-bench"))
 
 
 def machine() -> str:
-    return f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    return (
+        f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def free_port() -> int:

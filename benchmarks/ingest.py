@@ -128,9 +128,8 @@ def main() -> None:
     results = {k: measure(k, folder, args.runs) for k in args.receivers.split(",")}
     base = results.get("dcmtk", {}).get("seconds")
     pyn = results.get("pynetdicom", {}).get("seconds")
-    print(
-        f"{'receiver':<14}{'seconds':>9}{'inst/s':>9}{'MB/s':>8}{'vs dcmtk':>10}{'vs pynetdicom':>15}"
-    )
+    head = f"{'receiver':<14}{'seconds':>9}{'inst/s':>9}{'MB/s':>8}"
+    print(f"{head}{'vs dcmtk':>10}{'vs pynetdicom':>15}")
     for kind, r in results.items():
         s = r["seconds"]
         ratio = f"{base / s:.2f}x" if base else "-"
@@ -138,9 +137,10 @@ def main() -> None:
         print(f"{kind:<14}{s:>9.2f}{len(files) / s:>9.1f}{mb / s:>8.1f}{ratio:>10}{ratio_p:>15}")
         if "drained_seconds" in r:
             d = r["drained_seconds"]
+            verdict = "keeps up" if d <= s * 1.05 else "backlog grows: inference slower than ingest"
             print(
-                f"{'':<14}queue drained {d:.2f} s after the first slice: {len(files) / d:.1f} slices/s "
-                f"scored ({'keeps up' if d <= s * 1.05 else 'backlog grows: inference is slower than ingest'})"
+                f"{'':<14}queue drained {d:.2f} s after the first slice: "
+                f"{len(files) / d:.1f} slices/s scored ({verdict})"
             )
 
 
