@@ -124,10 +124,12 @@ def main() -> None:
                 ).scalar()
             check.dispose()
             assert done == args.slices and dup == 0, (done, dup)
-            results[(workers, threads)] = seconds
+            # Steady state: from the first to the last completion (process start-up excluded).
+            steady = float(span)
+            results[(workers, threads)] = steady
             print(
-                f"{workers} worker(s) x {threads} torch thread(s): {seconds:7.1f} s, "
-                f"{args.slices / seconds:6.1f} slices/s (each scored once: {done})"
+                f"{workers} worker(s) x {threads} torch thread(s): {seconds:7.1f} s wall, "
+                f"steady {args.slices / steady:6.1f} slices/s (each scored once: {done})"
             )
         finally:
             with admin.connect() as c:
