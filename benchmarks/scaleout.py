@@ -136,10 +136,9 @@ def main() -> None:
                 c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             shutil.rmtree(store, ignore_errors=True)
     one = results[(1, 1)]
-    print(f"ratio 2 workers / 1 worker (1 thread each, steady state): {one / results[(2, 1)]:.2f}x")
-    print(
-        f"ratio 2 workers x 1 thread / 1 worker x 2 threads: {results[(1, 2)] / results[(2, 1)]:.2f}x"
-    )
+    two = results[(2, 1)]
+    print(f"ratio 2 workers / 1 worker (1 thread each, steady state): {one / two:.2f}x")
+    print(f"ratio 2 workers x 1 thread / 1 worker x 2 threads: {results[(1, 2)] / two:.2f}x")
 
 
 if __name__ == "__main__":
