@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from pydicom.dataset import Dataset
 from ichnode.errors import IchnodeError
 from ichnode.imaging import WINDOWS, read, to_hu
 from ichnode.inference import Predictor, SlicePrediction
-from ichnode.subtypes import DISPLAY_NAMES, SUBTYPES
+from ichnode.subtypes import DISPLAY_NAMES, SHORT_NAMES, SUBTYPES
 
 
 @dataclass
@@ -105,10 +106,14 @@ def render_table(rows: Sequence[PredictRow]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="ichnode predict")
-    table.add_column("file")
+    table = Table(
+        title="ichnode predict",
+        caption="EDH epidural, IPH intraparenchymal, "
+        "IVH intraventricular, SAH subarachnoid, SDH subdural",
+    )
+    table.add_column("file", no_wrap=True)
     for name in SUBTYPES:
-        table.add_column(name, justify="right")
+        table.add_column(SHORT_NAMES[name], justify="right")
     table.add_column("predicted")
     table.add_column("top subtype")
     err = Console(stderr=True)
@@ -124,4 +129,4 @@ def render_table(rows: Sequence[PredictRow]) -> None:
             p.top_subtype,
         )
     if table.row_count:
-        Console().print(table)
+        Console(width=None if sys.stdout.isatty() else 160).print(table)

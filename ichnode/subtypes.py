@@ -39,6 +39,17 @@ DISPLAY_NAMES: dict[str, str] = {
 }
 
 
+#: Radiology abbreviations, for narrow tables.
+SHORT_NAMES: dict[str, str] = {
+    EPIDURAL: "EDH",
+    INTRAPARENCHYMAL: "IPH",
+    INTRAVENTRICULAR: "IVH",
+    SUBARACHNOID: "SAH",
+    SUBDURAL: "SDH",
+    ANY: "any",
+}
+
+
 def index(name: str) -> int:
     """Position of ``name`` in :data:`SUBTYPES`; a clear error for an unknown label."""
     try:
