@@ -63,6 +63,19 @@ def phantom_slices(n: int, size: int = 512, seed: int = 1) -> Path:
     return folder
 
 
+def phantom_study(n: int, size: int = 512, seed: int = 1) -> Path:
+    """One phantom study of ``n`` slices in a folder, made once and reused."""
+    from training.synth import synth_study
+
+    folder = BENCH_DIR / f"study-{n}-{size}-{seed}"
+    if folder.is_dir() and len(list(folder.glob("*.dcm"))) == n:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, s in enumerate(synth_study(seed, n_slices=n, size=size, valid_uids=True)):
+        s.dataset.save_as(folder / f"{i:05d}.dcm", enforce_file_format=True)
+    return folder
+
+
 def storescu(port: int, folder: Path, aec: str) -> float:
     """Seconds DCMTK storescu takes to send every file in ``folder`` on one association."""
     t0 = time.perf_counter()

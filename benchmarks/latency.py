@@ -1,0 +1,134 @@
+"""Latency benchmark: from the last C-STORE response to (i) every slice scored, (ii) the study
+result stored, (iii) the SR accepted by a destination (DCMTK storescp), for a 40- and a
+250-slice study sent at full speed. stable_seconds is subtracted from (ii) and (iii), so the
+numbers show ichnode's own overhead.
+
+    python benchmarks/latency.py --sizes 40,250 --stable-seconds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pydicom
+from pynetdicom import AE
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    DCMTK_ENV,
+    free_port,
+    machine,
+    phantom_study,
+    port_open,
+    python,
+    wait_for,
+)
+
+
+def _send(port: int, files: list[Path]) -> datetime:
+    datasets = [pydicom.dcmread(f) for f in files]
+    ae = AE(ae_title="LATENCY")
+    ae.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="ICHNODE")
+    for ds in datasets:
+        status = assoc.send_c_store(ds)
+        assert status.Status == 0, hex(status.Status)
+    last = datetime.now(UTC)
+    assoc.release()
+    return last
+
+
+def _ts(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+def run_once(files: list[Path], stable: float, workers: int) -> tuple[float, float, float | None]:
+    work = Path(tempfile.mkdtemp(prefix="latency-"))
+    port, dest_port = free_port(), free_port()
+    (work / "dest").mkdir()
+    cfg = work / "ichnode.toml"
+    cfg.write_text(
+        f"port = {port}\nstable_seconds = {stable}\nworkers = {workers}\n"
+        f'db_url = "sqlite:///{work / "ichnode.db"}"\nstore = "{work / "store"}"\n'
+        f'[[destinations]]\nname = "storescp"\nae_title = "DEST"\nhost = "127.0.0.1"\n'
+        f'port = {dest_port}\nobjects = ["sr"]\n'
+    )
+    dest = subprocess.Popen(
+        ["/usr/bin/storescp", "-aet", "DEST", "-od", str(work / "dest"), str(dest_port)],
+        env=DCMTK_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    node = subprocess.Popen(
+        [python(), "-m", "ichnode", "--log-level", "WARNING", "serve", "--config", str(cfg)],
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: port_open(port) and port_open(dest_port), timeout=120)
+        last = _send(port, files)
+        db = work / "ichnode.db"
+
+        def query(sql: str):  # noqa: ANN202
+            with sqlite3.connect(db) as conn:
+                return conn.execute(sql).fetchone()
+
+        result = wait_for(
+            lambda: (
+                query("select created_at from study_results")[0:1]
+                and query("select created_at from study_results")
+            ),
+            timeout=600,
+            interval=0.05,
+        )
+        scored = _ts(query("select max(completed_at) from instances")[0])
+        resulted = _ts(result[0])
+        sent = None
+        try:
+            row = wait_for(
+                lambda: query("select sent_at from outbox where status='sent'"),
+                timeout=60,
+                interval=0.05,
+            )
+            sent = (_ts(row[0]) - last).total_seconds() - stable
+        except TimeoutError:
+            pass
+        return (scored - last).total_seconds(), (resulted - last).total_seconds() - stable, sent
+    finally:
+        for proc in (node, dest):
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="40,250")
+    parser.add_argument("--stable-seconds", type=float, default=1.0)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    print(
+        f"# latency after the last C-STORE response (stable_seconds={args.stable_seconds} "
+        f"subtracted from result and SR), {args.workers} worker thread(s)"
+    )
+    print(f"# {machine()}, {time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"{'slices':<8}{'all scored s':>14}{'result s':>10}{'SR accepted s':>15}")
+    for n in (int(x) for x in args.sizes.split(",")):
+        files = sorted(phantom_study(n, seed=100 + n).glob("*.dcm"))
+        scored, resulted, sent = run_once(files, args.stable_seconds, args.workers)
+        sr = "-" if sent is None else f"{sent:.2f}"
+        print(f"{n:<8}{scored:>14.2f}{resulted:>10.2f}{sr:>15}")
+
+
+if __name__ == "__main__":
+    main()
