@@ -1,0 +1,163 @@
+"""Prometheus metrics, computed from the database at scrape time.
+
+The database is the record, so the counters are counts of rows (they survive restarts and
+cover every worker process, not only this one). Inference latency is ``completed_at -
+received_at`` of each scored instance: queueing plus decoding plus the forward pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.registry import Collector
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from ichnode.db.models import (
+    DeliveryAttempt,
+    DeliveryStatus,
+    Instance,
+    InstanceStatus,
+    OutboxEntry,
+    Study,
+    StudyResult,
+    StudyStatus,
+)
+from ichnode.web.context import WebContext
+
+log = logging.getLogger(__name__)
+
+#: Upper bounds (seconds) of the inference latency histogram buckets.
+LATENCY_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _seconds_between(session: Session, start: Any, end: Any) -> Any:
+    """SQL for ``end - start`` in seconds on this session's backend."""
+    if session.get_bind().dialect.name == "sqlite":
+        return (func.julianday(end) - func.julianday(start)) * 86400.0
+    return func.extract("epoch", end - start)
+
+
+def _count_by(session: Session, column: Any) -> dict[str, int]:
+    rows = session.execute(select(column, func.count()).group_by(column)).all()
+    return {str(key): int(n) for key, n in rows}
+
+
+class DatabaseCollector(Collector):
+    """Collects the node's metrics from its database (and its in-process workers)."""
+
+    def __init__(self, context: WebContext) -> None:
+        self.context = context
+
+    def collect(self) -> Iterator[Any]:
+        with self.context.sessions() as session:
+            yield from self._instances(session)
+            yield from self._latency(session)
+            yield from self._studies(session)
+            yield from self._deliveries(session)
+        workers = GaugeMetricFamily(
+            "ichnode_workers_alive", "In-process worker threads of this node that are running."
+        )
+        workers.add_metric([], sum(t.is_alive() for t in worker_threads(self.context)))
+        yield workers
+
+    def _instances(self, session: Session) -> Iterator[Any]:
+        by_status = _count_by(session, Instance.status)
+        received = CounterMetricFamily(
+            "ichnode_instances_received", "SOP instances received and stored."
+        )
+        received.add_metric([], sum(by_status.values()))
+        yield received
+        outcome = CounterMetricFamily(
+            "ichnode_instances",
+            "Received instances by outcome: scored, skipped (not head CT) or failed.",
+            labels=["outcome"],
+        )
+        for name, status in (
+            ("scored", InstanceStatus.DONE),
+            ("skipped", InstanceStatus.SKIPPED),
+            ("failed", InstanceStatus.FAILED),
+        ):
+            outcome.add_metric([name], by_status.get(status.value, 0))
+        yield outcome
+        depth = GaugeMetricFamily(
+            "ichnode_queue_depth", "Instances waiting to be scored.", labels=["status"]
+        )
+        for status in (InstanceStatus.QUEUED, InstanceStatus.CLAIMED):
+            depth.add_metric([status.value], by_status.get(status.value, 0))
+        yield depth
+
+    def _latency(self, session: Session) -> Iterator[Any]:
+        latency = _seconds_between(session, Instance.received_at, Instance.completed_at)
+        columns = [func.sum(case((latency <= b, 1), else_=0)) for b in LATENCY_BUCKETS]
+        row = session.execute(
+            select(func.count(), func.sum(latency), *columns).where(
+                Instance.status == InstanceStatus.DONE, Instance.completed_at.is_not(None)
+            )
+        ).one()
+        count, total = int(row[0] or 0), float(row[1] or 0.0)
+        buckets = [(f"{b:g}", int(n or 0)) for b, n in zip(LATENCY_BUCKETS, row[2:], strict=True)]
+        buckets.append(("+Inf", count))
+        hist = HistogramMetricFamily(
+            "ichnode_inference_latency_seconds",
+            "Seconds from receiving an instance to storing its prediction.",
+        )
+        hist.add_metric([], buckets, sum_value=total)
+        yield hist
+
+    def _studies(self, session: Session) -> Iterator[Any]:
+        studies = GaugeMetricFamily("ichnode_studies", "Studies by status.", labels=["status"])
+        by_status = _count_by(session, Study.status)
+        for status in StudyStatus:
+            studies.add_metric([status.value], by_status.get(status.value, 0))
+        yield studies
+        results = CounterMetricFamily(
+            "ichnode_study_results",
+            "Study results written (every version), by whether they were flagged.",
+            labels=["flagged"],
+        )
+        flagged = dict(
+            session.execute(
+                select(StudyResult.flagged, func.count()).group_by(StudyResult.flagged)
+            ).all()
+        )
+        results.add_metric(["true"], int(flagged.get(True, 0)))
+        results.add_metric(["false"], int(flagged.get(False, 0)))
+        yield results
+
+    def _deliveries(self, session: Session) -> Iterator[Any]:
+        by_status = _count_by(session, OutboxEntry.status)
+        deliveries = CounterMetricFamily(
+            "ichnode_deliveries",
+            "Report objects to deliver, by state (sent, failed for good, pending).",
+            labels=["status"],
+        )
+        for status in DeliveryStatus:
+            deliveries.add_metric([status.value], by_status.get(status.value, 0))
+        yield deliveries
+        attempts = CounterMetricFamily(
+            "ichnode_delivery_attempts", "C-STORE attempts made to deliver report objects."
+        )
+        attempts.add_metric([], session.scalar(select(func.count(DeliveryAttempt.id))) or 0)
+        yield attempts
+
+
+def worker_threads(context: WebContext) -> list[Any]:
+    """The node's in-process worker threads (named ``worker-N`` by the node)."""
+    return [t for t in context.threads if t.name.startswith("worker")]
+
+
+def render_metrics(context: WebContext) -> bytes:
+    """The Prometheus text exposition of the node's metrics."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DatabaseCollector(context))
+    return generate_latest(registry)

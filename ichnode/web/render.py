@@ -1,0 +1,78 @@
+"""Slices as PNG, rendered on the fly from the stored file: a window, optionally Grad-CAM.
+
+Saliency runs on a private copy of the node's checkpoint: Grad-CAM hooks the model and
+switches it to eval mode, which must not race the workers' forward passes on the shared one.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import threading
+
+import numpy as np
+from matplotlib import colormaps
+from PIL import Image
+
+from ichnode.imaging import WINDOWS, preprocess, read, resize, to_hu
+from ichnode.inference import Predictor
+from ichnode.report.saliency import grad_cam
+from ichnode.subtypes import ANY
+
+log = logging.getLogger(__name__)
+
+#: Heat map colours and the opacity at saliency 1 (as on the summary image).
+HEATMAP = "jet"
+HEATMAP_MAX_ALPHA = 0.5
+#: Largest rendered side; thumbnails ask for less.
+MAX_SIZE = 1024
+MIN_SIZE = 32
+
+
+class SaliencyModel:
+    """A lazily made private copy of the predictor's checkpoint, used under a lock."""
+
+    def __init__(self, predictor: Predictor | None) -> None:
+        self._predictor = predictor
+        self._ckpt = None
+        self._lock = threading.Lock()
+
+    @property
+    def available(self) -> bool:
+        return self._predictor is not None
+
+    def cam(self, ds: object, subtype: str = ANY) -> np.ndarray:
+        """Grad-CAM map of ``subtype`` on the model input of ``ds`` (square, in [0, 1])."""
+        if self._predictor is None:
+            raise RuntimeError("no model loaded: saliency is not available")
+        with self._lock:
+            if self._ckpt is None:
+                self._ckpt = copy.deepcopy(self._predictor.checkpoint)
+            x = preprocess(ds, self._ckpt.spec)
+            return grad_cam(self._ckpt, x, subtype)
+
+
+def render_png(
+    path: str,
+    window: str = "brain",
+    size: int | None = None,
+    saliency: SaliencyModel | None = None,
+    subtype: str = ANY,
+) -> bytes:
+    """The slice at ``path`` in ``window`` (padded square, ``size`` px), as PNG bytes."""
+    ds = read(path)
+    gray = WINDOWS[window].apply(to_hu(ds))
+    side = size or max(gray.shape)
+    side = int(min(max(side, MIN_SIZE), MAX_SIZE))
+    gray = resize(gray[None], side)[0]
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    if saliency is not None:
+        heat = resize(saliency.cam(ds, subtype)[None], side)[0]
+        colour = colormaps[HEATMAP](heat)[..., :3]
+        alpha = (HEATMAP_MAX_ALPHA * heat)[..., None]
+        rgb = (1.0 - alpha) * rgb + alpha * colour
+    image = Image.fromarray((np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=False, compress_level=3)
+    return buf.getvalue()

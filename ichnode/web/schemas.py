@@ -1,0 +1,117 @@
+"""Response models: what ``/openapi.json`` publishes and every JSON answer is checked against.
+
+The study models follow the results contract of :mod:`ichnode.results` (extra keys that
+module adds later pass through) plus the web layer's ``state``, ``patient``, ``series`` and
+``deliveries``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ichnode.web.queries import Order, WorklistState
+
+Probabilities = dict[str, float]
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Patient(BaseModel):
+    """Identifiers from the study's headers; absent when the node hides them."""
+
+    patient_name: str | None
+    patient_id: str | None
+    accession_number: str | None
+    study_date: str | None
+    study_description: str | None
+
+
+class StudySummary(_Open):
+    study_instance_uid: str
+    status: str = Field(description="Database status: receiving or resulted.")
+    state: WorklistState = Field(description="Worklist state, including delivery.")
+    flagged: bool | None
+    flagged_subtypes: list[str]
+    probabilities: Probabilities | None
+    key_sop_instance_uid: str | None
+    version: int
+    n_instances: int
+    n_scored: int | None
+    model_id: str | None
+    received_at: str
+    last_received_at: str
+    resulted_at: str | None
+    patient: Patient | None = None
+
+
+class StudyList(BaseModel):
+    total: int = Field(description="Studies matching the filters (all pages).")
+    limit: int
+    offset: int
+    order: Order
+    studies: list[StudySummary]
+
+
+class InstanceOut(_Open):
+    sop_instance_uid: str
+    series_instance_uid: str
+    z: float | None
+    instance_number: int | None
+    status: str
+    error: str | None
+    probabilities: Probabilities | None
+
+
+class VersionOut(_Open):
+    version: int
+    flagged: bool
+    flagged_subtypes: list[str]
+    probabilities: Probabilities | None
+    model_id: str
+    created_at: str
+
+
+class SeriesOut(BaseModel):
+    series_instance_uid: str
+    modality: str | None
+    series_description: str | None
+    n_instances: int
+
+
+class StudyDetail(StudySummary):
+    instances: list[InstanceOut]
+    versions: list[VersionOut]
+    series: list[SeriesOut]
+    deliveries: list[dict[str, Any]] = Field(
+        description="Report objects queued for every result version, and their state."
+    )
+
+
+class Check(BaseModel):
+    ok: bool
+    detail: str | None = None
+
+
+class Health(BaseModel):
+    status: str = Field(description="ok or unavailable")
+    database: Check
+    store: Check
+    workers: Check
+    threads: dict[str, bool]
+    queue_depth: int | None
+
+
+class NodeInfo(BaseModel):
+    """What the pages need to draw: labels, windows, thresholds, display choices."""
+
+    subtypes: list[str]
+    display_names: dict[str, str]
+    windows: list[str]
+    thresholds: dict[str, float] | None
+    model_id: str | None
+    show_patient_identifiers: bool
+    refresh_seconds: float

@@ -1,0 +1,173 @@
+/* The study page: key slice with saliency, findings, z-plot, slice strip, versions, deliveries. */
+"use strict";
+(function () {
+  const h = ICH.h;
+  const $ = (id) => document.getElementById(id);
+  const uid = decodeURIComponent(location.pathname.split("/").pop());
+  const view = { sop: null, window: "brain", overlay: true, subtype: "any" };
+  let info = null, study = null;
+
+  function imageUrl(sop, opts) {
+    const q = new URLSearchParams({ window: opts.window || "brain" });
+    if (opts.overlay) { q.set("overlay", "saliency"); q.set("subtype", opts.subtype || "any"); }
+    if (opts.size) q.set("size", opts.size);
+    return `/api/instances/${encodeURIComponent(sop)}/image.png?${q}`;
+  }
+
+  function facts() {
+    const p = study.patient;
+    const items = [];
+    if (p) {
+      items.push(["Patient", ICH.patientLine(p)], ["Accession", p.accession_number || "–"],
+                 ["Study date", p.study_date || "–"]);
+      if (p.study_description) $("title").textContent = p.study_description;
+    }
+    items.push(
+      ["Status", ICH.STATES[study.state] || study.state],
+      ["Result", study.flagged === null ? "pending" : study.flagged
+        ? `FLAGGED: ${study.flagged_subtypes.map((s) => info.display_names[s]).join(", ")}` : "not flagged"],
+      ["Slices", `${study.n_scored ?? "–"} scored of ${study.n_instances}`],
+      ["Received", ICH.time(study.last_received_at)],
+      ["Study UID", study.study_instance_uid]);
+    $("facts").replaceChildren(...items.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+    document.title = `${study.flagged ? "FLAGGED – " : ""}${$("title").textContent} – ichnode`;
+    if (study.flagged) $("title").classList.add("hot");
+  }
+
+  function findings() {
+    const flagged = new Set(study.flagged_subtypes);
+    const rows = info.subtypes.map((s) => {
+      const p = study.probabilities ? study.probabilities[s] : null;
+      const t = info.thresholds ? info.thresholds[s] : null;
+      return h("tr", { class: flagged.has(s) ? "flagged" : null },
+        h("th", { scope: "row" }, h("span", { class: "swatch", style: `background:${ICH.COLORS[s]}` }), info.display_names[s]),
+        h("td", {}, ICH.bar(s, p, flagged.has(s), info.display_names[s])),
+        h("td", { class: "num" }, t === null ? "–" : ICH.pct(t)),
+        h("td", {}, flagged.has(s) ? h("span", { class: "badge hot" }, "FLAGGED") : "–"));
+    });
+    $("findings").tBodies[0].replaceChildren(...rows);
+  }
+
+  function controls() {
+    $("windows").replaceChildren(...info.windows.map((w) => h("label", { class: "seg" },
+      h("input", { type: "radio", name: "window", value: w, checked: w === view.window,
+        onchange: () => { view.window = w; show(view.sop); } }), w)));
+    $("cam-subtype").replaceChildren(...info.subtypes.map((s) =>
+      h("option", { value: s, selected: s === view.subtype }, info.display_names[s])));
+    $("cam-subtype").onchange = (e) => { view.subtype = e.target.value; show(view.sop); };
+    $("overlay").onchange = (e) => { view.overlay = e.target.checked; show(view.sop); };
+  }
+
+  function show(sop) {
+    if (!sop) return;
+    view.sop = sop;
+    const inst = study.instances.find((i) => i.sop_instance_uid === sop);
+    const idx = study.instances.indexOf(inst);
+    const isKey = sop === study.key_sop_instance_uid;
+    $("slice").src = imageUrl(sop, view);
+    $("slice").alt = `Slice ${idx + 1} of ${study.instances.length}${isKey ? " (key slice)" : ""}, ${view.window} window${view.overlay ? ", saliency overlay" : ""}`;
+    $("slice-label").textContent = `${idx + 1} / ${study.instances.length}${isKey ? " – key slice" : ""}`;
+    const probs = inst.probabilities;
+    $("slice-caption").textContent = probs
+      ? `z ${inst.z === null ? "?" : inst.z.toFixed(1)} mm · any ${ICH.pct(probs.any)} · ` +
+        info.subtypes.filter((s) => s !== "any").map((s) => `${ICH.ABBREV[s]} ${ICH.pct(probs[s])}`).join(" · ")
+      : `${inst.status}${inst.error ? `: ${inst.error}` : ""}`;
+    for (const b of document.querySelectorAll("#strip button")) {
+      b.setAttribute("aria-pressed", String(b.dataset.sop === sop));
+    }
+    drawPlot();
+  }
+
+  function strip() {
+    $("strip").replaceChildren(...study.instances.map((inst, i) => {
+      const key = inst.sop_instance_uid === study.key_sop_instance_uid;
+      return h("button", { type: "button", class: `thumb${key ? " key" : ""}`, "data-sop": inst.sop_instance_uid,
+        title: `Slice ${i + 1}${inst.probabilities ? `, any ${ICH.pct(inst.probabilities.any)}` : ""}`,
+        onclick: () => show(inst.sop_instance_uid) },
+        h("img", { src: imageUrl(inst.sop_instance_uid, { window: "brain", size: 96 }), alt: `Slice ${i + 1}`,
+          loading: "lazy", width: 96, height: 96 }),
+        h("span", { class: "tbar", style: `width:${inst.probabilities ? (100 * inst.probabilities.any).toFixed(0) : 0}%` }));
+    }));
+  }
+
+  /* The plot: x = slice position (z, or the index when z is missing), y = probability. */
+  function drawPlot() {
+    const svg = $("zplot");
+    const W = 640, H = 260, L = 44, R = 12, T = 12, B = 34;
+    const pts = study.instances.map((inst, i) => ({ inst, x: inst.z === null ? i : inst.z }));
+    if (!pts.length) { svg.replaceChildren(); return; }
+    const scored = pts.filter((p) => p.inst.probabilities);
+    const xs = pts.map((p) => p.x);
+    const x0 = Math.min(...xs), x1 = Math.max(...xs);
+    const sx = (x) => L + (x1 === x0 ? 0.5 : (x - x0) / (x1 - x0)) * (W - L - R);
+    const sy = (y) => T + (1 - y) * (H - T - B);
+    const parts = [h("title", {}, "Probability of each label along the slices"),
+      h("desc", {}, `x: slice position (${study.instances.some((i) => i.z !== null) ? "z in mm" : "index"}), y: probability from 0 to 1`)];
+    for (const y of [0, 0.25, 0.5, 0.75, 1]) {
+      parts.push(h("line", { class: "grid", x1: L, x2: W - R, y1: sy(y), y2: sy(y) }),
+        h("text", { class: "tick", x: L - 6, y: sy(y) + 4, "text-anchor": "end" }, `${y * 100}%`));
+    }
+    const nt = 5;
+    for (let k = 0; k <= nt; k++) {
+      const x = x0 + (k / nt) * (x1 - x0);
+      parts.push(h("text", { class: "tick", x: sx(x), y: H - B + 16, "text-anchor": "middle" }, x.toFixed(0)));
+    }
+    parts.push(h("text", { class: "tick", x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle" }, "z (mm)"));
+    const sel = pts.find((p) => p.inst.sop_instance_uid === view.sop);
+    if (sel) parts.push(h("line", { class: "cursor", x1: sx(sel.x), x2: sx(sel.x), y1: T, y2: H - B }));
+    for (const s of [...info.subtypes.filter((s) => s !== "any"), "any"]) {
+      const d = scored.map((p) => `${sx(p.x).toFixed(1)},${sy(p.inst.probabilities[s]).toFixed(1)}`).join(" ");
+      if (d) parts.push(h("polyline", { class: `series ${s}`, points: d, stroke: ICH.COLORS[s],
+        "stroke-width": s === "any" ? 3 : 2, fill: "none" }));
+    }
+    // A transparent hit area: clicking the plot shows the nearest slice.
+    const hit = h("rect", { x: L, y: T, width: W - L - R, height: H - T - B, fill: "transparent", class: "hit" });
+    hit.addEventListener("click", (e) => {
+      const box = svg.getBoundingClientRect();
+      const vx = ((e.clientX - box.left) / box.width) * W;
+      const near = pts.reduce((a, b) => (Math.abs(sx(a.x) - vx) <= Math.abs(sx(b.x) - vx) ? a : b));
+      show(near.inst.sop_instance_uid);
+    });
+    parts.push(hit);
+    svg.replaceChildren(...parts);
+    svg.dataset.series = String(svg.querySelectorAll("polyline").length);
+    $("legend").replaceChildren(...info.subtypes.map((s) => h("li", {},
+      h("span", { class: "swatch", style: `background:${ICH.COLORS[s]}` }), info.display_names[s])));
+  }
+
+  function versions() {
+    $("versions").tBodies[0].replaceChildren(...[...study.versions].reverse().map((v) => h("tr", {},
+      h("th", { scope: "row" }, `v${v.version}`), h("td", {}, ICH.time(v.created_at)),
+      h("td", {}, v.flagged ? h("span", { class: "badge hot" }, v.flagged_subtypes.join(", ") || "yes") : "no"),
+      h("td", { class: "num" }, ICH.pct(v.probabilities ? v.probabilities.any : null)),
+      h("td", { class: "mono" }, (v.model_id || "").slice(0, 12)))));
+  }
+
+  function deliveries() {
+    const list = study.deliveries || [];
+    $("no-deliveries").hidden = list.length > 0;
+    $("deliveries").hidden = list.length === 0;
+    $("deliveries").tBodies[0].replaceChildren(...list.map((d) => {
+      const attempts = d.history || d.attempt_history || [];
+      const last = attempts.length ? attempts[attempts.length - 1] : null;
+      const lastText = d.sent_at ? `sent ${ICH.time(d.sent_at)}` : (d.last_error || (last && last.error) || "–");
+      return h("tr", { class: d.status === "failed" ? "flagged" : null },
+        h("th", { scope: "row" }, d.version ? `v${d.version}` : "–"),
+        h("td", {}, `${d.destination || "?"}${d.ae_title ? ` (${d.ae_title})` : ""}`),
+        h("td", {}, d.kind || "–"),
+        h("td", {}, h("span", { class: `state ${d.status === "failed" ? "delivery_failed" : d.status === "sent" ? "reported" : "scored"}` }, d.status)),
+        h("td", { class: "num" }, typeof d.attempts === "number" ? d.attempts : attempts.length),
+        h("td", {}, lastText));
+    }));
+  }
+
+  async function main() {
+    [info, study] = await Promise.all([ICH.json("/api/info"), ICH.json(`/api/studies/${encodeURIComponent(uid)}`)]);
+    facts(); findings(); controls(); strip(); versions(); deliveries();
+    const first = study.key_sop_instance_uid ||
+      (study.instances[Math.floor(study.instances.length / 2)] || {}).sop_instance_uid;
+    if (first) show(first); else drawPlot();
+    document.body.dataset.loaded = "true";
+  }
+  main().catch((err) => { $("error").textContent = err.message; $("error").hidden = false; });
+})();

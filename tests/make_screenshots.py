@@ -1,0 +1,85 @@
+"""Make docs/img/worklist.png and docs/img/study.png from a live node with phantom studies.
+
+    python tests/make_screenshots.py [--out docs/img]
+
+Starts a node on a temporary SQLite database, sends phantom head CTs over DICOM (bleeds and a
+normal head), serves the web app on a free port and photographs both pages in the system's
+headless Chromium.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import free_port  # noqa: E402
+from playwright.sync_api import sync_playwright  # noqa: E402
+from test_browser_worklist import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from test_web_api import send_phantoms, serve, wait_resulted  # noqa: E402
+
+from ichnode.config import Settings  # noqa: E402
+from ichnode.node.server import Node  # noqa: E402
+
+SHOTS = (
+    ("iph", 2, ("intraparenchymal",)),
+    ("sdh", 3, ("subdural", "intraparenchymal")),
+    ("ivh", 5, ("intraventricular",)),
+    ("edh", 4, ("epidural",)),
+    ("normal", 10, ()),
+    ("normal2", 16, ()),
+)
+VIEWPORT = {"width": 1600, "height": 1000}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("docs/img"))
+    out = parser.parse_args().out
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(
+            db_url=f"sqlite:///{tmp}/ichnode.db",
+            store=Path(tmp) / "store",
+            port=free_port(),
+            stable_seconds=0.5,
+            device="cpu",
+            min_free_bytes=0,
+        )
+        node = Node(settings)
+        node.start()
+        handle = None
+        try:
+            uids = send_phantoms(node, SHOTS)
+            handle = serve(node)
+            with httpx.Client(base_url=handle.url) as client:
+                wait_resulted(client, len(uids))
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                page = browser.new_page(viewport=VIEWPORT)
+                page.goto(handle.url)
+                page.wait_for_function(
+                    f"document.querySelectorAll('#worklist tbody tr').length === {len(uids)}"
+                )
+                page.screenshot(path=str(out / "worklist.png"))
+                page.goto(f"{handle.url}/studies/{uids['iph']}")
+                page.wait_for_selector("body[data-loaded=true]")
+                page.wait_for_function(
+                    "[...document.images].every(i => i.complete && i.naturalWidth > 0)"
+                )
+                page.screenshot(path=str(out / "study.png"), full_page=True)
+                browser.close()
+        finally:
+            if handle is not None:
+                handle.stop()
+            node.stop()
+    print(f"wrote {out / 'worklist.png'} and {out / 'study.png'}")
+
+
+if __name__ == "__main__":
+    main()
