@@ -21,6 +21,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+destinations_app = typer.Typer(
+    help="The DICOM nodes that receive report objects.", no_args_is_help=True
+)
+app.add_typer(destinations_app, name="destinations")
 
 _state = {"debug": False}
 
@@ -297,6 +301,32 @@ def results(
     show_results(settings, study=study, flagged=flagged, since=since, limit=limit, fmt=fmt)
 
 
+@destinations_app.command("check")
+def destinations_check(config: ConfigOpt = None) -> None:
+    """C-ECHO every configured destination; exit 1 if any does not answer."""
+    from ichnode.node.outbox import check_destinations
+    from ichnode.results_view import show_destination_checks
+
+    rows = check_destinations(_settings(config))
+    show_destination_checks(rows)
+    if any(not r.ok for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
+def resend(
+    study: Annotated[str, typer.Option("--study", help="StudyInstanceUID to send again.")],
+    config: ConfigOpt = None,
+    db_url: DbUrlOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Queue the latest report objects of a study again (the running node sends them)."""
+    from ichnode.node.outbox import resend_study
+
+    count = resend_study(_settings(config, db_url=db_url, store=store), study)
+    typer.echo(f"queued {count} report object(s) of study {study} again")
+
+
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOpt = None, db_url: DbUrlOpt = None) -> None:
     """Bring the database schema up to date (Alembic migrations)."""
@@ -313,7 +343,7 @@ def db_upgrade(config: ConfigOpt = None, db_url: DbUrlOpt = None) -> None:
 def main() -> None:
     """Console entry point: one-line errors, no tracebacks unless ``--debug``."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except IchnodeError as exc:
         _fail(str(exc), exc)
     except (typer.Abort, KeyboardInterrupt):
@@ -328,6 +358,9 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         _fail(f"{type(exc).__name__}: {exc}", exc)
+    # Without standalone mode click returns the code of a ``typer.Exit`` instead of raising.
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 def _fail(message: str, exc: BaseException) -> None:

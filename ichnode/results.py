@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from ichnode.db.models import Instance, Prediction, Study, StudyResult
+from ichnode.db.models import Instance, OutboxEntry, Prediction, Study, StudyResult
 
 
 def _latest_result(session: Session, study: Study) -> StudyResult | None:
@@ -124,7 +124,30 @@ def study_detail(session: Session, study_uid: str) -> dict[str, Any] | None:
             .order_by(StudyResult.version)
         )
     ]
+    out["deliveries"] = deliveries(session, study.id)
     return out
+
+
+def deliveries(session: Session, study_id: int) -> list[dict[str, Any]]:
+    """Every report object queued for the study (all versions, oldest first) and its state."""
+    rows = session.execute(
+        select(OutboxEntry, StudyResult.version)
+        .join(StudyResult, StudyResult.id == OutboxEntry.study_result_id)
+        .where(StudyResult.study_id == study_id)
+        .order_by(OutboxEntry.id)
+    ).all()
+    return [
+        {
+            "version": version,
+            "kind": e.kind,
+            "destination": e.destination,
+            "status": str(e.status),
+            "attempts": e.attempts,
+            "last_error": e.last_error,
+            "sent_at": e.sent_at.isoformat() if e.sent_at else None,
+        }
+        for e, version in rows
+    ]
 
 
 def _newest(predictions: list[Prediction]) -> Prediction | None:

@@ -10,7 +10,6 @@ from typing import Any
 
 from ichnode.config import Settings
 from ichnode.errors import IchnodeError
-from ichnode.node.server import open_database
 from ichnode.results import list_studies, study_detail
 from ichnode.subtypes import SUBTYPES
 
@@ -24,6 +23,8 @@ def show_results(
     limit: int,
     fmt: str,
 ) -> None:
+    from ichnode.node.server import open_database  # imports torch: only when needed
+
     engine, sessions = open_database(settings)
     try:
         with sessions() as session:
@@ -112,3 +113,51 @@ def _table(rows: list[dict[str, Any]], detail: bool) -> None:
                 *(_fmt(probs.get(n)) for n in SUBTYPES),
             )
         console.print(inst)
+        _deliveries(console, rows[0].get("deliveries") or [])
+
+
+def _deliveries(console: Any, rows: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    if not rows:
+        console.print("report objects: none queued")
+        return
+    table = Table(title="report objects sent to the PACS")
+    for col in ("version", "object", "destination", "status", "attempts", "sent at", "last error"):
+        table.add_column(col)
+    for d in rows:
+        table.add_row(
+            str(d["version"]),
+            d["kind"],
+            d["destination"],
+            d["status"],
+            str(d["attempts"]),
+            d["sent_at"] or "-",
+            d["last_error"] or "",
+        )
+    console.print(table)
+
+
+def show_destination_checks(rows: list[Any]) -> None:
+    """The table of ``ichnode destinations check`` (rows: outbox.EchoResult)."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console()
+    if not rows:
+        console.print("no destinations configured")
+        return
+    table = Table(title="destinations (C-ECHO)")
+    for col in ("name", "AE title", "host:port", "status"):
+        table.add_column(col)
+    table.add_column("round trip", justify="right")
+    for r in rows:
+        table.add_row(
+            r.name,
+            r.ae_title,
+            f"{r.host}:{r.port}",
+            Text("OK", style="green") if r.ok else Text(r.status, style="red"),
+            "-" if r.round_trip_ms is None else f"{r.round_trip_ms:.0f} ms",
+        )
+    console.print(table)

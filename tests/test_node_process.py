@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ ICHNODE = [sys.executable, "-m", "ichnode"]
 class ServeProcess:
     """`ichnode serve ARGS` in ``cwd``; its output goes to a log file."""
 
-    def __init__(self, cwd: Path, *args: str) -> None:
+    def __init__(self, cwd: Path, *args: str, http: bool = False) -> None:
         self.cwd = cwd
         self.log = cwd / f"serve-{len(list(cwd.glob('serve-*.log')))}.log"
         self.proc = subprocess.Popen(
@@ -33,7 +34,7 @@ class ServeProcess:
             cwd=cwd,
             stdout=self.log.open("w"),
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "ICHNODE_HTTP__ENABLED": str(http).lower()},
         )
         wait_for(self.ready, timeout=90, interval=0.1)
 
@@ -43,7 +44,8 @@ class ServeProcess:
     def ready(self) -> bool:
         if self.proc.poll() is not None:
             raise AssertionError(f"ichnode serve exited early:\n{self.output()}")
-        return "ichnode ready:" in self.output()
+        # The printed line (not the log record, which comes first and lacks the HTTP part).
+        return any(line.startswith("ichnode ready:") for line in self.output().splitlines())
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.proc.poll() is None:
@@ -62,10 +64,13 @@ def _results(cwd: Path, *args: str) -> list[dict]:
 
 
 def test_serve_with_no_arguments_starts_on_the_defaults(tmp_path):
-    node = ServeProcess(tmp_path)
+    node = ServeProcess(tmp_path, http=True)
     try:
         line = next(x for x in node.output().splitlines() if x.startswith("ichnode ready:"))
         assert "AE ICHNODE on 127.0.0.1:11112" in line and "sqlite:///var/ichnode.db" in line
+        assert "HTTP on http://127.0.0.1:8080" in line
+        with urllib.request.urlopen("http://127.0.0.1:8080/healthz", timeout=10) as rsp:
+            assert rsp.status == 200 and json.loads(rsp.read())
         done = run_dcmtk("echoscu", "-aec", "ICHNODE", "127.0.0.1", "11112")
         assert done.returncode == 0, done.stderr
         assert (tmp_path / "var" / "ichnode.db").is_file()
@@ -75,15 +80,32 @@ def test_serve_with_no_arguments_starts_on_the_defaults(tmp_path):
 
 def test_readme_walkthrough_synth_storescu_results(tmp_path):
     """The README's main walk-through, command for command (on a free port)."""
-    done = _cli(tmp_path, "synth", "--out", "demo", "--studies", "1", "--seed", "3",
-                "--size", "256", "--valid-uids")
+    done = _cli(
+        tmp_path,
+        "synth",
+        "--out",
+        "demo",
+        "--studies",
+        "1",
+        "--seed",
+        "3",
+        "--size",
+        "256",
+        "--valid-uids",
+    )
     assert done.returncode == 0, done.stderr
     port = free_port()
     node = ServeProcess(tmp_path, "--port", str(port), "--stable-seconds", "2")
     try:
         sent = run_dcmtk(
-            "storescu", "-aec", "ICHNODE", "+sd", "127.0.0.1", str(port),
-            str(tmp_path / "demo" / "stage_2_train"), timeout=120,
+            "storescu",
+            "-aec",
+            "ICHNODE",
+            "+sd",
+            "127.0.0.1",
+            str(port),
+            str(tmp_path / "demo" / "stage_2_train"),
+            timeout=120,
         )
         assert sent.returncode == 0, sent.stderr
         n_files = len(list((tmp_path / "demo" / "stage_2_train").glob("*.dcm")))
@@ -93,7 +115,12 @@ def test_readme_walkthrough_synth_storescu_results(tmp_path):
         (study_row,) = studies
         assert study_row["n_instances"] == n_files and study_row["version"] == 1
         assert set(study_row["probabilities"]) == {
-            "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any"
+            "epidural",
+            "intraparenchymal",
+            "intraventricular",
+            "subarachnoid",
+            "subdural",
+            "any",
         }
         detail = _results(tmp_path, "--study", study_row["study_instance_uid"])[0]
         assert len(detail["instances"]) == n_files
@@ -113,7 +140,9 @@ def test_sigterm_finishes_and_exits_zero_releasing_leases(tmp_path):
     assert node.stop(signal.SIGTERM) == 0
     engine = create_engine(f"sqlite:///{tmp_path / 'var' / 'ichnode.db'}")
     with engine.connect() as conn:
-        claimed = conn.execute(text("select count(*) from instances where status='claimed'")).scalar()
+        claimed = conn.execute(
+            text("select count(*) from instances where status='claimed'")
+        ).scalar()
         total = conn.execute(text("select count(*) from instances")).scalar()
     engine.dispose()
     assert claimed == 0 and total == 8

@@ -16,9 +16,12 @@ from sqlalchemy.engine import make_url
 from ichnode.config import Settings, TLSSettings
 from ichnode.db import migrate, queue
 from ichnode.db.engine import make_engine, make_sessionmaker
-from ichnode.errors import ConfigError
+from ichnode.errors import ConfigError, IchnodeError
 from ichnode.inference import Predictor
+from ichnode.model import demo_model_path, load_checkpoint
 from ichnode.node.monitor import Monitor, ResultPolicy
+from ichnode.node.outbox import Outbox
+from ichnode.node.reporting import create_reports
 from ichnode.node.scp import StorageSCP
 from ichnode.node.worker import Worker
 from ichnode.store import Store
@@ -85,6 +88,8 @@ class Node:
         self.engine, self.sessions = open_database(s)
         self.store = Store(s.store, s.min_free_bytes)
         self.predictor = Predictor(s.model, s.device)
+        # Grad-CAM hooks and toggles the model: the reports get their own copy, on the CPU.
+        self.report_checkpoint = load_checkpoint(s.model or demo_model_path(), "cpu")
         ssl_context = tls_context(s.tls)
         with self.sessions.begin() as session:
             for wid in self.worker_ids():
@@ -107,9 +112,11 @@ class Node:
             self.sessions,
             ResultPolicy(self.predictor.checkpoint.thresholds, self.predictor.model_id),
             s.stable_seconds,
-            on_result=self.on_result,
+            on_result=self._on_result,
         )
         self._spawn(self.monitor.run, "monitor")
+        self.outbox = Outbox(self.sessions, self.store, s)
+        self._spawn(self.outbox.run, "outbox")
         self.scp = StorageSCP(s, self.store, self.sessions, on_stored=self.wake.set)
         try:
             self.scp.start(ssl_context)
@@ -127,6 +134,25 @@ class Node:
         log.info(ready)
         return ready
 
+    def _on_result(self, result_id: int) -> None:
+        """Monitor callback: build and queue the result's report objects, wake the outbox.
+
+        Runs in its own transaction; a failure is logged and never reaches the monitor.
+        """
+        try:
+            with self.sessions.begin() as session:
+                entries = create_reports(
+                    session, self.store, self.settings, self.report_checkpoint, result_id
+                )
+            if entries:
+                self.outbox.wake.set()
+        except (IchnodeError, ValueError) as exc:
+            log.error("report objects of study result %d not built: %s", result_id, exc)
+        except Exception:  # noqa: BLE001 - the monitor must outlive a report failure
+            log.exception("report objects of study result %d not built", result_id)
+        if self.on_result is not None:
+            self.on_result(result_id)
+
     def _spawn(self, target: Callable[[threading.Event], None], name: str) -> None:
         thread = threading.Thread(target=target, args=(self.stop_event,), name=name, daemon=True)
         thread.start()
@@ -139,6 +165,9 @@ class Node:
             scp.shutdown()
         self.stop_event.set()
         self.wake.set()
+        outbox = getattr(self, "outbox", None)
+        if outbox is not None:
+            outbox.wake.set()
         for thread in self.threads:
             thread.join(timeout=30)
         engine = getattr(self, "engine", None)
@@ -158,11 +187,23 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, _signal)
     signal.signal(signal.SIGINT, _signal)
     ready = node.start()
+    http = None
+    if settings.http.enabled:
+        from ichnode.web import start_http
+
+        try:
+            http = start_http(settings, node)
+        except Exception:
+            node.stop()
+            raise
+        ready += f", HTTP on {http.url}"
     print(ready, flush=True)
     try:
         while not stop.wait(1.0):
             pass
     finally:
+        if http is not None:
+            http.stop()
         node.stop()
         log.info("ichnode stopped")
         sys.stdout.flush()

@@ -1,0 +1,297 @@
+"""Report objects for a new study result: build, store, and queue one outbox row per target.
+
+For each result version the node builds what its destinations want -- the SR (always when
+one wants ``sr``), the summary image with a Grad-CAM overlay, the KOS (positive studies only)
+-- writes each into the store (``<study>/<series>/<sop>.dcm``, the study's folder, the
+object's own series) so it can be sent again, and inserts one :class:`OutboxEntry` per
+(object, destination). The outbox sends them.
+
+Where the result goes: every configured destination, plus the sender of the study when its
+calling AE title is in ``return_to_sender`` (AE title -> port). The sender's host is the peer
+address of its latest accepted association in the ``associations`` audit table (the SCP
+writes one row per association); AE titles name fixed hosts in DICOM networks, so this needs
+no new column on ``studies``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pydicom
+from pydicom.dataset import Dataset
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ichnode import __version__
+from ichnode.config import Settings
+from ichnode.db.models import Association, Instance, OutboxEntry, Study, StudyResult
+from ichnode.errors import IchnodeError
+from ichnode.imaging import preprocess
+from ichnode.model import Checkpoint
+from ichnode.report import StudyFindings, build_kos, build_sr, build_summary, grad_cam, to_bytes
+from ichnode.report.sr import STUDY_ATTRIBUTES
+from ichnode.store import Store
+from ichnode.subtypes import ANY
+
+log = logging.getLogger(__name__)
+
+KIND_SR = "sr"
+KIND_SUMMARY = "summary"
+KIND_KOS = "kos"
+#: The order objects are built and queued in (the SR first: it is the result).
+KINDS = (KIND_SR, KIND_SUMMARY, KIND_KOS)
+#: What a return-to-sender target receives (a Destination's default objects).
+RETURN_OBJECTS = (KIND_SR, KIND_SUMMARY)
+#: Destination name of a return-to-sender target: ``return:<calling AE>``.
+RETURN_PREFIX = "return:"
+
+
+class ReportingError(IchnodeError):
+    """The report objects of a study result cannot be built (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one result's objects go: a configured destination or the study's sender."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    objects: tuple[str, ...]
+
+
+def uid_hash(uid: str) -> str:
+    """A short, stable, non-identifying tag for a UID in logs."""
+    return hashlib.sha256(uid.encode()).hexdigest()[:10]
+
+
+def sender_host(session: Session, study: Study) -> str | None:
+    """Peer address of the latest association from the study's calling AE (None if unknown)."""
+    if not study.calling_ae:
+        return None
+    return session.scalar(
+        select(Association.peer_address)
+        .where(
+            Association.calling_ae == study.calling_ae,
+            Association.peer_address.is_not(None),
+            Association.outcome.not_like("rejected%"),
+            Association.started_at <= study.last_received_at,
+        )
+        .order_by(Association.started_at.desc(), Association.id.desc())
+        .limit(1)
+    )
+
+
+def delivery_targets(session: Session, settings: Settings, study: Study) -> list[Target]:
+    """The configured destinations, plus the sender when ``return_to_sender`` names its AE."""
+    targets = [
+        Target(d.name, d.ae_title, d.host, d.port, tuple(d.objects)) for d in settings.destinations
+    ]
+    port = settings.return_to_sender.get(study.calling_ae or "")
+    if port:
+        host = sender_host(session, study)
+        if host is None:
+            log.warning(
+                "study %s: no recorded address for calling AE %s; not returned to sender",
+                uid_hash(study.study_instance_uid),
+                study.calling_ae,
+            )
+        else:
+            name = f"{RETURN_PREFIX}{study.calling_ae}"
+            targets.append(Target(name, study.calling_ae, host, port, RETURN_OBJECTS))
+    return targets
+
+
+def findings_of(result: StudyResult, key_uid: str, checkpoint: Checkpoint) -> StudyFindings:
+    """The report builders' input for a result scored by ``checkpoint``."""
+    if result.model_id != checkpoint.model_id:
+        raise ReportingError(
+            f"result v{result.version} was scored by {result.model_id}, "
+            f"the node serves {checkpoint.model_id}"
+        )
+    return StudyFindings(
+        probabilities=result.probabilities,
+        thresholds=checkpoint.thresholds,
+        key_sop_instance_uid=key_uid,
+        model_id=result.model_id,
+        model_architecture=checkpoint.architecture,
+        model_sha256=checkpoint.sha256,
+        version=result.version,
+        ichnode_version=__version__,
+    )
+
+
+def read_header(store: Store, relative: str) -> Dataset:
+    """A stored file's header (no pixel data)."""
+    return pydicom.dcmread(store.path(relative), stop_before_pixels=True)
+
+
+def _fill_type2(ds: Dataset) -> Dataset:
+    """Add the patient/study attributes a source lacks as empty (Type 2) values."""
+    for keyword in STUDY_ATTRIBUTES:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    return ds
+
+
+def _why(exc: Exception) -> str:
+    """Why a stored file could not be read, without its path (paths hold UIDs)."""
+    reason = getattr(exc, "strerror", None) or type(exc).__name__
+    return f"stored file unreadable ({reason})"
+
+
+def read_sources(store: Store, instances: Sequence[Instance], key_id: int) -> list[Dataset]:
+    """Headers of the study's stored instances; an unreadable non-key file is left out."""
+    sources: list[Dataset] = []
+    missing = 0
+    for inst in instances:
+        try:
+            sources.append(_fill_type2(read_header(store, inst.path)))
+        except (OSError, pydicom.errors.InvalidDicomError, ValueError) as exc:
+            if inst.id == key_id:
+                raise ReportingError(f"key slice (instance {inst.id}): {_why(exc)}") from None
+            missing += 1
+    if missing:
+        log.warning("%d stored instance(s) unreadable; left out of the SR evidence", missing)
+    return sources
+
+
+def previous_objects(session: Session, store: Store, result: StudyResult) -> dict[str, Dataset]:
+    """Headers of the newest earlier report object of each kind of this study (by version)."""
+    rows = session.execute(
+        select(OutboxEntry.kind, OutboxEntry.path)
+        .join(StudyResult, StudyResult.id == OutboxEntry.study_result_id)
+        .where(StudyResult.study_id == result.study_id, StudyResult.version < result.version)
+        .order_by(StudyResult.version.desc(), OutboxEntry.id.desc())
+    ).all()
+    found: dict[str, Dataset] = {}
+    for kind, path in rows:
+        if kind in found:
+            continue
+        try:
+            found[kind] = read_header(store, path)
+        except (OSError, pydicom.errors.InvalidDicomError, ValueError):
+            log.warning("previous %s of result %d is missing from the store", kind, result.id)
+    return found
+
+
+def build_objects(
+    wanted: set[str],
+    sources: list[Dataset],
+    key: Dataset,
+    findings: StudyFindings,
+    checkpoint: Checkpoint,
+    previous: dict[str, Dataset],
+) -> dict[str, Dataset]:
+    """The wanted report objects, each in the series of its predecessor when there is one."""
+    built: dict[str, Dataset] = {}
+    number = findings.version
+    if KIND_SR in wanted:
+        built[KIND_SR] = build_sr(
+            sources, findings, instance_number=number, predecessor=previous.get(KIND_SR)
+        )
+    if KIND_SUMMARY in wanted:
+        cam = grad_cam(checkpoint, preprocess(key, checkpoint.spec), ANY)
+        built[KIND_SUMMARY] = build_summary(
+            key,
+            findings,
+            saliency=cam,
+            series_instance_uid=_series(previous.get(KIND_SUMMARY)),
+            instance_number=number,
+        )
+    if KIND_KOS in wanted and findings.positive:
+        built[KIND_KOS] = build_kos(
+            sources,
+            findings,
+            series_instance_uid=_series(previous.get(KIND_KOS)),
+            instance_number=number,
+        )
+    return built
+
+
+def _series(ds: Dataset | None) -> str | None:
+    return None if ds is None else str(ds.SeriesInstanceUID)
+
+
+def create_reports(
+    session: Session,
+    store: Store,
+    settings: Settings,
+    checkpoint: Checkpoint,
+    study_result_id: int,
+) -> list[OutboxEntry]:
+    """Build, store and queue the report objects of one study result version.
+
+    The caller owns the transaction. A result with no scored slice gets nothing (one log line).
+    Raises :class:`ReportingError` (or the builders' ``ReportError``) when the objects cannot
+    be built.
+    """
+    result = session.get(StudyResult, study_result_id)
+    if result is None:
+        raise ReportingError(f"no study result {study_result_id}")
+    study = result.study
+    tag = uid_hash(study.study_instance_uid)
+    if not result.n_scored or result.key_instance_id is None or result.p_any is None:
+        log.info("study %s v%d: no scored slice, no report objects", tag, result.version)
+        return []
+    targets = delivery_targets(session, settings, study)
+    wanted = {kind for target in targets for kind in target.objects}
+    if not wanted:
+        log.debug("study %s v%d: no destination, no report objects", tag, result.version)
+        return []
+
+    instances = session.scalars(
+        select(Instance)
+        .where(Instance.study_id == study.id, Instance.path.is_not(None))
+        .order_by(Instance.id)
+    ).all()
+    key_inst = session.get(Instance, result.key_instance_id)
+    if key_inst is None or key_inst.path is None:
+        raise ReportingError(f"key slice of result {result.id} has no stored file")
+    sources = read_sources(store, instances, key_inst.id)
+    try:
+        key = _fill_type2(pydicom.dcmread(store.path(key_inst.path)))
+    except (OSError, pydicom.errors.InvalidDicomError, ValueError) as exc:
+        raise ReportingError(f"key slice (instance {key_inst.id}): {_why(exc)}") from None
+    findings = findings_of(result, key_inst.sop_instance_uid, checkpoint)
+    built = build_objects(
+        wanted, sources, key, findings, checkpoint, previous_objects(session, store, result)
+    )
+
+    paths: dict[str, str] = {}
+    for kind, ds in built.items():
+        relative = store.relative_path(
+            study.study_instance_uid, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+        )
+        store.write(relative, to_bytes(ds))
+        paths[kind] = relative
+    entries = [
+        OutboxEntry(
+            study_result_id=result.id,
+            destination=target.name,
+            ae_title=target.ae_title,
+            host=target.host,
+            port=target.port,
+            kind=kind,
+            sop_instance_uid=str(built[kind].SOPInstanceUID),
+            path=paths[kind],
+        )
+        for target in targets
+        for kind in KINDS
+        if kind in target.objects and kind in built
+    ]
+    session.add_all(entries)
+    session.flush()
+    log.info(
+        "study %s v%d: built %s; %d outbox entries for %d target(s)",
+        tag,
+        result.version,
+        ", ".join(built) or "nothing",
+        len(entries),
+        len(targets),
+    )
+    return entries

@@ -1,0 +1,130 @@
+"""`ichnode predict` and the CLI's error paths, in process and as real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pydicom
+import pytest
+from helpers import sample_file, study, write_all
+from PIL import Image
+
+from ichnode.subtypes import SUBTYPES
+
+ICHNODE = [sys.executable, "-m", "ichnode"]
+
+
+def _run(*args: str, cwd=None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ICHNODE, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def test_predict_json_contract_on_real_head_ct(tmp_path):
+    files = [str(sample_file("693_UNCR.dcm")), str(sample_file("693_J2KR.dcm"))]
+    done = _run("predict", "--json", *files)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert [r["file"] for r in rows] == files
+    for row in rows:
+        assert set(row) == {"file", "sop_instance_uid", "probabilities", "predicted", "top_subtype"}
+        assert list(row["probabilities"]) == list(SUBTYPES)
+        assert all(0 <= p <= 1 for p in row["probabilities"].values())
+        assert row["top_subtype"] in SUBTYPES and row["top_subtype"] != "any"
+        assert set(row["predicted"]) <= set(SUBTYPES)
+    # Lossless JPEG 2000 and uncompressed are the same pixels: the same probabilities.
+    assert rows[0]["probabilities"] == pytest.approx(rows[1]["probabilities"], abs=1e-6)
+    assert rows[0]["sop_instance_uid"] == pydicom.dcmread(files[0]).SOPInstanceUID
+
+
+def test_predict_bad_files_are_one_line_errors_and_the_others_still_predicted(tmp_path):
+    (tmp_path / "notes.txt").write_text("not dicom")
+    nopix = study(1, size=32)[0]
+    del nopix.PixelData
+    (nopix_path,) = write_all([nopix], tmp_path / "nopix")
+    mr = sample_file("MR_small.dcm")
+    good = sample_file("CT_small.dcm")
+    done = _run(
+        "predict", "--json", str(tmp_path / "notes.txt"), str(nopix_path), str(mr), str(good)
+    )
+    assert done.returncode == 1
+    rows = json.loads(done.stdout)
+    errors = [r["error"] for r in rows[:3]]
+    assert "not a readable DICOM file" in errors[0]
+    assert "no pixel data" in errors[1]
+    assert "not a CT image" in errors[2]
+    assert all("\n" not in e for e in errors)
+    assert "probabilities" in rows[3]
+    assert "Traceback" not in done.stderr
+
+
+def test_predict_table_and_png(tmp_path):
+    out = tmp_path / "slice.png"
+    done = _run("predict", str(sample_file("693_UNCR.dcm")), "--png", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "any" in done.stdout and "693_UNCR" in done.stdout
+    img = Image.open(out)
+    assert img.size == (512, 512) and img.getextrema()[0][1] > 0
+
+
+def test_missing_model_is_a_one_line_error_without_traceback(tmp_path):
+    done = _run(
+        "predict", str(sample_file("CT_small.dcm")), "--model", str(tmp_path / "no.safetensors")
+    )
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "does not exist" in lines[0]
+
+
+def test_unknown_device_is_a_one_line_error(tmp_path):
+    done = _run("predict", str(sample_file("CT_small.dcm")), "--device", "cuda:7")
+    assert done.returncode != 0
+    assert done.stderr.strip().startswith("error:") and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_bad_config_is_a_one_line_error_naming_the_key(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("port = 99999\n")
+    done = _run("results", "--config", str(cfg))
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        line
+        for line in done.stderr.strip().splitlines()
+        if line.startswith("error: invalid setting port")
+    ]
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    done = _run(
+        "--debug", "predict", str(sample_file("CT_small.dcm")), "--model", str(tmp_path / "x")
+    )
+    assert "Traceback" in done.stderr and done.returncode != 0
+
+
+def test_every_command_has_help():
+    for args in (
+        ["--help"],
+        ["serve", "--help"],
+        ["worker", "--help"],
+        ["results", "--help"],
+        ["db", "upgrade", "--help"],
+        ["synth", "--help"],
+        ["train", "--help"],
+        ["evaluate", "--help"],
+        ["predict", "--help"],
+    ):
+        done = _run(*args)
+        assert done.returncode == 0 and "Usage" in done.stdout, args
+
+
+def test_usage_error_exits_non_zero_without_traceback():
+    done = _run("results", "--format", "xml")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+
+
+def test_db_upgrade_then_results_on_an_empty_database(tmp_path):
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    up = _run("db", "upgrade", "--db-url", url)
+    assert up.returncode == 0 and "is at" in up.stdout
+    res = _run("results", "--db-url", url, "--format", "json")
+    assert res.returncode == 0 and json.loads(res.stdout) == []

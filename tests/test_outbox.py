@@ -1,0 +1,381 @@
+"""The outbox sender on its own: claims, statuses, backoff, FAILED, wake-up, resend.
+
+Real sockets (an in-process pynetdicom SCP answering a chosen status, or a closed port) and
+real databases (SQLite and PostgreSQL through the ``db_url`` fixture).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from db_fixtures import add_instances
+from helpers import ct_dataset, free_port, wait_for
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+from sqlalchemy import select
+
+from ichnode.config import Settings
+from ichnode.db.models import (
+    DeliveryAttempt,
+    DeliveryStatus,
+    Instance,
+    OutboxEntry,
+    StudyResult,
+    utcnow,
+)
+from ichnode.node.outbox import (
+    COERCION_OF_DATA_ELEMENTS,
+    DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+    ELEMENTS_DISCARDED,
+    SUCCESS,
+    DeliveryError,
+    Outbox,
+    check_destinations,
+    resend,
+)
+from ichnode.store import Store
+
+OUT_OF_RESOURCES = 0xA700
+PACS_AE = "PACS"
+
+
+def settings(tmp_path: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "db_url": "sqlite:///unused.db",
+        "store": tmp_path / "store",
+        "delivery_backoff_seconds": 10.0,
+        "delivery_max_attempts": 3,
+        "network_timeout": 5.0,
+    }
+    return Settings(**(values | overrides))
+
+
+def part10(ds) -> bytes:  # noqa: ANN001
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def queue_entries(session_factory, store: Store, port: int, n: int = 1) -> list[int]:  # noqa: ANN001
+    """One study with a version-1 result and ``n`` PENDING entries for 127.0.0.1:``port``."""
+    with session_factory.begin() as session:
+        [instance_id] = add_instances(session, 1)
+        study = session.get(Instance, instance_id).study
+        study.result_version = 1
+        result = StudyResult(
+            study_id=study.id, version=1, model_id="test", flagged=False,
+            n_instances=1, n_scored=1, n_failed=0, n_skipped=0,
+        )  # fmt: skip
+        session.add(result)
+        session.flush()
+        entries = []
+        for _ in range(n):
+            ds = ct_dataset(np.zeros((8, 8), dtype=np.uint16))
+            relative = store.relative_path(
+                ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+            )
+            store.write(relative, part10(ds))
+            entries.append(
+                OutboxEntry(
+                    study_result_id=result.id,
+                    destination="pacs",
+                    ae_title=PACS_AE,
+                    host="127.0.0.1",
+                    port=port,
+                    kind="sr",
+                    sop_instance_uid=str(ds.SOPInstanceUID),
+                    path=relative,
+                )  # fmt: skip
+            )
+        session.add_all(entries)
+        session.flush()
+        return [e.id for e in entries]
+
+
+@contextmanager
+def status_scp(
+    status: int, ssl_context: ssl.SSLContext | None = None
+) -> Iterator[dict[str, object]]:
+    """A pynetdicom storage SCP answering every C-STORE with ``status``; counts what it gets."""
+    seen: dict[str, object] = {"associations": 0, "stored": []}
+    ae = AE(ae_title=PACS_AE)
+    ae.supported_contexts = AllStoragePresentationContexts
+    ae.add_supported_context(Verification)
+
+    def on_store(event: evt.Event) -> int:
+        seen["stored"].append(str(event.request.AffectedSOPInstanceUID))
+        return status
+
+    def on_accepted(event: evt.Event) -> None:
+        seen["associations"] += 1
+
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, on_store), (evt.EVT_ACCEPTED, on_accepted)],
+        ssl_context=ssl_context,
+    )
+    seen["port"] = port
+    try:
+        yield seen
+    finally:
+        server.shutdown()
+
+
+def entry(session_factory, entry_id: int) -> OutboxEntry:  # noqa: ANN001
+    with session_factory() as session:
+        return session.get(OutboxEntry, entry_id)
+
+
+def attempts(session_factory, entry_id: int) -> list[DeliveryAttempt]:  # noqa: ANN001
+    with session_factory() as session:
+        return session.scalars(
+            select(DeliveryAttempt)
+            .where(DeliveryAttempt.outbox_id == entry_id)
+            .order_by(DeliveryAttempt.id)
+        ).all()
+
+
+def test_closed_port_is_retried_with_exponential_backoff_then_failed(session_factory, tmp_path):
+    s = settings(tmp_path)
+    store = Store(s.store)
+    [entry_id] = queue_entries(session_factory, store, free_port())
+    outbox = Outbox(session_factory, store, s)
+    t0 = utcnow()
+
+    assert outbox.run_once(t0) == 1
+    first = entry(session_factory, entry_id)
+    assert (first.status, first.attempts) == (DeliveryStatus.PENDING, 1)
+    assert first.next_attempt_at == t0 + timedelta(seconds=10)
+    assert "no association" in first.last_error
+
+    assert outbox.run_once(t0 + timedelta(seconds=9)) == 0  # not due yet
+    t1 = t0 + timedelta(seconds=10)
+    assert outbox.run_once(t1) == 1
+    assert entry(session_factory, entry_id).next_attempt_at == t1 + timedelta(seconds=20)
+
+    assert outbox.run_once(t1 + timedelta(seconds=20)) == 1
+    last = entry(session_factory, entry_id)
+    assert (last.status, last.attempts) == (DeliveryStatus.FAILED, 3)
+    assert outbox.run_once(t1 + timedelta(days=1)) == 0  # FAILED is never picked again
+    tries = attempts(session_factory, entry_id)
+    assert len(tries) == 3
+    assert all(a.status_code is None and "no association" in a.error for a in tries)
+
+
+@pytest.mark.parametrize(
+    "status",
+    [SUCCESS, COERCION_OF_DATA_ELEMENTS, ELEMENTS_DISCARDED, DATA_SET_DOES_NOT_MATCH_SOP_CLASS],
+    ids=lambda code: f"0x{code:04X}",
+)
+def test_success_and_warning_statuses_mark_the_entry_sent(session_factory, tmp_path, status):
+    s = settings(tmp_path)
+    store = Store(s.store)
+    with status_scp(status) as scp:
+        [entry_id] = queue_entries(session_factory, store, scp["port"])
+        assert Outbox(session_factory, store, s).run_once() == 1
+    sent = entry(session_factory, entry_id)
+    assert (sent.status, sent.attempts, sent.last_error) == (DeliveryStatus.SENT, 1, None)
+    assert sent.sent_at is not None
+    assert [a.status_code for a in attempts(session_factory, entry_id)] == [status]
+    assert scp["stored"] == [sent.sop_instance_uid]
+
+
+def test_failure_status_is_recorded_and_retried(session_factory, tmp_path):
+    s = settings(tmp_path)
+    store = Store(s.store)
+    with status_scp(OUT_OF_RESOURCES) as scp:
+        [entry_id] = queue_entries(session_factory, store, scp["port"])
+        Outbox(session_factory, store, s).run_once()
+    retried = entry(session_factory, entry_id)
+    assert (retried.status, retried.attempts) == (DeliveryStatus.PENDING, 1)
+    assert "0xA700" in retried.last_error and "Out of Resources" in retried.last_error
+    [attempt] = attempts(session_factory, entry_id)
+    assert attempt.status_code == OUT_OF_RESOURCES
+
+
+def test_entries_for_one_destination_share_one_association(session_factory, tmp_path):
+    s = settings(tmp_path)
+    store = Store(s.store)
+    with status_scp(SUCCESS) as scp:
+        ids = queue_entries(session_factory, store, scp["port"], n=3)
+        assert Outbox(session_factory, store, s).run_once() == 3
+    assert scp["associations"] == 1
+    assert all(entry(session_factory, i).status == DeliveryStatus.SENT for i in ids)
+
+
+def test_a_claimed_entry_is_not_claimed_by_a_second_sender(session_factory, tmp_path):
+    s = settings(tmp_path)
+    store = Store(s.store)
+    [entry_id] = queue_entries(session_factory, store, free_port())
+    now = utcnow()
+    first = Outbox(session_factory, store, s).claim(now)
+    assert [c.id for c in first] == [entry_id]
+    assert Outbox(session_factory, store, s).claim(now) == []
+
+
+def test_missing_file_is_an_attempt_with_an_error(session_factory, tmp_path):
+    s = settings(tmp_path)
+    store = Store(s.store)
+    with status_scp(SUCCESS) as scp:
+        [entry_id] = queue_entries(session_factory, store, scp["port"])
+        store.remove(entry(session_factory, entry_id).path)
+        Outbox(session_factory, store, s).run_once()
+    failed = entry(session_factory, entry_id)
+    assert failed.status == DeliveryStatus.PENDING and "missing" in failed.last_error
+    assert scp["stored"] == []
+
+
+def test_woken_sender_sends_a_new_entry_within_a_second(session_factory, tmp_path):
+    s = settings(tmp_path)
+    store = Store(s.store)
+    stop = threading.Event()
+    outbox = Outbox(session_factory, store, s)
+    with status_scp(SUCCESS) as scp:
+        thread = threading.Thread(target=outbox.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            [entry_id] = queue_entries(session_factory, store, scp["port"])
+            started = time.monotonic()
+            outbox.wake.set()
+            wait_for(lambda: entry(session_factory, entry_id).status == DeliveryStatus.SENT, 5)
+            # The idle poll is POLL_SECONDS (1 s): the wake-up, not the poll, sends it.
+            assert time.monotonic() - started < 0.5
+        finally:
+            stop.set()
+            outbox.wake.set()
+            thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_resend_queues_the_latest_objects_again_as_new_rows(session_factory, tmp_path):
+    s = settings(tmp_path)
+    store = Store(s.store)
+    with status_scp(SUCCESS) as scp:
+        ids = queue_entries(session_factory, store, scp["port"], n=2)
+        Outbox(session_factory, store, s).run_once()
+        with session_factory.begin() as session:
+            old = session.get(OutboxEntry, ids[0])
+            study_uid = old.study_result.study.study_instance_uid
+        with session_factory.begin() as session:
+            # Both rows are kind "sr" to one destination: the newest is the one re-queued.
+            assert resend(session, store, study_uid) == 1
+        assert Outbox(session_factory, store, s).run_once() == 1
+    with session_factory() as session:
+        rows = session.scalars(select(OutboxEntry).order_by(OutboxEntry.id)).all()
+    assert len(rows) == 3
+    assert rows[2].status == DeliveryStatus.SENT and rows[2].path == rows[1].path
+
+
+def test_resend_of_an_unknown_study_is_a_one_line_error(session_factory, tmp_path):
+    store = Store(tmp_path / "store")
+    with session_factory() as session, pytest.raises(DeliveryError, match="no study"):
+        resend(session, store, "1.2.3.4")
+
+
+def test_check_destinations_reports_ok_with_round_trip_and_failures(tmp_path):
+    with status_scp(SUCCESS) as scp:
+        s = settings(
+            tmp_path,
+            destinations=[
+                {"name": "up", "ae_title": PACS_AE, "host": "127.0.0.1", "port": scp["port"]},
+                {"name": "down", "ae_title": PACS_AE, "host": "127.0.0.1", "port": free_port()},
+            ],
+        )
+        up, down = check_destinations(s)
+    assert (up.name, up.ok, up.status) == ("up", True, "OK") and up.round_trip_ms > 0
+    assert (down.name, down.ok, down.round_trip_ms) == ("down", False, None)
+    assert "no association" in down.status
+
+
+def _certificate(subject: str, key, issuer: str, issuer_key, ca: bool) -> x509.Certificate:  # noqa: ANN001
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@pytest.fixture(scope="module")
+def tls_pacs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A test CA and a server certificate for 127.0.0.1 signed by it (PEM files)."""
+    folder = tmp_path_factory.mktemp("pki")
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("outbox test CA", ca_key, "outbox test CA", ca_key, ca=True)
+    cert = _certificate("127.0.0.1", key, "outbox test CA", ca_key, ca=False)
+    files = {"ca": folder / "ca.crt", "cert": folder / "pacs.crt", "key": folder / "pacs.key"}
+    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files["key"].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return files
+
+
+def _server_context(files: dict[str, Path]) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(files["cert"]), str(files["key"]))
+    return ctx
+
+
+def _tls_destination(port: int) -> list[dict[str, object]]:
+    return [{"name": "pacs", "ae_title": PACS_AE, "host": "127.0.0.1", "port": port, "tls": True}]
+
+
+def test_tls_destination_is_sent_over_tls_verified_against_the_configured_ca(
+    session_factory, tmp_path, tls_pacs
+):
+    with status_scp(SUCCESS, _server_context(tls_pacs)) as scp:
+        s = settings(
+            tmp_path, tls={"ca": tls_pacs["ca"]}, destinations=_tls_destination(scp["port"])
+        )
+        store = Store(s.store)
+        [entry_id] = queue_entries(session_factory, store, scp["port"])
+        Outbox(session_factory, store, s).run_once()
+    assert entry(session_factory, entry_id).status == DeliveryStatus.SENT
+    assert len(scp["stored"]) == 1
+
+
+def test_tls_destination_with_an_untrusted_certificate_is_not_sent(
+    session_factory, tmp_path, tls_pacs
+):
+    with status_scp(SUCCESS, _server_context(tls_pacs)) as scp:
+        # No tls.ca: the system CAs, which do not know the test CA.
+        s = settings(tmp_path, destinations=_tls_destination(scp["port"]))
+        store = Store(s.store)
+        [entry_id] = queue_entries(session_factory, store, scp["port"])
+        Outbox(session_factory, store, s).run_once()
+    retried = entry(session_factory, entry_id)
+    assert (retried.status, retried.attempts) == (DeliveryStatus.PENDING, 1)
+    assert "no association" in retried.last_error
+    assert scp["stored"] == []
