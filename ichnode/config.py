@@ -7,6 +7,7 @@ An invalid value is a :class:`~ichnode.errors.ConfigError` naming the key.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -135,6 +136,10 @@ class Settings(BaseSettings):
     )
     require_called_ae: bool = True
     calling_ae_allow: list[str] = Field(default_factory=list)
+    calling_ae_hosts: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Calling AE title = addresses or networks it may connect from (CIDR).",
+    )
     max_instance_bytes: int = Field(256 * 1024 * 1024, ge=1)
     min_free_bytes: int = Field(512 * 1024 * 1024, ge=0)
     network_timeout: float = Field(60.0, gt=0)
@@ -177,6 +182,19 @@ class Settings(BaseSettings):
     @classmethod
     def _allow(cls, value: list[str]) -> list[str]:
         return [_check_ae_title(v) for v in value]
+
+    @field_validator("calling_ae_hosts")
+    @classmethod
+    def _hosts(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        out = {}
+        for title, networks in value.items():
+            for net in networks:
+                try:
+                    ipaddress.ip_network(net, strict=False)
+                except ValueError:
+                    raise ValueError(f"{net!r} is not an IP address or network") from None
+            out[_check_ae_title(title)] = list(networks)
+        return out
 
     @field_validator("db_url")
     @classmethod

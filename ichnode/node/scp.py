@@ -8,7 +8,10 @@ trouble answers 0xA700 and leaves neither an orphan file nor an orphan row.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
+import socket
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +22,6 @@ from pydicom.uid import (
     JPEG2000,
     UID,
     DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -35,9 +37,11 @@ from pynetdicom import AE, evt
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
+from ichnode import audit
 from ichnode.config import Settings
 from ichnode.db import ingest
 from ichnode.db.models import InstanceStatus
@@ -71,8 +75,13 @@ CT_TRANSFER_SYNTAXES = [
     JPEG2000,
     RLELossless,
 ]
-#: For objects we only record (nothing decoded), any transfer syntax will do.
-OTHER_TRANSFER_SYNTAXES = [*CT_TRANSFER_SYNTAXES, ExplicitVRBigEndian]
+#: Objects we only record (nothing decoded) are accepted in the same syntaxes. Explicit VR Big
+#: Endian is retired (PS3.5 A.3) and is refused for every SOP class, as is any syntax not listed.
+OTHER_TRANSFER_SYNTAXES = list(CT_TRANSFER_SYNTAXES)
+
+
+#: BitsAllocated values a CT image can have (PS3.3 C.8.2.1.1.4 allows 16 only; we decode these).
+BITS_ALLOCATED = (8, 16, 32)
 
 
 def uid_hash(uid: str) -> str:
@@ -80,15 +89,74 @@ def uid_hash(uid: str) -> str:
     return hashlib.sha256(uid.encode()).hexdigest()[:10]
 
 
+# A-ASSOCIATE-RJ (PS3.8 9.3.4): result, source, reason/diagnostic.
+REJECTED_PERMANENT = 0x01
+REJECTED_TRANSIENT = 0x02
+SOURCE_SERVICE_USER = 0x01
+SOURCE_PRESENTATION = 0x03
+CALLING_AE_NOT_RECOGNISED = 0x03
+CALLED_AE_NOT_RECOGNISED = 0x07
+LOCAL_LIMIT_EXCEEDED = 0x02
+
+_REJECT_REASONS = {
+    (SOURCE_SERVICE_USER, CALLING_AE_NOT_RECOGNISED): "calling AE title not recognised",
+    (SOURCE_SERVICE_USER, CALLED_AE_NOT_RECOGNISED): "called AE title not recognised",
+    (SOURCE_PRESENTATION, LOCAL_LIMIT_EXCEEDED): "too many associations",
+}
+
+
 @dataclass
 class _AssocStats:
-    calling_ae: str
     address: str
+    port: int | None
+    calling_ae: str | None = None
+    called_ae: str | None = None
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
+    row_id: int | None = None
+    outcome: str = "no association request"
     stored: int = 0
     skipped: int = 0
     failed: int = 0
     studies: set[str] = field(default_factory=set)
+    #: Orders the audit writes of one association (its events come from more than one thread).
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    closed: bool = False
+
+
+class GuardedServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with two guards against peers that stall.
+
+    pynetdicom leaves accepted sockets blocking without a timeout, so a peer that sends half a
+    PDU holds its thread and an association slot forever; and it runs the TLS handshake in the
+    accept loop, so one silent peer on a TLS port blocks every later connection. Here every
+    accepted socket gets ``io_timeout`` (the network timeout), and the handshake runs in the
+    connection's own thread.
+    """
+
+    io_timeout: float = 60.0
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = self.socket.accept()
+        client.settimeout(self.io_timeout)
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False
+            )
+        return client, address
+
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.do_handshake()
+            except (OSError, ssl.SSLError) as exc:
+                log.warning(
+                    "TLS handshake with %s failed: %s",
+                    client_address,
+                    getattr(exc, "reason", None) or type(exc).__name__,
+                )
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
 
 
 class StorageSCP:
@@ -128,26 +196,42 @@ class StorageSCP:
         ae.acse_timeout = s.network_timeout
         ae.dimse_timeout = s.network_timeout
         ae.require_called_aet = s.require_called_ae
-        ae.require_calling_aet = list(s.calling_ae_allow)
+        ae.require_calling_aet = self.known_calling_aes()
         return ae
+
+    def known_calling_aes(self) -> list[str]:
+        """Calling AE titles we accept (``calling_ae_allow`` and ``calling_ae_hosts``); [] = any."""
+        s = self.settings
+        return sorted({*s.calling_ae_allow, *s.calling_ae_hosts})
 
     def handlers(self) -> list:
         return [
             (evt.EVT_C_ECHO, lambda event: SUCCESS),
             (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_CONN_OPEN, self._on_conn_open),
+            (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
-            (evt.EVT_RELEASED, self._on_closed, ["released"]),
-            (evt.EVT_ABORTED, self._on_closed, ["aborted"]),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_RELEASED, self._on_ended, ["released"]),
+            (evt.EVT_ABORTED, self._on_ended, ["aborted"]),
             (evt.EVT_CONN_CLOSE, self._on_conn_close),
         ]
 
-    def start(self, ssl_context=None):  # noqa: ANN001, ANN201 - pynetdicom types
-        """Start listening in background threads; returns pynetdicom's server."""
+    def start(self, ssl_context: ssl.SSLContext | None = None) -> GuardedServer:
+        """Start listening in background threads; returns the (pynetdicom) server."""
         s = self.settings
-        self.server = self.build_ae().start_server(
-            (s.bind, s.port), block=False, evt_handlers=self.handlers(), ssl_context=ssl_context
+        ae = self.build_ae()
+        server = ae.make_server(
+            (s.bind, s.port),
+            evt_handlers=self.handlers(),
+            ssl_context=ssl_context,
+            server_class=GuardedServer,
         )
-        return self.server
+        server.io_timeout = s.network_timeout
+        ae._servers.append(server)  # what AE.start_server does; server.shutdown() removes it
+        threading.Thread(target=server.serve_forever, name="scp-accept", daemon=True).start()
+        self.server = server
+        return server
 
     def shutdown(self) -> None:
         """Stop accepting; in-flight C-STOREs finish (pynetdicom joins association threads)."""
@@ -157,22 +241,83 @@ class StorageSCP:
 
     # ------------------------------------------------------------------ association log
 
-    def _on_accepted(self, event: evt.Event) -> None:
-        assoc = event.assoc
-        stats = _AssocStats(assoc.requestor.ae_title, f"{assoc.requestor.address}")
+    def _on_conn_open(self, event: evt.Event) -> None:
+        address = event.address if isinstance(event.address, tuple) else ("?", None)
         with self._lock:
-            self._stats[id(assoc)] = stats
+            self._stats[id(event.assoc)] = _AssocStats(str(address[0]), address[1])
+
+    def _on_requested(self, event: evt.Event) -> None:
+        """Check who is calling before pynetdicom negotiates; reject with the PS3.8 reason."""
+        assoc = event.assoc
+        rq = assoc.requestor.primitive
+        calling = rq.calling_ae_title.strip()
+        called = rq.called_ae_title.strip()
+        stats = self._stats.get(id(assoc))
+        if stats is not None:
+            stats.calling_ae, stats.called_ae = calling, called
+        reason = None
+        known = self.known_calling_aes()
+        hosts = self.settings.calling_ae_hosts.get(calling)
+        if (known and calling not in known) or (
+            hosts is not None and not _address_in(assoc.requestor.address, hosts)
+        ):
+            reason = CALLING_AE_NOT_RECOGNISED
+        elif self.settings.require_called_ae and called != self.settings.ae_title:
+            reason = CALLED_AE_NOT_RECOGNISED
+        if reason is not None:
+            assoc.acse.send_reject(REJECTED_PERMANENT, SOURCE_SERVICE_USER, reason)
+            self._on_rejected(event)
+            assoc.kill()  # as pynetdicom does after its own rejections: lets the RJ PDU go out
+
+    def _on_accepted(self, event: evt.Event) -> None:
+        stats = self._stats.get(id(event.assoc))
+        if stats is None:
+            return
+        stats.outcome = "accepted"
+        with stats.lock:
+            if not stats.closed:
+                stats.row_id = self._audit(audit.open_association, stats)
         log.info("association accepted: calling AE %s from %s", stats.calling_ae, stats.address)
 
-    def _on_closed(self, event: evt.Event, how: str) -> None:
+    def _on_rejected(self, event: evt.Event) -> None:
         with self._lock:
             stats = self._stats.pop(id(event.assoc), None)
         if stats is None:
             return
+        rj = event.assoc.acceptor.primitive
+        key = (getattr(rj, "result_source", None), getattr(rj, "diagnostic", None))
+        why = _REJECT_REASONS.get(key, f"source {key[0]} reason {key[1]}")
+        stats.outcome = f"rejected: {why}"
+        with stats.lock:
+            stats.closed = True
+            self._audit(audit.close_association, stats)
+        log.warning(
+            "association rejected (%s): calling AE %s, called AE %s, from %s",
+            why,
+            stats.calling_ae,
+            stats.called_ae,
+            stats.address,
+        )
+
+    def _on_ended(self, event: evt.Event, how: str) -> None:
+        stats = self._stats.get(id(event.assoc))
+        if stats is not None:
+            stats.outcome = how
+
+    def _on_conn_close(self, event: evt.Event) -> None:
+        with self._lock:
+            stats = self._stats.pop(id(event.assoc), None)
+        if stats is None:
+            return
+        if stats.outcome == "accepted":
+            stats.outcome = "aborted"  # the connection went without A-RELEASE or A-ABORT
+        with stats.lock:
+            stats.closed = True
+            self._audit(audit.close_association, stats)
         secs = (datetime.now(UTC) - stats.started).total_seconds()
         log.info(
             "association %s: calling AE %s, %d stored, %d skipped, %d failed, %d studies, %.1f s",
-            how,
+            stats.outcome,
             stats.calling_ae,
             stats.stored,
             stats.skipped,
@@ -181,8 +326,27 @@ class StorageSCP:
             secs,
         )
 
-    def _on_conn_close(self, event: evt.Event) -> None:
-        self._on_closed(event, "closed")
+    def _audit(self, write: Callable[..., int | None], stats: _AssocStats) -> int | None:
+        """Write the association's audit row; a database failure is logged, never raised."""
+        try:
+            with self.sessions.begin() as session:
+                return write(
+                    session,
+                    audit.AssociationRecord(
+                        row_id=stats.row_id,
+                        calling_ae=stats.calling_ae,
+                        called_ae=stats.called_ae,
+                        peer_address=stats.address,
+                        peer_port=stats.port,
+                        started_at=stats.started,
+                        n_received=stats.stored + stats.skipped,
+                        n_failed=stats.failed,
+                        outcome=stats.outcome,
+                    ),
+                )
+        except SQLAlchemyError as exc:
+            log.error("association audit row not written: %s", type(exc).__name__)
+            return None
 
     def _count(self, event: evt.Event, outcome: str, study_uid: str | None = None) -> None:
         stats = self._stats.get(id(event.assoc))
@@ -323,6 +487,17 @@ class StorageSCP:
         return SUCCESS
 
 
+def _address_in(address: str, networks: list[str]) -> bool:
+    """True if ``address`` lies in one of ``networks`` (addresses or CIDR networks)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
+
+
 def pixel_problem(ds: Dataset, transfer_syntax: str) -> str | None:
     """Why a CT dataset's pixel data cannot be right, checked from the header (no decoding)."""
     if "PixelData" not in ds:
@@ -336,6 +511,8 @@ def pixel_problem(ds: Dataset, transfer_syntax: str) -> str | None:
         return "missing or malformed Rows/Columns/BitsAllocated"
     if rows <= 0 or cols <= 0 or rows * cols > MAX_PIXELS:
         return f"implausible image size {rows}x{cols}"
+    if bits not in BITS_ALLOCATED or samples not in (1, 3) or frames < 1:
+        return "unsupported BitsAllocated, SamplesPerPixel or NumberOfFrames"
     if UID(transfer_syntax).is_compressed:
         return None  # the length of a compressed stream says nothing; the worker decodes it
     expected = rows * cols * samples * frames * bits // 8

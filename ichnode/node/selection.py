@@ -59,6 +59,8 @@ class SelectionRules:
     def skip_reason(self, ds: Dataset, geo: Geometry) -> str | None:
         """None if the slice should be scored, else a short reason."""
         s = self.settings
+        if _frames(ds) > 1:
+            return "multi-frame image: only single-slice CT is scored"
         image_type = {str(v).upper() for v in (ds.get("ImageType") or [])}
         excluded = image_type & {v.upper() for v in s.image_type_exclude}
         if excluded:
@@ -79,3 +81,11 @@ class SelectionRules:
         if geo.tilt_deg > s.orientation_tolerance_deg:
             return f"not axial (tilt {geo.tilt_deg:.0f} degrees)"
         return None
+
+
+def _frames(ds: Dataset) -> int:
+    """NumberOfFrames (1 when absent or malformed: pixel_problem has refused the malformed)."""
+    try:
+        return int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return 1

@@ -1,0 +1,132 @@
+"""Limits of the listener, each attempted through real associations: concurrent associations,
+advertised PDU size, instance size, free disk space, idle and network timeouts.
+
+The backend does not matter here: the tests run on SQLite only.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from dicom_client import echo, send
+from helpers import study, wait_for
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+from sqlalchemy import func, select
+
+from ichnode.audit import list_associations
+from ichnode.db.models import Instance
+from ichnode.node.scp import LOCAL_LIMIT_EXCEEDED, OUT_OF_RESOURCES, SUCCESS
+
+pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+REJECTED_TRANSIENT, SOURCE_PRESENTATION = 0x02, 0x03
+
+
+def _open(port: int, calling: str = "TESTSCU"):  # noqa: ANN202
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    return ae.associate("127.0.0.1", port, ae_title="ICHNODE")
+
+
+def _n_instances(node) -> int:  # noqa: ANN001
+    with node.sessions() as session:
+        return session.scalar(select(func.count()).select_from(Instance))
+
+
+def _store_is_empty(node) -> bool:  # noqa: ANN001
+    return not [p for p in node.store.root.rglob("*") if p.is_file()]
+
+
+def _outcomes(node) -> list[str]:  # noqa: ANN001
+    with node.sessions() as session:
+        return [r["outcome"] for r in list_associations(session) if r["ended_at"]]
+
+
+def test_association_beyond_max_associations_is_rejected_local_limit_exceeded(node_factory):
+    node = node_factory(max_associations=2)
+    port = node.settings.port
+    held = [_open(port), _open(port)]
+    assert all(a.is_established for a in held)
+    extra = _open(port)
+    assert extra.is_rejected
+    rj = extra.acceptor.primitive
+    assert (rj.result, rj.result_source, rj.diagnostic) == (
+        REJECTED_TRANSIENT,
+        SOURCE_PRESENTATION,
+        LOCAL_LIMIT_EXCEEDED,
+    )
+    for assoc in held:
+        assoc.release()
+    assert wait_for(lambda: echo(port) == SUCCESS)  # room again
+    assert "rejected: too many associations" in wait_for(lambda: _outcomes(node))
+
+
+def test_advertised_max_pdu_is_the_configured_one_and_large_instances_still_arrive(node_factory):
+    node = node_factory(max_pdu=16384)
+    assoc = _open(node.settings.port)
+    assert assoc.acceptor.maximum_length == 16384
+    assoc.release()
+    assert send(node.settings.port, study(1, size=256)) == [SUCCESS]  # 128 KiB in 16 KiB PDUs
+
+
+def test_instance_over_max_instance_bytes_is_a700_and_nothing_is_kept(node_factory):
+    node = node_factory(max_instance_bytes=20_000)
+    assert send(node.settings.port, study(1, size=128)) == [OUT_OF_RESOURCES]  # 32 KiB pixels
+    assert _n_instances(node) == 0 and _store_is_empty(node)
+    assert send(node.settings.port, study(1, size=32)) == [SUCCESS]  # small ones still fine
+
+
+def test_free_space_below_minimum_is_a700_without_a_half_written_file(node_factory):
+    node = node_factory(min_free_bytes=10**18)
+    assert send(node.settings.port, study(2, size=32)) == [OUT_OF_RESOURCES] * 2
+    assert _n_instances(node) == 0 and _store_is_empty(node)
+    assert echo(node.settings.port) == SUCCESS
+
+
+def test_idle_association_is_aborted_after_idle_timeout(node_factory):
+    node = node_factory(idle_timeout=1.0)
+    assoc = _open(node.settings.port)
+    assert assoc.is_established
+    started = time.monotonic()
+    wait_for(lambda: not assoc.is_established, timeout=15)
+    assert assoc.is_aborted and time.monotonic() - started < 10
+    assert "aborted" in wait_for(lambda: _outcomes(node))
+
+
+def test_peer_that_connects_and_sends_nothing_is_dropped_after_network_timeout(node_factory):
+    node = node_factory(network_timeout=1.0)
+    with socket.create_connection(("127.0.0.1", node.settings.port), timeout=15) as sock:
+        started = time.monotonic()
+        assert sock.recv(1024) == b""  # the node closed the connection
+        assert time.monotonic() - started < 10
+    assert echo(node.settings.port) == SUCCESS
+
+
+def test_peer_that_sends_half_a_pdu_is_dropped(node_factory):
+    node = node_factory(network_timeout=1.0, idle_timeout=1.0)
+    with socket.create_connection(("127.0.0.1", node.settings.port), timeout=15) as sock:
+        sock.sendall(b"\x01\x00\x00\x00\x10\x00")  # A-ASSOCIATE-RQ header, then silence
+        started = time.monotonic()
+        try:
+            data = sock.recv(1024)
+        except ConnectionResetError:
+            data = b""
+        while data:  # an A-ABORT may come first; then the close
+            data = sock.recv(1024)
+        assert time.monotonic() - started < 10
+    assert echo(node.settings.port) == SUCCESS
+
+
+def test_stalled_peers_cannot_hold_every_association_slot(node_factory):
+    node = node_factory(max_associations=2, network_timeout=1.0, idle_timeout=1.0)
+    stalled = [socket.create_connection(("127.0.0.1", node.settings.port)) for _ in range(3)]
+    try:
+        for sock in stalled:
+            sock.sendall(b"\x01\x00\x00\x00\x10\x00")
+        assert wait_for(lambda: _open(node.settings.port).is_established, timeout=10)
+    finally:
+        for sock in stalled:
+            sock.close()

@@ -1,0 +1,222 @@
+"""DICOM TLS on the listening port: a CA, server and client certificates made in the test with
+``cryptography``; pynetdicom (``tls_args``) and DCMTK (``+tls key cert +cf ca``) as clients.
+
+The backend does not matter here: the tests run on SQLite only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import ssl
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from dicom_client import send
+from helpers import run_dcmtk, study, write_all
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, Verification
+
+from ichnode.node.scp import SUCCESS
+
+pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+def _key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _cert(subject: str, key, issuer_name: str, issuer_key, *, ca: bool) -> x509.Certificate:  # noqa: ANN001
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _write(folder: Path, name: str, cert: x509.Certificate, key=None) -> tuple[Path, Path | None]:  # noqa: ANN001
+    crt = folder / f"{name}.crt"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    if key is None:
+        return crt, None
+    pem = folder / f"{name}.key"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return crt, pem
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A self-signed CA, a server certificate and a client certificate it signed, and a client
+    certificate signed by another CA."""
+    folder = tmp_path_factory.mktemp("pki")
+    ca_key, other_key = _key(), _key()
+    ca = _cert("ichnode test CA", ca_key, "ichnode test CA", ca_key, ca=True)
+    server_key, client_key, rogue_key = _key(), _key(), _key()
+    files: dict[str, Path] = {}
+    files["ca"], _ = _write(folder, "ca", ca)
+    files["server_crt"], files["server_key"] = _write(
+        folder,
+        "server",
+        _cert("localhost", server_key, "ichnode test CA", ca_key, ca=False),
+        server_key,
+    )
+    files["client_crt"], files["client_key"] = _write(
+        folder,
+        "client",
+        _cert("TESTSCU", client_key, "ichnode test CA", ca_key, ca=False),
+        client_key,
+    )
+    files["rogue_crt"], files["rogue_key"] = _write(
+        folder, "rogue", _cert("ROGUE", rogue_key, "other CA", other_key, ca=False), rogue_key
+    )
+    return files
+
+
+def _tls_node(node_factory, pki: dict[str, Path], require_client_cert: bool = True):  # noqa: ANN001, ANN202
+    return node_factory(
+        tls={
+            "enabled": True,
+            "cert": pki["server_crt"],
+            "key": pki["server_key"],
+            "ca": pki["ca"],
+            "require_client_cert": require_client_cert,
+        }
+    )
+
+
+def _client_context(pki: dict[str, Path], cert: str | None = "client") -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki["ca"]))
+    if cert:
+        ctx.load_cert_chain(str(pki[f"{cert}_crt"]), str(pki[f"{cert}_key"]))
+    return ctx
+
+
+def _tls_echo(port: int, ctx: ssl.SSLContext | None) -> bool:
+    """True if a C-ECHO over (TLS) ``ctx`` gets Success."""
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.network_timeout = 5
+    tls_args = (ctx, "localhost") if ctx else None
+    try:
+        assoc = ae.associate("127.0.0.1", port, ae_title="ICHNODE", tls_args=tls_args)
+    except (OSError, ssl.SSLError):
+        return False
+    if not assoc.is_established:
+        return False
+    try:
+        status = assoc.send_c_echo()
+        return bool(status) and status.Status == SUCCESS
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def test_pynetdicom_with_a_client_certificate_stores_over_tls(node_factory, pki):
+    node = _tls_node(node_factory, pki)
+    assert _tls_echo(node.settings.port, _client_context(pki))
+    ds = study(1, size=32)[0]
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(CTImageStorage, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate(
+        "127.0.0.1",
+        node.settings.port,
+        ae_title="ICHNODE",
+        tls_args=(_client_context(pki), "localhost"),
+    )
+    assert assoc.is_established
+    assert assoc.send_c_store(ds).Status == SUCCESS
+    assoc.release()
+
+
+def test_plain_connection_to_the_tls_port_is_refused(node_factory, pki, tmp_path):
+    node = _tls_node(node_factory, pki)
+    assert not _tls_echo(node.settings.port, None)
+    done = run_dcmtk("echoscu", "-to", "5", "-aec", "ICHNODE", "127.0.0.1", str(node.settings.port))
+    assert done.returncode != 0
+    assert _tls_echo(node.settings.port, _client_context(pki))  # still serving
+
+
+def test_client_without_a_certificate_is_refused_when_required(node_factory, pki):
+    node = _tls_node(node_factory, pki)
+    assert not _tls_echo(node.settings.port, _client_context(pki, cert=None))
+
+
+def test_client_certificate_from_another_ca_is_refused(node_factory, pki):
+    node = _tls_node(node_factory, pki)
+    assert not _tls_echo(node.settings.port, _client_context(pki, cert="rogue"))
+
+
+def test_client_without_a_certificate_is_served_when_not_required(node_factory, pki):
+    node = _tls_node(node_factory, pki, require_client_cert=False)
+    assert _tls_echo(node.settings.port, _client_context(pki, cert=None))
+
+
+def _dcmtk_tls(tool: str, pki: dict[str, Path], cert: str, port: int, *files: str):  # noqa: ANN202
+    return run_dcmtk(
+        tool,
+        "+tls",
+        str(pki[f"{cert}_key"]),
+        str(pki[f"{cert}_crt"]),
+        "+cf",
+        str(pki["ca"]),
+        "-to",
+        "10",
+        "-aec",
+        "ICHNODE",
+        "127.0.0.1",
+        str(port),
+        *files,
+    )
+
+
+def test_dcmtk_echoscu_and_storescu_over_tls(node_factory, pki, tmp_path):
+    node = _tls_node(node_factory, pki)
+    done = _dcmtk_tls("echoscu", pki, "client", node.settings.port)
+    assert done.returncode == 0, done.stderr
+    files = write_all(study(2, size=32), tmp_path / "send")
+    done = _dcmtk_tls("storescu", pki, "client", node.settings.port, *map(str, files))
+    assert done.returncode == 0, done.stderr
+    assert len(list(node.store.root.rglob("*.dcm"))) == 2
+
+
+def test_dcmtk_with_a_certificate_from_another_ca_is_refused(node_factory, pki):
+    node = _tls_node(node_factory, pki)
+    done = _dcmtk_tls("echoscu", pki, "rogue", node.settings.port)
+    assert done.returncode != 0
+
+
+def test_plain_send_still_works_without_tls(node_factory):
+    node = node_factory()
+    assert send(node.settings.port, study(1, size=32)) == [SUCCESS]
+
+
+def test_silent_peer_on_the_tls_port_does_not_block_other_clients(node_factory, pki):
+    import socket
+
+    node = _tls_node(node_factory, pki)
+    with socket.create_connection(("127.0.0.1", node.settings.port)):  # no ClientHello
+        assert _tls_echo(node.settings.port, _client_context(pki))
