@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
-from ichnode.db.models import AE_LENGTH, Association
+from ichnode.db.models import AE_LENGTH, Association, DeliveryAttempt, OutboxEntry
 
 #: Width of the peer address column (``Association.peer_address``).
 ADDRESS_LENGTH = 64
@@ -106,4 +106,47 @@ def render(rows: list[dict]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in table]
     if not rows:
         lines.append("(no associations recorded)")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def list_deliveries(
+    session: Session, since: datetime | None = None, limit: int = 100
+) -> list[dict]:
+    """The latest delivery attempts of report objects (newest first)."""
+    query = (
+        select(DeliveryAttempt, OutboxEntry)
+        .join(OutboxEntry, OutboxEntry.id == DeliveryAttempt.outbox_id)
+        .order_by(DeliveryAttempt.at.desc(), DeliveryAttempt.id.desc())
+    )
+    if since is not None:
+        query = query.where(DeliveryAttempt.at >= since)
+    return [
+        {
+            "at": attempt.at,
+            "destination": entry.destination,
+            "peer": f"{entry.ae_title}@{entry.host}:{entry.port}",
+            "kind": entry.kind,
+            "sop_instance_uid": entry.sop_instance_uid,
+            "status": "-" if attempt.status_code is None else f"0x{attempt.status_code:04X}",
+            "error": attempt.error or "",
+        }
+        for attempt, entry in session.execute(query.limit(limit))
+    ]
+
+
+def render_deliveries(rows: list[dict]) -> str:
+    """A plain-text table of :func:`list_deliveries` rows."""
+    keys = ("at", "destination", "peer", "kind", "status", "sop_instance_uid", "error")
+    heads = ("at (UTC)", "destination", "called", "object", "status", "SOP instance", "error")
+    table = [list(heads)] + [
+        [
+            r[k].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if k == "at" else str(r[k])
+            for k in keys
+        ]
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(len(keys))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in table]
+    if not rows:
+        lines.append("(no deliveries recorded)")
     return "\n".join(line.rstrip() for line in lines)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -327,12 +327,37 @@ def resend(
     typer.echo(f"queued {count} report object(s) of study {study} again")
 
 
+@app.command()
+def audit(
+    config: ConfigOpt = None,
+    db_url: DbUrlOpt = None,
+    since: Annotated[
+        datetime | None, typer.Option("--since", help="Only since this ISO date/time (UTC).")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Rows per table.")] = 100,
+) -> None:
+    """The audit trail: associations (who sent what, and how it ended) and deliveries."""
+    from ichnode.audit import list_associations, list_deliveries, render, render_deliveries
+    from ichnode.db.session import open_database
+
+    settings = _settings(config, db_url=db_url)
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    engine, sessions = open_database(settings)
+    try:
+        with sessions() as session:
+            typer.echo("Associations\n" + render(list_associations(session, since, limit)))
+            typer.echo("\nDeliveries\n" + render_deliveries(list_deliveries(session, since, limit)))
+    finally:
+        engine.dispose()
+
+
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOpt = None, db_url: DbUrlOpt = None) -> None:
     """Bring the database schema up to date (Alembic migrations)."""
     from ichnode.db import migrate
     from ichnode.db.engine import make_engine
-    from ichnode.node.server import display_url
+    from ichnode.db.session import display_url
 
     settings = _settings(config, db_url=db_url)
     engine = make_engine(settings.db_url)

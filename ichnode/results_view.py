@@ -23,7 +23,7 @@ def show_results(
     limit: int,
     fmt: str,
 ) -> None:
-    from ichnode.node.server import open_database  # imports torch: only when needed
+    from ichnode.db.session import open_database
 
     engine, sessions = open_database(settings)
     try:

@@ -84,6 +84,16 @@ class Store:
             raise StoreError(f"cannot write to the store: {exc.strerror or exc}") from None
         return size
 
+    def sweep_temp(self) -> int:
+        """Delete temp files a killed node left behind (call before accepting associations:
+        they were never acknowledged). Returns how many were removed."""
+        removed = 0
+        for tmp in self.root.rglob(".*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed += 1
+        return removed
+
     def remove(self, relative: str) -> None:
         """Delete a stored file (used to undo a write whose database row failed)."""
         with contextlib.suppress(FileNotFoundError):

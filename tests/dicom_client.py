@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from io import BytesIO
 
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification
 
 
@@ -43,3 +47,32 @@ def echo(port: int, *, called_ae: str = "ICHNODE", calling_ae: str = "TESTSCU") 
         return int(assoc.send_c_echo().Status)
     finally:
         assoc.release()
+
+
+def send_raw(
+    port: int, payload: bytes, sop_class: str, sop_uid: str, ts: str = ExplicitVRLittleEndian
+) -> int:
+    """One C-STORE whose data set is ``payload`` verbatim; returns the status."""
+    ae = AE(ae_title="HOSTILE")
+    ae.add_requested_context(sop_class, ts)
+    assoc = ae.associate("127.0.0.1", port, ae_title="ICHNODE")
+    assert assoc.is_established and assoc.accepted_contexts
+    req = C_STORE()
+    req.MessageID = 1
+    req.AffectedSOPClassUID = sop_class
+    req.AffectedSOPInstanceUID = sop_uid
+    req.Priority = 2
+    req.DataSet = BytesIO(payload)
+    # Pause the association's reactor as pynetdicom's own send_c_* do, so that it does not take
+    # the response first.
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    try:
+        assoc.dimse.send_msg(req, assoc.accepted_contexts[0].context_id)
+        _, rsp = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+        assoc.release()
+    assert rsp is not None, "no C-STORE response"
+    return int(rsp.Status)

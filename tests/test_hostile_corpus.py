@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import logging
 import resource
-import time
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pytest
-from dicom_client import echo
+from dicom_client import echo, send_raw
 from helpers import ct_dataset, study, wait_for
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
-from pydicom.uid import CTImageStorage, ExplicitVRBigEndian, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRBigEndian, generate_uid
 from pynetdicom import AE
-from pynetdicom.dimse_primitives import C_STORE
 from sqlalchemy import select
 
 from ichnode.db.models import Instance, InstanceStatus
@@ -45,35 +42,6 @@ def encode(ds: Dataset, little_endian: bool = True) -> bytes:
     fp.is_little_endian, fp.is_implicit_VR = little_endian, False
     write_dataset(fp, ds)
     return fp.getvalue()
-
-
-def send_raw(
-    port: int, payload: bytes, sop_class: str, sop_uid: str, ts: str = ExplicitVRLittleEndian
-) -> int:
-    """One C-STORE whose data set is ``payload`` verbatim; returns the status."""
-    ae = AE(ae_title="HOSTILE")
-    ae.add_requested_context(sop_class, ts)
-    assoc = ae.associate("127.0.0.1", port, ae_title="ICHNODE")
-    assert assoc.is_established and assoc.accepted_contexts
-    req = C_STORE()
-    req.MessageID = 1
-    req.AffectedSOPClassUID = sop_class
-    req.AffectedSOPInstanceUID = sop_uid
-    req.Priority = 2
-    req.DataSet = BytesIO(payload)
-    # Pause the association's reactor as pynetdicom's own send_c_* do, so that it does not take
-    # the response first.
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:
-        time.sleep(0.0001)
-    try:
-        assoc.dimse.send_msg(req, assoc.accepted_contexts[0].context_id)
-        _, rsp = assoc.dimse.get_msg(block=True)
-    finally:
-        assoc._reactor_checkpoint.set()
-        assoc.release()
-    assert rsp is not None, "no C-STORE response"
-    return int(rsp.Status)
 
 
 def _ct(size: int = 32, **attrs: object) -> Dataset:

@@ -14,13 +14,13 @@ import copy
 import os
 
 import pytest
-from dicom_client import echo
+from dicom_client import echo, send_raw
 from helpers import study
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.uid import CTImageStorage
 from sqlalchemy import select
-from test_hostile_corpus import encode, send_raw
+from test_hostile_corpus import encode
 
 from ichnode.db.models import Instance
 from ichnode.node.scp import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH, OUT_OF_RESOURCES, SUCCESS

@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pydicom
 import pytest
-from dicom_client import echo, send
+from dicom_client import echo, send, send_raw
 from helpers import ct_dataset, run_dcmtk, sample_file, study, wait_for, write_all
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
@@ -213,28 +213,14 @@ def test_non_ct_object_is_refused_when_configured(node_factory):
 
 
 def test_undecodable_dataset_is_cannot_understand(node_factory):
-    from io import BytesIO
-
-    from pynetdicom import AE
-    from pynetdicom.dimse_primitives import C_STORE
-
     node = node_factory()
     ds = study(1, size=32)[0]
-    ae = AE(ae_title="TESTSCU")
-    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", node.settings.port, ae_title="ICHNODE")
-    # A C-STORE whose data set is an element with an unknown VR: the request is built at the
-    # DIMSE level because pynetdicom's SCU (rightly) refuses to encode such a thing.
-    req = C_STORE()
-    req.MessageID = 1
-    req.AffectedSOPClassUID = ds.SOPClassUID
-    req.AffectedSOPInstanceUID = ds.SOPInstanceUID
-    req.Priority = 2
-    req.DataSet = BytesIO(b"\x08\x00\x18\x00ZZ\x04\x001.2\x00")
-    assoc.dimse.send_msg(req, assoc.accepted_contexts[0].context_id)
-    _, rsp = assoc.dimse.get_msg(block=True)
-    assoc.release()
-    assert rsp.Status == CANNOT_UNDERSTAND
+    # A data set that is one element with an unknown VR, sent at the DIMSE level because
+    # pynetdicom's SCU (rightly) refuses to encode such a thing.
+    payload = b"\x08\x00\x18\x00ZZ\x04\x001.2\x00"
+    assert send_raw(node.settings.port, payload, ds.SOPClassUID, ds.SOPInstanceUID) == (
+        CANNOT_UNDERSTAND
+    )
     assert _instances(node) == []
     assert echo(node.settings.port) == SUCCESS
 

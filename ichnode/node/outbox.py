@@ -411,7 +411,7 @@ def resend(session: Session, store: Store, study_uid: str) -> int:
 
 def resend_study(settings: Settings, study_uid: str) -> int:
     """``ichnode resend``: open the database, queue the study's objects again, commit."""
-    from ichnode.node.server import open_database
+    from ichnode.db.session import open_database
 
     if not Path(settings.store).is_dir():
         raise DeliveryError(f"store {settings.store} does not exist")

@@ -11,11 +11,10 @@ import threading
 from collections.abc import Callable
 
 import torch
-from sqlalchemy.engine import make_url
 
 from ichnode.config import Settings, TLSSettings
-from ichnode.db import migrate, queue
-from ichnode.db.engine import make_engine, make_sessionmaker
+from ichnode.db import queue
+from ichnode.db.session import display_url, open_database
 from ichnode.errors import ConfigError, IchnodeError
 from ichnode.inference import Predictor
 from ichnode.model import demo_model_path, load_checkpoint
@@ -50,21 +49,6 @@ def tls_context(tls: TLSSettings) -> ssl.SSLContext | None:
     return ctx
 
 
-def open_database(settings: Settings):  # noqa: ANN201 - (engine, sessionmaker)
-    """The process's engine and sessionmaker, with the schema upgraded or checked."""
-    engine = make_engine(settings.db_url)
-    if settings.auto_upgrade:
-        migrate.upgrade(engine)
-    else:
-        migrate.check_schema(engine)
-    return engine, make_sessionmaker(engine)
-
-
-def display_url(url: str) -> str:
-    """The database URL without its password, for the ready line and logs."""
-    return make_url(url).render_as_string(hide_password=True)
-
-
 class Node:
     """One running node. ``start()`` returns once it accepts associations."""
 
@@ -87,6 +71,9 @@ class Node:
             torch.set_num_threads(s.torch_threads)
         self.engine, self.sessions = open_database(s)
         self.store = Store(s.store, s.min_free_bytes)
+        swept = self.store.sweep_temp()
+        if swept:
+            log.info("removed %d unfinished temp files from the store (never acknowledged)", swept)
         self.predictor = Predictor(s.model, s.device)
         # Grad-CAM hooks and toggles the model: the reports get their own copy, on the CPU.
         self.report_checkpoint = load_checkpoint(s.model or demo_model_path(), "cpu")

@@ -11,8 +11,8 @@ import torch
 from ichnode.config import Settings
 from ichnode.db import queue
 from ichnode.db.models import InstanceStatus
+from ichnode.db.session import display_url, open_database
 from ichnode.inference import Predictor
-from ichnode.node.server import display_url, open_database
 from ichnode.node.worker import Worker, default_worker_id
 from ichnode.store import Store
 

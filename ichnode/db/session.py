@@ -1,0 +1,30 @@
+"""Opening the database for a command: engine, sessionmaker, schema upgraded or checked.
+
+Kept apart from the node so that commands that only read the database (``results``,
+``audit``, ``resend``) do not import torch.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from ichnode.config import Settings
+from ichnode.db import migrate
+from ichnode.db.engine import make_engine, make_sessionmaker
+
+
+def open_database(settings: Settings) -> tuple[Engine, sessionmaker[Session]]:
+    """The process's engine and sessionmaker, with the schema upgraded or checked."""
+    engine = make_engine(settings.db_url)
+    if settings.auto_upgrade:
+        migrate.upgrade(engine)
+    else:
+        migrate.check_schema(engine)
+    return engine, make_sessionmaker(engine)
+
+
+def display_url(url: str) -> str:
+    """The database URL without its password, for the ready line and logs."""
+    return make_url(url).render_as_string(hide_password=True)
