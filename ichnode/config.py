@@ -88,6 +88,12 @@ class HTTPSettings(_Section):
     enabled: bool = True
     bind: str = "127.0.0.1:8080"
     token: str | None = None
+    show_patient_identifiers: bool = Field(
+        True, description="Show patient name/ID and accession on the pages (inside the hospital)."
+    )
+    allow_remote_without_token: bool = Field(
+        False, description="Allow a non-loopback bind without a token (not recommended)."
+    )
 
 
 class TLSSettings(_Section):

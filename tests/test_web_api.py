@@ -20,6 +20,7 @@ from helpers import wait_for
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from ichnode.config import HTTPSettings
 from ichnode.db.models import DeliveryStatus, OutboxEntry, Study, StudyResult
 from ichnode.errors import ConfigError
 from ichnode.subtypes import SUBTYPES
@@ -52,7 +53,7 @@ def send_phantoms(node, phantoms=PHANTOMS) -> dict[str, str]:
 
 def serve(node, token: str | None = None, **http: object):
     """Start the web app of ``node`` on a free loopback port."""
-    settings = SimpleNamespace(http=SimpleNamespace(bind="127.0.0.1:0", token=token, **http))
+    settings = SimpleNamespace(http=HTTPSettings(bind="127.0.0.1:0", token=token, **http))
     context = dataclasses.replace(WebContext.from_node(node), settings=settings)
     return start_http(settings, context)
 
@@ -326,7 +327,7 @@ def test_query_token_sets_a_cookie_and_drops_the_token_from_the_url(node_factory
 
 
 def _http(bind: str, token: str | None = None, **extra: object) -> SimpleNamespace:
-    return SimpleNamespace(http=SimpleNamespace(bind=bind, token=token, **extra))
+    return SimpleNamespace(http=HTTPSettings(bind=bind, token=token, **extra))
 
 
 def test_refuses_a_non_loopback_bind_without_a_token():

@@ -11,6 +11,7 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi.checks import negative_data_rejection
 from test_web_api import PHANTOMS, TOKEN, send_phantoms, serve, wait_resulted
 
 from ichnode.db import upgrade
@@ -47,4 +48,8 @@ schema = schemathesis.pytest.from_fixture("web_schema")
     suppress_health_check=list(HealthCheck),
 )
 def test_api_conforms_to_its_openapi_schema(case):
-    case.call_and_validate(headers=AUTH)
+    # negative_data_rejection is left out: it counts a request as "missing Authorization" even
+    # though this test adds the header, and the API ignores unknown query parameters on
+    # purpose (a lenient reader); every other check (server errors, status codes, content
+    # types, response bodies against the schema) applies.
+    case.call_and_validate(headers=AUTH, excluded_checks=[negative_data_rejection])

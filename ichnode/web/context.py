@@ -12,7 +12,6 @@ from ichnode.inference import Predictor
 from ichnode.store import Store
 
 #: ``settings.http.show_patient_identifiers`` when the settings do not have the field (yet).
-SHOW_PATIENT_IDENTIFIERS_DEFAULT = True
 
 
 @dataclass
@@ -49,10 +48,8 @@ class WebContext:
 
     @property
     def show_patient_identifiers(self) -> bool:
-        http = getattr(self.settings, "http", None)
-        return bool(getattr(http, "show_patient_identifiers", SHOW_PATIENT_IDENTIFIERS_DEFAULT))
+        return self.settings.http.show_patient_identifiers
 
     @property
     def token(self) -> str | None:
-        http = getattr(self.settings, "http", None)
-        return getattr(http, "token", None) or None
+        return self.settings.http.token or None

@@ -17,7 +17,6 @@ from ichnode.web.app import create_app
 log = logging.getLogger(__name__)
 
 #: ``settings.http.allow_remote_without_token`` when the settings lack the field.
-ALLOW_REMOTE_WITHOUT_TOKEN_DEFAULT = False
 #: Seconds to wait for uvicorn to start serving, and to stop.
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
@@ -50,8 +49,7 @@ def check_http_settings(settings: Any) -> tuple[str, int]:
     """
     http = settings.http
     host, port = parse_bind(http.bind)
-    allow = getattr(http, "allow_remote_without_token", ALLOW_REMOTE_WITHOUT_TOKEN_DEFAULT)
-    if not getattr(http, "token", None) and not is_loopback(host) and not allow:
+    if not http.token and not is_loopback(host) and not http.allow_remote_without_token:
         raise ConfigError(
             f"refusing to serve HTTP on {host} without a token: set http.token, bind to "
             "127.0.0.1, or set http.allow_remote_without_token = true"
