@@ -102,7 +102,13 @@ def _insert(session: Session, model: type, **values: object):  # noqa: ANN202
 
 
 def mark_duplicate(session: Session, sop_uid: str, now: datetime) -> bool:
-    """If ``sop_uid`` is already recorded, count the repeat and return True (first copy kept)."""
+    """If ``sop_uid`` is already recorded, count the repeat and return True (first copy kept).
+
+    A plain SELECT first: the common case (a new instance) then takes no write lock.
+    """
+    known = session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop_uid))
+    if known is None:
+        return False
     result = session.execute(
         update(Instance)
         .where(Instance.sop_instance_uid == sop_uid)

@@ -436,42 +436,46 @@ class StorageSCP:
                 received.status, received.reason = InstanceStatus.SKIPPED, reason
 
         try:
-            with self.sessions.begin() as session:
-                duplicate = ingest.mark_duplicate(session, sop_uid, now)
-            if duplicate:
-                log.info("instance %s received again: kept the first copy", uid_hash(sop_uid))
-                self._count(event, "stored", study_uid)
-                return SUCCESS
-            relative = None
-            if is_ct:
-                stream = event.request.DataSet.getvalue()
-                if len(stream) > self.settings.max_instance_bytes:
-                    log.warning(
-                        "C-STORE refused: instance %s is larger than max_instance_bytes",
-                        uid_hash(sop_uid),
-                    )
-                    self._count(event, "failed")
-                    return OUT_OF_RESOURCES
-                relative = self.store.relative_path(study_uid, series_uid, sop_uid)
-                header = PREAMBLE + encode_file_meta(event.file_meta)
-                received.size_bytes = self.store.write(relative, [header, stream])
-                received.path = relative
-            try:
-                with self.sessions.begin() as session:
+            # One session per C-STORE: the duplicate check is a plain SELECT (no write lock on
+            # SQLite), the file is written, then the rows are inserted and committed at once.
+            with self.sessions() as session:
+                if ingest.mark_duplicate(session, sop_uid, now):
+                    session.commit()
+                    log.info("instance %s received again: kept the first copy", uid_hash(sop_uid))
+                    self._count(event, "stored", study_uid)
+                    return SUCCESS
+                relative = None
+                if is_ct:
+                    stream = event.request.DataSet.getvalue()
+                    if len(stream) > self.settings.max_instance_bytes:
+                        log.warning(
+                            "C-STORE refused: instance %s is larger than max_instance_bytes",
+                            uid_hash(sop_uid),
+                        )
+                        self._count(event, "failed")
+                        return OUT_OF_RESOURCES
+                    relative = self.store.relative_path(study_uid, series_uid, sop_uid)
+                    header = PREAMBLE + encode_file_meta(event.file_meta)
+                    received.size_bytes = self.store.write(relative, [header, stream])
+                    received.path = relative
+                try:
                     status = ingest.record_instance(
                         session, received, self.rules.settings.skip_duplicate_positions
                     ).status
-            except IntegrityError:
-                # The same SOP Instance arrived on another association at the same moment:
-                # its row won; our identical bytes went to the same path.
-                with self.sessions.begin() as session:
+                    session.commit()
+                except IntegrityError:
+                    # The same SOP Instance arrived on another association at the same moment:
+                    # its row won; our identical bytes went to the same path.
+                    session.rollback()
                     ingest.mark_duplicate(session, sop_uid, now)
-                self._count(event, "stored", study_uid)
-                return SUCCESS
-            except SQLAlchemyError:
-                if relative:
-                    self.store.remove(relative)
-                raise
+                    session.commit()
+                    self._count(event, "stored", study_uid)
+                    return SUCCESS
+                except SQLAlchemyError:
+                    session.rollback()
+                    if relative:
+                        self.store.remove(relative)
+                    raise
         except StoreError as exc:
             log.error("C-STORE out of resources for instance %s: %s", uid_hash(sop_uid), exc)
             self._count(event, "failed")

@@ -1,0 +1,169 @@
+"""``ichnode train`` / ``ichnode evaluate`` end to end on tiny phantoms, resume, error paths."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ichnode.cli import app
+from ichnode.model import demo_model_path, load_checkpoint
+from ichnode.subtypes import SUBTYPES
+from training.synth import generate
+
+#: Real training runs and `ichnode` subprocesses: each test takes several seconds.
+pytestmark = pytest.mark.slow
+
+runner = CliRunner()
+TRAIN_ARGS = ["--image-size", "64", "--batch-size", "16", "--device", "cpu", "--limit", "160"]
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("phantoms")
+    generate(out, studies=12, seed=14, size=64, progress=False)  # val and test hold bleeds
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-epoch run (module-scoped: several tests read it, none modify it)."""
+    run = tmp_path_factory.mktemp("run")
+    result = runner.invoke(
+        app, ["train", "--data", str(phantoms), "--out", str(run), "--epochs", "1", *TRAIN_ARGS]
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return run
+
+
+def test_train_writes_a_checkpoint_that_loads_with_its_spec_calibration_and_thresholds(
+    trained: Path,
+):
+    ckpt = load_checkpoint(trained / "best.safetensors")
+    assert ckpt.architecture == "ichnet"
+    assert ckpt.spec.size == 64
+    assert [w.name for w in ckpt.spec.windows] == ["brain", "subdural", "soft"]
+    assert set(ckpt.thresholds) == set(SUBTYPES)
+    assert ckpt.calibration.scale[SUBTYPES.index("any")] != 1.0  # fitted on validation
+    s = ckpt.summary
+    assert s["best_epoch"] == 1 and s["epochs"] == 1 and s["image_size"] == 64
+    assert s["n_train"] + s["n_val"] + s["n_test"] == 160
+    assert s["skipped_images"] == 0
+    assert s["augmentation"]["enabled"] is True and s["windows"] == "stack"
+    assert {"split_seed", "val_auc", "val_loss", "dataset", "ichnode_version"} <= set(s)
+
+
+def test_train_writes_split_history_and_resume_state(trained: Path):
+    split = json.loads((trained / "split.json").read_text())
+    assert split["seed"] == 0 and set(split["ids"]) == {"train", "val", "test"}
+    history = json.loads((trained / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1]
+    state = torch.load(trained / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and "optimizer" in state and "rng" in state
+
+
+def test_resume_continues_from_the_last_epoch(phantoms: Path, trained: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("last.pt", "best.safetensors", "history.json"):
+        (run / name).write_bytes((trained / name).read_bytes())
+    args = ["train", "--data", str(phantoms), "--out", str(run), "--epochs", "2", *TRAIN_ARGS]
+    result = runner.invoke(app, [*args, "--resume", "--cache", str(trained / "cache")])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    history = json.loads((run / "history.json").read_text())
+    first = json.loads((trained / "history.json").read_text())[0]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[0] == first  # epoch 1 was not trained again
+    assert load_checkpoint(run / "best.safetensors").summary["epochs"] == 2
+
+
+def test_evaluate_on_the_test_split_writes_reports_and_figures(
+    phantoms: Path, trained: Path, tmp_path: Path
+):
+    out = tmp_path / "report"
+    result = runner.invoke(
+        app,
+        [
+            "evaluate", "--data", str(phantoms), "--model", str(trained / "best.safetensors"),
+            "--split", str(trained / "split.json"), "--out", str(out), "--device", "cpu",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "weighted log loss" in result.output and "prevalence baseline" in result.output
+    report = json.loads((out / "report.json").read_text())
+    test_ids = json.loads((trained / "split.json").read_text())["ids"]["test"]
+    assert report["n_images"] == len(test_ids)
+    assert set(report["subtypes"]) == set(SUBTYPES)
+    assert "confusion" in report["subtypes"]["any"]
+    assert "Weighted multi-label log loss" in (out / "report.md").read_text()
+    for png in ["roc.png", "reliability.png", *(f"confusion_{s}.png" for s in SUBTYPES)]:
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def _ichnode(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ichnode", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_train_with_a_missing_data_folder_fails_with_one_line(tmp_path: Path):
+    proc = _ichnode("train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run"))
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        f"error: data folder {tmp_path / 'nope'} does not exist"
+    ]
+
+
+def test_evaluate_with_a_missing_data_folder_fails_with_one_line(tmp_path: Path):
+    proc = _ichnode("evaluate", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r"))
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_resume_without_a_previous_run_fails_with_one_line(phantoms: Path, tmp_path: Path):
+    proc = _ichnode(
+        "train", "--data", str(phantoms), "--out", str(tmp_path / "run"), "--resume",
+        "--device", "cpu",
+    )  # fmt: skip
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nothing to resume" in lines[0]
+
+
+def test_unknown_window_fails_with_one_line(phantoms: Path, tmp_path: Path):
+    proc = _ichnode(
+        "train", "--data", str(phantoms), "--out", str(tmp_path / "run"), "--windows", "brian"
+    )
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "brian" in lines[0]
+
+
+def test_unreadable_images_are_skipped_and_counted_in_the_summary(tmp_path: Path):
+    data = tmp_path / "data"
+    generate(data, studies=5, seed=3, size=64, progress=False)
+    files = sorted((data / "stage_2_train").iterdir())
+    broken = {f.stem for f in files[::25]}  # every 25th file: pixel data cut short
+    for f in files[::25]:
+        f.write_bytes(f.read_bytes()[:-1500])
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(run), "--epochs", "1", "--no-balanced"]
+    result = runner.invoke(app, [*args, "--image-size", "64", "--device", "cpu"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    ids = json.loads((run / "split.json").read_text())["ids"]
+    read_in_training = broken & (set(ids["train"]) | set(ids["val"]))  # test is never read
+    assert read_in_training
+    summary = load_checkpoint(run / "best.safetensors").summary
+    assert summary["skipped_images"] == len(read_in_training)
+
+
+def test_evaluate_defaults_to_the_bundled_demo_model(phantoms: Path, tmp_path: Path):
+    result = runner.invoke(
+        app, ["evaluate", "--data", str(phantoms), "--out", str(tmp_path), "--device", "cpu"]
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["model_id"] == load_checkpoint(demo_model_path()).model_id

@@ -1,0 +1,66 @@
+"""Preprocessed-array cache: decode each DICOM once, read float16 ``.npy`` files afterwards.
+
+Arrays live under ``ROOT/pre-<key>/<image id>.npy`` where ``key`` hashes the preprocessing spec,
+so a run with another image size or other windows never reads stale arrays. Writes are atomic
+(temp file + rename), so data-loader worker processes can fill the cache concurrently. Images
+that cannot be decoded get a ``.bad`` marker so later epochs skip them without retrying.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ichnode.imaging import PreprocessSpec
+
+CACHE_DTYPE = np.float16
+
+
+def spec_key(spec: PreprocessSpec) -> str:
+    """A short stable hash of the preprocessing spec."""
+    text = json.dumps(spec.to_dict(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class PreprocessCache:
+    """Float16 arrays of preprocessed slices, keyed by image id and spec."""
+
+    def __init__(self, root: Path, spec: PreprocessSpec) -> None:
+        self.dir = Path(root) / f"pre-{spec_key(spec)}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        spec_file = self.dir / "spec.json"
+        if not spec_file.exists():
+            _atomic_write(spec_file, json.dumps(spec.to_dict()).encode())
+
+    def _path(self, image_id: str, suffix: str) -> Path:
+        return self.dir / f"{image_id}{suffix}"
+
+    def load(self, image_id: str) -> np.ndarray | None:
+        """The cached float32 array, or None when not cached yet."""
+        try:
+            return np.load(self._path(image_id, ".npy")).astype(np.float32)
+        except (FileNotFoundError, ValueError, OSError):
+            return None
+
+    def save(self, image_id: str, arr: np.ndarray) -> None:
+        path = self._path(image_id, ".npy")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, arr.astype(CACHE_DTYPE))
+        tmp.replace(path)
+
+    def is_bad(self, image_id: str) -> bool:
+        return self._path(image_id, ".bad").exists()
+
+    def mark_bad(self, image_id: str, reason: str) -> None:
+        _atomic_write(self._path(image_id, ".bad"), reason.encode())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)

@@ -1,0 +1,299 @@
+"""The RSNA 2019 training layout: labels CSV, DICOM folder, header index, patient-level split.
+
+The Kaggle download works unchanged: ``DATA/stage_2_train.csv`` (``ID,Label`` rows with IDs
+``ID_<hex>_<subtype>``) next to ``DATA/stage_2_train/ID_<hex>.dcm``. Slices are preprocessed
+by :func:`ichnode.imaging.preprocess` with the run's spec -- the same function the node serves
+with. Unreadable images are skipped (one warning each), never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import torch
+from torch.utils.data import Dataset
+
+from ichnode.errors import IchnodeError
+from ichnode.imaging import PreprocessSpec, preprocess, read
+from ichnode.subtypes import SUBTYPES
+from training.cache import PreprocessCache
+
+log = logging.getLogger(__name__)
+
+CSV_NAME = "stage_2_train.csv"
+IMAGE_DIR_NAME = "stage_2_train"
+SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+SPLIT_RATIOS: tuple[float, ...] = (0.8, 0.1, 0.1)
+
+#: Image ids become file names: only these characters are accepted.
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_HEADER_TAGS = ["PatientID", "StudyInstanceUID", "ImagePositionPatient"]
+INDEX_COLUMNS = ["id", "patient", "study", "z", "readable"]
+
+
+class DatasetError(IchnodeError):
+    """The data folder is missing, malformed or holds no usable slices."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the labels and images of an RSNA-layout folder are."""
+
+    root: Path
+    csv: Path
+    images: Path
+
+    def image_path(self, image_id: str) -> Path:
+        return self.images / f"{image_id}.dcm"
+
+
+def find_layout(data: Path) -> Layout:
+    """Check ``data`` holds ``stage_2_train.csv`` and ``stage_2_train/``."""
+    data = Path(data)
+    if not data.is_dir():
+        raise DatasetError(f"data folder {data} does not exist")
+    csv, images = data / CSV_NAME, data / IMAGE_DIR_NAME
+    if not csv.is_file():
+        raise DatasetError(f"{data} has no {CSV_NAME} (expected the RSNA training layout)")
+    if not images.is_dir():
+        raise DatasetError(f"{data} has no {IMAGE_DIR_NAME}/ folder of DICOM files")
+    return Layout(root=data, csv=csv, images=images)
+
+
+def load_labels(csv: Path) -> pd.DataFrame:
+    """The CSV pivoted to one row per image id and the six SUBTYPES columns (int8).
+
+    Duplicate rows (the real download has some) are dropped, keeping the first; images lacking
+    one of the six labels are dropped with a warning.
+    """
+    try:
+        raw = pd.read_csv(csv, dtype={"ID": str, "Label": "float64"})
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise DatasetError(f"{csv.name}: cannot read labels ({exc})") from None
+    if list(raw.columns[:2]) != ["ID", "Label"]:
+        raise DatasetError(f"{csv.name}: expected columns ID,Label, found {list(raw.columns)}")
+    parts = raw["ID"].str.rsplit("_", n=1, expand=True)
+    if parts.shape[1] != 2:
+        raise DatasetError(f"{csv.name}: IDs must look like ID_<hex>_<subtype>")
+    raw = raw.assign(image=parts[0], subtype=parts[1])
+    raw = raw[raw["subtype"].isin(SUBTYPES)]
+    n_before = len(raw)
+    raw = raw.drop_duplicates(subset=["image", "subtype"], keep="first")
+    if n_before != len(raw):
+        log.info("labels: dropped %d duplicate rows", n_before - len(raw))
+    table = raw.pivot(index="image", columns="subtype", values="Label").reindex(columns=SUBTYPES)
+    incomplete = table.isna().any(axis=1)
+    if incomplete.any():
+        log.warning("labels: %d images lack one of the six labels; dropped", int(incomplete.sum()))
+        table = table[~incomplete]
+    bad = [i for i in table.index if not _ID_RE.match(i)]
+    if bad:
+        raise DatasetError(f"{csv.name}: {len(bad)} image ids are not file-name safe")
+    table = table.astype(np.int8).sort_index()
+    table.columns.name = None
+    table.index.name = "id"
+    return table
+
+
+@contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """Read without per-file validation warnings: the RSNA download stores ``ID_...`` strings
+    in UID elements, and 750 000 warnings would drown every useful log line."""
+    settings = pydicom.config.settings
+    saved = settings.reading_validation_mode
+    settings.reading_validation_mode = pydicom.config.IGNORE
+    try:
+        yield
+    finally:
+        settings.reading_validation_mode = saved
+
+
+def _read_header(path: Path) -> tuple[str, str, float, bool]:
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+    except Exception:  # noqa: BLE001 - missing or truncated files are skipped, not fatal
+        return "", "", float("nan"), False
+    patient = str(ds.get("PatientID", "") or "")
+    study = str(ds.get("StudyInstanceUID", "") or "")
+    ipp = ds.get("ImagePositionPatient")
+    try:
+        z = float(ipp[2]) if ipp is not None and len(ipp) >= 3 else float("nan")
+    except (TypeError, ValueError):
+        z = float("nan")
+    return patient or study, study, z, True
+
+
+def index_cache_path(layout: Layout, cache_dir: Path) -> Path:
+    """The header index file, keyed by the CSV's size and mtime."""
+    st = layout.csv.stat()
+    return Path(cache_dir) / f"header-index-{st.st_size}-{st.st_mtime_ns}.csv"
+
+
+def header_index(
+    layout: Layout, ids: list[str], cache_dir: Path, threads: int = 8, progress: bool = True
+) -> pd.DataFrame:
+    """PatientID, StudyInstanceUID and z of each image (header only), cached on disk.
+
+    The cache grows incrementally: ids already indexed are never read again.
+    """
+    from tqdm import tqdm
+
+    path = index_cache_path(layout, cache_dir)
+    known = (
+        pd.read_csv(path, dtype={"id": str, "patient": str, "study": str}, keep_default_na=False)
+        if path.exists()
+        else pd.DataFrame(columns=INDEX_COLUMNS)
+    )
+    if len(known):
+        known["z"] = pd.to_numeric(known["z"], errors="coerce")
+        known["readable"] = known["readable"].astype(str).str.lower() == "true"
+    missing = sorted(set(ids) - set(known["id"]))
+    if missing:
+        log.info("header index: reading %d headers (%d cached)", len(missing), len(known))
+        with quiet_pydicom(), ThreadPoolExecutor(max_workers=threads) as pool:
+            rows = list(
+                tqdm(
+                    pool.map(_read_header, (layout.image_path(i) for i in missing)),
+                    total=len(missing),
+                    desc="headers",
+                    disable=None if progress else True,
+                    leave=False,
+                )
+            )
+        new = pd.DataFrame(
+            [(i, *r) for i, r in zip(missing, rows, strict=True)], columns=INDEX_COLUMNS
+        )
+        known = pd.concat([known, new], ignore_index=True) if len(known) else new
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        known.to_csv(tmp, index=False)
+        tmp.replace(path)
+    return known.set_index("id").loc[ids].reset_index()
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def split_by_patient(
+    index: pd.DataFrame, seed: int, ratios: tuple[float, ...] = SPLIT_RATIOS
+) -> dict[str, list[str]]:
+    """Slice ids per split (train/val/test), all slices of a patient in one split.
+
+    Patients are shuffled with ``seed`` and cut by the ratios of their count (at least one
+    patient per split when there are three or more).
+    """
+    patients = sorted(index["patient"].unique())
+    random.Random(seed).shuffle(patients)
+    n = len(patients)
+    n_val = max(1, round(ratios[1] * n)) if n >= 3 else 0
+    n_test = max(1, round(ratios[2] * n)) if n >= 3 else 0
+    n_train = n - n_val - n_test
+    groups = {
+        "train": set(patients[:n_train]),
+        "val": set(patients[n_train : n_train + n_val]),
+        "test": set(patients[n_train + n_val :]),
+    }
+    return {
+        name: sorted(index.loc[index["patient"].isin(members), "id"])
+        for name, members in groups.items()
+    }
+
+
+def write_split(path: Path, split: dict[str, list[str]], index: pd.DataFrame, seed: int) -> None:
+    """RUN/split.json: seed, ratios, slice ids and patient-id hashes (never raw ids) per split."""
+    by_id = index.set_index("id")["patient"]
+    doc = {
+        "seed": seed,
+        "ratios": dict(zip(SPLIT_NAMES, SPLIT_RATIOS, strict=True)),
+        "ids": split,
+        "patients": {
+            name: sorted({_hash(p) for p in by_id.loc[ids]}) if ids else []
+            for name, ids in split.items()
+        },
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1))
+
+
+def read_split(path: Path) -> dict:
+    """A split.json written by :func:`write_split`."""
+    try:
+        doc = json.loads(Path(path).read_text())
+        _ = [doc["ids"][name] for name in SPLIT_NAMES]
+    except FileNotFoundError:
+        raise DatasetError(f"split file {path} does not exist") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{path}: not a split.json written by ichnode train ({exc!r})") from None
+    return doc
+
+
+class RSNADataset(Dataset):
+    """Preprocessed slices and their six labels; ``(x, y, position, ok)`` per item.
+
+    ``ok`` is False for an image whose pixels cannot be read: the loop drops it from the batch
+    and counts it. With a cache, decoded arrays are stored for later epochs.
+    """
+
+    def __init__(
+        self,
+        layout: Layout,
+        ids: list[str],
+        labels: np.ndarray,
+        spec: PreprocessSpec,
+        cache: PreprocessCache | None = None,
+    ) -> None:
+        self.layout, self.ids, self.spec, self.cache = layout, list(ids), spec, cache
+        self.labels = np.asarray(labels, dtype=np.float32)
+
+    @classmethod
+    def from_table(
+        cls,
+        layout: Layout,
+        table: pd.DataFrame,
+        ids: list[str],
+        spec: PreprocessSpec,
+        cache: PreprocessCache | None = None,
+    ) -> RSNADataset:
+        return cls(layout, ids, table.loc[ids, list(SUBTYPES)].to_numpy(), spec, cache)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _load(self, image_id: str) -> np.ndarray | None:
+        if self.cache is not None:
+            if self.cache.is_bad(image_id):
+                return None
+            arr = self.cache.load(image_id)
+            if arr is not None:
+                return arr
+        try:
+            with quiet_pydicom():
+                arr = preprocess(read(self.layout.image_path(image_id)), self.spec)
+        except IchnodeError as exc:
+            log.warning("skipping unreadable image %s: %s", image_id, exc)
+            if self.cache is not None:
+                self.cache.mark_bad(image_id, str(exc))
+            return None
+        if self.cache is not None:
+            self.cache.save(image_id, arr)
+        return arr
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+        arr = self._load(self.ids[i])
+        ok = arr is not None
+        if arr is None:
+            arr = np.zeros((self.spec.channels, self.spec.size, self.spec.size), np.float32)
+        return torch.from_numpy(arr), torch.from_numpy(self.labels[i]), i, ok

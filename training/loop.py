@@ -1,0 +1,473 @@
+"""Training: data → patient split → balanced epochs → best checkpoint, calibrated, with resume.
+
+Read top to bottom: :func:`run` prepares the data (:func:`prepare_data`), trains with
+:func:`train_one_epoch`, validates with :func:`predict_logits`, keeps ``RUN/best.safetensors``
+(lowest validation loss) and ``RUN/last.pt`` (resume state: plain tensors and dicts, loaded
+with ``weights_only=True``), and finally fits calibration and thresholds on the validation split
+(:func:`finalize`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ichnode.device import resolve_device
+from ichnode.errors import IchnodeError
+from ichnode.imaging import PreprocessSpec, parse_window, windows_for_mode
+from ichnode.model import Checkpoint, build, load_checkpoint, save_checkpoint
+from ichnode.subtypes import SUBTYPES
+from training import calibrate, metrics
+from training.augment import NO_AUGMENT, AugmentConfig, augment_batch
+from training.cache import PreprocessCache
+from training.dataset import (
+    Layout,
+    RSNADataset,
+    find_layout,
+    header_index,
+    load_labels,
+    split_by_patient,
+    write_split,
+)
+from training.sampling import build_sampler
+
+log = logging.getLogger(__name__)
+
+BEST_NAME = "best.safetensors"
+LAST_NAME = "last.pt"
+HISTORY_NAME = "history.json"
+SPLIT_NAME = "split.json"
+THRESHOLD_RULE = (
+    "any: highest threshold with validation sensitivity >= 0.95; "
+    "other subtypes: max F1 on validation; calibrated probabilities"
+)
+
+
+class TrainError(IchnodeError):
+    """Training cannot start or continue (bad option, nothing to resume...)."""
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``ichnode train`` (same names and defaults)."""
+
+    data: Path
+    out: Path
+    architecture: str = "ichnet"
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 1e-3
+    image_size: int = 224
+    windows: str = "stack"
+    device: str = "auto"
+    workers: int = 0
+    seed: int = 0
+    balanced: bool = True
+    weighted_loss: bool = False
+    augment: bool = True
+    cache: Path | None = None
+    resume: bool = False
+    limit: int | None = None
+
+
+def make_spec(windows: str, image_size: int) -> PreprocessSpec:
+    """``stack``, ``single`` or comma-separated window names / CENTER/WIDTH → a spec."""
+    try:
+        if windows in ("stack", "single"):
+            wins = windows_for_mode(windows)
+        else:
+            wins = tuple(parse_window(part) for part in windows.split(",") if part.strip())
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
+    if not wins:
+        raise TrainError("--windows names no window")
+    return PreprocessSpec(windows=wins, size=image_size)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class Prepared:
+    """Everything about the data a run needs."""
+
+    layout: Layout
+    table: pd.DataFrame  # labels, index = image id
+    split: dict[str, list[str]]
+    spec: PreprocessSpec
+    cache: PreprocessCache
+    skipped: set[str]  # image ids skipped so far (unreadable header or pixels)
+
+
+def prepare_data(cfg: TrainConfig, spec: PreprocessSpec) -> Prepared:
+    """Labels, header index (cached), patient split (RUN/split.json) and the array cache."""
+    layout = find_layout(cfg.data)
+    table = load_labels(layout.csv)
+    ids = list(table.index)
+    if cfg.limit is not None and cfg.limit < len(ids):
+        ids = sorted(random.Random(cfg.seed).sample(ids, cfg.limit))
+    if not ids:
+        raise TrainError(f"{layout.csv.name} lists no images")
+    cache_dir = Path(cfg.cache) if cfg.cache else Path(cfg.out) / "cache"
+    index = header_index(layout, ids, cache_dir)
+    unreadable = index.loc[~index["readable"].astype(bool), "id"].tolist()
+    for image_id in unreadable:
+        log.warning("skipping unreadable image %s: header cannot be read", image_id)
+    index = index[index["readable"].astype(bool)]
+    if len(index) == 0:
+        raise TrainError("no readable images in the data folder")
+    split = split_by_patient(index, cfg.seed)
+    if not split["train"] or not split["val"]:
+        raise TrainError(f"too few patients ({index['patient'].nunique()}) to split 80/10/10")
+    write_split(Path(cfg.out) / SPLIT_NAME, split, index, cfg.seed)
+    return Prepared(
+        layout=layout,
+        table=table,
+        split=split,
+        spec=spec,
+        cache=PreprocessCache(cache_dir, spec),
+        skipped=set(unreadable),
+    )
+
+
+def collate(
+    batch: list[tuple[torch.Tensor, torch.Tensor, int, bool]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    """Stack the readable items; return the positions of unreadable ones separately."""
+    good = [b for b in batch if b[3]]
+    bad = [b[2] for b in batch if not b[3]]
+    if not good:
+        x0, y0 = batch[0][0], batch[0][1]
+        return x0.new_zeros((0, *x0.shape)), y0.new_zeros((0, *y0.shape)), torch.zeros(0), bad
+    x = torch.stack([b[0] for b in good])
+    y = torch.stack([b[1] for b in good])
+    pos = torch.tensor([b[2] for b in good], dtype=torch.long)
+    return x, y, pos, bad
+
+
+def make_loader(
+    ds: RSNADataset, batch_size: int, workers: int, sampler: torch.utils.data.Sampler | None
+) -> DataLoader:
+    """A loader over ``ds`` (sequential when ``sampler`` is None)."""
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        persistent_workers=workers > 0,
+    )
+
+
+# --------------------------------------------------------------------------- train / validate
+
+
+class Loss(nn.Module):
+    """BCEWithLogitsLoss, optionally weighted per column by the competition weights."""
+
+    def __init__(self, weighted: bool) -> None:
+        super().__init__()
+        w = metrics.metric_weights() if weighted else np.ones(len(SUBTYPES))
+        self.register_buffer("w", torch.tensor(w / w.sum(), dtype=torch.float32))
+        self.bce = nn.BCEWithLogitsLoss(reduction="none")
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (self.bce(logits, y) * self.w).sum(dim=1).mean()
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Loss,
+    device: torch.device,
+    augmentation: AugmentConfig,
+    g: torch.Generator,
+    skipped: set[str],
+    desc: str = "train",
+    progress: bool = True,
+) -> tuple[float, int]:
+    """One pass over the loader; returns (mean loss, images seen)."""
+    model.train()
+    total, seen = 0.0, 0
+    ids = loader.dataset.ids
+    bar = tqdm(loader, desc=desc, leave=False, disable=None if progress else True)
+    for x, y, _, bad in bar:
+        skipped.update(ids[i] for i in bad)
+        if len(x) == 0:
+            continue
+        x = augment_batch(x.to(device, non_blocking=True), augmentation, g)
+        y = y.to(device, non_blocking=True)
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(x)
+        seen += len(x)
+        bar.set_postfix(loss=f"{total / max(seen, 1):.4f}")
+    return total / max(seen, 1), seen
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    skipped: set[str],
+    desc: str = "predict",
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits, labels and dataset positions of every readable item (no augmentation)."""
+    model.eval()
+    ids = loader.dataset.ids
+    logits, labels, positions = [], [], []
+    for x, y, pos, bad in tqdm(loader, desc=desc, leave=False, disable=None if progress else True):
+        skipped.update(ids[i] for i in bad)
+        if len(x) == 0:
+            continue
+        logits.append(model(x.to(device)).float().cpu().numpy())
+        labels.append(y.numpy())
+        positions.append(pos.numpy())
+    if not logits:
+        n = len(SUBTYPES)
+        return np.zeros((0, n)), np.zeros((0, n)), np.zeros(0, dtype=int)
+    return np.concatenate(logits), np.concatenate(labels), np.concatenate(positions)
+
+
+def _val_loss(loss_fn: Loss, logits: np.ndarray, y: np.ndarray, device: torch.device) -> float:
+    with torch.no_grad():
+        z = torch.as_tensor(logits, dtype=torch.float32, device=device)
+        return float(loss_fn(z, torch.as_tensor(y, dtype=torch.float32, device=device)))
+
+
+def _calibrated_val_loss(
+    loss_fn: Loss, logits: np.ndarray, y: np.ndarray, device: torch.device
+) -> float:
+    """Validation loss after Platt scaling fitted on the same validation logits.
+
+    Balanced sampling shifts raw probabilities far above the natural prevalence, and by
+    different amounts from epoch to epoch, so the raw loss mostly measures that shift (it tends
+    to pick the first epoch). The shipped checkpoint is calibrated on validation anyway, so the
+    epoch is chosen by the loss of what will be shipped (12 fitted numbers: little optimism,
+    the same for every epoch).
+    """
+    probs = calibrate.apply_calibration(calibrate.fit_platt(logits, y), logits)
+    z = np.log(np.clip(probs, 1e-7, 1 - 1e-7)) - np.log(np.clip(1 - probs, 1e-7, 1))
+    return _val_loss(loss_fn, z, y, device)
+
+
+# --------------------------------------------------------------------------- resume state
+
+
+def _fingerprint(cfg: TrainConfig, spec: PreprocessSpec) -> dict:
+    return {
+        "architecture": cfg.architecture,
+        "spec": json.dumps(spec.to_dict(), sort_keys=True),
+        "seed": cfg.seed,
+        "data": str(Path(cfg.data).resolve()),
+        "limit": -1 if cfg.limit is None else cfg.limit,
+    }
+
+
+def save_resume_state(path: Path, state: dict) -> None:
+    """Write the resume state atomically (plain tensors, numbers, strings, lists, dicts)."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_resume_state(path: Path) -> dict:
+    """Load RUN/last.pt without unpickling code."""
+    if not path.is_file():
+        raise TrainError(f"--resume: {path} does not exist (nothing to resume)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means the same: not our state file
+        raise TrainError(f"--resume: {path.name} is not a resume state ({exc})") from None
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _version() -> str:
+    import ichnode
+
+    return str(getattr(ichnode, "__version__", "0.0.0"))
+
+
+def run(cfg: TrainConfig, augmentation: AugmentConfig | None = None) -> Path:
+    """Train per ``cfg``; returns the path of the best (calibrated) checkpoint.
+
+    ``augmentation`` overrides the default strengths (``--no-augment`` disables them).
+    Progress bars show when stderr is a terminal.
+    """
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = make_spec(cfg.windows, cfg.image_size)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    try:
+        model = build(cfg.architecture, in_channels=spec.channels).to(device)
+    except IchnodeError as exc:
+        raise TrainError(str(exc)) from None
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    loss_fn = Loss(cfg.weighted_loss).to(device)
+    augmentation = (augmentation or AugmentConfig()) if cfg.augment else NO_AUGMENT
+
+    state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "history": [], "skipped": []}
+    if cfg.resume:
+        state = load_resume_state(out / LAST_NAME)
+        if state.get("fingerprint") != _fingerprint(cfg, spec):
+            raise TrainError("--resume: the run in OUT was started with other data or options")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        log.info("resuming after epoch %d", state["epoch"])
+
+    data = prepare_data(cfg, spec)
+    data.skipped.update(state["skipped"])
+    train_ds = RSNADataset.from_table(
+        data.layout, data.table, data.split["train"], spec, data.cache
+    )
+    val_ds = RSNADataset.from_table(data.layout, data.table, data.split["val"], spec, data.cache)
+    sampler = build_sampler(train_ds.labels, cfg.balanced, cfg.seed)
+    train_loader = make_loader(train_ds, cfg.batch_size, cfg.workers, sampler)
+    val_loader = make_loader(val_ds, cfg.batch_size, cfg.workers, None)
+    log.info(
+        "training %s on %d slices (val %d, test %d), %s, %d px, device %s",
+        cfg.architecture,
+        len(train_ds),
+        len(val_ds),
+        len(data.split["test"]),
+        "balanced" if cfg.balanced else "natural sampling",
+        spec.size,
+        device,
+    )
+
+    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+        sampler.set_epoch(epoch)
+        g = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+        t0 = time.perf_counter()
+        train_loss, seen = train_one_epoch(
+            model, train_loader, optimizer, loss_fn, device, augmentation, g, data.skipped,
+            desc=f"epoch {epoch}/{cfg.epochs}",
+        )  # fmt: skip
+        train_s = time.perf_counter() - t0
+        logits, y, _ = predict_logits(model, val_loader, device, data.skipped, desc="validate")
+        val_loss_raw = _val_loss(loss_fn, logits, y, device)
+        val_loss = _calibrated_val_loss(loss_fn, logits, y, device)
+        aucs = metrics.aucs(y, 1.0 / (1.0 + np.exp(-logits)))
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_loss_raw": val_loss_raw,
+            "val_auc": {k: metrics.finite_or_none(v) for k, v in aucs.items()},
+            "train_images_per_s": seen / max(train_s, 1e-9),
+            "seconds": time.perf_counter() - t0,
+        }
+        state["history"].append(row)
+        auc_text = " ".join(f"{k[:6]}={v:.3f}" for k, v in aucs.items() if math.isfinite(v))
+        log.info(
+            "epoch %d/%d train_loss=%.4f val_loss=%.4f (raw %.4f) val_auc %s (%.0f img/s, %.0fs)",
+            epoch, cfg.epochs, train_loss, val_loss, val_loss_raw, auc_text or "n/a",
+            row["train_images_per_s"], row["seconds"],
+        )  # fmt: skip
+        if val_loss < state["best_val_loss"]:
+            state["best_val_loss"], state["best_epoch"] = val_loss, epoch
+            ckpt = Checkpoint(model=model, architecture=cfg.architecture, spec=spec)
+            save_checkpoint(out / BEST_NAME, ckpt)
+        state.update(
+            epoch=epoch,
+            model=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            rng=torch.get_rng_state(),
+            fingerprint=_fingerprint(cfg, spec),
+            skipped=sorted(data.skipped),
+        )
+        save_resume_state(out / LAST_NAME, state)
+        (out / HISTORY_NAME).write_text(json.dumps(state["history"], indent=1))
+
+    return finalize(cfg, data, val_ds, state, augmentation, device)
+
+
+def finalize(
+    cfg: TrainConfig,
+    data: Prepared,
+    val_ds: RSNADataset,
+    state: dict,
+    augmentation: AugmentConfig,
+    device: torch.device,
+) -> Path:
+    """Reload the best weights, fit calibration and thresholds on validation, write summary."""
+    path = Path(cfg.out) / BEST_NAME
+    if not path.is_file():
+        raise TrainError(f"no checkpoint was saved in {cfg.out} (did every epoch fail?)")
+    best = load_checkpoint(path, device=device)
+    loader = make_loader(val_ds, cfg.batch_size, cfg.workers, None)
+    logits, y, _ = predict_logits(best.model, loader, device, data.skipped, desc="calibrate")
+    calibration = calibrate.fit_platt(logits, y)
+    for j, name in enumerate(SUBTYPES):
+        if len(y) == 0 or y[:, j].min() == y[:, j].max():
+            log.warning("%s has a single class in validation: uncalibrated, threshold 0.5", name)
+    probs = calibrate.apply_calibration(calibration, logits)
+    thresholds = calibrate.pick_thresholds(y, probs)
+    train_labels = data.table.loc[data.split["train"], list(SUBTYPES)].to_numpy()
+    best_row = next(r for r in state["history"] if r["epoch"] == state["best_epoch"])
+    summary = {
+        "architecture": cfg.architecture,
+        "epochs": cfg.epochs,
+        "best_epoch": state["best_epoch"],
+        "val_loss": state["best_val_loss"],
+        "val_auc": best_row["val_auc"],
+        "val_weighted_log_loss_calibrated": metrics.weighted_log_loss(y, probs),
+        "split_seed": cfg.seed,
+        "n_train": len(data.split["train"]),
+        "n_val": len(data.split["val"]),
+        "n_test": len(data.split["test"]),
+        "skipped_images": len(data.skipped),
+        "train_prevalence": metrics.prevalence(train_labels).tolist(),
+        "augmentation": augmentation.to_dict(),
+        "windows": cfg.windows,
+        "image_size": cfg.image_size,
+        "balanced": cfg.balanced,
+        "weighted_loss": cfg.weighted_loss,
+        "lr": cfg.lr,
+        "batch_size": cfg.batch_size,
+        "dataset": Path(cfg.data).resolve().name,
+        "threshold_rule": THRESHOLD_RULE,
+        "ichnode_version": _version(),
+    }
+    ckpt = Checkpoint(
+        model=best.model,
+        architecture=cfg.architecture,
+        spec=best.spec,
+        thresholds=thresholds,
+        calibration=calibration,
+        summary=summary,
+    )
+    sha = save_checkpoint(path, ckpt)
+    if data.skipped:
+        log.warning("skipped %d unreadable images", len(data.skipped))
+    log.info(
+        "best epoch %d (val_loss %.4f), calibrated val weighted log loss %.4f; %s (%s)",
+        state["best_epoch"],
+        state["best_val_loss"],
+        summary["val_weighted_log_loss_calibrated"],
+        path,
+        sha[:12],
+    )
+    return path

@@ -1,0 +1,87 @@
+"""Balanced sampling over the five hemorrhage subtypes and normal slices.
+
+Each draw first picks one of the non-empty groups (epidural, intraparenchymal,
+intraventricular, subarachnoid, subdural, normal) uniformly, then a slice of that group
+uniformly, with replacement. An epoch keeps as many draws as the training split has slices:
+undersampling to the rarest subtype would shrink epochs to a few dozen slices and starve the
+model. A slice with several subtypes belongs to each of their groups.
+
+The sampler follows ``DistributedSampler``'s shape (``set_epoch``, deterministic per epoch), and
+:func:`build_sampler` is the one place a loader's sampler is chosen, so a distributed variant can
+be slotted in later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import RandomSampler, Sampler
+
+from ichnode.subtypes import HEMORRHAGE_SUBTYPES, SUBTYPES
+
+#: Group names, in draw order: the five subtypes, then normal (``any`` == 0).
+GROUPS: tuple[str, ...] = (*HEMORRHAGE_SUBTYPES, "normal")
+
+
+def group_members(labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Indices of the slices in each group (``labels`` is ``(N, 6)`` in SUBTYPES order)."""
+    labels = np.asarray(labels)
+    members = {
+        name: np.flatnonzero(labels[:, SUBTYPES.index(name)] > 0.5) for name in HEMORRHAGE_SUBTYPES
+    }
+    members["normal"] = np.flatnonzero(labels[:, SUBTYPES.index("any")] < 0.5)
+    return members
+
+
+class BalancedSampler(Sampler[int]):
+    """Equal expected draws from every non-empty group, with replacement; ``num_samples`` draws."""
+
+    def __init__(self, labels: np.ndarray, num_samples: int | None = None, seed: int = 0) -> None:
+        members = group_members(labels)
+        self.groups = [name for name in GROUPS if len(members[name])]
+        if not self.groups:
+            raise ValueError("balanced sampling needs at least one labelled slice")
+        self.members = [torch.as_tensor(members[name], dtype=torch.long) for name in self.groups]
+        self.num_samples = len(labels) if num_samples is None else int(num_samples)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draws depend on (seed, epoch) only: resuming reproduces them."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        group = torch.randint(len(self.groups), (self.num_samples,), generator=g)
+        out = torch.empty(self.num_samples, dtype=torch.long)
+        for k, pool in enumerate(self.members):
+            mask = group == k
+            picks = torch.randint(len(pool), (int(mask.sum()),), generator=g)
+            out[mask] = pool[picks]
+        return iter(out.tolist())
+
+
+class SeededRandomSampler(RandomSampler):
+    """A plain shuffle (``--no-balanced``) that is deterministic per (seed, epoch)."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.seed, self.epoch = seed, 0
+        super().__init__(range(n), generator=torch.Generator().manual_seed(seed))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+
+
+def build_sampler(
+    labels: np.ndarray, balanced: bool, seed: int
+) -> BalancedSampler | SeededRandomSampler:
+    """The training sampler: balanced or a seeded shuffle; epoch length = len(labels)."""
+    if balanced:
+        return BalancedSampler(labels, seed=seed)
+    return SeededRandomSampler(len(labels), seed=seed)
