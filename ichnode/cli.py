@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -148,7 +149,8 @@ def train(
         limit=limit,
     )
     best = run(cfg)
-    typer.echo(f"best checkpoint: {best}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+        typer.echo(f"best checkpoint: {best}")
 
 
 @app.command()

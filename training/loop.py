@@ -24,12 +24,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ichnode.device import resolve_device
 from ichnode.errors import IchnodeError
 from ichnode.imaging import PreprocessSpec, parse_window, windows_for_mode
 from ichnode.model import Checkpoint, build, load_checkpoint, save_checkpoint
 from ichnode.subtypes import SUBTYPES
-from training import calibrate, metrics
+from training import calibrate, distributed, metrics
 from training.augment import NO_AUGMENT, AugmentConfig, augment_batch
 from training.cache import PreprocessCache
 from training.dataset import (
@@ -111,8 +110,9 @@ class Prepared:
     skipped: set[str]  # image ids skipped so far (unreadable header or pixels)
 
 
-def prepare_data(cfg: TrainConfig, spec: PreprocessSpec) -> Prepared:
-    """Labels, header index (cached), patient split (RUN/split.json) and the array cache."""
+def prepare_data(cfg: TrainConfig, spec: PreprocessSpec, write: bool = True) -> Prepared:
+    """Labels, header index (cached), patient split (RUN/split.json unless ``write`` is
+    False) and the array cache."""
     layout = find_layout(cfg.data)
     table = load_labels(layout.csv)
     ids = list(table.index)
@@ -131,7 +131,8 @@ def prepare_data(cfg: TrainConfig, spec: PreprocessSpec) -> Prepared:
     split = split_by_patient(index, cfg.seed)
     if not split["train"] or not split["val"]:
         raise TrainError(f"too few patients ({index['patient'].nunique()}) to split 80/10/10")
-    write_split(Path(cfg.out) / SPLIT_NAME, split, index, cfg.seed)
+    if write:
+        write_split(Path(cfg.out) / SPLIT_NAME, split, index, cfg.seed)
     return Prepared(
         layout=layout,
         table=table,
@@ -317,7 +318,9 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | None = None) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     spec = make_spec(cfg.windows, cfg.image_size)
-    device = resolve_device(cfg.device)
+    info, device = distributed.init(cfg.device)
+    if not info.is_main:  # one voice: rank 0 reports
+        logging.getLogger().setLevel(logging.WARNING)
     torch.manual_seed(cfg.seed)
     try:
         model = build(cfg.architecture, in_channels=spec.channels).to(device)
@@ -342,15 +345,26 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | None = None) -> Path:
         torch.set_rng_state(state["rng"])
         log.info("resuming after epoch %d", state["epoch"])
 
-    data = prepare_data(cfg, spec)
+    # Rank 0 builds the header index and writes split.json first; the others then read the
+    # cached index and compute the same (seeded) split without writing it.
+    if info.is_main:
+        data = prepare_data(cfg, spec)
+    distributed.barrier(info)
+    if not info.is_main:
+        data = prepare_data(cfg, spec, write=False)
     data.skipped.update(state["skipped"])
     train_ds = RSNADataset.from_table(
         data.layout, data.table, data.split["train"], spec, data.cache
     )
     val_ds = RSNADataset.from_table(data.layout, data.table, data.split["val"], spec, data.cache)
     sampler = build_sampler(train_ds.labels, cfg.balanced, cfg.seed)
+    if info.enabled:
+        sampler = distributed.ShardedSampler(sampler, info.rank, info.world_size)
+    trained = torch.nn.parallel.DistributedDataParallel(model) if info.enabled else model
     train_loader = make_loader(train_ds, cfg.batch_size, cfg.workers, sampler)
     val_loader = make_loader(val_ds, cfg.batch_size, cfg.workers, None)
+    if info.enabled and info.is_main:
+        log.info("distributed: %d processes (%s)", info.world_size, device)
     log.info(
         "training %s on %d slices (val %d, test %d), %s, %d px, device %s",
         cfg.architecture,
@@ -367,11 +381,14 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | None = None) -> Path:
         g = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
         t0 = time.perf_counter()
         train_loss, seen = train_one_epoch(
-            model, train_loader, optimizer, loss_fn, device, augmentation, g, data.skipped,
+            trained, train_loader, optimizer, loss_fn, device, augmentation, g, data.skipped,
             desc=f"epoch {epoch}/{cfg.epochs}",
         )  # fmt: skip
         train_s = time.perf_counter() - t0
         scheduler.step()
+        if not info.is_main:  # rank 0 validates, saves and reports
+            distributed.barrier(info)
+            continue
         logits, y, _ = predict_logits(model, val_loader, device, data.skipped, desc="validate")
         val_loss_raw = _val_loss(loss_fn, logits, y, device)
         val_loss = _calibrated_val_loss(loss_fn, logits, y, device)
@@ -407,8 +424,15 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | None = None) -> Path:
         )
         save_resume_state(out / LAST_NAME, state)
         (out / HISTORY_NAME).write_text(json.dumps(state["history"], indent=1))
+        distributed.barrier(info)
 
-    return finalize(cfg, data, val_ds, state, augmentation, device)
+    try:
+        if info.is_main:
+            return finalize(cfg, data, val_ds, state, augmentation, device)
+        return out / BEST_NAME
+    finally:
+        distributed.barrier(info)
+        distributed.shutdown(info)
 
 
 def finalize(
