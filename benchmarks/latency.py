@@ -84,12 +84,7 @@ def run_once(files: list[Path], stable: float, workers: int) -> tuple[float, flo
                 return conn.execute(sql).fetchone()
 
         result = wait_for(
-            lambda: (
-                query("select created_at from study_results")[0:1]
-                and query("select created_at from study_results")
-            ),
-            timeout=600,
-            interval=0.05,
+            lambda: query("select created_at from study_results"), timeout=600, interval=0.05
         )
         scored = _ts(query("select max(completed_at) from instances")[0])
         resulted = _ts(result[0])

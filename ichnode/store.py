@@ -37,6 +37,8 @@ class Store:
         self.root = Path(root).resolve()
         self.min_free_bytes = min_free_bytes
         self.root.mkdir(parents=True, exist_ok=True)
+        self._root_str = str(self.root)
+        self._root_prefix = self._root_str.rstrip(os.sep) + os.sep
 
     def relative_path(
         self, study_uid: str, series_uid: str, sop_uid: str, suffix: str = ".dcm"
@@ -48,11 +50,15 @@ class Store:
         return f"{study_uid}/{series_uid}/{sop_uid}{suffix}"
 
     def path(self, relative: str) -> Path:
-        """Absolute path of a stored file; refuses anything that would leave the root."""
-        path = (self.root / relative).resolve()
-        if not path.is_relative_to(self.root):
+        """Absolute path of a stored file; refuses anything that would leave the root.
+
+        Lexical normalisation (no symlink resolution: cheap on the hot path); the store's own
+        paths are built from validated UIDs, so no link inside it comes from received data.
+        """
+        path = os.path.normpath(os.path.join(self._root_str, relative))
+        if not path.startswith(self._root_prefix):
             raise ValueError("path outside the store")
-        return path
+        return Path(path)
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from ichnode import __version__
 from ichnode.config import Settings
-from ichnode.db.models import Association, Instance, OutboxEntry, Study, StudyResult
+from ichnode.db.models import Association, Instance, OutboxEntry, Series, Study, StudyResult
 from ichnode.errors import IchnodeError
 from ichnode.imaging import preprocess
 from ichnode.model import Checkpoint
@@ -144,19 +144,24 @@ def _why(exc: Exception) -> str:
     return f"stored file unreadable ({reason})"
 
 
-def read_sources(store: Store, instances: Sequence[Instance], key_id: int) -> list[Dataset]:
-    """Headers of the study's stored instances; an unreadable non-key file is left out."""
+def evidence_sources(rows: Sequence[tuple[str, str, str]], key: Dataset) -> list[Dataset]:
+    """The study's instances as evidence for the SR and KOS, from database rows.
+
+    Each row is (SOPClassUID, SOPInstanceUID, SeriesInstanceUID) as received; the patient and
+    study attributes come from the key slice (same study). No stored file is re-read: reading
+    every header of a 250-slice study took seconds, and the evidence needs only these UIDs.
+    """
+    key_uid = str(key.SOPInstanceUID)
     sources: list[Dataset] = []
-    missing = 0
-    for inst in instances:
-        try:
-            sources.append(_fill_type2(read_header(store, inst.path)))
-        except (OSError, pydicom.errors.InvalidDicomError, ValueError) as exc:
-            if inst.id == key_id:
-                raise ReportingError(f"key slice (instance {inst.id}): {_why(exc)}") from None
-            missing += 1
-    if missing:
-        log.warning("%d stored instance(s) unreadable; left out of the SR evidence", missing)
+    for sop_class, sop_uid, series_uid in rows:
+        if sop_uid == key_uid:
+            sources.append(key)
+            continue
+        ds = Dataset()
+        for keyword in STUDY_ATTRIBUTES:
+            ds[keyword] = key[keyword]
+        ds.SOPClassUID, ds.SOPInstanceUID, ds.SeriesInstanceUID = sop_class, sop_uid, series_uid
+        sources.append(ds)
     return sources
 
 
@@ -244,19 +249,20 @@ def create_reports(
         log.debug("study %s v%d: no destination, no report objects", tag, result.version)
         return []
 
-    instances = session.scalars(
-        select(Instance)
+    rows = session.execute(
+        select(Instance.sop_class_uid, Instance.sop_instance_uid, Series.series_instance_uid)
+        .join(Series, Series.id == Instance.series_id)
         .where(Instance.study_id == study.id, Instance.path.is_not(None))
         .order_by(Instance.id)
     ).all()
     key_inst = session.get(Instance, result.key_instance_id)
     if key_inst is None or key_inst.path is None:
         raise ReportingError(f"key slice of result {result.id} has no stored file")
-    sources = read_sources(store, instances, key_inst.id)
     try:
         key = _fill_type2(pydicom.dcmread(store.path(key_inst.path)))
     except (OSError, pydicom.errors.InvalidDicomError, ValueError) as exc:
         raise ReportingError(f"key slice (instance {key_inst.id}): {_why(exc)}") from None
+    sources = evidence_sources([tuple(r) for r in rows], key)
     findings = findings_of(result, key_inst.sop_instance_uid, checkpoint)
     built = build_objects(
         wanted, sources, key, findings, checkpoint, previous_objects(session, store, result)
