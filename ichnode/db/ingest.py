@@ -117,45 +117,78 @@ def mark_duplicate(session: Session, sop_uid: str, now: datetime) -> bool:
     return bool(result.rowcount)
 
 
+class KnownIds:
+    """Ids of study and series rows already inserted (rows are never deleted or renumbered).
+
+    The C-STORE handler keeps one per node, so the 2nd..Nth slice of a series skips the study
+    and series upserts and lookups (four statements per instance). Bounded; cleared when full
+    and after any database error.
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self.studies: dict[str, int] = {}
+        self.series: dict[str, int] = {}
+
+    def remember(self, table: dict[str, int], uid: str, row_id: int) -> None:
+        if len(table) >= self.limit:
+            table.clear()
+        table[uid] = row_id
+
+    def clear(self) -> None:
+        self.studies.clear()
+        self.series.clear()
+
+
 def record_instance(
-    session: Session, r: Received, skip_duplicate_positions: bool = True
+    session: Session,
+    r: Received,
+    skip_duplicate_positions: bool = True,
+    known: KnownIds | None = None,
 ) -> Instance:
     """Insert the instance (and its study and series if new); reopen a resulted study."""
-    session.execute(
-        _insert(
-            session,
-            Study,
-            study_instance_uid=r.study_uid,
-            patient_id=r.patient_id,
-            patient_name=r.patient_name,
-            accession_number=r.accession_number,
-            study_date=r.study_date,
-            study_description=r.study_description,
-            calling_ae=r.calling_ae,
-            first_received_at=r.received_at,
-            last_received_at=r.received_at,
-            status=StudyStatus.RECEIVING,
+    known = known if known is not None else KnownIds()
+    study_id = known.studies.get(r.study_uid)
+    if study_id is None:
+        session.execute(
+            _insert(
+                session,
+                Study,
+                study_instance_uid=r.study_uid,
+                patient_id=r.patient_id,
+                patient_name=r.patient_name,
+                accession_number=r.accession_number,
+                study_date=r.study_date,
+                study_description=r.study_description,
+                calling_ae=r.calling_ae,
+                first_received_at=r.received_at,
+                last_received_at=r.received_at,
+                status=StudyStatus.RECEIVING,
+            )
         )
-    )
-    study_id = session.scalar(select(Study.id).where(Study.study_instance_uid == r.study_uid))
+        study_id = session.scalar(select(Study.id).where(Study.study_instance_uid == r.study_uid))
     session.execute(
         update(Study)
         .where(Study.id == study_id)
         .values(last_received_at=r.received_at, status=StudyStatus.RECEIVING)
     )
-    session.execute(
-        _insert(
-            session,
-            Series,
-            study_id=study_id,
-            series_instance_uid=r.series_uid,
-            modality=r.modality,
-            series_description=r.series_description,
-            body_part=r.body_part,
-            created_at=r.received_at,
+    series_id = known.series.get(r.series_uid)
+    if series_id is None:
+        session.execute(
+            _insert(
+                session,
+                Series,
+                study_id=study_id,
+                series_instance_uid=r.series_uid,
+                modality=r.modality,
+                series_description=r.series_description,
+                body_part=r.body_part,
+                created_at=r.received_at,
+            )
         )
-    )
-    series_id = session.scalar(select(Series.id).where(Series.series_instance_uid == r.series_uid))
+        series_id = session.scalar(
+            select(Series.id).where(Series.series_instance_uid == r.series_uid)
+        )
     status, reason = r.status, r.reason
     if status == InstanceStatus.QUEUED and skip_duplicate_positions and r.z is not None:
         same_z = session.scalar(
@@ -185,4 +218,6 @@ def record_instance(
     )
     session.add(instance)
     session.flush()
+    known.remember(known.studies, r.study_uid, study_id)
+    known.remember(known.series, r.series_uid, series_id)
     return instance

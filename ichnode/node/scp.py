@@ -174,6 +174,7 @@ class StorageSCP:
         self.sessions = sessions
         self.on_stored = on_stored or (lambda: None)
         self.rules = SelectionRules(settings.selection)
+        self.known_ids = ingest.KnownIds()
         self._stats: dict[int, _AssocStats] = {}
         self._lock = threading.Lock()
         self.server = None
@@ -460,19 +461,28 @@ class StorageSCP:
                     received.path = relative
                 try:
                     status = ingest.record_instance(
-                        session, received, self.rules.settings.skip_duplicate_positions
+                        session,
+                        received,
+                        self.rules.settings.skip_duplicate_positions,
+                        self.known_ids,
                     ).status
                     session.commit()
                 except IntegrityError:
                     # The same SOP Instance arrived on another association at the same moment:
                     # its row won; our identical bytes went to the same path.
                     session.rollback()
-                    ingest.mark_duplicate(session, sop_uid, now)
+                    self.known_ids.clear()
+                    if not ingest.mark_duplicate(session, sop_uid, now):
+                        # Not a duplicate: a real constraint failure (answer 0xA700).
+                        if relative:
+                            self.store.remove(relative)
+                        raise
                     session.commit()
                     self._count(event, "stored", study_uid)
                     return SUCCESS
                 except SQLAlchemyError:
                     session.rollback()
+                    self.known_ids.clear()
                     if relative:
                         self.store.remove(relative)
                     raise
