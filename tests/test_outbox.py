@@ -6,8 +6,6 @@ real databases (SQLite and PostgreSQL through the ``db_url`` fixture).
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import ssl
 import threading
 import time
@@ -19,12 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from db_fixtures import add_instances
 from helpers import ct_dataset, free_port, wait_for
+from pki import certificate, write_pem
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 from sqlalchemy import select
@@ -304,41 +300,15 @@ def test_check_destinations_reports_ok_with_round_trip_and_failures(tmp_path):
     assert "no association" in down.status
 
 
-def _certificate(subject: str, key, issuer: str, issuer_key, ca: bool) -> x509.Certificate:  # noqa: ANN001
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
 @pytest.fixture(scope="module")
 def tls_pacs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A test CA and a server certificate for 127.0.0.1 signed by it (PEM files)."""
     folder = tmp_path_factory.mktemp("pki")
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca = _certificate("outbox test CA", ca_key, "outbox test CA", ca_key, ca=True)
-    cert = _certificate("127.0.0.1", key, "outbox test CA", ca_key, ca=False)
-    files = {"ca": folder / "ca.crt", "cert": folder / "pacs.crt", "key": folder / "pacs.key"}
-    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    files["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files["key"].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    ca = certificate("outbox test CA", ca_key, "outbox test CA", ca_key, ca=True)
+    cert = certificate("127.0.0.1", key, "outbox test CA", ca_key, ca=False)
+    files = {"ca": write_pem(folder, "ca", ca)[0]}
+    files["cert"], files["key"] = write_pem(folder, "pacs", cert, key)
     return files
 
 

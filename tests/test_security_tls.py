@@ -6,18 +6,14 @@ The backend does not matter here: the tests run on SQLite only.
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import ssl
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from dicom_client import send
 from helpers import run_dcmtk, study, write_all
+from pki import certificate, write_pem
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
@@ -30,68 +26,30 @@ def _key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def _cert(subject: str, key, issuer_name: str, issuer_key, *, ca: bool) -> x509.Certificate:  # noqa: ANN001
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _write(folder: Path, name: str, cert: x509.Certificate, key=None) -> tuple[Path, Path | None]:  # noqa: ANN001
-    crt = folder / f"{name}.crt"
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    if key is None:
-        return crt, None
-    pem = folder / f"{name}.key"
-    pem.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    return crt, pem
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A self-signed CA, a server certificate and a client certificate it signed, and a client
     certificate signed by another CA."""
     folder = tmp_path_factory.mktemp("pki")
     ca_key, other_key = _key(), _key()
-    ca = _cert("ichnode test CA", ca_key, "ichnode test CA", ca_key, ca=True)
+    ca = certificate("ichnode test CA", ca_key, "ichnode test CA", ca_key, ca=True)
     server_key, client_key, rogue_key = _key(), _key(), _key()
     files: dict[str, Path] = {}
-    files["ca"], _ = _write(folder, "ca", ca)
-    files["server_crt"], files["server_key"] = _write(
+    files["ca"], _ = write_pem(folder, "ca", ca)
+    files["server_crt"], files["server_key"] = write_pem(
         folder,
         "server",
-        _cert("localhost", server_key, "ichnode test CA", ca_key, ca=False),
+        certificate("localhost", server_key, "ichnode test CA", ca_key, ca=False),
         server_key,
     )
-    files["client_crt"], files["client_key"] = _write(
+    files["client_crt"], files["client_key"] = write_pem(
         folder,
         "client",
-        _cert("TESTSCU", client_key, "ichnode test CA", ca_key, ca=False),
+        certificate("TESTSCU", client_key, "ichnode test CA", ca_key, ca=False),
         client_key,
     )
-    files["rogue_crt"], files["rogue_key"] = _write(
-        folder, "rogue", _cert("ROGUE", rogue_key, "other CA", other_key, ca=False), rogue_key
+    files["rogue_crt"], files["rogue_key"] = write_pem(
+        folder, "rogue", certificate("ROGUE", rogue_key, "other CA", other_key, ca=False), rogue_key
     )
     return files
 

@@ -1,0 +1,50 @@
+"""A throw-away PKI for TLS tests: certificates signed by a CA made in the test."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+
+
+def certificate(subject: str, key, issuer: str, issuer_key, *, ca: bool) -> x509.Certificate:  # noqa: ANN001
+    """A one-day certificate for ``subject`` signed by ``issuer_key``; leaf certificates are
+    valid for localhost and 127.0.0.1."""
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def write_pem(
+    folder: Path, name: str, cert: x509.Certificate, key=None
+) -> tuple[Path, Path | None]:  # noqa: ANN001
+    """``name.crt`` (and ``name.key`` when a key is given) in PEM."""
+    crt = folder / f"{name}.crt"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    if key is None:
+        return crt, None
+    pem = folder / f"{name}.key"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return crt, pem
