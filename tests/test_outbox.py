@@ -349,3 +349,40 @@ def test_tls_destination_with_an_untrusted_certificate_is_not_sent(
     assert (retried.status, retried.attempts) == (DeliveryStatus.PENDING, 1)
     assert "no association" in retried.last_error
     assert scp["stored"] == []
+
+
+def test_destination_that_aborts_mid_store_is_retried_and_nothing_is_lost(
+    session_factory, tmp_path
+):
+    """A PACS that accepts the association, then aborts on the C-STORE: the attempt is
+    recorded, the entry stays pending, and the next pass delivers it to a working PACS."""
+    s = settings(tmp_path)
+    store = Store(s.store)
+    ae = AE(ae_title=PACS_AE)
+    ae.supported_contexts = AllStoragePresentationContexts
+
+    def abort(event: evt.Event) -> int:
+        event.assoc.abort()
+        return 0xA700
+
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, abort)]
+    )
+    try:
+        [entry_id] = queue_entries(session_factory, store, port)
+        Outbox(session_factory, store, s).run_once()
+    finally:
+        server.shutdown()
+    pending = entry(session_factory, entry_id)
+    assert (pending.status, pending.attempts) == (DeliveryStatus.PENDING, 1)
+    [failed] = attempts(session_factory, entry_id)
+    assert failed.error and failed.status_code is None
+    # The PACS is fixed (here: a working SCP); the retry delivers the object.
+    with status_scp(0) as scp:
+        with session_factory.begin() as session:
+            row = session.get(OutboxEntry, entry_id)
+            row.port, row.next_attempt_at = scp["port"], utcnow()
+        Outbox(session_factory, store, s).run_once()
+        assert scp["stored"] == [pending.sop_instance_uid]
+    assert entry(session_factory, entry_id).status == DeliveryStatus.SENT
