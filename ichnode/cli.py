@@ -125,6 +125,9 @@ def train(
     limit: Annotated[
         int | None, typer.Option("--limit", help="Use at most this many slices (quick runs).")
     ] = None,
+    amp: Annotated[
+        bool, typer.Option("--amp", help="Mixed precision (float16 autocast); CUDA only.")
+    ] = False,
 ) -> None:
     """Train a model on RSNA-layout data; saves the best checkpoint by validation loss."""
     from training.loop import TrainConfig, run
@@ -147,6 +150,7 @@ def train(
         cache=cache,
         resume=resume,
         limit=limit,
+        amp=amp,
     )
     best = run(cfg)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports

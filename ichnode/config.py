@@ -164,6 +164,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(16, ge=1, le=1024)
     lease_seconds: float = Field(120.0, gt=0)
     torch_threads: int = Field(0, ge=0, description="0 = torch's default.")
+    amp: bool = Field(False, description="Mixed precision (float16 autocast) on CUDA.")
 
     # -- studies
     stable_seconds: float = Field(10.0, ge=0)

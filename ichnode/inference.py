@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from pydicom.dataset import Dataset
 
 from ichnode.device import resolve_device
-from ichnode.errors import IchnodeError
+from ichnode.errors import DeviceError, IchnodeError
 from ichnode.imaging import preprocess, read
 from ichnode.model import Checkpoint, demo_model_path, load_checkpoint, predict_proba
 from ichnode.subtypes import ANY, SUBTYPES
@@ -32,8 +33,13 @@ class SlicePrediction:
 class Predictor:
     """A loaded checkpoint on a device, scoring datasets in batches."""
 
-    def __init__(self, model: str | Path | None = None, device: str = "auto") -> None:
+    def __init__(
+        self, model: str | Path | None = None, device: str = "auto", amp: bool = False
+    ) -> None:
         self.device = resolve_device(device)
+        if amp and self.device.type != "cuda":
+            raise DeviceError(f"mixed precision (amp) needs a CUDA device; got {self.device}")
+        self.amp = amp
         self.checkpoint: Checkpoint = load_checkpoint(model or demo_model_path(), self.device)
 
     @property
@@ -42,7 +48,8 @@ class Predictor:
 
     def scores(self, batch: np.ndarray) -> np.ndarray:
         """Calibrated probabilities ``(N, 6)`` for a preprocessed batch."""
-        return predict_proba(self.checkpoint, batch)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            return predict_proba(self.checkpoint, batch)
 
     def label(self, probs: np.ndarray) -> SlicePrediction:
         """Name one row of probabilities and apply the checkpoint's thresholds."""

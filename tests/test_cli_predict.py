@@ -128,3 +128,19 @@ def test_db_upgrade_then_results_on_an_empty_database(tmp_path):
     assert up.returncode == 0 and "is at" in up.stdout
     res = _run("results", "--db-url", url, "--format", "json")
     assert res.returncode == 0 and json.loads(res.stdout) == []
+
+
+def test_mixed_precision_without_cuda_is_a_clear_error(tmp_path):
+    done = _run("predict", str(sample_file("CT_small.dcm")), "--device", "cpu", "--amp")
+    assert done.returncode != 0  # predict has no --amp: a usage error, not a traceback
+    assert "Traceback" not in done.stderr
+    from ichnode.errors import DeviceError
+    from ichnode.inference import Predictor
+
+    with pytest.raises(DeviceError, match="needs a CUDA device"):
+        Predictor(device="cpu", amp=True)
+    train = _run(
+        "train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--device", "cpu", "--amp"
+    )
+    assert train.returncode != 0 and "Traceback" not in train.stderr
+    assert train.stderr.strip().startswith("error:") and "CUDA" in train.stderr

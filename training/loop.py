@@ -79,6 +79,7 @@ class TrainConfig:
     cache: Path | None = None
     resume: bool = False
     limit: int | None = None
+    amp: bool = False
 
 
 def make_spec(windows: str, image_size: int) -> PreprocessSpec:
@@ -200,8 +201,14 @@ def train_one_epoch(
     skipped: set[str],
     desc: str = "train",
     progress: bool = True,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, int]:
-    """One pass over the loader; returns (mean loss, images seen)."""
+    """One pass over the loader; returns (mean loss, images seen).
+
+    With an enabled ``scaler`` (``--amp``, CUDA only) the forward pass runs in float16 autocast
+    and the loss is scaled for the backward pass.
+    """
+    amp = scaler is not None and scaler.is_enabled()
     model.train()
     total, seen = 0.0, 0
     ids = loader.dataset.ids
@@ -212,10 +219,16 @@ def train_one_epoch(
             continue
         x = augment_batch(x.to(device, non_blocking=True), augmentation, g)
         y = y.to(device, non_blocking=True)
-        loss = loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            loss = loss_fn(model(x).float(), y)
+        if amp:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         total += float(loss.detach()) * len(x)
         seen += len(x)
         bar.set_postfix(loss=f"{total / max(seen, 1):.4f}")
@@ -319,6 +332,9 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     spec = make_spec(cfg.windows, cfg.image_size)
     info, device = distributed.init(cfg.device)
+    if cfg.amp and device.type != "cuda":
+        raise TrainError(f"--amp (mixed precision) needs a CUDA device; this run is on {device}")
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp)
     if not info.is_main:  # one voice: rank 0 reports
         logging.getLogger().setLevel(logging.WARNING)
     torch.manual_seed(cfg.seed)
@@ -382,7 +398,7 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | None = None) -> Path:
         t0 = time.perf_counter()
         train_loss, seen = train_one_epoch(
             trained, train_loader, optimizer, loss_fn, device, augmentation, g, data.skipped,
-            desc=f"epoch {epoch}/{cfg.epochs}",
+            desc=f"epoch {epoch}/{cfg.epochs}", scaler=scaler,
         )  # fmt: skip
         train_s = time.perf_counter() - t0
         scheduler.step()
@@ -478,6 +494,7 @@ def finalize(
         "weighted_loss": cfg.weighted_loss,
         "lr": cfg.lr,
         "lr_schedule": "cosine to 0 over the epochs",
+        "amp": cfg.amp,
         "batch_size": cfg.batch_size,
         "dataset": Path(cfg.data).resolve().name,
         "threshold_rule": THRESHOLD_RULE,

@@ -74,7 +74,7 @@ class Node:
         swept = self.store.sweep_temp()
         if swept:
             log.info("removed %d unfinished temp files from the store (never acknowledged)", swept)
-        self.predictor = Predictor(s.model, s.device)
+        self.predictor = Predictor(s.model, s.device, amp=s.amp)
         # Grad-CAM hooks and toggles the model: the reports get their own copy, on the CPU.
         self.report_checkpoint = load_checkpoint(s.model or demo_model_path(), "cpu")
         ssl_context = tls_context(s.tls)

@@ -24,7 +24,7 @@ def run_worker(settings: Settings, exit_when_empty: bool = False) -> int:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     engine, sessions = open_database(settings)
-    predictor = Predictor(settings.model, settings.device)
+    predictor = Predictor(settings.model, settings.device, amp=settings.amp)
     worker = Worker(
         sessions,
         Store(settings.store),
