@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import free_port
 
 from ichnode.model import load_checkpoint
 from training.distributed import ShardedSampler
@@ -63,7 +64,7 @@ def test_torchrun_two_cpu_processes_train_and_rank0_writes_the_checkpoint(tmp_pa
             "--master-addr",
             "127.0.0.1",
             "--master-port",
-            "0",
+            str(free_port()),
             "-m",
             "ichnode",
             "train",
