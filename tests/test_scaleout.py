@@ -98,7 +98,8 @@ def test_three_worker_processes_score_every_instance_exactly_once(postgres_url, 
     engine.dispose()
     assert statuses == {InstanceStatus.DONE: N}
     assert len(per_instance) == N and {count for _, count in per_instance} == {1}
-    # The dead worker's expired leases moved to live workers, and the work was shared (how
-    # much each of the three got depends on how fast each process loads torch and the model).
+    # The dead worker's expired leases moved to live workers. (How the work splits between the
+    # three depends on how fast each process loads torch and the model, so it is not asserted;
+    # benchmarks/scaleout.py measures the speed-up.)
     assert DEAD not in holders
-    assert all(h.split(":")[1] == "worker" for h in holders) and len(holders) >= 2
+    assert all(h.split(":")[1] == "worker" for h in holders)
