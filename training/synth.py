@@ -219,7 +219,9 @@ def _dataset(
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(f"{image_id}.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds = FileDataset(
+        f"{image_id}.dcm", {}, file_meta=meta, preamble=b"\0" * 128, is_implicit_VR=False
+    )
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.SOPClassUID = CTImageStorage
