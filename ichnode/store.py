@@ -9,6 +9,7 @@ under its final name is complete.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -19,6 +20,11 @@ from ichnode.errors import IchnodeError
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 UID_MAX_LENGTH = 64
+
+
+def uid_hash(uid: str) -> str:
+    """A short, stable, non-identifying tag for a UID in logs (10 hex characters of sha256)."""
+    return hashlib.sha256(uid.encode()).hexdigest()[:10]
 
 
 class StoreError(IchnodeError):

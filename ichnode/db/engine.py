@@ -89,6 +89,11 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+def error_reason(exc: BaseException) -> str:
+    """The first line of the driver's message of a database error (for one log line)."""
+    return str(getattr(exc, "orig", None) or exc).splitlines()[0]
+
+
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     """Sessions whose objects stay readable after commit (``expire_on_commit=False``)."""
     return sessionmaker(engine, expire_on_commit=False)

@@ -8,7 +8,6 @@ version; instances arriving later reopen the study and a later pass writes the n
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from sqlalchemy import exists, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ichnode.db.engine import error_reason
 from ichnode.db.models import (
     Instance,
     InstanceStatus,
@@ -27,6 +27,7 @@ from ichnode.db.models import (
     StudyResult,
     StudyStatus,
 )
+from ichnode.store import uid_hash
 from ichnode.subtypes import ANY, SUBTYPES
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ class Monitor:
                 result_id = result.id
                 log.info(
                     "study %s resulted v%d: %d scored, %d failed, %d skipped, flagged: %s",
-                    hashlib.sha256(uid.encode()).hexdigest()[:10],
+                    uid_hash(uid),
                     result.version,
                     result.n_scored,
                     result.n_failed,
@@ -167,6 +168,6 @@ class Monitor:
             try:
                 self.run_once()
             except SQLAlchemyError as exc:
-                reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+                reason = error_reason(exc)
                 log.error("monitor: database error, retrying: %s", reason)
             stop.wait(self.interval)

@@ -31,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ichnode.config import Settings
+from ichnode.db.engine import error_reason
 from ichnode.db.models import (
     DeliveryAttempt,
     DeliveryStatus,
@@ -306,7 +307,7 @@ class Outbox:
                 if due is not None:
                     wait = min(wait, due)
             except SQLAlchemyError as exc:
-                reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+                reason = error_reason(exc)
                 log.error("outbox: database error, retrying: %s", reason)
             except Exception:  # noqa: BLE001 - the sender must outlive any one bad entry
                 log.exception("outbox: unexpected error, retrying")

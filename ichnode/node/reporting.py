@@ -15,7 +15,6 @@ no new column on ``studies``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from ichnode.imaging import preprocess
 from ichnode.model import Checkpoint
 from ichnode.report import StudyFindings, build_kos, build_sr, build_summary, grad_cam, to_bytes
 from ichnode.report.sr import STUDY_ATTRIBUTES
-from ichnode.store import Store
+from ichnode.store import Store, uid_hash
 from ichnode.subtypes import ANY
 
 log = logging.getLogger(__name__)
@@ -62,11 +61,6 @@ class Target:
     host: str
     port: int
     objects: tuple[str, ...]
-
-
-def uid_hash(uid: str) -> str:
-    """A short, stable, non-identifying tag for a UID in logs."""
-    return hashlib.sha256(uid.encode()).hexdigest()[:10]
 
 
 def sender_host(session: Session, study: Study) -> str | None:

@@ -7,7 +7,6 @@ trouble answers 0xA700 and leaves neither an orphan file nor an orphan row.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import logging
 import socket
@@ -44,10 +43,11 @@ from sqlalchemy.orm import sessionmaker
 from ichnode import audit
 from ichnode.config import Settings
 from ichnode.db import ingest
+from ichnode.db.engine import error_reason
 from ichnode.db.models import InstanceStatus
 from ichnode.imaging import CT_SOP_CLASSES, MAX_PIXELS
 from ichnode.node.selection import SelectionRules, geometry
-from ichnode.store import Store, StoreError, valid_uid
+from ichnode.store import Store, StoreError, uid_hash, valid_uid
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +82,6 @@ OTHER_TRANSFER_SYNTAXES = list(CT_TRANSFER_SYNTAXES)
 
 #: BitsAllocated values a CT image can have (PS3.3 C.8.2.1.1.4 allows 16 only; we decode these).
 BITS_ALLOCATED = (8, 16, 32)
-
-
-def uid_hash(uid: str) -> str:
-    """A short, stable, non-identifying tag for a UID in logs."""
-    return hashlib.sha256(uid.encode()).hexdigest()[:10]
 
 
 # A-ASSOCIATE-RJ (PS3.8 9.3.4): result, source, reason/diagnostic.
@@ -491,7 +486,7 @@ class StorageSCP:
             self._count(event, "failed")
             return OUT_OF_RESOURCES
         except SQLAlchemyError as exc:
-            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            reason = error_reason(exc)
             log.error("C-STORE database failure for instance %s: %s", uid_hash(sop_uid), reason)
             self._count(event, "failed")
             return OUT_OF_RESOURCES

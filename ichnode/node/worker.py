@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
 from ichnode.db import queue
+from ichnode.db.engine import error_reason
 from ichnode.errors import IchnodeError
 from ichnode.imaging import preprocess, read
 from ichnode.inference import Predictor
@@ -114,7 +115,7 @@ class Worker:
                 if self.run_once():
                     continue
             except SQLAlchemyError as exc:
-                reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+                reason = error_reason(exc)
                 log.error("worker %s: database error, retrying: %s", self.worker_id, reason)
                 stop.wait(DB_RETRY_SECONDS)
                 continue

@@ -11,7 +11,6 @@ Comprehensive SR rather than Enhanced SR or Comprehensive 3D SR: see docs/report
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import UID
 
 from ichnode.report.findings import ReportError, StudyFindings, check_uid
+from ichnode.store import uid_hash
 from ichnode.subtypes import DISPLAY_NAMES, SNOMED_CT, SUBTYPES
 
 log = logging.getLogger(__name__)
@@ -289,19 +289,14 @@ def build_sr(
     log.info(
         "built SR",
         extra={
-            "sop_instance_uid_hash": _uid_hash(str(sr.SOPInstanceUID)),
-            "study_uid_hash": _uid_hash(study_uid),
+            "sop_instance_uid_hash": uid_hash(str(sr.SOPInstanceUID)),
+            "study_uid_hash": uid_hash(study_uid),
             "model": findings.model_id,
             "version": findings.version,
             "positive": findings.positive,
         },
     )
     return sr
-
-
-def _uid_hash(uid: str) -> str:
-    """Short, non-reversible tag for logs (UIDs can identify a patient's study)."""
-    return hashlib.sha256(uid.encode()).hexdigest()[:12]
 
 
 def to_bytes(ds: Dataset) -> bytes:
