@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,6 @@ class PredictRow:
     prediction: SlicePrediction | None = None
     error: str | None = None
     png: Path | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         if self.prediction is None:
