@@ -18,6 +18,8 @@ PostgreSQL: psycopg 3 with ``pool_pre_ping`` (connections survive a server resta
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +85,34 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> Engine:
 def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
-        for name, value in SQLITE_PRAGMAS:
-            cursor.execute(f"PRAGMA {name}={value}")
+        # busy_timeout first, so the pragmas after it wait for locks too.
+        for name, value in sorted(SQLITE_PRAGMAS, key=lambda p: p[0] != "busy_timeout"):
+            if name == "journal_mode":
+                _set_journal_mode(cursor, value)
+            else:
+                cursor.execute(f"PRAGMA {name}={value}")
     finally:
         cursor.close()
+
+
+def _set_journal_mode(cursor: Any, mode: str) -> None:
+    """Switch to ``mode`` unless the file already is in it (WAL persists in the file).
+
+    Switching needs an exclusive lock, and SQLite answers "database is locked" at once (without
+    its busy handler) when another connection holds the file, as when several processes start
+    on a new database together; retry then, within the busy timeout.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).upper() == mode.upper():
+                return
+            cursor.execute(f"PRAGMA journal_mode={mode}")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def error_reason(exc: BaseException) -> str:
