@@ -326,11 +326,20 @@ def resend(
     db_url: DbUrlOpt = None,
     store: StoreOpt = None,
 ) -> None:
-    """Queue the latest report objects of a study again (the running node sends them)."""
+    """Queue the latest report objects of a study again (the running node sends them).
+
+    When building them failed, asks the running node to build them again instead.
+    """
     from ichnode.node.outbox import resend_study
 
-    count = resend_study(_settings(config, db_url=db_url, store=store), study)
-    typer.echo(f"queued {count} report object(s) of study {study} again")
+    done = resend_study(_settings(config, db_url=db_url, store=store), study)
+    if done.rebuild:
+        typer.echo(
+            f"report objects of study {study} v{done.version} will be built again by the "
+            f"running node (last attempt failed: {done.error})"
+        )
+    else:
+        typer.echo(f"queued {done.queued} report object(s) of study {study} again")
 
 
 @app.command()

@@ -117,6 +117,9 @@ def study_detail(session: Session, study_uid: str) -> dict[str, Any] | None:
             "probabilities": _probs(r),
             "model_id": r.model_id,
             "created_at": r.created_at.isoformat(),
+            # Report objects: pending, done, failed, superseded (None: before revision 0002).
+            "reports": None if r.report_status is None else str(r.report_status),
+            "report_error": r.report_error,
         }
         for r in session.scalars(
             select(StudyResult)

@@ -113,7 +113,23 @@ def _table(rows: list[dict[str, Any]], detail: bool) -> None:
                 *(_fmt(probs.get(n)) for n in SUBTYPES),
             )
         console.print(inst)
+        _report_state(console, rows[0].get("versions") or [])
         _deliveries(console, rows[0].get("deliveries") or [])
+
+
+def _report_state(console: Any, versions: list[dict[str, Any]]) -> None:
+    """One line when the latest version's report objects are not built (yet)."""
+    if not versions:
+        return
+    latest = versions[-1]
+    if latest.get("reports") == "failed":
+        console.print(
+            f"report objects of v{latest['version']} failed: {latest.get('report_error')} "
+            "(fix the cause, then `ichnode resend --study ...`)",
+            markup=False,
+        )
+    elif latest.get("reports") == "pending":
+        console.print(f"report objects of v{latest['version']}: being built", markup=False)
 
 
 def _deliveries(console: Any, rows: list[dict[str, Any]]) -> None:

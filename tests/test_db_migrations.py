@@ -163,15 +163,15 @@ def test_upgrade_refuses_a_database_newer_than_the_code(empty_db_url):
 
 NEXT_REVISION = '''"""A later revision (test only).
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 9002
+Revises: {head}
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "9002"
+down_revision = "{head}"
 branch_labels = None
 depends_on = None
 
@@ -191,15 +191,16 @@ def test_check_schema_asks_for_an_upgrade_when_the_code_is_newer(
     upgrade(empty_db_url)
     later = tmp_path / "migrations"
     shutil.copytree(migrate.MIGRATIONS_DIR, later, ignore=shutil.ignore_patterns("__pycache__"))
-    (later / "versions" / "0002_later.py").write_text(NEXT_REVISION)
+    head = head_revision()
+    (later / "versions" / "9002_later.py").write_text(NEXT_REVISION.replace("{head}", head))
     monkeypatch.setattr(migrate, "MIGRATIONS_DIR", later)
 
     engine = make_engine(empty_db_url)
     try:
-        with pytest.raises(SchemaError, match=r"0001 is behind .*run `ichnode db upgrade`"):
+        with pytest.raises(SchemaError, match=rf"{head} is behind .*run `ichnode db upgrade`"):
             check_schema(engine)
         upgrade(engine)
-        assert current_revision(engine) == "0002"
+        assert current_revision(engine) == "9002"
         check_schema(engine)
     finally:
         engine.dispose()

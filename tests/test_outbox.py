@@ -271,7 +271,7 @@ def test_resend_queues_the_latest_objects_again_as_new_rows(session_factory, tmp
             study_uid = old.study_result.study.study_instance_uid
         with session_factory.begin() as session:
             # Both rows are kind "sr" to one destination: the newest is the one re-queued.
-            assert resend(session, store, study_uid) == 1
+            assert resend(session, store, study_uid).queued == 1
         assert Outbox(session_factory, store, s).run_once() == 1
     with session_factory() as session:
         rows = session.scalars(select(OutboxEntry).order_by(OutboxEntry.id)).all()

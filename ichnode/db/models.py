@@ -85,6 +85,15 @@ class DeliveryStatus(StrEnum):
     FAILED = "failed"
 
 
+class ReportStatus(StrEnum):
+    """Whether a result version's report objects were built and queued (see node.reporting)."""
+
+    PENDING = "pending"  # not built yet: the node builds it, also after a restart
+    DONE = "done"  # built and queued, or nothing to build (no destination, nothing scored)
+    FAILED = "failed"  # cannot be built; ``report_error`` says why
+    SUPERSEDED = "superseded"  # a newer version of the study came first
+
+
 def _status(enum_cls: type[enum.Enum]) -> Enum:
     """A portable string enum column type: VARCHAR(16) holding the member *values*."""
     return Enum(
@@ -326,6 +335,11 @@ class StudyResult(
     n_failed: Mapped[int]
     n_skipped: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: NULL for results written before revision 0002 (never built again).
+    report_status: Mapped[ReportStatus | None] = mapped_column(
+        _status(ReportStatus), default=ReportStatus.PENDING, index=True
+    )
+    report_error: Mapped[str | None] = mapped_column(Text)
 
     study: Mapped[Study] = relationship(back_populates="results")
     key_instance: Mapped[Instance | None] = relationship()

@@ -36,6 +36,7 @@ from ichnode.db.models import (
     DeliveryAttempt,
     DeliveryStatus,
     OutboxEntry,
+    ReportStatus,
     Study,
     StudyResult,
     utcnow,
@@ -366,26 +367,56 @@ def check_destinations(settings: Settings) -> list[EchoResult]:
     return rows
 
 
-def resend(session: Session, store: Store, study_uid: str) -> int:
+@dataclass(frozen=True)
+class Resent:
+    """What ``ichnode resend`` did: rows queued again, or a rebuild asked of the node."""
+
+    version: int
+    queued: int = 0
+    #: True when the version had no objects and is now pending: the running node builds them.
+    rebuild: bool = False
+    #: Why the last build failed (when ``rebuild``).
+    error: str | None = None
+
+
+def resend(session: Session, store: Store, study_uid: str) -> Resent:
     """Queue the latest result version's report objects again, as new PENDING rows.
 
-    One new row per (destination, object) of that version, with the address it had. Raises
-    :class:`DeliveryError` for an unknown study, a study without report objects, or a file
-    no longer in the store. The caller commits.
+    One new row per (destination, object) of that version, with the address it had. When that
+    version has no objects because building them failed, it is set back to pending so the
+    running node builds them again (after the cause, e.g. a missing file, was put right).
+    Raises :class:`DeliveryError` for an unknown study, a version with nothing to send, or a
+    file no longer in the store. The caller commits.
     """
     study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
     if study is None:
         raise DeliveryError(f"no study {study_uid} in the database")
+    result = session.scalar(
+        select(StudyResult).where(
+            StudyResult.study_id == study.id, StudyResult.version == study.result_version
+        )
+    )
+    if result is None:
+        raise DeliveryError(f"study {study_uid} has no result yet")
     rows = session.scalars(
         select(OutboxEntry)
-        .join(StudyResult, StudyResult.id == OutboxEntry.study_result_id)
-        .where(StudyResult.study_id == study.id, StudyResult.version == study.result_version)
+        .where(OutboxEntry.study_result_id == result.id)
         .order_by(OutboxEntry.id.desc())
     ).all()
     latest: dict[tuple[str, str], OutboxEntry] = {}
     for row in rows:
         latest.setdefault((row.destination, row.kind), row)
     if not latest:
+        if result.report_status == ReportStatus.FAILED:
+            error = result.report_error
+            result.report_status, result.report_error = ReportStatus.PENDING, None
+            session.flush()
+            return Resent(result.version, rebuild=True, error=error)
+        if result.report_status == ReportStatus.PENDING:
+            raise DeliveryError(
+                f"study {study_uid} v{result.version}: report objects not built yet "
+                "(the running node builds them)"
+            )
         raise DeliveryError(f"study {study_uid} has no report objects to send")
     for row in latest.values():
         if not store.path(row.path).is_file():
@@ -407,10 +438,10 @@ def resend(session: Session, store: Store, study_uid: str) -> int:
         for row in sorted(latest.values(), key=lambda r: r.id)
     )
     session.flush()
-    return len(latest)
+    return Resent(result.version, queued=len(latest))
 
 
-def resend_study(settings: Settings, study_uid: str) -> int:
+def resend_study(settings: Settings, study_uid: str) -> Resent:
     """``ichnode resend``: open the database, queue the study's objects again, commit."""
     from ichnode.db.session import open_database
 

@@ -6,6 +6,14 @@ one wants ``sr``), the summary image with a Grad-CAM overlay, the KOS (positive 
 object's own series) so it can be sent again, and inserts one :class:`OutboxEntry` per
 (object, destination). The outbox sends them.
 
+Each result version carries its report state (``study_results.report_status``): ``pending``
+when the monitor writes it, ``done`` in the same transaction that stores the outbox rows. The
+:class:`Reporter` thread builds every pending version -- woken by the monitor, and at start-up
+and every few seconds for the ones a crash or a transient failure (full disk, database down)
+left behind -- so a result is reported once even if the node dies in between. A version that
+cannot be built (its key slice is gone, another model scored it) is marked ``failed`` with the
+reason; one that a newer version of its study overtook is ``superseded``.
+
 Where the result goes: every configured destination, plus the sender of the study when its
 calling AE title is in ``return_to_sender`` (AE title -> port). The sender's host is the peer
 address of its latest accepted association in the ``associations`` audit table (the SCP
@@ -16,23 +24,35 @@ no new column on ``studies``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pydicom
 from pydicom.dataset import Dataset
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 from ichnode import __version__
 from ichnode.config import Settings
-from ichnode.db.models import Association, Instance, OutboxEntry, Series, Study, StudyResult
+from ichnode.db.engine import error_reason
+from ichnode.db.models import (
+    Association,
+    Instance,
+    OutboxEntry,
+    ReportStatus,
+    Series,
+    Study,
+    StudyResult,
+)
 from ichnode.errors import IchnodeError
 from ichnode.imaging import preprocess
 from ichnode.model import Checkpoint
 from ichnode.report import StudyFindings, build_kos, build_sr, build_summary, grad_cam, to_bytes
 from ichnode.report.sr import STUDY_ATTRIBUTES
-from ichnode.store import Store, uid_hash
+from ichnode.store import Store, StoreError, uid_hash
 from ichnode.subtypes import ANY
 
 log = logging.getLogger(__name__)
@@ -295,3 +315,150 @@ def create_reports(
         len(targets),
     )
     return entries
+
+
+# --------------------------------------------------------------------------- the reporter
+
+#: Seconds between catch-up passes when nothing wakes the reporter.
+POLL_SECONDS = 5.0
+#: Wait before retrying a version whose build failed for a passing reason (doubles, capped).
+RETRY_SECONDS = 5.0
+RETRY_MAX_SECONDS = 300.0
+
+
+class _Taken(Exception):
+    """Another node marked the version first; roll back what this one built."""
+
+
+def mark(session: Session, result_id: int, status: ReportStatus, error: str | None = None) -> bool:
+    """Move a PENDING version to ``status``; False when it was not pending any more."""
+    changed = session.execute(
+        update(StudyResult)
+        .where(StudyResult.id == result_id, StudyResult.report_status == ReportStatus.PENDING)
+        .values(report_status=status, report_error=error)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    return bool(changed)
+
+
+def pending_results(session: Session) -> list[int]:
+    """Ids of the result versions whose report objects are still to be built, oldest first."""
+    return list(
+        session.scalars(
+            select(StudyResult.id)
+            .where(StudyResult.report_status == ReportStatus.PENDING)
+            .order_by(StudyResult.id)
+        )
+    )
+
+
+def report_result(
+    sessions: sessionmaker[Session],
+    store: Store,
+    settings: Settings,
+    checkpoint: Checkpoint,
+    result_id: int,
+) -> ReportStatus | None:
+    """Build and queue one pending version's objects; returns its new state.
+
+    Returns None when the version was not pending (already handled, here or by another node).
+    Raises :class:`StoreError`, ``OSError`` or ``SQLAlchemyError`` for a passing failure: the
+    version stays pending and is tried again.
+    """
+    try:
+        with sessions.begin() as session:
+            result = session.get(StudyResult, result_id)
+            if result is None or result.report_status != ReportStatus.PENDING:
+                return None
+            if result.study.result_version > result.version:
+                mark(session, result_id, ReportStatus.SUPERSEDED)
+                log.info(
+                    "study %s v%d: superseded by v%d before its report objects were built",
+                    uid_hash(result.study.study_instance_uid),
+                    result.version,
+                    result.study.result_version,
+                )
+                return ReportStatus.SUPERSEDED
+            create_reports(session, store, settings, checkpoint, result_id)
+            if not mark(session, result_id, ReportStatus.DONE):
+                raise _Taken
+            return ReportStatus.DONE
+    except _Taken:
+        return None
+    except (StoreError, OSError, SQLAlchemyError):
+        raise
+    except (IchnodeError, ValueError) as exc:
+        reason = str(exc)
+    except Exception as exc:  # noqa: BLE001 - a bug must not retry forever
+        log.exception("report objects of study result %d: unexpected error", result_id)
+        reason = f"unexpected error: {type(exc).__name__}: {exc}"
+    with sessions.begin() as session:
+        if not mark(session, result_id, ReportStatus.FAILED, reason):
+            return None
+    log.error("report objects of study result %d not built: %s", result_id, reason)
+    return ReportStatus.FAILED
+
+
+class Reporter:
+    """Builds pending versions' report objects: ``run(stop)`` in a thread, ``wake.set()`` now."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        store: Store,
+        settings: Settings,
+        checkpoint: Checkpoint,
+        on_done: Callable[[int, ReportStatus], None] | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.store = store
+        self.settings = settings
+        self.checkpoint = checkpoint
+        self.on_done = on_done or (lambda result_id, status: None)
+        self.wake = threading.Event()
+        #: result id -> (monotonic time it may be tried again, current delay)
+        self._retry: dict[int, tuple[float, float]] = {}
+
+    def run_once(self) -> int:
+        """Try every pending version that is due; returns how many changed state."""
+        with self.sessions() as session:
+            pending = pending_results(session)
+        now = time.monotonic()
+        handled = 0
+        for result_id in pending:
+            due, delay = self._retry.get(result_id, (0.0, RETRY_SECONDS / 2))
+            if due > now:
+                continue
+            try:
+                status = report_result(
+                    self.sessions, self.store, self.settings, self.checkpoint, result_id
+                )
+            except (StoreError, OSError, SQLAlchemyError) as exc:
+                delay = min(2 * delay, RETRY_MAX_SECONDS)
+                self._retry[result_id] = (time.monotonic() + delay, delay)
+                reason = error_reason(exc) if isinstance(exc, SQLAlchemyError) else str(exc)
+                log.error(
+                    "report objects of study result %d not built, retrying in %.0f s: %s",
+                    result_id,
+                    delay,
+                    reason,
+                )
+                continue
+            self._retry.pop(result_id, None)
+            if status is not None:
+                handled += 1
+                self.on_done(result_id, status)
+        return handled
+
+    def run(self, stop: threading.Event) -> None:
+        """Build until ``stop`` is set; no failure ends the loop."""
+        while not stop.is_set():
+            self.wake.clear()
+            try:
+                self.run_once()
+            except SQLAlchemyError as exc:
+                log.error("reporter: database error, retrying: %s", error_reason(exc))
+            except Exception:  # noqa: BLE001 - the reporter must outlive any one bad result
+                log.exception("reporter: unexpected error, retrying")
+            if not stop.is_set():
+                self.wake.wait(POLL_SECONDS)

@@ -15,12 +15,12 @@ import torch
 from ichnode.config import Settings, TLSSettings
 from ichnode.db import queue
 from ichnode.db.session import display_url, open_database
-from ichnode.errors import ConfigError, IchnodeError
+from ichnode.errors import ConfigError
 from ichnode.inference import Predictor
 from ichnode.model import demo_model_path, load_checkpoint
 from ichnode.node.monitor import Monitor, ResultPolicy
 from ichnode.node.outbox import Outbox
-from ichnode.node.reporting import create_reports
+from ichnode.node.reporting import Reporter
 from ichnode.node.scp import StorageSCP
 from ichnode.node.worker import Worker
 from ichnode.store import Store
@@ -95,15 +95,21 @@ class Node:
             )
             self.workers.append(worker)
             self._spawn(worker.run, f"worker-{len(self.workers)}")
+        self.outbox = Outbox(self.sessions, self.store, s)
+        self._spawn(self.outbox.run, "outbox")
+        # Builds the report objects of every pending result version, starting with any that
+        # a previous run committed but never reported.
+        self.reporter = Reporter(
+            self.sessions, self.store, s, self.report_checkpoint, on_done=self._on_reported
+        )
+        self._spawn(self.reporter.run, "reporter")
         self.monitor = Monitor(
             self.sessions,
             ResultPolicy(self.predictor.checkpoint.thresholds, self.predictor.model_id),
             s.stable_seconds,
-            on_result=self._on_result,
+            on_result=lambda result_id: self.reporter.wake.set(),
         )
         self._spawn(self.monitor.run, "monitor")
-        self.outbox = Outbox(self.sessions, self.store, s)
-        self._spawn(self.outbox.run, "outbox")
         self.scp = StorageSCP(s, self.store, self.sessions, on_stored=self.wake.set)
         try:
             self.scp.start(ssl_context)
@@ -121,22 +127,9 @@ class Node:
         log.info(ready)
         return ready
 
-    def _on_result(self, result_id: int) -> None:
-        """Monitor callback: build and queue the result's report objects, wake the outbox.
-
-        Runs in its own transaction; a failure is logged and never reaches the monitor.
-        """
-        try:
-            with self.sessions.begin() as session:
-                entries = create_reports(
-                    session, self.store, self.settings, self.report_checkpoint, result_id
-                )
-            if entries:
-                self.outbox.wake.set()
-        except (IchnodeError, ValueError) as exc:
-            log.error("report objects of study result %d not built: %s", result_id, exc)
-        except Exception:  # noqa: BLE001 - the monitor must outlive a report failure
-            log.exception("report objects of study result %d not built", result_id)
+    def _on_reported(self, result_id: int, status: object) -> None:
+        """Reporter callback: wake the outbox for the new rows, then the ``on_result`` hook."""
+        self.outbox.wake.set()
         if self.on_result is not None:
             self.on_result(result_id)
 
@@ -152,9 +145,10 @@ class Node:
             scp.shutdown()
         self.stop_event.set()
         self.wake.set()
-        outbox = getattr(self, "outbox", None)
-        if outbox is not None:
-            outbox.wake.set()
+        for part in ("outbox", "reporter"):
+            waiting = getattr(self, part, None)
+            if waiting is not None:
+                waiting.wake.set()
         for thread in self.threads:
             thread.join(timeout=30)
         engine = getattr(self, "engine", None)
