@@ -6,6 +6,7 @@ real databases (SQLite and PostgreSQL through the ``db_url`` fixture).
 
 from __future__ import annotations
 
+import socket
 import ssl
 import threading
 import time
@@ -386,3 +387,35 @@ def test_destination_that_aborts_mid_store_is_retried_and_nothing_is_lost(
         Outbox(session_factory, store, s).run_once()
         assert scp["stored"] == [pending.sop_instance_uid]
     assert entry(session_factory, entry_id).status == DeliveryStatus.SENT
+
+
+def test_a_destination_that_hangs_holds_up_no_other(session_factory, tmp_path):
+    # A peer that accepts the TCP connection and never answers the association request.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    s = settings(tmp_path, network_timeout=30.0)
+    store = Store(s.store)
+    stop = threading.Event()
+    outbox = Outbox(session_factory, store, s)
+    with status_scp(SUCCESS) as scp:
+        [hang_id] = queue_entries(session_factory, store, silent.getsockname()[1])
+        [up_id] = queue_entries(session_factory, store, scp["port"])
+        with session_factory.begin() as session:
+            session.get(OutboxEntry, hang_id).destination = "hang"  # claimed first
+            session.get(OutboxEntry, up_id).destination = "up"
+        thread = threading.Thread(target=outbox.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: entry(session_factory, up_id).status == DeliveryStatus.SENT, 20)
+            # Sent while the silent peer still holds its association attempt.
+            assert outbox.busy() == {"hang"}
+            assert entry(session_factory, hang_id).attempts == 0
+        finally:
+            silent.close()  # the hanging attempt ends at once
+            stop.set()
+            outbox.wake.set()
+            thread.join(30)
+    assert not thread.is_alive()
+    hung = entry(session_factory, hang_id)
+    assert hung.attempts == 1 and hung.status == DeliveryStatus.PENDING

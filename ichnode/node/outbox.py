@@ -3,10 +3,12 @@
 Every (object, destination) pair is an :class:`OutboxEntry` row; the row is the state, so a
 destination that is down loses nothing and a restart resumes where the last run stopped.
 
-One pass (:meth:`Outbox.run_once`): claim the PENDING entries that are due (a conditional
+One pass (:meth:`Outbox.dispatch`): claim the PENDING entries that are due (a conditional
 ``UPDATE`` pushes ``next_attempt_at`` a lease ahead, so two senders never send the same entry
 and an entry whose sender died becomes due again), send them over one association per
-destination, record a :class:`DeliveryAttempt` per entry and attempt, then mark each SENT
+destination -- each destination in its own thread, so one that hangs until
+``network_timeout`` holds up no other; a destination still busy is skipped until its send
+ends -- record a :class:`DeliveryAttempt` per entry and attempt, then mark each SENT
 (Success or a warning status), or due again after ``delivery_backoff_seconds * 2**(n-1)``
 (``n``: attempts so far), or FAILED once ``delivery_max_attempts`` is reached.
 """
@@ -18,6 +20,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -63,6 +66,8 @@ BATCH = 50
 POLL_SECONDS = 1.0
 #: Limit for one C-ECHO in ``destinations check``.
 ECHO_TIMEOUT = 10.0
+#: Destinations sent to at the same time (one association each).
+PARALLEL_DESTINATIONS = 8
 
 
 class DeliveryError(IchnodeError):
@@ -195,16 +200,25 @@ class Outbox:
         self.store = store
         self.settings = settings
         self.wake = wake or threading.Event()
+        self._pool = ThreadPoolExecutor(PARALLEL_DESTINATIONS, thread_name_prefix="outbox-send")
+        self._lock = threading.Lock()
+        #: Destinations with a send in flight (their new entries wait for it to end).
+        self._busy: set[str] = set()
 
     def _tls(self, destination: str) -> bool:
         return any(d.name == destination and d.tls for d in self.settings.destinations)
 
-    def claim(self, now: datetime) -> list[Claimed]:
-        """Take up to :data:`BATCH` due entries (see module docstring)."""
+    def busy(self) -> set[str]:
+        """Names of the destinations being sent to right now."""
+        with self._lock:
+            return set(self._busy)
+
+    def claim(self, now: datetime, skip: set[str] | None = None) -> list[Claimed]:
+        """Take up to :data:`BATCH` due entries, none for a destination in ``skip``."""
         lease = now + timedelta(seconds=CLAIM_SECONDS)
         claimed: list[Claimed] = []
         with self.sessions.begin() as session:
-            due = session.scalars(
+            query = (
                 select(OutboxEntry)
                 .where(
                     OutboxEntry.status == DeliveryStatus.PENDING,
@@ -212,7 +226,10 @@ class Outbox:
                 )
                 .order_by(OutboxEntry.next_attempt_at, OutboxEntry.id)
                 .limit(BATCH)
-            ).all()
+            )
+            if skip:
+                query = query.where(OutboxEntry.destination.not_in(sorted(skip)))
+            due = session.scalars(query).all()
             for e in due:
                 taken = session.execute(
                     update(OutboxEntry)
@@ -255,65 +272,115 @@ class Outbox:
                 entry.last_error = outcome.error
             return entry.status
 
-    def run_once(self, now: datetime | None = None) -> int:
-        """Send every due entry once; returns the number of attempts made."""
+    def send_group(
+        self,
+        target: tuple[str, str, str, int],
+        entries: list[Claimed],
+        clock: Callable[[], datetime],
+    ) -> None:
+        """Send one destination's claimed entries on one association and record each attempt."""
+        destination, ae_title, host, port = target
+        paths = []
+        for c in entries:
+            try:
+                paths.append(self.store.path(c.path))
+            except ValueError:
+                paths.append(Path("/nonexistent"))
+        started = time.monotonic()
+        outcomes = send_files(
+            self.settings, ae_title, host, port, paths, tls=self._tls(destination)
+        )
+        states = [self.record(c.id, o, clock()) for c, o in zip(entries, outcomes, strict=True)]
+        sent = sum(state == DeliveryStatus.SENT for state in states)
+        errors = {o.error for o in outcomes if not o.delivered}
+        log.info(
+            "outbox: %d/%d object(s) sent to %s in %.0f ms%s",
+            sent,
+            len(entries),
+            destination,
+            1000 * (time.monotonic() - started),
+            f"; {'; '.join(sorted(e for e in errors if e))}" if errors else "",
+        )
+
+    def _finish(self, destination: str, future: Future[None]) -> None:
+        with self._lock:
+            self._busy.discard(destination)
+        exc = future.exception()
+        if isinstance(exc, SQLAlchemyError):
+            log.error(
+                "outbox: database error while sending to %s: %s", destination, error_reason(exc)
+            )
+        elif exc is not None:
+            log.error("outbox: sending to %s failed", destination, exc_info=exc)
+        self.wake.set()  # its next entries may be waiting
+
+    def dispatch(self, now: datetime | None = None) -> tuple[int, list[Future[None]]]:
+        """Claim the due entries of every idle destination and start sending them.
+
+        Returns the number of entries claimed and one future per destination started. A
+        claimed entry whose send never ends (the process died) is due again after its lease.
+        """
         clock: Callable[[], datetime] = (lambda: now) if now is not None else utcnow
-        claimed = self.claim(clock())
+        claimed = self.claim(clock(), skip=self.busy())
         groups: dict[tuple[str, str, str, int], list[Claimed]] = {}
         for c in claimed:
             groups.setdefault((c.destination, c.ae_title, c.host, c.port), []).append(c)
-        for (destination, ae_title, host, port), entries in groups.items():
-            paths = []
-            for c in entries:
-                try:
-                    paths.append(self.store.path(c.path))
-                except ValueError:
-                    paths.append(Path("/nonexistent"))
-            started = time.monotonic()
-            outcomes = send_files(
-                self.settings, ae_title, host, port, paths, tls=self._tls(destination)
-            )
-            states = [self.record(c.id, o, clock()) for c, o in zip(entries, outcomes, strict=True)]
-            sent = sum(state == DeliveryStatus.SENT for state in states)
-            errors = {o.error for o in outcomes if not o.delivered}
-            log.info(
-                "outbox: %d/%d object(s) sent to %s in %.0f ms%s",
-                sent,
-                len(entries),
-                destination,
-                1000 * (time.monotonic() - started),
-                f"; {'; '.join(sorted(e for e in errors if e))}" if errors else "",
-            )
-        return len(claimed)
+        futures = []
+        for target, entries in groups.items():
+            with self._lock:
+                self._busy.add(target[0])
+            future = self._pool.submit(self.send_group, target, entries, clock)
+            future.add_done_callback(lambda f, name=target[0]: self._finish(name, f))
+            futures.append(future)
+        return len(claimed), futures
 
-    def seconds_to_next(self, now: datetime) -> float | None:
-        """Seconds until the earliest pending entry is due (0 if one is), None if none."""
+    def run_once(self, now: datetime | None = None) -> int:
+        """Send every due entry once and wait for the sends; returns the entries attempted."""
+        count, futures = self.dispatch(now)
+        wait(futures)
+        for future in futures:
+            future.result()  # a database error reaches the caller
+        return count
+
+    def seconds_to_next(self, now: datetime, skip: set[str] | None = None) -> float | None:
+        """Seconds until the earliest pending entry is due (0 if one is), None if none.
+
+        Entries of the destinations in ``skip`` (busy ones) are not counted.
+        """
+        query = select(func.min(OutboxEntry.next_attempt_at)).where(
+            OutboxEntry.status == DeliveryStatus.PENDING
+        )
+        if skip:
+            query = query.where(OutboxEntry.destination.not_in(sorted(skip)))
         with self.sessions() as session:
-            first = session.scalar(
-                select(func.min(OutboxEntry.next_attempt_at)).where(
-                    OutboxEntry.status == DeliveryStatus.PENDING
-                )
-            )
+            first = session.scalar(query)
         return None if first is None else max(0.0, (first - now).total_seconds())
 
     def run(self, stop: threading.Event) -> None:
-        """Send until ``stop`` is set; a database or network hiccup never ends the loop."""
-        while not stop.is_set():
-            self.wake.clear()
-            wait = POLL_SECONDS
-            try:
-                if self.run_once():
-                    continue
-                due = self.seconds_to_next(utcnow())
-                if due is not None:
-                    wait = min(wait, due)
-            except SQLAlchemyError as exc:
-                reason = error_reason(exc)
-                log.error("outbox: database error, retrying: %s", reason)
-            except Exception:  # noqa: BLE001 - the sender must outlive any one bad entry
-                log.exception("outbox: unexpected error, retrying")
-            if not stop.is_set():
-                self.wake.wait(wait)
+        """Send until ``stop`` is set; a database or network hiccup never ends the loop.
+
+        Does not wait for sends: a busy destination's send ends by itself and wakes the loop.
+        On stop, waits for the sends in flight (each ends within ``network_timeout``).
+        """
+        try:
+            while not stop.is_set():
+                self.wake.clear()
+                pause = POLL_SECONDS
+                try:
+                    claimed, _ = self.dispatch()
+                    if claimed:
+                        continue  # more may be due than one batch
+                    due = self.seconds_to_next(utcnow(), skip=self.busy())
+                    if due is not None:
+                        pause = min(pause, due)
+                except SQLAlchemyError as exc:
+                    log.error("outbox: database error, retrying: %s", error_reason(exc))
+                except Exception:  # noqa: BLE001 - the sender must outlive any one bad entry
+                    log.exception("outbox: unexpected error, retrying")
+                if not stop.is_set():
+                    self.wake.wait(pause)
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------- operator tools
