@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
 from test_report_fixtures import dciodvfy, make_findings, roundtrip, synth_ct_study
 
-from ichnode.report import ReportError, build_summary
+from ichnode.report import ReportError, StudyFindings, build_summary
 from ichnode.report.summary import FLAG_FILL, IMAGE_SIZE, PANEL_HEIGHT, render
 
 
@@ -90,3 +91,29 @@ def test_key_without_pixels_is_refused(key, findings):
     del header.PixelData
     with pytest.raises(ReportError, match="pixel data"):
         build_summary(header, findings)
+
+
+def test_the_heat_map_explains_the_flagged_subtype_furthest_above_its_threshold(key, findings):
+    # subdural 0.91 is flagged (threshold 0.5); subarachnoid 0.40 is not; any is not a subtype.
+    assert findings.saliency_subtype == "subdural"
+    sc = build_summary(key, findings, saliency=_saliency())
+    assert sc.DerivationDescription.endswith("Grad-CAM saliency overlay for subdural hemorrhage")
+    probs = dict(findings.probabilities, epidural=0.30)
+    thresholds = dict(findings.thresholds, epidural=0.1)  # 3x its threshold beats 1.8x
+    both = StudyFindings(**{**_fields(findings), "probabilities": probs, "thresholds": thresholds})
+    assert both.saliency_subtype == "epidural"
+    negative = make_findings(findings.key_sop_instance_uid, positive=False)
+    assert negative.saliency_subtype == "any"
+    assert (
+        "overlay for intracranial hemorrhage (any)"
+        in build_summary(key, negative, saliency=_saliency()).DerivationDescription
+    )
+
+
+def test_the_heat_map_label_is_checked(key, findings):
+    with pytest.raises(ReportError, match="saliency_label 'bleed' is not a label"):
+        build_summary(key, findings, saliency=_saliency(), saliency_label="bleed")
+
+
+def _fields(findings: StudyFindings) -> dict:
+    return {f.name: getattr(findings, f.name) for f in dataclasses.fields(findings) if f.init}

@@ -53,7 +53,6 @@ from ichnode.model import Checkpoint
 from ichnode.report import StudyFindings, build_kos, build_sr, build_summary, grad_cam, to_bytes
 from ichnode.report.sr import STUDY_ATTRIBUTES
 from ichnode.store import Store, StoreError, uid_hash
-from ichnode.subtypes import ANY
 
 log = logging.getLogger(__name__)
 
@@ -214,11 +213,13 @@ def build_objects(
             sources, findings, instance_number=number, predecessor=previous.get(KIND_SR)
         )
     if KIND_SUMMARY in wanted:
-        cam = grad_cam(checkpoint, preprocess(key, checkpoint.spec), ANY)
+        target = findings.saliency_subtype
+        cam = grad_cam(checkpoint, preprocess(key, checkpoint.spec), target)
         built[KIND_SUMMARY] = build_summary(
             key,
             findings,
             saliency=cam,
+            saliency_label=target,
             series_instance_uid=_series(previous.get(KIND_SUMMARY)),
             instance_number=number,
         )

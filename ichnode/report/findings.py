@@ -106,6 +106,16 @@ class StudyFindings:
         """The flagged labels, in :data:`~ichnode.subtypes.SUBTYPES` order."""
         return tuple(name for name in SUBTYPES if self._flagged[name])
 
+    @property
+    def saliency_subtype(self) -> str:
+        """The label the summary's heat map explains: the flagged subtype furthest above its
+        threshold (probability / threshold), else ``any`` -- for a radiologist the question
+        is where the model saw *that* bleed."""
+        subtypes = [name for name in self.flagged_subtypes if name != ANY]
+        if not subtypes:
+            return ANY
+        return max(subtypes, key=lambda n: self.probabilities[n] / max(self.thresholds[n], 1e-6))
+
     def summary_line(self) -> str:
         """One line for descriptions: ``ICH suspected: subdural, any`` or ``No ICH flagged``."""
         if not self.positive:

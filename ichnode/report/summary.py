@@ -62,7 +62,12 @@ def _orientation(ds: Dataset) -> tuple[str, str]:
     return letter(iop[:3]), letter(iop[3:])
 
 
-def render(key: Dataset, findings: StudyFindings, saliency: np.ndarray | None = None) -> np.ndarray:
+def render(
+    key: Dataset,
+    findings: StudyFindings,
+    saliency: np.ndarray | None = None,
+    saliency_label: str | None = None,
+) -> np.ndarray:
     """The summary picture as ``uint8 (IMAGE_SIZE + PANEL_HEIGHT, IMAGE_SIZE, 3)``."""
     brain = WINDOWS["brain"].apply(to_hu(key))
     gray = resize(brain[None], IMAGE_SIZE)[0]
@@ -78,6 +83,13 @@ def render(key: Dataset, findings: StudyFindings, saliency: np.ndarray | None = 
     font, title = _font(FONT_SIZE), _font(TITLE_FONT_SIZE)
 
     draw.text((8, 6), f"{DISCLAIMER} - ichnode", font=title, fill=WARN_TEXT)
+    if saliency is not None and saliency_label:
+        draw.text(
+            (8, IMAGE_SIZE - FONT_SIZE - 8),
+            f"Heat map: where the model looked for {DISPLAY_NAMES[saliency_label].lower()}",
+            font=_font(FONT_SIZE - 2),
+            fill=WARN_TEXT,
+        )
     y = IMAGE_SIZE + 8
     draw.text((8, y), findings.summary_line(), font=title, fill=TEXT)
     y += TITLE_FONT_SIZE + 10
@@ -107,13 +119,16 @@ def build_summary(
     findings: StudyFindings,
     *,
     saliency: np.ndarray | None = None,
+    saliency_label: str | None = None,
     series_instance_uid: str | None = None,
     instance_number: int = 1,
 ) -> Dataset:
     """The RGB Secondary Capture summary of ``findings`` on the key slice ``key``.
 
     ``key`` must be the key slice with its pixel data; ``saliency`` a 2-D map in [0, 1] of
-    the model input (square, as :func:`ichnode.report.saliency.grad_cam` returns).
+    the model input (square, as :func:`ichnode.report.saliency.grad_cam` returns), computed
+    for the label ``saliency_label`` (named on the image; default
+    :attr:`StudyFindings.saliency_subtype`).
     """
     if not isinstance(findings, StudyFindings):
         raise ReportError(f"findings must be a StudyFindings, got {type(findings).__name__}")
@@ -132,6 +147,9 @@ def build_summary(
             raise ReportError(f"saliency must be a 2-D numeric array, got shape {saliency.shape}")
         if not np.all(np.isfinite(saliency)):
             raise ReportError("saliency contains NaN or infinite values")
+        saliency_label = saliency_label or findings.saliency_subtype
+        if saliency_label not in DISPLAY_NAMES:
+            raise ReportError(f"saliency_label {saliency_label!r} is not a label")
     if isinstance(instance_number, bool) or not isinstance(instance_number, int):
         raise ReportError(f"instance_number must be an integer, got {instance_number!r}")
     if series_instance_uid is None:
@@ -140,7 +158,7 @@ def build_summary(
     if series_instance_uid == str(key.SeriesInstanceUID):
         raise ReportError("series_instance_uid must not be the series of the key slice")
 
-    pixels = render(key, findings, saliency)
+    pixels = render(key, findings, saliency, saliency_label)
     sc = hd.sc.SCImage(
         pixel_array=pixels,
         photometric_interpretation="RGB",
@@ -176,7 +194,11 @@ def build_summary(
     sc.ImageComments = f"{DISCLAIMER}. {findings.summary_line()}."
     sc.DerivationDescription = (
         "Key slice in brain window 40/80 with automated ICH triage results burned in"
-        + (" and Grad-CAM saliency overlay" if saliency is not None else "")
+        + (
+            f" and Grad-CAM saliency overlay for {DISPLAY_NAMES[saliency_label].lower()}"
+            if saliency is not None and saliency_label
+            else ""
+        )
     )[:1024]
     source = Dataset()
     source.ReferencedSOPClassUID = key.SOPClassUID
