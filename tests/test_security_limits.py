@@ -6,6 +6,7 @@ The backend does not matter here: the tests run on SQLite only.
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 
@@ -77,6 +78,20 @@ def test_instance_over_max_instance_bytes_is_a700_and_nothing_is_kept(node_facto
     assert send(node.settings.port, study(1, size=128)) == [OUT_OF_RESOURCES]  # 32 KiB pixels
     assert _n_instances(node) == 0 and _store_is_empty(node)
     assert send(node.settings.port, study(1, size=32)) == [SUCCESS]  # small ones still fine
+
+
+def test_a_message_far_over_the_limit_is_cut_off_before_it_is_all_in_memory(node_factory, caplog):
+    caplog.set_level(logging.WARNING, logger="ichnode.node.scp")
+    node = node_factory(max_instance_bytes=20_000)
+    assert node.scp.receive_cap() < 2_000_000
+    # 2 MiB of pixels: pynetdicom would buffer all of it before the C-STORE handler runs.
+    assert send(node.settings.port, study(1, size=1024)) == [-1]  # no answer: cut off
+    assert "cut off: one message passed" in caplog.text
+    assert "aborted: message over the receive limit" in wait_for(lambda: _outcomes(node))
+    assert _n_instances(node) == 0 and _store_is_empty(node)
+    # The node carries on; a slightly oversized instance still gets its proper status.
+    assert send(node.settings.port, study(1, size=128)) == [OUT_OF_RESOURCES]
+    assert send(node.settings.port, study(2, size=32)) == [SUCCESS, SUCCESS]
 
 
 def test_free_space_below_minimum_is_a700_without_a_half_written_file(node_factory):

@@ -59,6 +59,13 @@ OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 
+#: P-DATA bytes one message may reach before the association is cut off: pynetdicom holds a
+#: whole message in memory before the C-STORE handler sees it, so past this point a peer
+#: could exhaust RAM. Up to it, an instance over ``max_instance_bytes`` still gets 0xA700.
+RECEIVE_CAP_FACTOR = 2
+RECEIVE_CAP_SLACK = 1 << 20
+_P_DATA_TF = 0x04
+
 #: Transfer syntaxes ichnode.imaging decodes, in the order we list them (the sender's order of
 #: preference decides which one is used, so we receive its original encoding when we can).
 CT_TRANSFER_SYNTAXES = [
@@ -116,6 +123,9 @@ class _AssocStats:
     #: Orders the audit writes of one association (its events come from more than one thread).
     lock: threading.Lock = field(default_factory=threading.Lock)
     closed: bool = False
+    #: P-DATA bytes received since the last C-STORE was handled (see RECEIVE_CAP_FACTOR).
+    pending_bytes: int = 0
+    cut_off: bool = False
 
 
 class GuardedServer(ThreadedAssociationServer):
@@ -211,7 +221,40 @@ class StorageSCP:
             (evt.EVT_RELEASED, self._on_ended, ["released"]),
             (evt.EVT_ABORTED, self._on_ended, ["aborted"]),
             (evt.EVT_CONN_CLOSE, self._on_conn_close),
+            (evt.EVT_DATA_RECV, self._on_data),
         ]
+
+    def receive_cap(self) -> int:
+        """Bytes of one message past which the association is cut off."""
+        return RECEIVE_CAP_FACTOR * self.settings.max_instance_bytes + RECEIVE_CAP_SLACK
+
+    def _on_data(self, event: evt.Event) -> None:
+        """Count a message's P-DATA; cut a peer off whose message outgrows the receive cap.
+
+        Runs in the association's reader thread for every PDU, before pynetdicom buffers it.
+        Closing the socket ends the association like a network failure; the partial message
+        is dropped and nothing is stored.
+        """
+        data = event.data
+        if not data or data[0] != _P_DATA_TF:
+            return
+        stats = self._stats.get(id(event.assoc))
+        if stats is None or stats.cut_off:
+            return
+        stats.pending_bytes += len(data)
+        if stats.pending_bytes > self.receive_cap():
+            stats.cut_off = True
+            stats.outcome = "aborted: message over the receive limit"
+            log.warning(
+                "association from calling AE %s cut off: one message passed %d bytes "
+                "(%d x max_instance_bytes)",
+                stats.calling_ae,
+                self.receive_cap(),
+                RECEIVE_CAP_FACTOR,
+            )
+            sock = event.assoc.dul.socket
+            if sock is not None:
+                sock.close()
 
     def start(self, ssl_context: ssl.SSLContext | None = None) -> GuardedServer:
         """Start listening in background threads; returns the (pynetdicom) server."""
@@ -297,7 +340,7 @@ class StorageSCP:
 
     def _on_ended(self, event: evt.Event, how: str) -> None:
         stats = self._stats.get(id(event.assoc))
-        if stats is not None:
+        if stats is not None and not stats.cut_off:
             stats.outcome = how
 
     def _on_conn_close(self, event: evt.Event) -> None:
@@ -356,6 +399,9 @@ class StorageSCP:
 
     def handle_store(self, event: evt.Event) -> int:
         """Validate → store → row → status (see module docstring)."""
+        stats = self._stats.get(id(event.assoc))
+        if stats is not None:
+            stats.pending_bytes = 0  # the next message starts counting afresh
         try:
             ds: Dataset = event.dataset
             ds.file_meta = event.file_meta
