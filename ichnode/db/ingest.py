@@ -2,6 +2,11 @@
 
 Callers own the transaction. Upserts of studies and series are race-safe across concurrent
 associations (``INSERT ... ON CONFLICT DO NOTHING`` then ``SELECT``).
+
+This is the C-STORE hot path, so the statements every instance runs are built once, with bind
+parameters, and run on the session's connection (SQLAlchemy Core): building them per call
+and the ORM's unit of work cost more than the SQL itself (about 1.6 ms of SQLAlchemy per
+instance before, measured with cProfile).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from pydicom.dataset import Dataset
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -18,6 +23,30 @@ from ichnode.db.models import Instance, InstanceStatus, Series, Study, StudyStat
 
 #: Two slices of one series closer than this along the normal are "the same position" (mm).
 SAME_POSITION_MM = 0.01
+
+_instances = Instance.__table__
+_studies = Study.__table__
+_ID_OF_SOP = select(_instances.c.id).where(_instances.c.sop_instance_uid == bindparam("b_sop"))
+_COUNT_REPEAT = (
+    update(_instances)
+    .where(_instances.c.sop_instance_uid == bindparam("b_sop"))
+    .values(times_received=_instances.c.times_received + 1)
+)
+_TOUCH_STUDY = (
+    update(_studies)
+    .where(_studies.c.id == bindparam("b_study"))
+    .values(last_received_at=bindparam("b_at"), status=StudyStatus.RECEIVING)
+)
+_SAME_POSITION = (
+    select(func.count())
+    .select_from(_instances)
+    .where(
+        _instances.c.series_id == bindparam("b_series"),
+        _instances.c.status != InstanceStatus.SKIPPED,
+        func.abs(_instances.c.z - bindparam("b_z")) < SAME_POSITION_MM,
+    )
+)
+_INSERT_INSTANCE = insert(_instances).returning(_instances.c.id)
 
 
 def _text(ds: Dataset, keyword: str, limit: int = 64) -> str | None:
@@ -106,15 +135,10 @@ def mark_duplicate(session: Session, sop_uid: str, now: datetime) -> bool:
 
     A plain SELECT first: the common case (a new instance) then takes no write lock.
     """
-    known = session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop_uid))
-    if known is None:
+    conn = session.connection()
+    if conn.execute(_ID_OF_SOP, {"b_sop": sop_uid}).scalar() is None:
         return False
-    result = session.execute(
-        update(Instance)
-        .where(Instance.sop_instance_uid == sop_uid)
-        .values(times_received=Instance.times_received + 1)
-    )
-    return bool(result.rowcount)
+    return bool(conn.execute(_COUNT_REPEAT, {"b_sop": sop_uid}).rowcount)
 
 
 class KnownIds:
@@ -140,12 +164,23 @@ class KnownIds:
         self.series.clear()
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """The rows one received instance went into, and the state it was queued with."""
+
+    id: int
+    study_id: int
+    series_id: int
+    status: InstanceStatus
+    reason: str | None
+
+
 def record_instance(
     session: Session,
     r: Received,
     skip_duplicate_positions: bool = True,
     known: KnownIds | None = None,
-) -> Instance:
+) -> Recorded:
     """Insert the instance (and its study and series if new); reopen a resulted study."""
     known = known if known is not None else KnownIds()
     study_id = known.studies.get(r.study_uid)
@@ -167,11 +202,8 @@ def record_instance(
             )
         )
         study_id = session.scalar(select(Study.id).where(Study.study_instance_uid == r.study_uid))
-    session.execute(
-        update(Study)
-        .where(Study.id == study_id)
-        .values(last_received_at=r.received_at, status=StudyStatus.RECEIVING)
-    )
+    conn = session.connection()
+    conn.execute(_TOUCH_STUDY, {"b_study": study_id, "b_at": r.received_at})
     series_id = known.series.get(r.series_uid)
     if series_id is None:
         session.execute(
@@ -191,33 +223,26 @@ def record_instance(
         )
     status, reason = r.status, r.reason
     if status == InstanceStatus.QUEUED and skip_duplicate_positions and r.z is not None:
-        same_z = session.scalar(
-            select(func.count())
-            .select_from(Instance)
-            .where(
-                Instance.series_id == series_id,
-                Instance.status != InstanceStatus.SKIPPED,
-                func.abs(Instance.z - r.z) < SAME_POSITION_MM,
-            )
-        )
+        same_z = conn.execute(_SAME_POSITION, {"b_series": series_id, "b_z": r.z}).scalar()
         if same_z:
             status, reason = InstanceStatus.SKIPPED, "duplicate slice position"
-    instance = Instance(
-        study_id=study_id,
-        series_id=series_id,
-        sop_instance_uid=r.sop_uid,
-        sop_class_uid=r.sop_class_uid,
-        transfer_syntax_uid=r.transfer_syntax_uid,
-        path=r.path,
-        size_bytes=r.size_bytes,
-        z=r.z,
-        instance_number=r.instance_number,
-        status=status,
-        reason=reason,
-        received_at=r.received_at,
-    )
-    session.add(instance)
-    session.flush()
+    instance_id = conn.execute(
+        _INSERT_INSTANCE,
+        {
+            "study_id": study_id,
+            "series_id": series_id,
+            "sop_instance_uid": r.sop_uid,
+            "sop_class_uid": r.sop_class_uid,
+            "transfer_syntax_uid": r.transfer_syntax_uid,
+            "path": r.path,
+            "size_bytes": r.size_bytes,
+            "z": r.z,
+            "instance_number": r.instance_number,
+            "status": status,
+            "reason": reason,
+            "received_at": r.received_at,
+        },
+    ).scalar_one()
     known.remember(known.studies, r.study_uid, study_id)
     known.remember(known.series, r.series_uid, series_id)
-    return instance
+    return Recorded(instance_id, study_id, series_id, status, reason)

@@ -497,7 +497,9 @@ class StorageSCP:
                         self._count(event, "failed")
                         return OUT_OF_RESOURCES
                     relative = self.store.relative_path(study_uid, series_uid, sop_uid)
-                    header = PREAMBLE + encode_file_meta(event.file_meta)
+                    header = PREAMBLE + encode_file_meta(
+                        ds.file_meta
+                    )  # built once, in handle_store
                     received.size_bytes = self.store.write(relative, [header, stream])
                     received.path = relative
                 try:
