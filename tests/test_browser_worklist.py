@@ -115,6 +115,8 @@ def test_clicking_a_study_opens_its_page_with_image_strip_and_z_plot(site, page,
         "[...document.querySelectorAll('#strip img')].every(i => i.complete && i.naturalWidth > 0)"
     )
     assert "FLAGGED" in page.inner_text("#findings")
+    # No destination: the version's reports are done with nothing to send.
+    assert page.is_hidden("#report-state") and page.is_visible("#no-deliveries")
     assert_not_blank(page, tmp_path / "study.png")
     # Clicking a thumbnail shows that slice.
     page.click("#strip button.thumb >> nth=0")

@@ -145,6 +145,15 @@
 
   function deliveries() {
     const list = study.deliveries || [];
+    const latest = (study.versions || []).slice(-1)[0];
+    const state = $("report-state");
+    state.hidden = !latest || !["failed", "pending"].includes(latest.reports);
+    if (!state.hidden) {
+      state.textContent = latest.reports === "failed"
+        ? `Report objects of v${latest.version} could not be built: ${latest.report_error}. ` +
+          "Fix the cause, then run ichnode resend --study for this study."
+        : `Report objects of v${latest.version} are being built.`;
+    }
     $("no-deliveries").hidden = list.length > 0;
     $("deliveries").hidden = list.length === 0;
     $("deliveries").tBodies[0].replaceChildren(...list.map((d) => {
