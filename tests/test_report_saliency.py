@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -63,3 +65,26 @@ def test_unknown_subtype_is_refused(ckpt):
 def test_wrong_input_shape_is_named(ckpt):
     with pytest.raises(ReportError, match="x must have shape"):
         grad_cam(ckpt, np.zeros((1, 8, 8), np.float32))
+
+
+def test_concurrent_maps_on_one_checkpoint_equal_the_sequential_ones(ckpt):
+    study = synth_ct_study(n_slices=4, size=64)
+    inputs = [preprocess(ds, ckpt.spec) for ds in study]
+    expected = [grad_cam(ckpt, x, "subdural") for x in inputs]
+    got: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            got[i] = grad_cam(ckpt, inputs[i], "subdural")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i % 4,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    for i, cam in got.items():
+        np.testing.assert_allclose(cam, expected[i], atol=1e-6)

@@ -368,8 +368,17 @@ def report_result(
     """
     try:
         with sessions.begin() as session:
-            result = session.get(StudyResult, result_id)
-            if result is None or result.report_status != ReportStatus.PENDING:
+            # On PostgreSQL the row stays locked while the objects are built, and another node
+            # skips it instead of building them too (SQLite has one node, and no row locks).
+            result = session.scalar(
+                select(StudyResult)
+                .where(
+                    StudyResult.id == result_id,
+                    StudyResult.report_status == ReportStatus.PENDING,
+                )
+                .with_for_update(skip_locked=True)
+            )
+            if result is None:
                 return None
             if result.study.result_version > result.version:
                 mark(session, result_id, ReportStatus.SUPERSEDED)

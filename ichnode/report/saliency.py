@@ -7,9 +7,15 @@ spatial mean of the gradient of the class logit, sum, ReLU, upsample, scale to [
 Both registered architectures keep their convolutional trunk in ``model.features`` (an
 ``nn.Sequential``); its last module is hooked. The hook is removed and no parameter gradient is
 left behind (``torch.autograd.grad`` on the activation only, never ``backward``).
+
+A forward hook sees every forward pass of its module, from any thread; so Grad-CAMs run one at
+a time in a process (a lock), or two of them on one checkpoint would read each other's
+activations.
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import torch
@@ -19,6 +25,8 @@ from torch import nn
 from ichnode.model import Checkpoint
 from ichnode.report.findings import ReportError
 from ichnode.subtypes import ANY, SUBTYPES
+
+_ONE_AT_A_TIME = threading.Lock()
 
 
 def target_layer(model: nn.Module) -> nn.Module:
@@ -49,7 +57,11 @@ def grad_cam(ckpt: Checkpoint, x: np.ndarray, subtype: str = ANY) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise ReportError("x contains NaN or infinite values")
 
-    model = ckpt.model
+    with _ONE_AT_A_TIME:
+        return _grad_cam(ckpt.model, arr, subtype)
+
+
+def _grad_cam(model: nn.Module, arr: np.ndarray, subtype: str) -> np.ndarray:
     was_training = model.training
     model.eval()
     param = next(model.parameters())
