@@ -24,8 +24,17 @@ from ichnode.errors import IchnodeError
 
 log = logging.getLogger(__name__)
 
-#: The Alembic script folder (repository root / migrations).
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+def _migrations_dir() -> Path:
+    """The Alembic script folder: the copy a wheel carries, else the repository's own."""
+    packaged = Path(__file__).resolve().parents[1] / "_migrations"  # see setup.py
+    if (packaged / "env.py").is_file():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "migrations"
+
+
+#: The Alembic script folder (repository root / migrations, or ichnode/_migrations in a wheel).
+MIGRATIONS_DIR = _migrations_dir()
 #: Key of the PostgreSQL advisory lock that serialises concurrent upgrades.
 UPGRADE_LOCK_KEY = 0x1C4_0DE
 #: Name under which env.py finds the caller's connection in ``Config.attributes``.
