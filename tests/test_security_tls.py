@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from dicom_client import send
-from helpers import run_dcmtk, study, write_all
+from helpers import run_dcmtk, study, wait_for, write_all
 from pki import certificate, write_pem
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
+from ichnode.audit import list_associations
 from ichnode.node.scp import SUCCESS
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -126,6 +127,15 @@ def test_client_without_a_certificate_is_refused_when_required(node_factory, pki
 def test_client_certificate_from_another_ca_is_refused(node_factory, pki):
     node = _tls_node(node_factory, pki)
     assert not _tls_echo(node.settings.port, _client_context(pki, cert="rogue"))
+    # The refused connection is in the audit trail, with its address and why.
+
+    def audited() -> list[dict]:
+        with node.sessions() as session:
+            return list_associations(session)
+
+    [row] = wait_for(audited)
+    assert row["outcome"].startswith("rejected: TLS handshake failed")
+    assert row["peer"].startswith("127.0.0.1:") and row["calling_ae"] is None
 
 
 def test_client_without_a_certificate_is_served_when_not_required(node_factory, pki):

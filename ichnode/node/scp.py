@@ -135,10 +135,12 @@ class GuardedServer(ThreadedAssociationServer):
     PDU holds its thread and an association slot forever; and it runs the TLS handshake in the
     accept loop, so one silent peer on a TLS port blocks every later connection. Here every
     accepted socket gets ``io_timeout`` (the network timeout), and the handshake runs in the
-    connection's own thread.
+    connection's own thread. A failed handshake is reported to ``on_handshake_failed``
+    (address, reason), for the audit trail.
     """
 
     io_timeout: float = 60.0
+    on_handshake_failed: Callable[[object, str], None] | None = None
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = self.socket.accept()
@@ -154,12 +156,11 @@ class GuardedServer(ThreadedAssociationServer):
             try:
                 request.do_handshake()
             except (OSError, ssl.SSLError) as exc:
-                log.warning(
-                    "TLS handshake with %s failed: %s",
-                    client_address,
-                    getattr(exc, "reason", None) or type(exc).__name__,
-                )
+                reason = str(getattr(exc, "reason", None) or type(exc).__name__)
+                log.warning("TLS handshake with %s failed: %s", client_address, reason)
                 self.shutdown_request(request)
+                if self.on_handshake_failed is not None:
+                    self.on_handshake_failed(client_address, reason)
                 return
         super().process_request_thread(request, client_address)
 
@@ -267,6 +268,7 @@ class StorageSCP:
             server_class=GuardedServer,
         )
         server.io_timeout = s.network_timeout
+        server.on_handshake_failed = self._on_tls_failed
         ae._servers.append(server)  # what AE.start_server does; server.shutdown() removes it
         threading.Thread(target=server.serve_forever, name="scp-accept", daemon=True).start()
         self.server = server
@@ -337,6 +339,13 @@ class StorageSCP:
             stats.called_ae,
             stats.address,
         )
+
+    def _on_tls_failed(self, address: object, reason: str) -> None:
+        """An audit row for a connection whose TLS handshake failed (no association exists)."""
+        host, port = address if isinstance(address, tuple) else ("?", None)
+        stats = _AssocStats(str(host), port, outcome=f"rejected: TLS handshake failed ({reason})")
+        stats.closed = True
+        self._audit(audit.close_association, stats)
 
     def _on_ended(self, event: evt.Event, how: str) -> None:
         stats = self._stats.get(id(event.assoc))
