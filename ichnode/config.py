@@ -104,6 +104,10 @@ class TLSSettings(_Section):
     key: Path | None = None
     ca: Path | None = None
     require_client_cert: bool = False
+    #: PEM certificate revocation list(s) of ``ca``, read at start: a revoked client
+    #: certificate is refused. OpenSSL refuses every client once the CRL is past its next
+    #: update, so renew the file and restart before then.
+    crl: Path | None = None
 
 
 class Destination(_Section):

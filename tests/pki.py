@@ -48,3 +48,24 @@ def write_pem(
         )
     )
     return crt, pem
+
+
+def revocation_list(
+    revoked: list[x509.Certificate], issuer: str, issuer_key
+) -> x509.CertificateRevocationList:  # noqa: ANN001, E501
+    """A CRL of ``issuer`` (valid for a day) revoking ``revoked``."""
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+        .last_update(now - dt.timedelta(minutes=5))
+        .next_update(now + dt.timedelta(days=1))
+    )
+    for cert in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(cert.serial_number)
+            .revocation_date(now - dt.timedelta(minutes=1))
+            .build()
+        )
+    return builder.sign(issuer_key, hashes.SHA256())

@@ -10,14 +10,16 @@ import ssl
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from dicom_client import send
 from helpers import run_dcmtk, study, wait_for, write_all
-from pki import certificate, write_pem
+from pki import certificate, revocation_list, write_pem
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from ichnode.audit import list_associations
+from ichnode.errors import ConfigError
 from ichnode.node.scp import SUCCESS
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -51,6 +53,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
     files["rogue_crt"], files["rogue_key"] = write_pem(
         folder, "rogue", certificate("ROGUE", rogue_key, "other CA", other_key, ca=False), rogue_key
+    )
+    # A client certificate of our CA that the CA has revoked, and the CA's CRL.
+    revoked_key = _key()
+    revoked = certificate("REVOKED", revoked_key, "ichnode test CA", ca_key, ca=False)
+    files["revoked_crt"], files["revoked_key"] = write_pem(folder, "revoked", revoked, revoked_key)
+    files["crl"] = folder / "ca.crl"
+    files["crl"].write_bytes(
+        revocation_list([revoked], "ichnode test CA", ca_key).public_bytes(
+            serialization.Encoding.PEM
+        )
     )
     return files
 
@@ -136,6 +148,34 @@ def test_client_certificate_from_another_ca_is_refused(node_factory, pki):
     [row] = wait_for(audited)
     assert row["outcome"].startswith("rejected: TLS handshake failed")
     assert row["peer"].startswith("127.0.0.1:") and row["calling_ae"] is None
+
+
+def test_a_revoked_client_certificate_is_refused_when_a_crl_is_set(node_factory, pki):
+    node = node_factory(
+        tls={
+            "enabled": True,
+            "cert": pki["server_crt"],
+            "key": pki["server_key"],
+            "ca": pki["ca"],
+            "require_client_cert": True,
+            "crl": pki["crl"],
+        }
+    )
+    assert not _tls_echo(node.settings.port, _client_context(pki, cert="revoked"))
+    assert _tls_echo(node.settings.port, _client_context(pki))  # not revoked: served
+    # Without the CRL the same revoked certificate would pass: the CRL is what refused it.
+    plain = _tls_node(node_factory, pki)
+    assert _tls_echo(plain.settings.port, _client_context(pki, cert="revoked"))
+
+
+def test_an_unreadable_crl_is_a_one_line_start_error(node_factory, pki, tmp_path):
+    bad = tmp_path / "bad.crl"
+    bad.write_text("not a CRL")
+    tls = {"enabled": True, "cert": pki["server_crt"], "key": pki["server_key"], "crl": bad}
+    with pytest.raises(ConfigError, match="crl needs tls.ca"):
+        node_factory(tls=tls)
+    with pytest.raises(ConfigError, match="cannot load the CRL"):
+        node_factory(tls={**tls, "ca": pki["ca"]})
 
 
 def test_client_without_a_certificate_is_served_when_not_required(node_factory, pki):

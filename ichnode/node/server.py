@@ -46,6 +46,14 @@ def tls_context(tls: TLSSettings) -> ssl.SSLContext | None:
         if not tls.ca:
             raise ConfigError("invalid setting tls: require_client_cert needs tls.ca")
         ctx.verify_mode = ssl.CERT_REQUIRED
+    if tls.crl:
+        if not tls.ca:
+            raise ConfigError("invalid setting tls: crl needs tls.ca")
+        try:
+            ctx.load_verify_locations(str(tls.crl))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"invalid setting tls: cannot load the CRL: {exc}") from None
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return ctx
 
 
