@@ -140,6 +140,9 @@ class Settings(BaseSettings):
     bind: str = "127.0.0.1"
     port: int = Field(11112, ge=1, le=65535)
     max_associations: int = Field(10, ge=1)
+    #: Association requests one peer address may make per minute (0: no limit); more are
+    #: rejected as temporary congestion, so a looping or hostile sender cannot flood the node.
+    max_associations_per_minute: int = Field(0, ge=0)
     max_pdu: int = Field(262144, ge=0, description="Max PDU we advertise (0 = unlimited).")
     accept_other_objects: bool = Field(
         True, description="Accept non-CT storage objects (recorded as skipped) instead of failing."

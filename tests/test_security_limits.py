@@ -19,7 +19,12 @@ from sqlalchemy import func, select
 
 from ichnode.audit import list_associations
 from ichnode.db.models import Instance
-from ichnode.node.scp import LOCAL_LIMIT_EXCEEDED, OUT_OF_RESOURCES, SUCCESS
+from ichnode.node.scp import (
+    LOCAL_LIMIT_EXCEEDED,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+    TEMPORARY_CONGESTION,
+)
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
@@ -41,6 +46,17 @@ def _store_is_empty(node) -> bool:  # noqa: ANN001
     return not [p for p in node.store.root.rglob("*") if p.is_file()]
 
 
+def _assert_rejected_transient(assoc, reason: int) -> None:  # noqa: ANN001
+    """A-ASSOCIATE-RJ: rejected-transient, by the service provider (presentation), ``reason``."""
+    assert assoc.is_rejected
+    rj = assoc.acceptor.primitive
+    assert (rj.result, rj.result_source, rj.diagnostic) == (
+        REJECTED_TRANSIENT,
+        SOURCE_PRESENTATION,
+        reason,
+    )
+
+
 def _outcomes(node) -> list[str]:  # noqa: ANN001
     with node.sessions() as session:
         return [r["outcome"] for r in list_associations(session) if r["ended_at"]]
@@ -51,18 +67,23 @@ def test_association_beyond_max_associations_is_rejected_local_limit_exceeded(no
     port = node.settings.port
     held = [_open(port), _open(port)]
     assert all(a.is_established for a in held)
-    extra = _open(port)
-    assert extra.is_rejected
-    rj = extra.acceptor.primitive
-    assert (rj.result, rj.result_source, rj.diagnostic) == (
-        REJECTED_TRANSIENT,
-        SOURCE_PRESENTATION,
-        LOCAL_LIMIT_EXCEEDED,
-    )
+    _assert_rejected_transient(_open(port), LOCAL_LIMIT_EXCEEDED)
     for assoc in held:
         assoc.release()
     assert wait_for(lambda: echo(port) == SUCCESS)  # room again
     assert "rejected: too many associations" in wait_for(lambda: _outcomes(node))
+
+
+def test_a_peer_over_its_association_rate_is_rejected_as_temporary_congestion(node_factory):
+    node = node_factory(max_associations_per_minute=3)
+    port = node.settings.port
+    assert [echo(port) for _ in range(3)] == [SUCCESS] * 3
+    _assert_rejected_transient(_open(port), TEMPORARY_CONGESTION)
+    outcomes = wait_for(
+        lambda: [o for o in _outcomes(node) if o.startswith("rejected")] and _outcomes(node)
+    )
+    assert outcomes.count("rejected: too many association requests from this peer") == 1
+    assert outcomes.count("released") == 3
 
 
 def test_advertised_max_pdu_is_the_configured_one_and_large_instances_still_arrive(node_factory):

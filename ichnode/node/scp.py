@@ -12,6 +12,8 @@ import logging
 import socket
 import ssl
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -99,11 +101,15 @@ SOURCE_PRESENTATION = 0x03
 CALLING_AE_NOT_RECOGNISED = 0x03
 CALLED_AE_NOT_RECOGNISED = 0x07
 LOCAL_LIMIT_EXCEEDED = 0x02
+TEMPORARY_CONGESTION = 0x01
+#: Window of ``max_associations_per_minute`` (seconds).
+RATE_WINDOW = 60.0
 
 _REJECT_REASONS = {
     (SOURCE_SERVICE_USER, CALLING_AE_NOT_RECOGNISED): "calling AE title not recognised",
     (SOURCE_SERVICE_USER, CALLED_AE_NOT_RECOGNISED): "called AE title not recognised",
     (SOURCE_PRESENTATION, LOCAL_LIMIT_EXCEEDED): "too many associations",
+    (SOURCE_PRESENTATION, TEMPORARY_CONGESTION): "too many association requests from this peer",
 }
 
 
@@ -183,6 +189,8 @@ class StorageSCP:
         self.known_ids = ingest.KnownIds()
         self._stats: dict[int, _AssocStats] = {}
         self._lock = threading.Lock()
+        #: peer address -> monotonic times of its recent association requests
+        self._requests: dict[str, deque[float]] = {}
         self.server = None
 
     # ------------------------------------------------------------------ AE set-up
@@ -305,10 +313,30 @@ class StorageSCP:
             reason = CALLING_AE_NOT_RECOGNISED
         elif self.settings.require_called_ae and called != self.settings.ae_title:
             reason = CALLED_AE_NOT_RECOGNISED
-        if reason is not None:
+        if self._over_rate(str(assoc.requestor.address)):
+            assoc.acse.send_reject(REJECTED_TRANSIENT, SOURCE_PRESENTATION, TEMPORARY_CONGESTION)
+        elif reason is not None:
             assoc.acse.send_reject(REJECTED_PERMANENT, SOURCE_SERVICE_USER, reason)
-            self._on_rejected(event)
-            assoc.kill()  # as pynetdicom does after its own rejections: lets the RJ PDU go out
+        else:
+            return
+        self._on_rejected(event)
+        assoc.kill()  # as pynetdicom does after its own rejections: lets the RJ PDU go out
+
+    def _over_rate(self, address: str) -> bool:
+        """Count a request from ``address``; True when it is over the per-minute limit."""
+        limit = self.settings.max_associations_per_minute
+        if not limit:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            recent = self._requests.setdefault(address, deque())
+            while recent and recent[0] <= now - RATE_WINDOW:
+                recent.popleft()
+            recent.append(now)
+            if len(self._requests) > 4096:  # forget idle peers, so the table stays small
+                for peer in [a for a, q in self._requests.items() if q[-1] <= now - RATE_WINDOW]:
+                    del self._requests[peer]
+            return len(recent) > limit
 
     def _on_accepted(self, event: evt.Event) -> None:
         stats = self._stats.get(id(event.assoc))
