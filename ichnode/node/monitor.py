@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -163,11 +163,30 @@ class Monitor:
             self.on_result(result_id)
         return done
 
+    def seconds_to_next(self, now: datetime) -> float | None:
+        """Seconds until the next receiving study has been quiet for ``stable_seconds``."""
+        with self.sessions() as session:
+            latest_quiet = session.scalar(
+                select(func.min(Study.last_received_at)).where(
+                    Study.status == StudyStatus.RECEIVING,
+                    Study.last_received_at > now - timedelta(seconds=self.stable_seconds),
+                )
+            )
+        if latest_quiet is None:
+            return None
+        due = latest_quiet + timedelta(seconds=self.stable_seconds)
+        return max(0.0, (due - now).total_seconds())
+
     def run(self, stop: threading.Event) -> None:
+        """Poll every ``interval``, and wake exactly when the next study becomes stable."""
         while not stop.is_set():
+            pause = self.interval
             try:
                 self.run_once()
+                due = self.seconds_to_next(datetime.now(UTC))
+                if due is not None:
+                    pause = min(pause, due + 0.001)
             except SQLAlchemyError as exc:
                 reason = error_reason(exc)
                 log.error("monitor: database error, retrying: %s", reason)
-            stop.wait(self.interval)
+            stop.wait(pause)
