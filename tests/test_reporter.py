@@ -198,6 +198,7 @@ def test_two_reporters_racing_for_one_version_queue_its_objects_once(node_factor
         session.execute(delete(OutboxEntry))
         session.get(StudyResult, result_id).report_status = ReportStatus.PENDING
 
+    before = stored_files(node)
     barrier = threading.Barrier(2)
     outcomes: list[object] = []
 
@@ -221,3 +222,10 @@ def test_two_reporters_racing_for_one_version_queue_its_objects_once(node_factor
     assert outcomes.count(ReportStatus.DONE) == 1, outcomes
     assert {rows(node)[i].kind for i in range(2)} == {"sr", "summary"} and len(rows(node)) == 2
     assert report_status(node, result_id) == (ReportStatus.DONE, None)
+    # The loser's objects were removed: the new files are exactly the queued ones.
+    assert stored_files(node) - before == {r.path for r in rows(node)}
+
+
+def stored_files(node) -> set[str]:  # noqa: ANN001
+    root = node.store.root
+    return {str(p.relative_to(root)) for p in root.rglob("*.dcm")}

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import pydicom
@@ -284,29 +284,33 @@ def create_reports(
     )
 
     paths: dict[str, str] = {}
-    for kind, ds in built.items():
-        relative = store.relative_path(
-            study.study_instance_uid, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
-        )
-        store.write(relative, to_bytes(ds))
-        paths[kind] = relative
-    entries = [
-        OutboxEntry(
-            study_result_id=result.id,
-            destination=target.name,
-            ae_title=target.ae_title,
-            host=target.host,
-            port=target.port,
-            kind=kind,
-            sop_instance_uid=str(built[kind].SOPInstanceUID),
-            path=paths[kind],
-        )
-        for target in targets
-        for kind in KINDS
-        if kind in target.objects and kind in built
-    ]
-    session.add_all(entries)
-    session.flush()
+    try:
+        for kind, ds in built.items():
+            relative = store.relative_path(
+                study.study_instance_uid, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+            )
+            store.write(relative, to_bytes(ds))
+            paths[kind] = relative
+        entries = [
+            OutboxEntry(
+                study_result_id=result.id,
+                destination=target.name,
+                ae_title=target.ae_title,
+                host=target.host,
+                port=target.port,
+                kind=kind,
+                sop_instance_uid=str(built[kind].SOPInstanceUID),
+                path=paths[kind],
+            )
+            for target in targets
+            for kind in KINDS
+            if kind in target.objects and kind in built
+        ]
+        session.add_all(entries)
+        session.flush()
+    except BaseException:
+        forget(store, paths.values())  # a retry builds new objects: leave no orphan files
+        raise
     log.info(
         "study %s v%d: built %s; %d outbox entries for %d target(s)",
         tag,
@@ -329,6 +333,15 @@ RETRY_MAX_SECONDS = 300.0
 
 class _Taken(Exception):
     """Another node marked the version first; roll back what this one built."""
+
+
+def forget(store: Store, paths: Iterable[str]) -> None:
+    """Remove report files that no outbox row will point at."""
+    for path in set(paths):
+        try:
+            store.remove(path)
+        except (OSError, ValueError) as exc:
+            log.warning("could not remove an unused report file: %s", type(exc).__name__)
 
 
 def mark(session: Session, result_id: int, status: ReportStatus, error: str | None = None) -> bool:
@@ -366,6 +379,7 @@ def report_result(
     Raises :class:`StoreError`, ``OSError`` or ``SQLAlchemyError`` for a passing failure: the
     version stays pending and is tried again.
     """
+    written: list[str] = []  # report files of this attempt: removed unless it commits
     try:
         with sessions.begin() as session:
             # On PostgreSQL the row stays locked while the objects are built, and another node
@@ -389,17 +403,22 @@ def report_result(
                     result.study.result_version,
                 )
                 return ReportStatus.SUPERSEDED
-            create_reports(session, store, settings, checkpoint, result_id)
+            entries = create_reports(session, store, settings, checkpoint, result_id)
+            written = [e.path for e in entries]
             if not mark(session, result_id, ReportStatus.DONE):
                 raise _Taken
-            return ReportStatus.DONE
+        return ReportStatus.DONE
     except _Taken:
+        forget(store, written)
         return None
     except (StoreError, OSError, SQLAlchemyError):
+        forget(store, written)
         raise
     except (IchnodeError, ValueError) as exc:
+        forget(store, written)
         reason = str(exc)
     except Exception as exc:  # noqa: BLE001 - a bug must not retry forever
+        forget(store, written)
         log.exception("report objects of study result %d: unexpected error", result_id)
         reason = f"unexpected error: {type(exc).__name__}: {exc}"
     with sessions.begin() as session:
