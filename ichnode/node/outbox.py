@@ -29,7 +29,7 @@ from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -68,6 +68,11 @@ POLL_SECONDS = 1.0
 ECHO_TIMEOUT = 10.0
 #: Destinations sent to at the same time (one association each).
 PARALLEL_DESTINATIONS = 8
+
+
+def _not_to(query: Select, skip: set[str] | None) -> Select:
+    """``query`` without the entries of the destinations in ``skip`` (those busy sending)."""
+    return query.where(OutboxEntry.destination.not_in(sorted(skip))) if skip else query
 
 
 class DeliveryError(IchnodeError):
@@ -227,9 +232,7 @@ class Outbox:
                 .order_by(OutboxEntry.next_attempt_at, OutboxEntry.id)
                 .limit(BATCH)
             )
-            if skip:
-                query = query.where(OutboxEntry.destination.not_in(sorted(skip)))
-            due = session.scalars(query).all()
+            due = session.scalars(_not_to(query, skip)).all()
             for e in due:
                 taken = session.execute(
                     update(OutboxEntry)
@@ -350,10 +353,8 @@ class Outbox:
         query = select(func.min(OutboxEntry.next_attempt_at)).where(
             OutboxEntry.status == DeliveryStatus.PENDING
         )
-        if skip:
-            query = query.where(OutboxEntry.destination.not_in(sorted(skip)))
         with self.sessions() as session:
-            first = session.scalar(query)
+            first = session.scalar(_not_to(query, skip))
         return None if first is None else max(0.0, (first - now).total_seconds())
 
     def run(self, stop: threading.Event) -> None:

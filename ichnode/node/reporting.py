@@ -380,6 +380,7 @@ def report_result(
     version stays pending and is tried again.
     """
     written: list[str] = []  # report files of this attempt: removed unless it commits
+    committed = False
     try:
         with sessions.begin() as session:
             # On PostgreSQL the row stays locked while the objects are built, and another node
@@ -407,20 +408,20 @@ def report_result(
             written = [e.path for e in entries]
             if not mark(session, result_id, ReportStatus.DONE):
                 raise _Taken
+        committed = True
         return ReportStatus.DONE
     except _Taken:
-        forget(store, written)
         return None
     except (StoreError, OSError, SQLAlchemyError):
-        forget(store, written)
         raise
     except (IchnodeError, ValueError) as exc:
-        forget(store, written)
         reason = str(exc)
     except Exception as exc:  # noqa: BLE001 - a bug must not retry forever
-        forget(store, written)
         log.exception("report objects of study result %d: unexpected error", result_id)
         reason = f"unexpected error: {type(exc).__name__}: {exc}"
+    finally:
+        if not committed:
+            forget(store, written)
     with sessions.begin() as session:
         if not mark(session, result_id, ReportStatus.FAILED, reason):
             return None
@@ -445,7 +446,7 @@ class Reporter:
         self.checkpoint = checkpoint
         self.on_done = on_done or (lambda result_id, status: None)
         self.wake = threading.Event()
-        #: result id -> (monotonic time it may be tried again, current delay)
+        #: result id -> (monotonic time it may be tried again, the delay that led there)
         self._retry: dict[int, tuple[float, float]] = {}
 
     def run_once(self) -> int:
@@ -455,7 +456,7 @@ class Reporter:
         now = time.monotonic()
         handled = 0
         for result_id in pending:
-            due, delay = self._retry.get(result_id, (0.0, RETRY_SECONDS / 2))
+            due, last_delay = self._retry.get(result_id, (0.0, 0.0))
             if due > now:
                 continue
             try:
@@ -463,7 +464,7 @@ class Reporter:
                     self.sessions, self.store, self.settings, self.checkpoint, result_id
                 )
             except (StoreError, OSError, SQLAlchemyError) as exc:
-                delay = min(2 * delay, RETRY_MAX_SECONDS)
+                delay = min(2 * last_delay, RETRY_MAX_SECONDS) if last_delay else RETRY_SECONDS
                 self._retry[result_id] = (time.monotonic() + delay, delay)
                 reason = error_reason(exc) if isinstance(exc, SQLAlchemyError) else str(exc)
                 log.error(

@@ -534,9 +534,8 @@ class StorageSCP:
                         self._count(event, "failed")
                         return OUT_OF_RESOURCES
                     relative = self.store.relative_path(study_uid, series_uid, sop_uid)
-                    header = PREAMBLE + encode_file_meta(
-                        ds.file_meta
-                    )  # built once, in handle_store
+                    # ds.file_meta: pynetdicom builds a new one on every event.file_meta read
+                    header = PREAMBLE + encode_file_meta(ds.file_meta)
                     received.size_bytes = self.store.write(relative, [header, stream])
                     received.path = relative
                 try:

@@ -196,7 +196,7 @@ def build_summary(
         "Key slice in brain window 40/80 with automated ICH triage results burned in"
         + (
             f" and Grad-CAM saliency overlay for {DISPLAY_NAMES[saliency_label].lower()}"
-            if saliency is not None and saliency_label
+            if saliency is not None  # saliency_label is set (checked above) whenever it is
             else ""
         )
     )[:1024]
