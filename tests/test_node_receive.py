@@ -178,6 +178,11 @@ def test_ct_without_pixel_data_is_refused(node_factory):
     del ds.PixelData
     assert send(node.settings.port, [ds]) == [DATASET_DOES_NOT_MATCH]
     assert _instances(node) == []
+    # A Pixel Data element that is present but empty (found by test_hostile_property).
+    empty = study(1, size=32)[0]
+    empty.PixelData = b""
+    assert send(node.settings.port, [empty]) == [DATASET_DOES_NOT_MATCH]
+    assert _instances(node) == []
 
 
 def test_undecodable_pixels_are_stored_then_failed_with_a_reason(node_factory):

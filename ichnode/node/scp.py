@@ -593,7 +593,8 @@ def _address_in(address: str, networks: list[str]) -> bool:
 
 def pixel_problem(ds: Dataset, transfer_syntax: str) -> str | None:
     """Why a CT dataset's pixel data cannot be right, checked from the header (no decoding)."""
-    if "PixelData" not in ds:
+    pixels = ds.get("PixelData")  # None when absent or present with no value
+    if not pixels:
         return "no pixel data"
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
@@ -609,7 +610,7 @@ def pixel_problem(ds: Dataset, transfer_syntax: str) -> str | None:
     if UID(transfer_syntax).is_compressed:
         return None  # the length of a compressed stream says nothing; the worker decodes it
     expected = rows * cols * samples * frames * bits // 8
-    actual = len(ds.PixelData)
+    actual = len(pixels)
     if actual < expected:
         return f"pixel data has {actual} bytes, Rows x Columns needs {expected}"
     return None
