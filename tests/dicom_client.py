@@ -21,7 +21,12 @@ def send(
     calling_ae: str = "TESTSCU",
     host: str = "127.0.0.1",
 ) -> list[int]:
-    """C-STORE every dataset on one association; returns the status of each (-1: no answer)."""
+    """C-STORE every dataset on one association; returns the status of each (-1: no answer).
+
+    Nothing to send opens no association and returns ``[]``.
+    """
+    if not datasets:
+        return []
     ae = AE(ae_title=calling_ae)
     pairs = sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets})
     for sop_class, ts in pairs:
