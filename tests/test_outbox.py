@@ -227,6 +227,26 @@ def test_a_claimed_entry_is_not_claimed_by_a_second_sender(session_factory, tmp_
     assert Outbox(session_factory, store, s).claim(now) == []
 
 
+def test_a_send_cancelled_at_shutdown_releases_its_claim(session_factory, tmp_path, monkeypatch):
+    # Found in CI: entries claimed just before a stop kept their 10-minute claim, so the
+    # restarted node did not send them. A cancelled send is no attempt and is due at once.
+    monkeypatch.setattr(outbox_module, "PARALLEL_DESTINATIONS", 1)
+    s = settings(tmp_path)
+    store = Store(s.store)
+    [entry_id] = queue_entries(session_factory, store, free_port())
+    outbox = Outbox(session_factory, store, s)
+    gate = threading.Event()
+    outbox._pool.submit(gate.wait)  # the only send thread is taken: the next send waits
+    claimed, [future] = outbox.dispatch()
+    assert claimed == 1 and Outbox(session_factory, store, s).claim(utcnow()) == []
+    outbox._pool.shutdown(wait=False, cancel_futures=True)
+    gate.set()
+    assert future.cancelled() and outbox.busy() == set()
+    assert entry(session_factory, entry_id).attempts == 0
+    again = Outbox(session_factory, store, s).claim(utcnow())
+    assert [c.id for c in again] == [entry_id]
+
+
 def test_missing_file_is_an_attempt_with_an_error(session_factory, tmp_path):
     s = settings(tmp_path)
     store = Store(s.store)

@@ -10,7 +10,8 @@ destination -- each destination in its own thread, so one that hangs until
 ``network_timeout`` holds up no other; a destination still busy is skipped until its send
 ends -- record a :class:`DeliveryAttempt` per entry and attempt, then mark each SENT
 (Success or a warning status), or due again after ``delivery_backoff_seconds * 2**(n-1)``
-(``n``: attempts so far), or FAILED once ``delivery_max_attempts`` is reached.
+(``n``: attempts so far), or FAILED once ``delivery_max_attempts`` is reached. A send still
+waiting for a thread when the node stops is cancelled and its entries are released at once.
 """
 
 from __future__ import annotations
@@ -305,9 +306,25 @@ class Outbox:
             f"; {'; '.join(sorted(e for e in errors if e))}" if errors else "",
         )
 
-    def _finish(self, destination: str, future: Future[None]) -> None:
+    def release(self, entry_ids: list[int]) -> None:
+        """Make claimed entries due now again (their send was cancelled before it began)."""
+        with self.sessions.begin() as session:
+            session.execute(
+                update(OutboxEntry)
+                .where(OutboxEntry.id.in_(entry_ids), OutboxEntry.status == DeliveryStatus.PENDING)
+                .values(next_attempt_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+
+    def _finish(self, destination: str, entry_ids: list[int], future: Future[None]) -> None:
         with self._lock:
             self._busy.discard(destination)
+        if future.cancelled():  # shut down before the send began: not a failed attempt
+            try:
+                self.release(entry_ids)
+            except SQLAlchemyError as exc:  # they become due when their claim lapses
+                log.error("outbox: could not release unsent entries: %s", error_reason(exc))
+            return
         exc = future.exception()
         if isinstance(exc, SQLAlchemyError):
             log.error(
@@ -333,7 +350,8 @@ class Outbox:
             with self._lock:
                 self._busy.add(target[0])
             future = self._pool.submit(self.send_group, target, entries, clock)
-            future.add_done_callback(lambda f, name=target[0]: self._finish(name, f))
+            ids = [c.id for c in entries]
+            future.add_done_callback(lambda f, name=target[0], ids=ids: self._finish(name, ids, f))
             futures.append(future)
         return len(claimed), futures
 
