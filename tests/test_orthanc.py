@@ -85,7 +85,9 @@ def sr_findings(sr: pydicom.Dataset) -> dict[str, tuple[float, bool]]:
                 call = next(
                     i
                     for i in group
-                    if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeValue != FINDING
+                    if i.ValueType == "CODE"
+                    and i.ConceptNameCodeSequence[0].CodeValue
+                    == finding.ConceptCodeSequence[0].CodeValue
                 )
                 present = call.ConceptCodeSequence[0].CodeValue == PRESENT
                 out[name] = (float(num.MeasuredValueSequence[0].NumericValue), present)

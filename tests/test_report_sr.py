@@ -6,6 +6,7 @@ import copy
 import subprocess
 
 import pytest
+from pydicom.sr._concepts_dict import concepts
 from pydicom.sr.codedict import codes
 from test_report_fixtures import (
     DSRDUMP,
@@ -18,7 +19,7 @@ from test_report_fixtures import (
 )
 
 from ichnode.report import DISCLAIMER, ReportError, build_sr, device_uid
-from ichnode.report.sr import COMPREHENSIVE_SR, SR_SERIES_DESCRIPTION
+from ichnode.report.sr import COMPREHENSIVE_SR, FINDING_SITES, SR_SERIES_DESCRIPTION
 from ichnode.subtypes import DISPLAY_NAMES, SNOMED_CT, SUBTYPES
 
 COPIED = (
@@ -104,6 +105,27 @@ def test_dsrdump_renders_every_finding_with_its_probability_and_call(sr, finding
         assert f'NUM:(,,"Probability")="{findings.probabilities[name]:g}"' in text
     assert DISCLAIMER in text
     assert f"sha256={findings.model_sha256}" in text
+
+
+def test_every_finding_names_its_site_with_a_dicom_code(sr, tmp_path):
+    text = _dump(sr, tmp_path)
+    groups = text.split('CONTAINER:(,,"Measurement Group")')[1:]
+    assert len(groups) == len(SUBTYPES)
+    expected = {
+        "epidural": ("1101003", "Intracranial"),
+        "intraparenchymal": ("12738006", "Brain"),
+        "intraventricular": ("35764002", "Brain ventricle"),
+        "subarachnoid": ("33930006", "Cranial Subarachnoid Space"),
+        "subdural": ("1101003", "Intracranial"),
+        "any": ("1101003", "Intracranial"),
+    }
+    for name, group in zip(SUBTYPES, groups, strict=True):
+        assert DISPLAY_NAMES[name] in group
+        code, meaning = expected[name]
+        assert f'<has concept mod CODE:(,,"Finding Site")=({code},SCT,"{meaning}")>' in group
+    for code in FINDING_SITES.values():  # each is in DICOM PS3.16 (pydicom's copy of it)
+        assert code.scheme_designator == "SCT"
+        assert any(code.value in by_code for by_code in concepts["SCT"].values())
 
 
 def test_sr_observer_is_the_device_with_a_stable_uid(sources, findings, tmp_path):

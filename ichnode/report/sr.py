@@ -1,10 +1,11 @@
 """The Structured Report: a TID 1500 Measurement Report in a Comprehensive SR document.
 
-One image-level measurement group (TID 1501) per label: the probability as a NUM, the
-Present/Absent call as a qualitative evaluation, the algorithm (TID 4019) with the model name,
-architecture, weights hash and threshold as parameters, and the key slice as source image. The
-observer is the node itself (a device with a UID derived from its name). Patient and study
-attributes are copied from the sources so the report files into the same study.
+One image-level measurement group (TID 1501) per label: the finding and its finding site, the
+probability as a NUM, the Present/Absent call as a qualitative evaluation, the algorithm
+(TID 4019) with the model name, architecture, weights hash and threshold as parameters, and
+the key slice as source image. The observer is the node itself (a device with a UID derived
+from its name). Patient and study attributes are copied from the sources so the report files
+into the same study.
 
 Comprehensive SR rather than Enhanced SR or Comprehensive 3D SR: see docs/report.md.
 """
@@ -24,7 +25,17 @@ from pydicom.uid import UID
 
 from ichnode.report.findings import ReportError, StudyFindings, check_uid
 from ichnode.store import uid_hash
-from ichnode.subtypes import DISPLAY_NAMES, SNOMED_CT, SUBTYPES
+from ichnode.subtypes import (
+    ANY,
+    DISPLAY_NAMES,
+    EPIDURAL,
+    INTRAPARENCHYMAL,
+    INTRAVENTRICULAR,
+    SNOMED_CT,
+    SUBARACHNOID,
+    SUBDURAL,
+    SUBTYPES,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +77,19 @@ PROBABILITY = codes.DCM.Probability  # 122157, DCM
 FINDING = codes.DCM.Finding  # 121071, DCM
 COMMENT = codes.DCM.Comment  # 121106, DCM
 DEVICE = codes.DCM.Device  # 121007, DCM (CID 270 observer type)
+#: Where each label lies (TID 1501 "Finding Site"): SNOMED CT body structures from pydicom's
+#: copy of the DICOM PS3.16 concept list, so each is a code DICOM itself uses. This also
+#: anchors the labels that have no confirmed SNOMED CT finding code. PS3.16 lists no epidural
+#: (extradural) or subdural space, so those two say only "Intracranial" rather than borrow a
+#: neighbouring structure such as the dura mater.
+FINDING_SITES = {
+    EPIDURAL: codes.SCT.Intracranial,  # 1101003 (CID 4, 7151)
+    INTRAPARENCHYMAL: codes.SCT.Brain,  # 12738006 (CID 4, 7151)
+    INTRAVENTRICULAR: codes.SCT.BrainVentricle,  # 35764002 (CID 7151)
+    SUBARACHNOID: codes.SCT.CranialSubarachnoidSpace,  # 33930006 (CID 7140)
+    SUBDURAL: codes.SCT.Intracranial,
+    ANY: codes.SCT.Intracranial,
+}
 #: TID 1500 row "Qualitative Evaluations" container.
 QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 #: UCUM annotation for a dimensionless probability in [0, 1].
@@ -182,6 +206,7 @@ def _measurement_group(
         ),
         finding_type=concept,
         algorithm_id=algorithm,
+        finding_sites=[hd.sr.FindingSite(FINDING_SITES[subtype])],
         measurements=[probability],
         qualitative_evaluations=[call],
         source_images=[
