@@ -104,9 +104,9 @@ class TLSSettings(_Section):
     key: Path | None = None
     ca: Path | None = None
     require_client_cert: bool = False
-    #: PEM certificate revocation list(s) of ``ca``, read at start: a revoked client
-    #: certificate is refused. OpenSSL refuses every client once the CRL is past its next
-    #: update, so renew the file and restart before then.
+    #: PEM certificate revocation list(s) of ``ca``: a revoked client certificate is refused.
+    #: Reloaded when the file changes (as are cert, key and ca). OpenSSL refuses every client
+    #: once the CRL is past its next update, so put a new one in place before then.
     crl: Path | None = None
 
 

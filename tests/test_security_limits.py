@@ -139,6 +139,25 @@ def test_peer_that_connects_and_sends_nothing_is_dropped_after_network_timeout(n
         assert sock.recv(1024) == b""  # the node closed the connection
         assert time.monotonic() - started < 10
     assert echo(node.settings.port) == SUCCESS
+    assert "no association request (nothing sent within 1 s)" in wait_for(lambda: _outcomes(node))
+
+
+def test_connections_that_close_unused_take_no_association_slot(node_factory):
+    # A load balancer's TCP health check, or a port scan: connect, then close. pynetdicom
+    # kept each one as an association for network_timeout (60 s here), so a dozen of them
+    # refused every sender for a minute as "too many associations".
+    node = node_factory(max_associations=2, network_timeout=60.0)
+    port = node.settings.port
+    for _ in range(6):
+        socket.create_connection(("127.0.0.1", port)).close()
+    started = time.monotonic()
+    assert echo(port) == SUCCESS
+    assert send(port, study(2, size=32)) == [SUCCESS, SUCCESS]
+    assert time.monotonic() - started < 30  # not after the probes' network_timeout
+    probes = wait_for(
+        lambda: [o for o in _outcomes(node) if o.startswith("no association request")] or None
+    )
+    assert probes[0] == "no association request (closed without sending anything)"
 
 
 def test_peer_that_sends_half_a_pdu_is_dropped(node_factory):

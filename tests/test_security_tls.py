@@ -6,10 +6,13 @@ The backend does not matter here: the tests run on SQLite only.
 
 from __future__ import annotations
 
+import os
+import socket
 import ssl
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from dicom_client import send
@@ -63,6 +66,18 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         revocation_list([revoked], "ichnode test CA", ca_key).public_bytes(
             serialization.Encoding.PEM
         )
+    )
+    # The CA's CRL before it revoked anything, and a renewed server certificate and key.
+    files["crl_empty"] = folder / "ca-empty.crl"
+    files["crl_empty"].write_bytes(
+        revocation_list([], "ichnode test CA", ca_key).public_bytes(serialization.Encoding.PEM)
+    )
+    renewed_key = _key()
+    files["renewed_crt"], files["renewed_key"] = write_pem(
+        folder,
+        "renewed",
+        certificate("localhost", renewed_key, "ichnode test CA", ca_key, ca=False),
+        renewed_key,
     )
     return files
 
@@ -168,6 +183,67 @@ def test_a_revoked_client_certificate_is_refused_when_a_crl_is_set(node_factory,
     assert _tls_echo(plain.settings.port, _client_context(pki, cert="revoked"))
 
 
+def _replace(target: Path, source: Path) -> None:
+    """Put ``source``'s bytes at ``target`` the way an operator should: write, then rename."""
+    staged = target.with_suffix(".new")
+    staged.write_bytes(source.read_bytes())
+    os.replace(staged, target)
+
+
+def _server_serial(port: int, pki: dict[str, Path]) -> int:
+    """Serial number of the certificate the node presents (TLS handshake only)."""
+    ctx = _client_context(pki)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+        der = tls.getpeercert(binary_form=True)
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_a_crl_published_while_running_refuses_without_a_restart(
+    node_factory, pki, tmp_path, caplog
+):
+    crl = tmp_path / "ca.crl"
+    _replace(crl, pki["crl_empty"])
+    tls = {
+        "enabled": True,
+        "cert": pki["server_crt"],
+        "key": pki["server_key"],
+        "ca": pki["ca"],
+        "require_client_cert": True,
+        "crl": crl,
+    }
+    node = node_factory(tls=tls)
+    port = node.settings.port
+    assert _tls_echo(port, _client_context(pki, cert="revoked"))  # not revoked yet
+    _replace(crl, pki["crl"])
+    assert wait_for(lambda: not _tls_echo(port, _client_context(pki, cert="revoked")), 10, 0.3)
+    assert _tls_echo(port, _client_context(pki))
+    # A broken CRL file is reported once; the node keeps the last good one (still refusing).
+    crl.write_text("not a CRL")
+    refused = lambda: not _tls_echo(port, _client_context(pki, cert="revoked"))  # noqa: E731
+    assert wait_for(lambda: refused() and "changed files not loaded" in caplog.text, 10, 0.3)
+    assert not _tls_echo(port, _client_context(pki, cert="revoked"))
+    assert _tls_echo(port, _client_context(pki))
+    assert caplog.text.count("changed files not loaded") == 1
+
+
+def test_a_renewed_server_certificate_is_served_without_a_restart(node_factory, pki, tmp_path):
+    crt, key = tmp_path / "server.crt", tmp_path / "server.key"
+    _replace(crt, pki["server_crt"])
+    _replace(key, pki["server_key"])
+    node = node_factory(
+        tls={"enabled": True, "cert": crt, "key": key, "ca": pki["ca"], "require_client_cert": True}
+    )
+    port = node.settings.port
+    old = x509.load_pem_x509_certificate(pki["server_crt"].read_bytes()).serial_number
+    new = x509.load_pem_x509_certificate(pki["renewed_crt"].read_bytes()).serial_number
+    assert _server_serial(port, pki) == old
+    _replace(key, pki["renewed_key"])
+    _replace(crt, pki["renewed_crt"])
+    assert wait_for(lambda: _server_serial(port, pki) == new, 10, 0.3)
+    assert _tls_echo(port, _client_context(pki))
+
+
 def test_an_unreadable_crl_is_a_one_line_start_error(node_factory, pki, tmp_path):
     bad = tmp_path / "bad.crl"
     bad.write_text("not a CRL")
@@ -222,8 +298,21 @@ def test_plain_send_still_works_without_tls(node_factory):
     assert send(node.settings.port, study(1, size=32)) == [SUCCESS]
 
 
-def test_silent_peer_on_the_tls_port_does_not_block_other_clients(node_factory, pki):
-    import socket
+def test_tls_handshakes_without_a_request_take_no_association_slot(node_factory, pki):
+    # A TLS health check: handshake, then close. It used to hold a slot for network_timeout.
+    node = node_factory(
+        max_associations=2,
+        tls={
+            "enabled": True,
+            "cert": pki["server_crt"],
+            "key": pki["server_key"],
+            "ca": pki["ca"],
+            "require_client_cert": True,
+        },
+    )
+    for _ in range(6):
+        _server_serial(node.settings.port, pki)
+    assert _tls_echo(node.settings.port, _client_context(pki))
 
     node = _tls_node(node_factory, pki)
     with socket.create_connection(("127.0.0.1", node.settings.port)):  # no ClientHello

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import select
 import socket
 import ssl
 import threading
@@ -49,6 +50,7 @@ from ichnode.db.engine import error_reason
 from ichnode.db.models import InstanceStatus
 from ichnode.imaging import CT_SOP_CLASSES, MAX_PIXELS
 from ichnode.node.selection import SelectionRules, geometry
+from ichnode.node.tls import ReloadingContext
 from ichnode.store import Store, StoreError, uid_hash, valid_uid
 
 log = logging.getLogger(__name__)
@@ -135,22 +137,30 @@ class _AssocStats:
 
 
 class GuardedServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with two guards against peers that stall.
+    """pynetdicom's threaded server with guards against peers that stall or just probe.
 
     pynetdicom leaves accepted sockets blocking without a timeout, so a peer that sends half a
-    PDU holds its thread and an association slot forever; and it runs the TLS handshake in the
-    accept loop, so one silent peer on a TLS port blocks every later connection. Here every
-    accepted socket gets ``io_timeout`` (the network timeout), and the handshake runs in the
-    connection's own thread. A failed handshake is reported to ``on_handshake_failed``
-    (address, reason), for the audit trail.
+    PDU holds its thread and an association slot forever; it runs the TLS handshake in the
+    accept loop, so one silent peer on a TLS port blocks every later connection; and it gives
+    a connection an association slot before it has asked for anything. Here every accepted
+    socket gets ``io_timeout`` (the network timeout), the handshake runs in the connection's
+    own thread, and the connection becomes an association only once the peer has sent
+    something. A failed handshake and a connection that sent nothing are reported to
+    ``on_handshake_failed`` / ``on_no_request`` (address, reason), for the audit trail. With
+    ``tls`` set, each connection gets its current context (the files may have been renewed
+    since the start).
     """
 
     io_timeout: float = 60.0
     on_handshake_failed: Callable[[object, str], None] | None = None
+    on_no_request: Callable[[object, str], None] | None = None
+    tls: ReloadingContext | None = None
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = self.socket.accept()
         client.settimeout(self.io_timeout)
+        if self.tls is not None:
+            self.ssl_context = self.tls.current()
         if self.ssl_context:
             client = self.ssl_context.wrap_socket(
                 client, server_side=True, do_handshake_on_connect=False
@@ -168,7 +178,35 @@ class GuardedServer(ThreadedAssociationServer):
                 if self.on_handshake_failed is not None:
                     self.on_handshake_failed(client_address, reason)
                 return
+        silent = self._no_request(request)
+        if silent is not None:
+            log.info("connection from %s dropped: %s", client_address, silent)
+            self.shutdown_request(request)
+            if self.on_no_request is not None:
+                self.on_no_request(client_address, silent)
+            return
         super().process_request_thread(request, client_address)
+
+    def _no_request(self, request: socket.socket) -> str | None:
+        """Wait for the peer's first bytes; None once they came, else why to drop it.
+
+        pynetdicom's association waits ``acse_timeout`` for an A-ASSOCIATE-RQ even after the
+        peer has gone, holding an association slot; so a few port probes (a load balancer's
+        TCP health check) could refuse every sender for that long. Here a connection takes a
+        slot only once it has sent something. Under TLS the raw socket is peeked: a peer that
+        closes sends no TLS record, only the end of the stream.
+        """
+        timeout = self.ae.acse_timeout
+        if isinstance(request, ssl.SSLSocket) and request.pending():
+            return None
+        try:
+            readable, _, _ = select.select([request], [], [], timeout)
+            if not readable:
+                return f"nothing sent within {timeout:g} s"
+            first = socket.socket.recv(request, 1, socket.MSG_PEEK)
+        except OSError as exc:
+            return f"connection error ({exc})"
+        return None if first else "closed without sending anything"
 
 
 class StorageSCP:
@@ -265,18 +303,24 @@ class StorageSCP:
             if sock is not None:
                 sock.close()
 
-    def start(self, ssl_context: ssl.SSLContext | None = None) -> GuardedServer:
-        """Start listening in background threads; returns the (pynetdicom) server."""
+    def start(self, tls: ReloadingContext | ssl.SSLContext | None = None) -> GuardedServer:
+        """Start listening in background threads; returns the (pynetdicom) server.
+
+        ``tls``: a fixed context, or a :class:`ReloadingContext` that follows its files.
+        """
         s = self.settings
         ae = self.build_ae()
+        reloading = tls if isinstance(tls, ReloadingContext) else None
         server = ae.make_server(
             (s.bind, s.port),
             evt_handlers=self.handlers(),
-            ssl_context=ssl_context,
+            ssl_context=reloading.current() if reloading else tls,
             server_class=GuardedServer,
         )
+        server.tls = reloading
         server.io_timeout = s.network_timeout
         server.on_handshake_failed = self._on_tls_failed
+        server.on_no_request = self._on_no_request
         ae._servers.append(server)  # what AE.start_server does; server.shutdown() removes it
         threading.Thread(target=server.serve_forever, name="scp-accept", daemon=True).start()
         self.server = server
@@ -367,6 +411,13 @@ class StorageSCP:
             stats.called_ae,
             stats.address,
         )
+
+    def _on_no_request(self, address: object, reason: str) -> None:
+        """An audit row for a connection that sent no association request (a probe, a scan)."""
+        host, port = address if isinstance(address, tuple) else ("?", None)
+        stats = _AssocStats(str(host), port, outcome=f"no association request ({reason})")
+        stats.closed = True
+        self._audit(audit.close_association, stats)
 
     def _on_tls_failed(self, address: object, reason: str) -> None:
         """An audit row for a connection whose TLS handshake failed (no association exists)."""

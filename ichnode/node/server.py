@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 import signal
 import socket
-import ssl
 import sys
 import threading
 from collections.abc import Callable
 
 import torch
 
-from ichnode.config import Settings, TLSSettings
+from ichnode.config import Settings
 from ichnode.db import queue
 from ichnode.db.session import display_url, open_database
 from ichnode.errors import ConfigError
@@ -22,39 +21,11 @@ from ichnode.node.monitor import Monitor, ResultPolicy
 from ichnode.node.outbox import Outbox
 from ichnode.node.reporting import Reporter
 from ichnode.node.scp import StorageSCP
+from ichnode.node.tls import ReloadingContext
 from ichnode.node.worker import Worker
 from ichnode.store import Store
 
 log = logging.getLogger(__name__)
-
-
-def tls_context(tls: TLSSettings) -> ssl.SSLContext | None:
-    """The server-side TLS context of the listening port, or None when TLS is off."""
-    if not tls.enabled:
-        return None
-    if not tls.cert or not tls.key:
-        raise ConfigError("invalid setting tls: enabled needs tls.cert and tls.key")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        ctx.load_cert_chain(str(tls.cert), str(tls.key))
-        if tls.ca:
-            ctx.load_verify_locations(str(tls.ca))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"invalid setting tls: cannot load certificate or key: {exc}") from None
-    if tls.require_client_cert:
-        if not tls.ca:
-            raise ConfigError("invalid setting tls: require_client_cert needs tls.ca")
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    if tls.crl:
-        if not tls.ca:
-            raise ConfigError("invalid setting tls: crl needs tls.ca")
-        try:
-            ctx.load_verify_locations(str(tls.crl))
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"invalid setting tls: cannot load the CRL: {exc}") from None
-        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
-    return ctx
 
 
 class Node:
@@ -85,7 +56,7 @@ class Node:
         self.predictor = Predictor(s.model, s.device, amp=s.amp)
         # Grad-CAM hooks and toggles the model: the reports get their own copy, on the CPU.
         self.report_checkpoint = load_checkpoint(s.model or demo_model_path(), "cpu")
-        ssl_context = tls_context(s.tls)
+        tls = ReloadingContext(s.tls) if s.tls.enabled else None
         with self.sessions.begin() as session:
             for wid in self.worker_ids():
                 released = queue.release(session, wid)
@@ -120,7 +91,7 @@ class Node:
         self._spawn(self.monitor.run, "monitor")
         self.scp = StorageSCP(s, self.store, self.sessions, on_stored=self.wake.set)
         try:
-            self.scp.start(ssl_context)
+            self.scp.start(tls)
         except OSError as exc:
             self.stop()
             raise ConfigError(
@@ -128,7 +99,7 @@ class Node:
             ) from None
         ready = (
             f"ichnode ready: AE {s.ae_title} on {s.bind}:{s.port}"
-            f"{' (TLS)' if ssl_context else ''}, "
+            f"{' (TLS)' if tls else ''}, "
             f"database {display_url(s.db_url)}, model {self.predictor.model_id} "
             f"on {self.predictor.device}, {s.workers} worker(s)"
         )
