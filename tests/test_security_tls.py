@@ -82,16 +82,20 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return files
 
 
-def _tls_node(node_factory, pki: dict[str, Path], require_client_cert: bool = True):  # noqa: ANN001, ANN202
-    return node_factory(
-        tls={
-            "enabled": True,
-            "cert": pki["server_crt"],
-            "key": pki["server_key"],
-            "ca": pki["ca"],
-            "require_client_cert": require_client_cert,
-        }
-    )
+def _tls(pki: dict[str, Path], **overrides: object) -> dict[str, object]:
+    """``[tls]`` settings: our server certificate, client certificates required."""
+    tls = {
+        "enabled": True,
+        "cert": pki["server_crt"],
+        "key": pki["server_key"],
+        "ca": pki["ca"],
+        "require_client_cert": True,
+    }
+    return tls | overrides
+
+
+def _tls_node(node_factory, pki: dict[str, Path], require_client_cert: bool = True, **settings):  # noqa: ANN001, ANN003, ANN202
+    return node_factory(tls=_tls(pki, require_client_cert=require_client_cert), **settings)
 
 
 def _client_context(pki: dict[str, Path], cert: str | None = "client") -> ssl.SSLContext:
@@ -166,16 +170,7 @@ def test_client_certificate_from_another_ca_is_refused(node_factory, pki):
 
 
 def test_a_revoked_client_certificate_is_refused_when_a_crl_is_set(node_factory, pki):
-    node = node_factory(
-        tls={
-            "enabled": True,
-            "cert": pki["server_crt"],
-            "key": pki["server_key"],
-            "ca": pki["ca"],
-            "require_client_cert": True,
-            "crl": pki["crl"],
-        }
-    )
+    node = node_factory(tls=_tls(pki, crl=pki["crl"]))
     assert not _tls_echo(node.settings.port, _client_context(pki, cert="revoked"))
     assert _tls_echo(node.settings.port, _client_context(pki))  # not revoked: served
     # Without the CRL the same revoked certificate would pass: the CRL is what refused it.
@@ -204,15 +199,7 @@ def test_a_crl_published_while_running_refuses_without_a_restart(
 ):
     crl = tmp_path / "ca.crl"
     _replace(crl, pki["crl_empty"])
-    tls = {
-        "enabled": True,
-        "cert": pki["server_crt"],
-        "key": pki["server_key"],
-        "ca": pki["ca"],
-        "require_client_cert": True,
-        "crl": crl,
-    }
-    node = node_factory(tls=tls)
+    node = node_factory(tls=_tls(pki, crl=crl))
     port = node.settings.port
     assert _tls_echo(port, _client_context(pki, cert="revoked"))  # not revoked yet
     _replace(crl, pki["crl"])
@@ -231,9 +218,7 @@ def test_a_renewed_server_certificate_is_served_without_a_restart(node_factory, 
     crt, key = tmp_path / "server.crt", tmp_path / "server.key"
     _replace(crt, pki["server_crt"])
     _replace(key, pki["server_key"])
-    node = node_factory(
-        tls={"enabled": True, "cert": crt, "key": key, "ca": pki["ca"], "require_client_cert": True}
-    )
+    node = node_factory(tls=_tls(pki, cert=crt, key=key))
     port = node.settings.port
     old = x509.load_pem_x509_certificate(pki["server_crt"].read_bytes()).serial_number
     new = x509.load_pem_x509_certificate(pki["renewed_crt"].read_bytes()).serial_number
@@ -300,20 +285,13 @@ def test_plain_send_still_works_without_tls(node_factory):
 
 def test_tls_handshakes_without_a_request_take_no_association_slot(node_factory, pki):
     # A TLS health check: handshake, then close. It used to hold a slot for network_timeout.
-    node = node_factory(
-        max_associations=2,
-        tls={
-            "enabled": True,
-            "cert": pki["server_crt"],
-            "key": pki["server_key"],
-            "ca": pki["ca"],
-            "require_client_cert": True,
-        },
-    )
+    node = _tls_node(node_factory, pki, max_associations=2)
     for _ in range(6):
         _server_serial(node.settings.port, pki)
     assert _tls_echo(node.settings.port, _client_context(pki))
 
+
+def test_silent_peer_on_the_tls_port_does_not_block_other_clients(node_factory, pki):
     node = _tls_node(node_factory, pki)
     with socket.create_connection(("127.0.0.1", node.settings.port)):  # no ClientHello
         assert _tls_echo(node.settings.port, _client_context(pki))
