@@ -358,7 +358,7 @@ def audit(
     settings = _settings(config, db_url=db_url)
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
-    engine, sessions = open_database(settings)
+    engine, sessions = open_database(settings, create=False)
     try:
         with sessions() as session:
             typer.echo("Associations\n" + render(list_associations(session, since, limit)))

@@ -25,7 +25,7 @@ def show_results(
 ) -> None:
     from ichnode.db.session import open_database
 
-    engine, sessions = open_database(settings)
+    engine, sessions = open_database(settings, create=False)
     try:
         with sessions() as session:
             if study:

@@ -130,6 +130,25 @@ def test_db_upgrade_then_results_on_an_empty_database(tmp_path):
     assert res.returncode == 0 and json.loads(res.stdout) == []
 
 
+def test_commands_that_read_a_node_s_database_do_not_create_a_new_one(tmp_path):
+    # A mistyped path must not become a new empty database that answers "no studies".
+    url = f"sqlite:///{tmp_path / 'typo' / 'ichnode.db'}"
+    for args in (
+        ["results"],
+        ["audit"],
+        ["resend", "--study", "1.2.3", "--store", str(tmp_path)],
+        ["worker", "--exit-when-empty"],
+    ):
+        done = _run(*args, "--db-url", url)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode != 0, args
+        assert lines == [
+            f"error: no database at {tmp_path / 'typo' / 'ichnode.db'}: "
+            "'ichnode serve' or 'ichnode db upgrade' creates it (check db_url)"
+        ], args
+    assert not (tmp_path / "typo").exists()
+
+
 def test_mixed_precision_without_cuda_is_a_clear_error(tmp_path):
     done = _run("predict", str(sample_file("CT_small.dcm")), "--device", "cpu", "--amp")
     assert done.returncode != 0  # predict has no --amp: a usage error, not a traceback

@@ -12,11 +12,25 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ichnode.config import Settings
 from ichnode.db import migrate
-from ichnode.db.engine import make_engine, make_sessionmaker
+from ichnode.db.engine import make_engine, make_sessionmaker, sqlite_file
+from ichnode.errors import ConfigError
 
 
-def open_database(settings: Settings) -> tuple[Engine, sessionmaker[Session]]:
-    """The process's engine and sessionmaker, with the schema upgraded or checked."""
+def open_database(
+    settings: Settings, *, create: bool = True
+) -> tuple[Engine, sessionmaker[Session]]:
+    """The process's engine and sessionmaker, with the schema upgraded or checked.
+
+    ``create=False`` is for commands that use what a node wrote (``results``, ``audit``,
+    ``resend``, ``worker``): a SQLite file that does not exist is then an error, since a new
+    empty database at a mistyped path would answer "no studies" to "did my study arrive?".
+    """
+    path = sqlite_file(settings.db_url)
+    if not create and path is not None and not path.exists():
+        raise ConfigError(
+            f"no database at {path}: 'ichnode serve' or 'ichnode db upgrade' creates it "
+            "(check db_url)"
+        )
     engine = make_engine(settings.db_url)
     if settings.auto_upgrade:
         migrate.upgrade(engine)

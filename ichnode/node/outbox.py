@@ -533,7 +533,7 @@ def resend_study(settings: Settings, study_uid: str) -> Resent:
 
     if not Path(settings.store).is_dir():
         raise DeliveryError(f"store {settings.store} does not exist")
-    engine, sessions = open_database(settings)
+    engine, sessions = open_database(settings, create=False)
     try:
         with sessions.begin() as session:
             return resend(session, Store(settings.store), study_uid)

@@ -23,7 +23,7 @@ def run_worker(settings: Settings, exit_when_empty: bool = False) -> int:
     """Score queued instances until SIGTERM/SIGINT (or until the queue is empty)."""
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    engine, sessions = open_database(settings)
+    engine, sessions = open_database(settings, create=False)
     predictor = Predictor(settings.model, settings.device, amp=settings.amp)
     worker = Worker(
         sessions,
