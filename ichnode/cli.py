@@ -393,10 +393,15 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except Exception as exc:  # click usage errors and anything unexpected
         import click
+        from sqlalchemy.exc import DBAPIError
+
+        from ichnode.db.engine import error_reason
 
         if isinstance(exc, click.ClickException):
             exc.show()
             sys.exit(exc.exit_code)
+        if isinstance(exc, DBAPIError):  # the database is down, refuses us, or is not ours
+            _fail(f"database error: {error_reason(exc)}", exc)
         _fail(f"{type(exc).__name__}: {exc}", exc)
     # Without standalone mode click returns the code of a ``typer.Exit`` instead of raising.
     if isinstance(code, int) and code:

@@ -149,6 +149,13 @@ def test_commands_that_read_a_node_s_database_do_not_create_a_new_one(tmp_path):
     assert not (tmp_path / "typo").exists()
 
 
+def test_an_unreachable_database_is_a_one_line_error():
+    done = _run("db", "upgrade", "--db-url", "postgresql+psycopg://nobody@127.0.0.1:1/x")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode != 0 and len(lines) == 1
+    assert lines[0].startswith("error: database error: connection failed") and "port 1" in lines[0]
+
+
 def test_mixed_precision_without_cuda_is_a_clear_error(tmp_path):
     done = _run("predict", str(sample_file("CT_small.dcm")), "--device", "cpu", "--amp")
     assert done.returncode != 0  # predict has no --amp: a usage error, not a traceback
