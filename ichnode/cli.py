@@ -295,6 +295,10 @@ def results(
         datetime | None,
         typer.Option("--since", help="Only studies received since (ISO date/time, UTC)."),
     ] = None,
+    accession: Annotated[
+        str | None,
+        typer.Option("--accession", help="Only studies with this accession number."),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
     fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
 ) -> None:
@@ -304,7 +308,15 @@ def results(
     if fmt not in ("table", "json", "csv"):
         raise typer.BadParameter("expected table, json or csv", param_hint="--format")
     settings = _settings(config, db_url=db_url)
-    show_results(settings, study=study, flagged=flagged, since=since, limit=limit, fmt=fmt)
+    show_results(
+        settings,
+        study=study,
+        flagged=flagged,
+        since=since,
+        limit=limit,
+        fmt=fmt,
+        accession=accession,
+    )
 
 
 @destinations_app.command("check")

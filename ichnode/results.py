@@ -64,13 +64,20 @@ def list_studies(
     *,
     flagged: bool | None = None,
     since: datetime | None = None,
+    accession: str | None = None,
     limit: int | None = 50,
     offset: int = 0,
 ) -> list[dict[str, Any]]:
-    """Studies, newest first; ``flagged`` keeps only studies whose latest result is flagged."""
+    """Studies, newest first; ``flagged`` keeps only studies whose latest result is flagged.
+
+    ``accession`` keeps the studies with that accession number (what the RIS and the PACS
+    administrator know a study by); the rows themselves carry no patient data.
+    """
     query = select(Study).order_by(Study.last_received_at.desc(), Study.id.desc())
     if since is not None:
         query = query.where(Study.last_received_at >= since)
+    if accession is not None:
+        query = query.where(Study.accession_number == accession.strip())
     if flagged is not None:
         query = query.join(
             StudyResult,

@@ -22,6 +22,7 @@ def show_results(
     since: datetime | None,
     limit: int,
     fmt: str,
+    accession: str | None = None,
 ) -> None:
     from ichnode.db.session import open_database
 
@@ -35,7 +36,11 @@ def show_results(
                 rows: list[dict[str, Any]] = [detail]
             else:
                 rows = list_studies(
-                    session, flagged=True if flagged else None, since=since, limit=limit
+                    session,
+                    flagged=True if flagged else None,
+                    since=since,
+                    accession=accession,
+                    limit=limit,
                 )
     finally:
         engine.dispose()
