@@ -57,6 +57,17 @@ def _rows_as_text(ds: Dataset) -> bytes:
     return raw.replace(good, b"\x28\x00\x10\x00LO\x04\x00abc ")
 
 
+def _unknown_vr(ds: Dataset, tag: bytes, vr: bytes) -> bytes:
+    """``ds`` encoded, with the VR of element ``tag`` (4 bytes, little endian) made unknown.
+
+    pydicom reads the data set and fails only when that element is first used.
+    """
+    raw = encode(ds)
+    at = raw.index(tag, 132)  # after the preamble and file meta
+    assert raw[at + 4 : at + 6] == vr
+    return raw[: at + 4] + b"\x55\x90" + raw[at + 6 :]
+
+
 def _length_overflow(ds: Dataset) -> bytes:
     """A SeriesDescription element claiming far more bytes than follow."""
     return encode(ds)[:200] + b"\x08\x00\x3e\x10LO\xff\xff" + b"x" * 16
@@ -88,6 +99,10 @@ def _case(name: str):  # noqa: ANN202
         return b"\x00", CTImageStorage, uid
     elif name == "unknown VR":
         return b"\x08\x00\x18\x00ZZ\x04\x001.2\x00", CTImageStorage, uid
+    elif name == "Columns with an unknown VR":  # found by the property test
+        return _unknown_vr(ds, b"\x28\x00\x11\x00", b"US"), CTImageStorage, uid
+    elif name == "ImagePositionPatient with an unknown VR":
+        return _unknown_vr(ds, b"\x20\x00\x32\x00", b"DS"), CTImageStorage, uid
     elif name == "invalid study UID":
         ds.StudyInstanceUID = "1.2.abc"
     elif name == "over-long series UID":
@@ -120,6 +135,8 @@ REFUSED = {
     "element length past the end": DATASET_DOES_NOT_MATCH,  # read leniently: no UIDs left
     "garbage bytes": DATASET_DOES_NOT_MATCH,
     "unknown VR": CANNOT_UNDERSTAND,
+    "Columns with an unknown VR": CANNOT_UNDERSTAND,
+    "ImagePositionPatient with an unknown VR": CANNOT_UNDERSTAND,
     "empty data set": DATASET_DOES_NOT_MATCH,
     "invalid study UID": DATASET_DOES_NOT_MATCH,
     "over-long series UID": DATASET_DOES_NOT_MATCH,

@@ -525,30 +525,39 @@ class StorageSCP:
             )
             self._count(event, "failed")
             return DATASET_DOES_NOT_MATCH
-        if sop_class in CT_SOP_CLASSES:
-            problem = pixel_problem(ds, event.context.transfer_syntax)
-            if problem:
-                log.warning("C-STORE refused: CT instance %s: %s", uid_hash(sop_uid), problem)
-                self._count(event, "failed")
-                return DATASET_DOES_NOT_MATCH
+        now = datetime.now(UTC)
         try:
-            return self._store(event, ds, study_uid, series_uid, sop_uid, sop_class)
+            # pydicom decodes an element when it is first read: a malformed one (an unknown
+            # VR, a bad length) raises here, in the header checks or the metadata read.
+            problem = None
+            if sop_class in CT_SOP_CLASSES:
+                problem = pixel_problem(ds, event.context.transfer_syntax)
+            if not problem:
+                received = self._describe(event, ds, sop_class, now)
+        except Exception as exc:  # noqa: BLE001 - any decode failure is "cannot understand"
+            log.warning(
+                "C-STORE refused: instance %s cannot be decoded (%s)",
+                uid_hash(sop_uid),
+                type(exc).__name__,
+            )
+            self._count(event, "failed")
+            return CANNOT_UNDERSTAND
+        if problem:
+            log.warning("C-STORE refused: CT instance %s: %s", uid_hash(sop_uid), problem)
+            self._count(event, "failed")
+            return DATASET_DOES_NOT_MATCH
+        try:
+            is_ct = sop_class in CT_SOP_CLASSES
+            return self._store(event, ds, received, is_ct, (study_uid, series_uid, sop_uid), now)
         except Exception:  # noqa: BLE001 - never let a bug answer Success or kill the AE
             log.exception("C-STORE failed unexpectedly for instance %s", uid_hash(sop_uid))
             self._count(event, "failed")
             return OUT_OF_RESOURCES
 
-    def _store(
-        self,
-        event: evt.Event,
-        ds: Dataset,
-        study_uid: str,
-        series_uid: str,
-        sop_uid: str,
-        sop_class: str,
-    ) -> int:
-        now = datetime.now(UTC)
-        is_ct = sop_class in CT_SOP_CLASSES
+    def _describe(
+        self, event: evt.Event, ds: Dataset, sop_class: str, now: datetime
+    ) -> ingest.Received:
+        """The instance's row to be: header fields, z, and SKIPPED with a reason if so."""
         geo = geometry(ds)
         received = ingest.Received.from_dataset(
             ds,
@@ -557,14 +566,26 @@ class StorageSCP:
             z=geo.z,
             received_at=now,
         )
-        if not is_ct:
+        if sop_class not in CT_SOP_CLASSES:
             received.status = InstanceStatus.SKIPPED
             received.reason = f"not a CT image ({_sop_name(sop_class)})"
         else:
             reason = self.rules.skip_reason(ds, geo)
             if reason:
                 received.status, received.reason = InstanceStatus.SKIPPED, reason
+        return received
 
+    def _store(
+        self,
+        event: evt.Event,
+        ds: Dataset,
+        received: ingest.Received,
+        is_ct: bool,
+        uids: tuple[str, str, str],
+        now: datetime,
+    ) -> int:
+        """Write the file (CT only) and the row; Success only once both are durable."""
+        study_uid, series_uid, sop_uid = uids
         try:
             # One session per C-STORE: the duplicate check is a plain SELECT (no write lock on
             # SQLite), the file is written, then the rows are inserted and committed at once.
