@@ -2,18 +2,28 @@
 
 The SCP writes one ``associations`` row per association (accepted ones when accepted, updated
 when they end; rejected ones when rejected). :func:`list_associations` reads them back for
-``ichnode audit``; :func:`render` prints them. Callers own transactions.
+``ichnode audit``; :func:`render` prints them. With ``audit_retention_days`` set, a running
+node removes the rows older than that (:func:`prune_associations`, via :class:`AuditPruner`).
+Callers own transactions.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 from ichnode.db.models import AE_LENGTH, Association, DeliveryAttempt, OutboxEntry
+
+log = logging.getLogger(__name__)
+
+#: How often a node removes audit rows past their retention.
+PRUNE_SECONDS = 3600.0
 
 #: Width of the peer address column (``Association.peer_address``).
 ADDRESS_LENGTH = 64
@@ -63,6 +73,41 @@ def close_association(session: Session, record: AssociationRecord) -> int:
         session.execute(update(Association).where(Association.id == record.row_id).values(values))
         return record.row_id
     return session.scalar(insert(Association).values(**values).returning(Association.id))
+
+
+def prune_associations(session: Session, before: datetime) -> int:
+    """Delete the association rows that started before ``before``; returns how many."""
+    return session.execute(
+        delete(Association)
+        .where(Association.started_at < before)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+
+
+class AuditPruner:
+    """``run(stop)`` in a thread: every :data:`PRUNE_SECONDS` (and at start) removes the
+    association rows older than ``retention_days``. Several nodes on one database may all
+    run it; a delete that finds nothing costs nothing."""
+
+    def __init__(self, sessions: sessionmaker[Session], retention_days: int) -> None:
+        self.sessions = sessions
+        self.retention = timedelta(days=retention_days)
+
+    def run_once(self, now: datetime | None = None) -> int:
+        before = (now or datetime.now(UTC)) - self.retention
+        with self.sessions.begin() as session:
+            removed = prune_associations(session, before)
+        if removed:
+            log.info("audit: removed %d association rows older than %s", removed, before.date())
+        return removed
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except SQLAlchemyError as exc:
+                log.error("audit: old rows not removed, will retry: %s", type(exc).__name__)
+            stop.wait(PRUNE_SECONDS)
 
 
 def list_associations(

@@ -163,6 +163,9 @@ class Settings(BaseSettings):
     db_url: str = "sqlite:///var/ichnode.db"
     store: Path = Path("var/store")
     auto_upgrade: bool = Field(True, description="Bring the schema up to date at start.")
+    audit_retention_days: int = Field(
+        0, ge=0, description="Remove association audit rows older than this; 0 = keep all."
+    )
 
     # -- inference
     model: Path | None = Field(None, description="Checkpoint; empty = the bundled demo model.")

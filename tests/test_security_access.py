@@ -7,6 +7,7 @@ Real associations from pynetdicom and DCMTK over loopback.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from dicom_client import echo, send
@@ -14,7 +15,15 @@ from helpers import run_dcmtk, study, wait_for, write_all
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from ichnode.audit import list_associations, render
+from ichnode.audit import (
+    AssociationRecord,
+    AuditPruner,
+    close_association,
+    list_associations,
+    render,
+)
+from ichnode.config import Settings
+from ichnode.db.session import open_database
 from ichnode.node.scp import (
     CALLED_AE_NOT_RECOGNISED,
     CALLING_AE_NOT_RECOGNISED,
@@ -156,3 +165,23 @@ def test_audit_list_is_newest_first_and_limited(node_factory):
         assert len(list_associations(session, limit=2)) == 2
         assert list_associations(session, since=rows[0]["started_at"])[0]["id"] == rows[0]["id"]
     assert "no associations" in render([])
+
+
+def test_audit_rows_past_their_retention_are_removed_by_the_node(node_factory, db_url):
+    # Rows from 40 and 10 days ago, written as the SCP writes them; then a node keeping 30 days.
+    engine, sessions = open_database(Settings(db_url=db_url))
+    now = datetime.now(UTC)
+    with sessions.begin() as session:
+        for days in (40, 10):
+            record = AssociationRecord("OLDSCU", "ICHNODE", "10.0.0.1", 104,
+                                       now - timedelta(days=days), 0, 0, "released")  # fmt: skip
+            close_association(session, record)
+    engine.dispose()
+    node = node_factory(audit_retention_days=30)
+    echo(node.settings.port)
+    rows = wait_for(lambda: (r := _audit(node)) and len(r) == 2 and r)  # 10 days old, and ours
+    assert {r["calling_ae"] for r in rows} == {"OLDSCU", "TESTSCU"}
+    assert min(r["started_at"] for r in rows) > now - timedelta(days=30)
+    # Nothing is removed when nothing is that old; retention 0 (the default) keeps every row.
+    assert AuditPruner(node.sessions, 30).run_once() == 0
+    assert node_factory().settings.audit_retention_days == 0

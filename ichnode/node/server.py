@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import torch
 
+from ichnode.audit import AuditPruner
 from ichnode.config import Settings
 from ichnode.db import queue
 from ichnode.db.session import display_url, open_database
@@ -89,6 +90,8 @@ class Node:
             on_result=lambda result_id: self.reporter.wake.set(),
         )
         self._spawn(self.monitor.run, "monitor")
+        if s.audit_retention_days:
+            self._spawn(AuditPruner(self.sessions, s.audit_retention_days).run, "audit-prune")
         self.scp = StorageSCP(s, self.store, self.sessions, on_stored=self.wake.set)
         try:
             self.scp.start(tls)
