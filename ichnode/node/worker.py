@@ -119,6 +119,12 @@ class Worker:
                 log.error("worker %s: database error, retrying: %s", self.worker_id, reason)
                 stop.wait(DB_RETRY_SECONDS)
                 continue
+            except Exception:  # noqa: BLE001 - a failed batch (GPU out of memory...) must not end the worker
+                # The batch's claims stay until their lease ends; each claim counts as an
+                # attempt, so a batch that always fails ends FAILED ("gave up after N attempts").
+                log.exception("worker %s: batch failed, retrying later", self.worker_id)
+                stop.wait(DB_RETRY_SECONDS)
+                continue
             self.wake.wait(self.idle_wait)
             self.wake.clear()
         self.release()
