@@ -135,33 +135,61 @@ class Monitor:
         self.on_result = on_result or (lambda result_id: None)
         self.interval = interval
         self.wake = threading.Event()
+        #: study id -> its last_received_at when resulting it raised: skipped until it changes
+        self._failed: dict[int, datetime] = {}
 
     def run_once(self, now: datetime | None = None) -> list[int]:
-        """Result every study that is stable now; returns the new result ids."""
+        """Result every study that is stable now; returns the new result ids.
+
+        A study whose result cannot be computed (an unexpected error) is logged once and
+        skipped until more of it arrives, so it holds up no other study.
+        """
         now = now or datetime.now(UTC)
         before = now - timedelta(seconds=self.stable_seconds)
         with self.sessions.begin() as session:
             candidates = stable_studies(session, before)
+            if self._failed:  # forget the failed studies that received more since
+                query = select(Study.id, Study.last_received_at).where(
+                    Study.id.in_(list(self._failed))
+                )
+                seen = {study_id: last for study_id, last in session.execute(query)}
+                self._failed = {k: v for k, v in self._failed.items() if seen.get(k) == v}
         done: list[int] = []
         for study_id in candidates:
-            with self.sessions.begin() as session:
-                result = compute_result(session, study_id, self.policy)
-                if result is None:
-                    continue
-                uid = session.get(Study, study_id).study_instance_uid
-                result_id = result.id
-                log.info(
-                    "study %s resulted v%d: %d scored, %d failed, %d skipped, flagged: %s",
-                    uid_hash(uid),
-                    result.version,
-                    result.n_scored,
-                    result.n_failed,
-                    result.n_skipped,
-                    result.flagged_subtypes or "none",
-                )
-            done.append(result_id)
-            self.on_result(result_id)
+            if study_id in self._failed:
+                continue
+            try:
+                result_id = self._result(study_id)
+            except SQLAlchemyError:
+                raise  # the database, not the study: run() retries
+            except Exception:  # noqa: BLE001 - one bad study must not stop the others
+                log.exception("monitor: study %d could not be resulted; skipped", study_id)
+                with self.sessions() as session:
+                    self._failed[study_id] = session.get(Study, study_id).last_received_at
+                continue
+            if result_id is not None:
+                done.append(result_id)
+                self.on_result(result_id)
         return done
+
+    def _result(self, study_id: int) -> int | None:
+        """Compute and commit the study's next result version; its id, or None."""
+        with self.sessions.begin() as session:
+            result = compute_result(session, study_id, self.policy)
+            if result is None:
+                return None
+            uid = session.get(Study, study_id).study_instance_uid
+            result_id = result.id
+            log.info(
+                "study %s resulted v%d: %d scored, %d failed, %d skipped, flagged: %s",
+                uid_hash(uid),
+                result.version,
+                result.n_scored,
+                result.n_failed,
+                result.n_skipped,
+                result.flagged_subtypes or "none",
+            )
+        return result_id
 
     def seconds_to_next(self, now: datetime) -> float | None:
         """Seconds until the next receiving study has been quiet for ``stable_seconds``."""
@@ -189,4 +217,6 @@ class Monitor:
             except SQLAlchemyError as exc:
                 reason = error_reason(exc)
                 log.error("monitor: database error, retrying: %s", reason)
+            except Exception:  # noqa: BLE001 - the monitor must outlive any one bad poll
+                log.exception("monitor: unexpected error, retrying")
             stop.wait(pause)
