@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import select
 import socket
 import ssl
 import threading
@@ -180,7 +179,7 @@ class GuardedServer(ThreadedAssociationServer):
                 return
         silent = self._no_request(request)
         if silent is not None:
-            log.info("connection from %s dropped: %s", client_address, silent)
+            log.debug("connection from %s dropped: %s", client_address, silent)  # audited
             self.shutdown_request(request)
             if self.on_no_request is not None:
                 self.on_no_request(client_address, silent)
@@ -199,13 +198,15 @@ class GuardedServer(ThreadedAssociationServer):
         timeout = self.ae.acse_timeout
         if isinstance(request, ssl.SSLSocket) and request.pending():
             return None
+        request.settimeout(timeout)  # no select(): it fails on descriptors past 1024
         try:
-            readable, _, _ = select.select([request], [], [], timeout)
-            if not readable:
-                return f"nothing sent within {timeout:g} s"
             first = socket.socket.recv(request, 1, socket.MSG_PEEK)
+        except TimeoutError:
+            return f"nothing sent within {timeout:g} s"
         except OSError as exc:
             return f"connection error ({exc})"
+        finally:
+            request.settimeout(self.io_timeout)
         return None if first else "closed without sending anything"
 
 
@@ -414,15 +415,15 @@ class StorageSCP:
 
     def _on_no_request(self, address: object, reason: str) -> None:
         """An audit row for a connection that sent no association request (a probe, a scan)."""
-        host, port = address if isinstance(address, tuple) else ("?", None)
-        stats = _AssocStats(str(host), port, outcome=f"no association request ({reason})")
-        stats.closed = True
-        self._audit(audit.close_association, stats)
+        self._audit_connection(address, f"no association request ({reason})")
 
     def _on_tls_failed(self, address: object, reason: str) -> None:
         """An audit row for a connection whose TLS handshake failed (no association exists)."""
+        self._audit_connection(address, f"rejected: TLS handshake failed ({reason})")
+
+    def _audit_connection(self, address: object, outcome: str) -> None:
         host, port = address if isinstance(address, tuple) else ("?", None)
-        stats = _AssocStats(str(host), port, outcome=f"rejected: TLS handshake failed ({reason})")
+        stats = _AssocStats(str(host), port, outcome=outcome)
         stats.closed = True
         self._audit(audit.close_association, stats)
 
