@@ -43,6 +43,15 @@ KEYWORDS = [
     "PixelData",
     "PatientName",
     "BodyPartExamined",
+    # read while the instance is described (metadata, selection rules)
+    "ImageType",
+    "SeriesDescription",
+    "InstanceNumber",
+    "Modality",
+    "AccessionNumber",
+    "PixelRepresentation",
+    "PhotometricInterpretation",
+    "RescaleSlope",
 ]
 values = st.one_of(
     st.none(),
