@@ -129,6 +129,13 @@ def test_study_list_filters_and_pages(served):
     assert client.get("/api/studies", params={"since": future}).json()["total"] == 0
     past = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()
     assert client.get("/api/studies", params={"since": past}).json()["total"] == 3
+    accession = full[0]["patient"]["accession_number"]
+    by_accession = client.get("/api/studies", params={"accession": accession}).json()
+    assert by_accession["studies"] == [
+        s for s in full if s["patient"]["accession_number"] == accession
+    ]
+    assert by_accession["total"] >= 1
+    assert client.get("/api/studies", params={"accession": "NO-SUCH"}).json()["total"] == 0
 
 
 def test_study_detail_has_series_instances_by_z_and_versions(served):
@@ -290,6 +297,8 @@ def test_patient_identifiers_are_hidden_when_the_setting_is_off(node_factory):
             assert studies[0]["patient"] is None
             assert client.get(f"/api/studies/{uids['iph']}").json()["patient"] is None
             assert client.get("/api/info").json()["show_patient_identifiers"] is False
+            # Nor can they be searched for.
+            assert client.get("/api/studies", params={"accession": "X"}).status_code == 400
     finally:
         handle.stop()
 

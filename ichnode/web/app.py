@@ -49,6 +49,9 @@ UID_PATH = PathParam(max_length=64, description="A DICOM UID.")
 
 _NOT_FOUND = {404: {"description": "No such study or instance."}}
 _UNAUTHORIZED = {401: {"description": "http.token is set and the request did not carry it."}}
+_IDENTIFIERS_HIDDEN = {
+    400: {"description": "A search by accession number while patient identifiers are hidden."}
+}
 
 
 #: RFC 3339 date-time (the offset may be left out: UTC).
@@ -158,7 +161,9 @@ def create_app(node_or_context: Any) -> FastAPI:
     _with_security(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.get("/api/studies", response_model=StudyList, responses=_UNAUTHORIZED)
+    @app.get(
+        "/api/studies", response_model=StudyList, responses=_UNAUTHORIZED | _IDENTIFIERS_HIDDEN
+    )
     def list_studies(
         flagged: bool | None = None,
         since: Annotated[
@@ -169,17 +174,25 @@ def create_app(node_or_context: Any) -> FastAPI:
             ),
         ] = None,
         status: queries.WorklistState | None = None,
+        accession: Annotated[
+            str | None,
+            Query(max_length=64, description="Only studies with this accession number."),
+        ] = None,
         order: queries.Order = queries.Order.TRIAGE,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> dict[str, Any]:
         """Studies in triage order (flagged first, then ``any`` descending, newest first)."""
+        if accession is not None and not show:
+            # Hidden identifiers are not searchable either: that would tell them apart.
+            raise HTTPException(400, "accession search is off while identifiers are hidden")
         with ctx.sessions() as session:
             total, studies = queries.worklist(
                 session,
                 flagged=flagged,
                 since=_since(since),
                 state=status,
+                accession=accession,
                 order=order,
                 limit=limit,
                 offset=offset,

@@ -89,6 +89,7 @@ def worklist(
     flagged: bool | None = None,
     since: datetime | None = None,
     state: WorklistState | None = None,
+    accession: str | None = None,
     order: Order = Order.TRIAGE,
     limit: int = 50,
     offset: int = 0,
@@ -99,6 +100,8 @@ def worklist(
     query = select(Study, state_sql).outerjoin(StudyResult, _latest_join())
     if since is not None:
         query = query.where(Study.last_received_at >= since)
+    if accession is not None:
+        query = query.where(Study.accession_number == accession.strip())
     if flagged is not None:
         query = query.where(StudyResult.flagged.is_(flagged))
     if state is not None:
