@@ -169,6 +169,32 @@ def _pixels(ds: Dataset) -> np.ndarray:
     return arr
 
 
+def first_frame_value(ds: Dataset, keyword: str, functional_group: str) -> object | None:
+    """``keyword`` for the first frame: at the top level (CT Image), else in the shared or
+    the first per-frame functional group's ``functional_group`` item (Enhanced CT keeps the
+    rescale in PixelValueTransformationSequence and the geometry in PlanePosition/Orientation).
+    None when absent.
+    """
+    value = ds.get(keyword)
+    if value is not None and value != "":
+        return value
+    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        items = ds.get(groups)
+        if not items:
+            continue
+        group = items[0].get(functional_group)
+        if group and keyword in group[0]:
+            return group[0].get(keyword)
+    return None
+
+
+def rescale(ds: Dataset) -> tuple[float, float]:
+    """(RescaleSlope, RescaleIntercept) of the first frame; (1, 0) when absent."""
+    slope = first_frame_value(ds, "RescaleSlope", "PixelValueTransformationSequence")
+    intercept = first_frame_value(ds, "RescaleIntercept", "PixelValueTransformationSequence")
+    return float(slope or 1), float(intercept or 0)
+
+
 def needs_rsna_12bit_fix(ds: Dataset) -> bool:
     """True for the RSNA slices stored as 12-bit unsigned with a wrong intercept.
 
@@ -182,20 +208,19 @@ def needs_rsna_12bit_fix(ds: Dataset) -> bool:
     return (
         int(ds.get("BitsStored", 16)) == 12
         and int(ds.get("PixelRepresentation", 0)) == 0
-        and int(float(ds.get("RescaleIntercept", 0))) > -100
+        and int(rescale(ds)[1]) > -100
     )
 
 
 def to_hu(ds: Dataset) -> np.ndarray:
     """Hounsfield units (float32, 2-D) of the dataset's first frame.
 
-    Applies RescaleSlope / RescaleIntercept (pydicom already returns signed values for
-    PixelRepresentation 1), the RSNA 12-bit correction and MONOCHROME1 inversion.
+    Applies RescaleSlope / RescaleIntercept (:func:`rescale`; pydicom already returns signed
+    values for PixelRepresentation 1), the RSNA 12-bit correction and MONOCHROME1 inversion.
     """
     check_ct(ds)
     stored = _pixels(ds).astype(np.float32)
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    slope, intercept = rescale(ds)
     if needs_rsna_12bit_fix(ds):
         stored = stored + 1000.0
         stored[stored >= 4096] -= 4096.0

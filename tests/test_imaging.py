@@ -12,13 +12,16 @@ from ichnode.errors import ImagingError
 from ichnode.imaging import (
     WINDOWS,
     PreprocessSpec,
+    needs_rsna_12bit_fix,
     parse_window,
     preprocess,
+    rescale,
     resize,
     to_hu,
     window_stack,
     windows_for_mode,
 )
+from ichnode.node.selection import geometry
 
 # Known HU values placed at known pixels.
 HU = np.array([[-1000, -100, 0, 35], [80, 700, 1500, 3000]], dtype=np.int32)
@@ -196,3 +199,21 @@ def test_window_stack_leaves_its_input_alone():
     hu = np.array([[-50.0, 40.0, 500.0]])
     window_stack(hu, windows_for_mode("stack"))
     assert hu.tolist() == [[-50.0, 40.0, 500.0]]
+
+
+def test_enhanced_ct_rescale_and_geometry_come_from_the_functional_groups():
+    # Enhanced CT keeps RescaleIntercept (-1024 here) in PixelValueTransformationSequence and
+    # the slice position in PlanePositionSequence; read at the top level only, every HU value
+    # was off by 1024 (air at 0 HU) and the slice had no z.
+    ds = pydicom.dcmread(sample_file("eCT_Supplemental.dcm"))
+    assert "RescaleIntercept" not in ds and str(ds.SOPClassUID) == "1.2.840.10008.5.1.4.1.1.2.1"
+    assert rescale(ds) == (1.0, -1024.0)
+    assert not needs_rsna_12bit_fix(ds)
+    hu = to_hu(ds)
+    np.testing.assert_array_equal(hu, ds.pixel_array[0].astype(np.float32) - 1024.0)
+    assert hu.min() == -1024.0  # air
+    frame = ds.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0]
+    assert geometry(ds).z == pytest.approx(float(frame.ImagePositionPatient[2]))
+    # A classic CT image still reads them at the top level.
+    ct = pydicom.dcmread(sample_file("CT_small.dcm"))
+    assert rescale(ct) == (float(ct.RescaleSlope), float(ct.RescaleIntercept))

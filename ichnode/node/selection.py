@@ -14,6 +14,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from ichnode.config import SelectionSettings
+from ichnode.imaging import first_frame_value
 
 
 @dataclass(frozen=True)
@@ -24,13 +25,16 @@ class Geometry:
     tilt_deg: float | None
 
 
+_IOP, _IPP = "ImageOrientationPatient", "ImagePositionPatient"
+
+
 def geometry(ds: Dataset) -> Geometry:
     """z = ImagePositionPatient projected on the slice normal (InstanceNumber may run the
     other way); tilt = angle between the normal and the patient z axis."""
     try:
-        iop = [float(v) for v in ds.ImageOrientationPatient]
-        ipp = [float(v) for v in ds.ImagePositionPatient]
-    except (AttributeError, TypeError, ValueError):
+        iop = [float(v) for v in first_frame_value(ds, _IOP, "PlaneOrientationSequence")]
+        ipp = [float(v) for v in first_frame_value(ds, _IPP, "PlanePositionSequence")]
+    except (AttributeError, TypeError, ValueError):  # absent (None) or malformed
         return Geometry(None, None)
     if len(iop) != 6 or len(ipp) != 3:
         return Geometry(None, None)
