@@ -16,7 +16,7 @@ from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
-from ichnode.imaging import WINDOWS, resize, to_hu
+from ichnode.imaging import WINDOWS, first_frame_value, resize, to_hu
 from ichnode.report.findings import ReportError, StudyFindings, check_uid
 from ichnode.report.sr import DISCLAIMER, MANUFACTURER, STUDY_ATTRIBUTES
 from ichnode.subtypes import DISPLAY_NAMES, SUBTYPES
@@ -51,7 +51,8 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 def _orientation(ds: Dataset) -> tuple[str, str]:
     """Patient orientation letters of rows and columns from ImageOrientationPatient."""
-    iop = [float(v) for v in ds.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0])]
+    found = first_frame_value(ds, "ImageOrientationPatient", "PlaneOrientationSequence")
+    iop = [float(v) for v in (found or [1, 0, 0, 0, 1, 0])]
     letters = (("L", "R"), ("P", "A"), ("H", "F"))
 
     def letter(vec: list[float]) -> str:
