@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pydicom
+import pytest
 from db_fixtures import add_instances, drain_queue
 from dicom_client import send
 from helpers import free_port, wait_for
@@ -220,3 +221,29 @@ def test_resend_command_sends_the_objects_again(node_factory, tmp_path, db_url):
         assert "queued 2 report object(s)" in done.output
         again = wait_for(lambda: all_sent(node, count=4), timeout=10)
     assert [r.sop_instance_uid for r in again[2:]] == [r.sop_instance_uid for r in again[:2]]
+
+
+@pytest.mark.parametrize(
+    ("charset", "name"),
+    [
+        ("ISO_IR 100", "Müller^Jürgen"),
+        (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう"),  # as Japanese sites send
+    ],
+    ids=["latin1", "iso2022-japanese"],
+)
+def test_patient_names_reach_the_pacs_intact_in_every_report_object(
+    node_factory, tmp_path, charset, name
+):
+    datasets = bleed_study(seed=8, n_slices=4, size=128)
+    for ds in datasets:
+        ds.SpecificCharacterSet = charset
+        ds.PatientName = name
+    with StoreSCP(tmp_path / "received") as scp:
+        node = node_factory(destinations=[destination(scp.port)])
+        assert set(send(node.settings.port, datasets)) == {0}
+        sent = wait_for(lambda: all_sent(node), timeout=60)
+        received = wait_for(lambda: len(scp.files()) == len(sent) and scp.received(), 10)
+    assert {r.kind for r in sent} >= {"sr", "summary"}
+    for r in sent:  # read back from the bytes the destination stored
+        ds = received[r.sop_instance_uid]
+        assert str(ds.PatientName) == name, r.kind

@@ -18,7 +18,7 @@ from test_report_fixtures import (
     synth_ct_study,
 )
 
-from ichnode.report import DISCLAIMER, ReportError, build_sr, device_uid
+from ichnode.report import DISCLAIMER, ReportError, build_kos, build_sr, device_uid
 from ichnode.report.sr import COMPREHENSIVE_SR, FINDING_SITES, SR_SERIES_DESCRIPTION
 from ichnode.subtypes import DISPLAY_NAMES, SNOMED_CT, SUBTYPES
 
@@ -190,3 +190,24 @@ def test_bad_instance_number_is_named(sources, findings):
 
 def test_present_absent_codes_are_the_dicom_ones():
     assert (codes.SCT.Present.value, codes.SCT.Absent.value) == ("52101004", "272519000")
+
+
+@pytest.mark.parametrize(
+    ("charset", "written"),
+    [
+        (["", "ISO 2022 IR 87"], ["ISO 2022 IR 6", "ISO 2022 IR 87"]),  # highdicom refused ''
+        ("ISO_IR100", "ISO_IR 192"),  # a value pydicom reads leniently: written as UTF-8
+    ],
+)
+def test_names_keep_their_characters_whatever_the_source_character_set(
+    sources, findings, charset, written
+):
+    name = "Yamada^Tarou=山田^太郎" if "87" in str(charset) else "Müller^Jürgen"
+    named = []
+    for ds in sources:
+        ds = copy.deepcopy(ds)
+        ds.SpecificCharacterSet, ds.PatientName = charset, name
+        named.append(roundtrip(ds))
+    for build in (build_sr, build_kos):
+        back = roundtrip(build(named, findings))
+        assert back.SpecificCharacterSet == written and str(back.PatientName) == name

@@ -171,6 +171,8 @@ def evidence_sources(rows: Sequence[tuple[str, str, str]], key: Dataset) -> list
             sources.append(key)
             continue
         ds = Dataset()
+        if "SpecificCharacterSet" in key:  # the names below are in it (and the reports copy it)
+            ds.SpecificCharacterSet = key.SpecificCharacterSet
         for keyword in STUDY_ATTRIBUTES:
             ds[keyword] = key[keyword]
         ds.SOPClassUID, ds.SOPInstanceUID, ds.SeriesInstanceUID = sop_class, sop_uid, series_uid

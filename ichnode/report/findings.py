@@ -11,6 +11,9 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from highdicom import SpecificCharacterSetValues
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import RE_VALID_UID
 
 from ichnode.errors import IchnodeError
@@ -21,6 +24,32 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 class ReportError(IchnodeError, ValueError):
     """A report object cannot be built from these arguments (the message names the argument)."""
+
+
+#: For text that cannot keep its source's character set: UTF-8 encodes every name.
+UTF8 = "ISO_IR 192"
+
+
+def character_set(source: Dataset) -> str | list[str] | None:
+    """The SpecificCharacterSet for a report object that copies ``source``'s names, in a form
+    highdicom accepts; None when the source has none (default repertoire).
+
+    An empty first value (code extensions from the default repertoire, as Japanese sites send
+    ``\\ISO 2022 IR 87``) is spelled ``ISO 2022 IR 6``; a value highdicom does not know becomes
+    UTF-8, which encodes any decoded name.
+    """
+    value = source.get("SpecificCharacterSet")
+    if not value:
+        return None
+    values = [str(v).strip() for v in (value if isinstance(value, MultiValue) else [value])]
+    if values and values[0] == "":
+        values[0] = SpecificCharacterSetValues.DEFAULT_REPERTOIRE_CODE_EXTENSIONS.value
+    try:
+        for v in values:
+            SpecificCharacterSetValues(v)
+    except ValueError:
+        return UTF8
+    return values[0] if len(values) == 1 else values
 
 
 def check_uid(value: object, argument: str) -> str:

@@ -13,7 +13,7 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from ichnode.report.findings import ReportError, StudyFindings, check_uid
+from ichnode.report.findings import ReportError, StudyFindings, character_set, check_uid
 from ichnode.report.sr import (
     DEFAULT_DEVICE_NAME,
     DISCLAIMER,
@@ -87,5 +87,6 @@ def build_kos(
         series_description=KOS_SERIES_DESCRIPTION,
         software_versions=findings.ichnode_version,
         manufacturer_model_name=findings.model_id[:64],
+        specific_character_set=character_set(keys[0]),
     )
     return kos

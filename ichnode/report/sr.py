@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID
 
-from ichnode.report.findings import ReportError, StudyFindings, check_uid
+from ichnode.report.findings import ReportError, StudyFindings, character_set, check_uid
 from ichnode.store import uid_hash
 from ichnode.subtypes import (
     ANY,
@@ -310,6 +310,7 @@ def build_sr(
         software_versions=findings.ichnode_version,
         manufacturer_model_name=findings.model_id[:64],
         coding_schemes=[local_coding_scheme()],
+        specific_character_set=character_set(sources[0]),
     )
     log.info(
         "built SR",
