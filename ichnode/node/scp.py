@@ -304,21 +304,20 @@ class StorageSCP:
             if sock is not None:
                 sock.close()
 
-    def start(self, tls: ReloadingContext | ssl.SSLContext | None = None) -> GuardedServer:
+    def start(self, tls: ReloadingContext | None = None) -> GuardedServer:
         """Start listening in background threads; returns the (pynetdicom) server.
 
-        ``tls``: a fixed context, or a :class:`ReloadingContext` that follows its files.
+        ``tls``: the listening port's TLS context, which follows its files (None: no TLS).
         """
         s = self.settings
         ae = self.build_ae()
-        reloading = tls if isinstance(tls, ReloadingContext) else None
         server = ae.make_server(
             (s.bind, s.port),
             evt_handlers=self.handlers(),
-            ssl_context=reloading.current() if reloading else tls,
+            ssl_context=tls.current() if tls else None,
             server_class=GuardedServer,
         )
-        server.tls = reloading
+        server.tls = tls
         server.io_timeout = s.network_timeout
         server.on_handshake_failed = self._on_tls_failed
         server.on_no_request = self._on_no_request
