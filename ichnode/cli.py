@@ -84,6 +84,18 @@ def synth(
     typer.echo(summary)
 
 
+def _optional_float(text: str, option: str) -> float | None:
+    """A number, or None for 'none'; a usage error naming ``option`` otherwise."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is neither a number nor 'none'", param_hint=option
+        ) from None
+
+
 @app.command()
 def train(
     data: Annotated[
@@ -91,12 +103,20 @@ def train(
     ],
     out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, split, log.")],
     architecture: Annotated[
-        str, typer.Option("--arch", help="Registered architecture.")
-    ] = "ichnet",
+        str, typer.Option("--arch", help="Registered slice architecture.")
+    ] = "ichnet2",
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 5,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
-    image_size: Annotated[int, typer.Option("--image-size", min=32)] = 224,
+    image_size: Annotated[int, typer.Option("--image-size", min=32)] = 256,
+    pixel_mm: Annotated[
+        str,
+        typer.Option(
+            "--pixel-mm",
+            help="Millimetres per input pixel (resampled from PixelSpacing, centred on the "
+            "head), or 'none' for the legacy whole-matrix resize.",
+        ),
+    ] = "0.9",
     windows: Annotated[
         str,
         typer.Option(
@@ -128,6 +148,32 @@ def train(
     amp: Annotated[
         bool, typer.Option("--amp", help="Mixed precision (float16 autocast); CUDA only.")
     ] = False,
+    normal_share: Annotated[
+        str,
+        typer.Option(
+            "--normal-share",
+            help="Share of balanced draws for normal slices, or 'none' (one group in six).",
+        ),
+    ] = "0.4",
+    epoch_samples: Annotated[
+        int | None,
+        typer.Option("--epoch-samples", min=1, help="Balanced draws per epoch (default: all)."),
+    ] = None,
+    study_model: Annotated[
+        str,
+        typer.Option(
+            "--study-model", help="Study architecture (second stage), or 'none' (slice-only)."
+        ),
+    ] = "bigru",
+    study_epochs: Annotated[int, typer.Option("--study-epochs", min=1)] = 40,
+    calibration_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--calibration-data",
+            help="RSNA-layout folder to calibrate and choose thresholds on (default: the "
+            "validation split).",
+        ),
+    ] = None,
 ) -> None:
     """Train a model on RSNA-layout data; saves the best checkpoint by validation loss."""
     from training.loop import TrainConfig, run
@@ -151,6 +197,12 @@ def train(
         resume=resume,
         limit=limit,
         amp=amp,
+        pixel_mm=_optional_float(pixel_mm, "--pixel-mm"),
+        normal_share=_optional_float(normal_share, "--normal-share"),
+        epoch_samples=epoch_samples,
+        study_model=None if study_model.lower() == "none" else study_model,
+        study_epochs=study_epochs,
+        calibration_data=calibration_data,
     )
     best = run(cfg)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
@@ -184,7 +236,10 @@ def evaluate(
 
 @app.command()
 def predict(
-    files: Annotated[list[Path], typer.Argument(help="DICOM files to score.")],
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="DICOM files to score, or one folder: each study in it, as the node."),
+    ],
     model: ModelOpt = None,
     device: Annotated[str, typer.Option("--device")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
@@ -193,9 +248,31 @@ def predict(
         typer.Option("--png", help="Write annotated brain-window PNGs (a file, or a folder)."),
     ] = None,
 ) -> None:
-    """Score slices: six probabilities each, the predicted subtypes and the top subtype."""
-    from ichnode.predict import predict_paths, render_json, render_table
+    """Score slices: six probabilities each, the predicted subtypes and the top subtype.
 
+    Given one folder, every study in it is scored as the node scores it (the study model over
+    its slices in z order) and flagged or not.
+    """
+    from ichnode.predict import (
+        predict_folder,
+        predict_paths,
+        render_json,
+        render_studies,
+        render_studies_json,
+        render_table,
+    )
+
+    if len(files) == 1 and files[0].is_dir():
+        if png is not None:
+            raise typer.BadParameter("--png takes files, not a study folder", param_hint="--png")
+        studies, errors = predict_folder(files[0], model=model, device=device)
+        if as_json:
+            typer.echo(render_studies_json(studies, errors))
+        else:
+            render_studies(studies, errors)
+        if not studies:
+            raise IchnodeError(f"{files[0]}: no CT slice could be scored")
+        return
     rows = predict_paths(files, model=model, device=device, png=png)
     if as_json:
         typer.echo(render_json(rows))

@@ -9,6 +9,8 @@ preprocessing other than the one it was trained with.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,36 +100,70 @@ RESAMPLE_MODES = ("area", "antialias")
 class PreprocessSpec:
     """Everything that turns HU into model input; recorded in every checkpoint.
 
-    Non-square images are padded (centred, with air = the windows' 0) to a square before
-    resizing, so anatomy is never stretched. Windows are applied before resizing.
+    Two geometries:
+
+    - ``pixel_mm`` set (the default for new models): the HU image is resampled to
+      ``pixel_mm`` millimetres per pixel (from PixelSpacing), so the model sees millimetres
+      rather than matrix pixels, then a ``size`` x ``size`` field of view is cut around the
+      head's centre (air outside); the windows are applied last. Training caches the HU plane
+      (:func:`hu_plane`) and augments in Hounsfield units before windowing (:func:`window_planes`).
+    - ``pixel_mm`` None (checkpoints written before it existed): windows first, then the
+      image is padded (centred, air) to a square and resized to ``size``, whatever its
+      pixel spacing.
     """
 
     windows: tuple[Window, ...] = field(default_factory=lambda: windows_for_mode("stack"))
     size: int = 224
     #: ``area`` (box average; 3x cheaper on CPU) or ``antialias`` (antialiased bilinear).
     resample: str = "area"
+    #: Millimetres per input pixel; None: the legacy matrix-pixel geometry.
+    pixel_mm: float | None = None
 
     def __post_init__(self) -> None:
         if self.resample not in RESAMPLE_MODES:
             raise ValueError(f"resample {self.resample!r}: expected one of {RESAMPLE_MODES}")
+        if self.pixel_mm is not None and not (0.1 <= self.pixel_mm <= 10.0):
+            raise ValueError(f"pixel_mm {self.pixel_mm!r}: expected 0.1 to 10 mm")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "windows": [[w.name, w.center, w.width] for w in self.windows],
             "size": self.size,
             "resample": self.resample,
         }
+        if self.pixel_mm is not None:
+            out["pixel_mm"] = self.pixel_mm
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
         windows = tuple(Window(str(n), float(c), float(w)) for n, c, w in data["windows"])
         # Checkpoints written before `resample` existed were trained with antialiasing.
         resample = str(data.get("resample", "antialias"))
-        return cls(windows=windows, size=int(data["size"]), resample=resample)
+        pixel_mm = data.get("pixel_mm")
+        return cls(
+            windows=windows,
+            size=int(data["size"]),
+            resample=resample,
+            pixel_mm=None if pixel_mm is None else float(pixel_mm),
+        )
 
     @property
     def channels(self) -> int:
         return len(self.windows)
+
+
+@contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """Read without per-file validation warnings: the RSNA download stores ``ID_...`` strings
+    in UID elements, and 750 000 warnings would drown every useful log line."""
+    settings = pydicom.config.settings
+    saved = settings.reading_validation_mode
+    settings.reading_validation_mode = pydicom.config.IGNORE
+    try:
+        yield
+    finally:
+        settings.reading_validation_mode = saved
 
 
 def read(path: str | Path) -> Dataset:
@@ -269,14 +305,97 @@ def resize(img: np.ndarray, size: int, resample: str = "area") -> np.ndarray:
     return out[0].clamp_(0.0, 1.0).numpy()
 
 
-def hu_to_input(hu: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """HU image → model input: the windows of ``spec``, padded square, resized."""
-    return resize(window_stack(hu, spec.windows), spec.size, spec.resample)
+#: Field of view assumed for an image without PixelSpacing (a typical head CT, in mm).
+DEFAULT_FOV_MM = 230.0
+#: Air in Hounsfield units (the fill outside the image).
+AIR_HU = -1000.0
+#: Voxels above this HU belong to the patient (or the head rest) when centring the view.
+BODY_HU = -300.0
+
+
+def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
+    """(row, column) spacing in mm of the first frame; None when absent or implausible."""
+    value = first_frame_value(ds, "PixelSpacing", "PixelMeasuresSequence")
+    try:
+        row, col = (float(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    if not (0.01 <= row <= 10.0 and 0.01 <= col <= 10.0):
+        return None
+    return row, col
+
+
+def hu_plane(
+    hu: np.ndarray, spacing: tuple[float, float] | None, spec: PreprocessSpec
+) -> np.ndarray:
+    """HU image → ``(size, size)`` float32 HU at ``spec.pixel_mm``, centred on the head.
+
+    Resamples (area average when shrinking, bilinear when enlarging) so that one pixel is
+    ``pixel_mm`` square, then cuts ``size`` x ``size`` around the centre of the body's pixels;
+    what falls outside the image is air. Without PixelSpacing the image is taken to span
+    :data:`DEFAULT_FOV_MM`.
+    """
+    if spec.pixel_mm is None:
+        raise ValueError("hu_plane needs a spec with pixel_mm")
+    h, w = hu.shape
+    if spacing is None:
+        spacing = (DEFAULT_FOV_MM / max(h, w),) * 2
+    new_h = max(1, round(h * spacing[0] / spec.pixel_mm))
+    new_w = max(1, round(w * spacing[1] / spec.pixel_mm))
+    t = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[None, None]
+    if (new_h, new_w) != (h, w):
+        shrink = new_h < h and new_w < w
+        if shrink and spec.resample == "area":
+            t = F.interpolate(t, size=(new_h, new_w), mode="area")
+        else:
+            t = F.interpolate(
+                t, size=(new_h, new_w), mode="bilinear", antialias=shrink, align_corners=False
+            )
+    img = t[0, 0].numpy()
+    body = img > BODY_HU
+    if body.any():
+        rows, cols = np.flatnonzero(body.any(axis=1)), np.flatnonzero(body.any(axis=0))
+        cy, cx = (rows[0] + rows[-1] + 1) // 2, (cols[0] + cols[-1] + 1) // 2
+    else:
+        cy, cx = new_h // 2, new_w // 2
+    size = spec.size
+    out = np.full((size, size), AIR_HU, dtype=np.float32)
+    top, left = cy - size // 2, cx - size // 2
+    src_t, src_l = max(top, 0), max(left, 0)
+    src_b, src_r = min(top + size, new_h), min(left + size, new_w)
+    if src_b > src_t and src_r > src_l:
+        out[src_t - top : src_b - top, src_l - left : src_r - left] = img[src_t:src_b, src_l:src_r]
+    return out
+
+
+def window_planes(planes: torch.Tensor, windows: tuple[Window, ...]) -> torch.Tensor:
+    """HU planes ``(..., S, S)`` → windows stacked on a new channel axis ``(..., C, S, S)``.
+
+    The torch twin of :func:`window_stack`, so training can augment in HU on the device and
+    window afterwards with exactly the serving windows.
+    """
+    chans = [((planes - (w.center - w.width / 2.0)) / w.width).clamp(0.0, 1.0) for w in windows]
+    return torch.stack(chans, dim=-3)
+
+
+def hu_to_input(
+    hu: np.ndarray, spec: PreprocessSpec, spacing: tuple[float, float] | None = None
+) -> np.ndarray:
+    """HU image → model input ``(channels, size, size)`` in [0, 1], per ``spec``'s geometry."""
+    if spec.pixel_mm is None:
+        return resize(window_stack(hu, spec.windows), spec.size, spec.resample)
+    plane = torch.from_numpy(hu_plane(hu, spacing, spec))
+    return window_planes(plane, spec.windows).numpy()
 
 
 def preprocess(ds: Dataset, spec: PreprocessSpec) -> np.ndarray:
     """Dataset → model input: float32 ``(channels, size, size)`` in [0, 1]."""
-    return hu_to_input(to_hu(ds), spec)
+    return hu_to_input(to_hu(ds), spec, pixel_spacing(ds))
+
+
+def preprocess_hu(ds: Dataset, spec: PreprocessSpec) -> np.ndarray:
+    """Dataset → the HU plane of :func:`hu_plane` (what training caches and augments)."""
+    return hu_plane(to_hu(ds), pixel_spacing(ds), spec)
 
 
 def preprocess_file(path: str | Path, spec: PreprocessSpec) -> np.ndarray:

@@ -13,8 +13,17 @@ from pydicom.dataset import Dataset
 from ichnode.device import resolve_device
 from ichnode.errors import DeviceError, IchnodeError
 from ichnode.imaging import preprocess, read
-from ichnode.model import Checkpoint, demo_model_path, load_checkpoint, predict_proba
+from ichnode.model import (
+    Checkpoint,
+    demo_model_path,
+    embed,
+    head,
+    load_checkpoint,
+    predict_proba,
+)
+from ichnode.study import StudyScores, order_by_z, run_study_head
 from ichnode.subtypes import ANY, SUBTYPES
+from ichnode.triage import decide
 
 
 @dataclass
@@ -51,11 +60,16 @@ class Predictor:
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             return predict_proba(self.checkpoint, batch)
 
+    def embed_scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Slice embeddings ``(N, D)`` (float32) and calibrated probabilities ``(N, 6)`` of a
+        preprocessed batch, in one forward pass."""
+        return embed_and_score(self.checkpoint, batch, self.amp)
+
     def label(self, probs: np.ndarray) -> SlicePrediction:
-        """Name one row of probabilities and apply the checkpoint's thresholds."""
+        """Name one row of probabilities and apply the checkpoint's slice thresholds."""
         named = {name: float(p) for name, p in zip(SUBTYPES, probs, strict=True)}
-        thresholds = self.checkpoint.thresholds
-        return SlicePrediction(named, [n for n in SUBTYPES if named[n] >= thresholds[n]])
+        calls = decide(named, self.checkpoint.thresholds).calls
+        return SlicePrediction(named, [n for n in SUBTYPES if calls[n]])
 
     def predict_datasets(self, datasets: Sequence[Dataset]) -> list[SlicePrediction]:
         """Preprocess with the checkpoint's spec and score, one forward pass."""
@@ -73,3 +87,50 @@ class Predictor:
             except IchnodeError as exc:
                 results.append(exc)
         return results
+
+
+@torch.inference_mode()
+def embed_and_score(
+    ckpt: Checkpoint, batch: np.ndarray, amp: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings ``(N, D)`` and calibrated slice probabilities ``(N, 6)`` of a batch."""
+    ckpt.model.eval()
+    param = next(ckpt.model.parameters())
+    x = torch.as_tensor(batch).to(device=param.device, dtype=param.dtype)
+    with torch.autocast(param.device.type, dtype=torch.float16, enabled=amp):
+        emb = embed(ckpt.model, x)
+        logits = head(ckpt.model)(emb)
+    probs = ckpt.calibration.apply(logits.float())
+    return emb.float().cpu().numpy(), probs.cpu().numpy()
+
+
+@torch.inference_mode()
+def slice_logits(ckpt: Checkpoint, embeddings: np.ndarray) -> np.ndarray:
+    """Raw slice logits ``(N, 6)`` from stored embeddings (the slice network's last layer)."""
+    layer = head(ckpt.model)
+    param = next(layer.parameters())
+    emb = torch.as_tensor(np.asarray(embeddings), dtype=param.dtype, device=param.device)
+    return layer(emb).float().cpu().numpy()
+
+
+def score_study(ckpt: Checkpoint, embeddings: np.ndarray, z: Sequence[float | None]) -> StudyScores:
+    """Calibrated slice and study probabilities of one study from its slices' embeddings.
+
+    ``embeddings`` ``(L, D)`` and ``z`` are in any order; the study model reads them in z
+    order and the slice probabilities come back in the order given. Without a study model the
+    slices keep their own probabilities and the study's are their maximum.
+    """
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    if len(embeddings) == 0:
+        raise IchnodeError("a study needs at least one scored slice")
+    logits = slice_logits(ckpt, embeddings)
+    if ckpt.study is None:
+        probs = ckpt.calibration.apply_numpy(logits)
+        return StudyScores(slices=probs, study=probs.max(axis=0), refined=False)
+    order = order_by_z(list(z))
+    refined, study = run_study_head(ckpt.study, embeddings[order], logits[order])
+    slices = np.empty_like(refined, dtype=np.float64)
+    slices[order] = ckpt.study.slice_calibration.apply_numpy(refined)
+    return StudyScores(
+        slices=slices, study=ckpt.study.study_calibration.apply_numpy(study), refined=True
+    )

@@ -4,6 +4,11 @@ A checkpoint is one ``.safetensors`` file: the weights as tensors, and in its me
 JSON document (key ``ichnode``) with the architecture, the preprocessing spec, the label order,
 per-subtype calibration and thresholds, and the training summary. Loading never unpickles: a
 file that is not safetensors is refused. The sha256 of the weights is the model's identity.
+
+A checkpoint may also carry a study model (:mod:`ichnode.study`): its weights are prefixed
+``study.``, its spec and calibration live under the metadata key ``study``, and the study-level
+thresholds under ``study_thresholds``. A slice-only checkpoint stays valid (its study thresholds
+are its slice thresholds, applied to the maximum over the slices).
 """
 
 from __future__ import annotations
@@ -25,10 +30,13 @@ from torch import nn
 
 from ichnode.errors import CheckpointError
 from ichnode.imaging import PreprocessSpec
+from ichnode.study import StudyHead, build_study
 from ichnode.subtypes import SUBTYPES
 
 FORMAT_VERSION = 1
 METADATA_KEY = "ichnode"
+#: Prefix of the study model's tensors in a checkpoint.
+STUDY_PREFIX = "study."
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {}
 
@@ -119,6 +127,54 @@ class ICHNet(nn.Module):
         return self.classifier(self.pool(self.features(x)))
 
 
+@register("ichnet2")
+class ICHNet2(nn.Module):
+    """The default slice network for 256 px inputs at ~0.9 mm per pixel (~1.2 M parameters).
+
+    A learned 4 x 4 patch stem (stride 4) keeps what a thin bleed looks like at full
+    resolution in its channels, where averaging the input down would blur a 2-3 pixel rim
+    away, and costs about what a 128 px network does; then four stages of two conv-BN-ReLU
+    layers (the first of stages 2-4 strided), global average pooling and a dropout + linear
+    head. ``features`` ends in the last conv block (Grad-CAM uses it).
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 6, width: int = 32) -> None:
+        super().__init__()
+        chans = [width, width * 2, width * 4, width * 8]
+        layers: list[nn.Module] = [
+            nn.Sequential(
+                nn.Conv2d(in_channels, chans[0], 4, stride=4, bias=False),
+                nn.BatchNorm2d(chans[0]),
+                nn.ReLU(inplace=True),
+            ),
+            _conv_bn(chans[0], chans[0]),
+        ]
+        for cin, cout in zip(chans[:-1], chans[1:], strict=True):
+            layers += [_conv_bn(cin, cout, stride=2), _conv_bn(cout, cout)]
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.2), nn.Linear(chans[-1], num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x)))
+
+
+def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The slice embedding: the input of the classifier's last linear layer.
+
+    Every registered architecture ends in ``features`` → ``pool`` → ``classifier`` (a
+    Sequential whose last layer is linear), so ``head(model)(embed(model, x)) == model(x)``.
+    """
+    return model.classifier[:-1](model.pool(model.features(x)))
+
+
+def head(model: nn.Module) -> nn.Module:
+    """The last linear layer: slice logits from :func:`embed`'s embeddings."""
+    return model.classifier[-1]
+
+
 @dataclass
 class Calibration:
     """Per-subtype Platt scaling of logits: ``p = sigmoid(scale * logit + bias)``.
@@ -135,6 +191,14 @@ class Calibration:
         bias = torch.tensor(self.bias, dtype=logits.dtype, device=logits.device)
         return torch.sigmoid(logits * scale + bias)
 
+    def apply_numpy(self, logits: np.ndarray) -> np.ndarray:
+        """:meth:`apply` for a numpy array (float64)."""
+        z = np.asarray(logits, dtype=np.float64) * np.asarray(self.scale) + np.asarray(self.bias)
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"scale": list(self.scale), "bias": list(self.bias)}
+
 
 @dataclass
 class Checkpoint:
@@ -148,6 +212,15 @@ class Checkpoint:
     calibration: Calibration = field(default_factory=Calibration)
     summary: dict[str, Any] = field(default_factory=dict)
     sha256: str = ""
+    #: The study model, or None (study probability = max over slices).
+    study: StudyHead | None = None
+    #: Thresholds on the study-level probabilities; None: the slice thresholds.
+    study_thresholds: dict[str, float] | None = None
+
+    @property
+    def decision_thresholds(self) -> dict[str, float]:
+        """The thresholds the study flag is decided with (:func:`ichnode.triage.decide`)."""
+        return dict(self.study_thresholds or self.thresholds)
 
     @property
     def model_id(self) -> str:
@@ -155,15 +228,28 @@ class Checkpoint:
         return f"{self.architecture}-{self.sha256[:12]}"
 
     def metadata(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT_VERSION,
-            "architecture": self.architecture,
-            "preprocessing": self.spec.to_dict(),
-            "labels": list(self.labels),
-            "thresholds": self.thresholds,
-            "calibration": {"scale": self.calibration.scale, "bias": self.calibration.bias},
-            "summary": self.summary,
-        }
+        return (
+            {
+                "format": FORMAT_VERSION,
+                "architecture": self.architecture,
+                "preprocessing": self.spec.to_dict(),
+                "labels": list(self.labels),
+                "thresholds": self.thresholds,
+                "calibration": {"scale": self.calibration.scale, "bias": self.calibration.bias},
+                "summary": self.summary,
+            }
+            | ({"study": self.study.metadata()} if self.study is not None else {})
+            | ({"study_thresholds": self.study_thresholds} if self.study_thresholds else {})
+        )
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every tensor of the checkpoint: the slice network's, and the study model's
+        prefixed with :data:`STUDY_PREFIX`."""
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        if self.study is not None:
+            for k, v in self.study.model.state_dict().items():
+                state[STUDY_PREFIX + k] = v.detach().cpu().contiguous()
+        return state
 
 
 def weights_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -182,7 +268,7 @@ def weights_sha256(state: dict[str, torch.Tensor]) -> str:
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> str:
     """Write ``ckpt`` as safetensors + JSON metadata; returns (and sets) the weights' sha256."""
-    state = {k: v.detach().cpu().contiguous() for k, v in ckpt.model.state_dict().items()}
+    state = ckpt.state_dict()
     ckpt.sha256 = weights_sha256(state)
     meta = ckpt.metadata() | {"sha256": ckpt.sha256}
     path = Path(path)
@@ -235,16 +321,17 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         raise
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path.name} has malformed ichnode metadata: {exc!r}") from None
-    model = build(architecture, in_channels=spec.channels)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{path.name}: weights do not fit {architecture}: {first}") from None
     sha = weights_sha256(state)
     if meta.get("sha256") and meta["sha256"] != sha:
         raise CheckpointError(f"{path.name}: weights do not match their recorded sha256")
+    slice_state = {k: v for k, v in state.items() if not k.startswith(STUDY_PREFIX)}
+    study_state = {
+        k[len(STUDY_PREFIX) :]: v for k, v in state.items() if k.startswith(STUDY_PREFIX)
+    }
+    model = build(architecture, in_channels=spec.channels)
+    _load_weights(model, slice_state, path, architecture)
     model.eval().to(device)
+    study, study_thresholds = _load_study(meta, study_state, path, device)
     return Checkpoint(
         model=model,
         architecture=architecture,
@@ -254,7 +341,62 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         calibration=calibration,
         summary=dict(meta.get("summary", {})),
         sha256=sha,
+        study=study,
+        study_thresholds=study_thresholds,
     )
+
+
+def _load_weights(
+    model: nn.Module, state: dict[str, torch.Tensor], path: Path, architecture: str
+) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{path.name}: weights do not fit {architecture}: {first}") from None
+
+
+def _calibration(data: dict[str, Any], what: str) -> Calibration:
+    return Calibration(
+        scale=_finite(data["scale"], f"{what} scale"), bias=_finite(data["bias"], f"{what} bias")
+    )
+
+
+def _load_study(
+    meta: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    path: Path,
+    device: str | torch.device,
+) -> tuple[StudyHead | None, dict[str, float] | None]:
+    """The study model and study thresholds of a checkpoint's metadata (None, None if absent)."""
+    try:
+        raw_thr = meta.get("study_thresholds")
+        study_thresholds = (
+            {name: float(raw_thr[name]) for name in SUBTYPES} if raw_thr is not None else None
+        )
+        info = meta.get("study")
+        if info is None:
+            if state:
+                raise CheckpointError(f"{path.name} has study weights but no study metadata")
+            return None, study_thresholds
+        architecture = str(info["architecture"])
+        embed_dim, hidden = int(info["embed_dim"]), int(info["hidden"])
+        head = StudyHead(
+            model=build_study(architecture, embed_dim, hidden),
+            architecture=architecture,
+            embed_dim=embed_dim,
+            hidden=hidden,
+            slice_calibration=_calibration(info["slice_calibration"], "study slice calibration"),
+            study_calibration=_calibration(info["study_calibration"], "study calibration"),
+            summary=dict(info.get("summary", {})),
+        )
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path.name} has malformed study metadata: {exc!r}") from None
+    _load_weights(head.model, state, path, f"study model {architecture}")
+    head.model.eval().to(device)
+    return head, study_thresholds
 
 
 def demo_model_path() -> Path:

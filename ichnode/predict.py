@@ -1,4 +1,11 @@
-"""``ichnode predict``: score DICOM files one by one and render the answers."""
+"""``ichnode predict``: score DICOM files one by one, or the studies of a folder, and render
+the answers.
+
+Given files, each slice is scored alone by the slice network. Given a folder, its CT files are
+grouped by StudyInstanceUID and each study is scored as the node scores it
+(:func:`ichnode.inference.score_study`: the study model over the slices in z order, refined
+slice probabilities) and flagged by :func:`ichnode.triage.decide`.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +20,11 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
 from ichnode.errors import IchnodeError
-from ichnode.imaging import WINDOWS, read, to_hu
-from ichnode.inference import Predictor, SlicePrediction
+from ichnode.imaging import WINDOWS, preprocess, quiet_pydicom, read, to_hu
+from ichnode.inference import Predictor, SlicePrediction, score_study
+from ichnode.node.selection import geometry
 from ichnode.subtypes import DISPLAY_NAMES, SHORT_NAMES, SUBTYPES
+from ichnode.triage import decide
 
 
 @dataclass
@@ -129,3 +138,99 @@ def render_table(rows: Sequence[PredictRow]) -> None:
         )
     if table.row_count:
         Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+@dataclass
+class StudyRow:
+    """The answer for one study of a folder: its flag, study probabilities and slices."""
+
+    study_instance_uid: str
+    probabilities: dict[str, float]
+    flagged: bool
+    flagged_subtypes: list[str]
+    refined: bool
+    slices: list[PredictRow]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "study_instance_uid": self.study_instance_uid,
+            "flagged": self.flagged,
+            "flagged_subtypes": self.flagged_subtypes,
+            "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
+            "refined_by_study_model": self.refined,
+            "slices": [r.to_json() for r in self.slices],
+        }
+
+
+def predict_folder(
+    folder: Path, model: Path | None = None, device: str = "auto"
+) -> tuple[list[StudyRow], list[PredictRow]]:
+    """Score every study in ``folder`` (all files below it); returns the studies and the
+    files that could not be scored (with their one-line errors)."""
+    with quiet_pydicom():  # RSNA files store ID_... strings in UID elements
+        return _predict_folder(folder, Predictor(model, device))
+
+
+def _predict_folder(folder: Path, predictor: Predictor) -> tuple[list[StudyRow], list[PredictRow]]:
+    ckpt = predictor.checkpoint
+    groups: dict[str, list[tuple[Path, Dataset, float | None]]] = {}
+    errors: list[PredictRow] = []
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        try:
+            ds = read(path)
+            to_hu(ds)  # the same checks the node makes (CT, pixels, size)
+        except IchnodeError as exc:
+            errors.append(PredictRow(file=path, error=str(exc)))
+            continue
+        uid = str(ds.get("StudyInstanceUID", ""))
+        groups.setdefault(uid, []).append((path, ds, geometry(ds).z))
+    studies: list[StudyRow] = []
+    for uid, members in groups.items():
+        batch = np.stack([preprocess(ds, ckpt.spec) for _, ds, _ in members])
+        embeddings, _ = predictor.embed_scores(batch)
+        scores = score_study(ckpt, embeddings, [z for _, _, z in members])
+        probs = dict(zip(SUBTYPES, (float(v) for v in scores.study), strict=True))
+        decision = decide(probs, ckpt.decision_thresholds)
+        rows = [
+            PredictRow(
+                file=path,
+                sop_instance_uid=str(ds.get("SOPInstanceUID", "")) or None,
+                prediction=predictor.label(row),
+            )
+            for (path, ds, _), row in zip(members, scores.slices, strict=True)
+        ]
+        order = sorted(range(len(rows)), key=lambda i: (members[i][2] is None, members[i][2] or 0))
+        studies.append(
+            StudyRow(
+                study_instance_uid=uid,
+                probabilities=probs,
+                flagged=decision.flagged,
+                flagged_subtypes=list(decision.labels),
+                refined=scores.refined,
+                slices=[rows[i] for i in order],
+            )
+        )
+    return studies, errors
+
+
+def render_studies_json(studies: Sequence[StudyRow], errors: Sequence[PredictRow]) -> str:
+    """``--json`` for a folder: ``{"studies": [...], "errors": [...]}``."""
+    return json.dumps(
+        {"studies": [s.to_json() for s in studies], "errors": [e.to_json() for e in errors]},
+        indent=2,
+    )
+
+
+def render_studies(studies: Sequence[StudyRow], errors: Sequence[PredictRow]) -> None:
+    """One line per study (flag, subtypes, study probabilities), then its slices' table."""
+    from rich.console import Console
+
+    out = Console(width=None if sys.stdout.isatty() else 160, highlight=False)
+    for st in studies:
+        call = "FLAGGED: " + ", ".join(st.flagged_subtypes) if st.flagged else "not flagged"
+        probs = "  ".join(f"{SHORT_NAMES[n]} {st.probabilities[n]:.3f}" for n in SUBTYPES)
+        out.print(
+            f"study {st.study_instance_uid}: {call} ({len(st.slices)} slices; {probs})",
+            markup=False,
+        )
+    render_table([*(r for st in studies for r in st.slices), *errors])

@@ -6,11 +6,13 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from ichnode.cli import app
+from ichnode.inference import score_study
 from ichnode.model import demo_model_path, load_checkpoint
 from ichnode.subtypes import SUBTYPES
 from training.synth import generate
@@ -19,7 +21,10 @@ from training.synth import generate
 pytestmark = pytest.mark.slow
 
 runner = CliRunner()
-TRAIN_ARGS = ["--image-size", "64", "--batch-size", "16", "--device", "cpu", "--limit", "160"]
+TRAIN_ARGS = [
+    *("--image-size", "64", "--pixel-mm", "3.6", "--batch-size", "16", "--device", "cpu"),
+    *("--limit", "160", "--study-epochs", "3"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +49,8 @@ def test_train_writes_a_checkpoint_that_loads_with_its_spec_calibration_and_thre
     trained: Path,
 ):
     ckpt = load_checkpoint(trained / "best.safetensors")
-    assert ckpt.architecture == "ichnet"
-    assert ckpt.spec.size == 64
+    assert ckpt.architecture == "ichnet2"
+    assert ckpt.spec.size == 64 and ckpt.spec.pixel_mm == 3.6
     assert [w.name for w in ckpt.spec.windows] == ["brain", "subdural", "soft"]
     assert set(ckpt.thresholds) == set(SUBTYPES)
     assert ckpt.calibration.scale[SUBTYPES.index("any")] != 1.0  # fitted on validation
@@ -55,6 +60,40 @@ def test_train_writes_a_checkpoint_that_loads_with_its_spec_calibration_and_thre
     assert s["skipped_images"] == 0
     assert s["augmentation"]["enabled"] is True and s["windows"] == "stack"
     assert {"split_seed", "val_auc", "val_loss", "dataset", "ichnode_version"} <= set(s)
+    assert s["augmentation"]["space"] == "hounsfield"
+
+
+def test_train_stores_a_study_model_with_study_thresholds_that_scores_a_study(trained: Path):
+    ckpt = load_checkpoint(trained / "best.safetensors")
+    assert ckpt.study is not None and ckpt.study.architecture == "bigru"
+    assert ckpt.study_thresholds is not None and set(ckpt.study_thresholds) == set(SUBTYPES)
+    assert ckpt.decision_thresholds == ckpt.study_thresholds
+    emb = np.random.default_rng(0).normal(size=(7, ckpt.study.embed_dim)).astype(np.float32)
+    z = [5.0, 1.0, 3.0, None, 2.0, 4.0, 0.0]
+    scores = score_study(ckpt, emb, z)
+    assert scores.refined and scores.slices.shape == (7, 6) and scores.study.shape == (6,)
+    assert ((scores.slices > 0) & (scores.slices < 1)).all()
+    # The study model reads z order: the same slices given in another order score the same.
+    perm = [6, 1, 4, 2, 5, 0, 3]
+    again = score_study(ckpt, emb[perm], [z[i] for i in perm])
+    np.testing.assert_allclose(again.study, scores.study, rtol=1e-5)
+    np.testing.assert_allclose(again.slices, scores.slices[perm], rtol=1e-5)
+    # ... and z matters: reversed heights give other refined slices.
+    flipped = score_study(ckpt, emb, [None if v is None else -v for v in z])
+    assert not np.allclose(flipped.slices, scores.slices)
+
+
+def test_a_slice_only_run_scores_a_study_by_its_maximum(phantoms: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    args = ["train", "--data", str(phantoms), "--out", str(run), "--epochs", "1", *TRAIN_ARGS]
+    result = runner.invoke(app, [*args, "--study-model", "none", "--arch", "simplecnn"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    ckpt = load_checkpoint(run / "best.safetensors")
+    assert ckpt.study is None and ckpt.study_thresholds is not None
+    emb = np.random.default_rng(1).normal(size=(4, 128)).astype(np.float32)
+    scores = score_study(ckpt, emb, [0.0, 1.0, 2.0, 3.0])
+    assert not scores.refined
+    np.testing.assert_allclose(scores.study, scores.slices.max(axis=0))
 
 
 def test_train_writes_split_history_and_resume_state(trained: Path):
@@ -100,8 +139,33 @@ def test_evaluate_on_the_test_split_writes_reports_and_figures(
     assert set(report["subtypes"]) == set(SUBTYPES)
     assert "confusion" in report["subtypes"]["any"]
     assert "Weighted multi-label log loss" in (out / "report.md").read_text()
-    for png in ["roc.png", "reliability.png", *(f"confusion_{s}.png" for s in SUBTYPES)]:
+    for png in [
+        "roc.png", "study_roc.png", "reliability.png", *(f"confusion_{s}.png" for s in SUBTYPES)
+    ]:  # fmt: skip
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    study = report["study"]
+    assert study["n_studies"] >= 1 and study["refined_by_study_model"] is True
+    assert study["n_positive"] + study["n_negative"] == study["n_studies"]
+    assert set(study["auc"]) == set(SUBTYPES) and "false_alarms_per_100_normal" in str(study)
+    assert "study level" in result.output and "Study level" in (out / "report.md").read_text()
+    low = report["breakdowns"]["slice position"]["lowest 10% of slices"]
+    assert 0 < low["slices"] < report["n_images"]
+
+
+def test_study_metrics_count_flags_at_the_operating_point_and_say_n_a_without_positives():
+    from training.evaluate import study_metrics
+
+    y = np.zeros((5, 6))
+    y[:2, :] = 1  # two bleeding studies, three normal
+    p = np.full((5, 6), 0.1)
+    p[0, :] = 0.9  # flagged, right
+    p[2, :] = 0.8  # flagged, a false alarm
+    m = study_metrics(y, p, dict.fromkeys(SUBTYPES, 0.5))
+    op = m["operating_point"]
+    assert op["sensitivity"] == 0.5 and op["specificity"] == 2 / 3 and op["ppv"] == 0.5
+    assert op["false_alarms_per_100_normal"] == pytest.approx(100 / 3)
+    m = study_metrics(np.zeros((3, 6)), np.full((3, 6), 0.2), dict.fromkeys(SUBTYPES, 0.5))
+    assert m["auc"]["any"] is None and m["operating_point"]["sensitivity"] is None
 
 
 def _ichnode(*args: str) -> subprocess.CompletedProcess:

@@ -38,7 +38,7 @@ def test_baseline_log_loss_predicts_the_given_prevalence_everywhere():
 def test_subtype_metrics_counts_confusion_matrix_and_scores():
     y = np.array([0, 0, 1, 1, 1])
     p = np.array([0.1, 0.7, 0.8, 0.9, 0.2])
-    m = metrics.subtype_metrics(y, p, threshold=0.5)
+    m = metrics.subtype_metrics(y, p, threshold=0.5, pred=p >= 0.5)
     assert m.confusion == [[1, 1], [1, 2]]  # [[tn, fp], [fn, tp]]
     assert m.precision == pytest.approx(2 / 3)
     assert m.recall == pytest.approx(2 / 3)

@@ -59,3 +59,113 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> to
     contrast = (1.0 + _uniform(n, cfg.contrast, g)).view(n, 1, 1, 1).to(x.device, x.dtype)
     bright = _uniform(n, cfg.brightness, g).view(n, 1, 1, 1).to(x.device, x.dtype)
     return (out * contrast + bright).clamp_(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class HUAugmentConfig:
+    """Augmentation in Hounsfield units, before windowing, where scanners and patients differ.
+
+    Soft-tissue densities (blood, grey and white matter, CSF) shift and stretch around
+    :data:`SOFT_CENTRE` (a different scanner calibration, a different haematocrit), the noise
+    level and the reconstruction kernel change (Gaussian noise, then blur or sharpening), and
+    the windows' centre and width jitter; then the geometric warp of :class:`AugmentConfig`
+    (flip, rotation, scale), with air outside. ``enabled=False`` makes it the identity.
+    """
+
+    enabled: bool = True
+    hflip: float = 0.5
+    rotate_deg: float = 12.0
+    scale: float = 0.12
+    soft_offset_hu: float = 6.0  # soft tissue + uniform in [-x, x] HU
+    soft_stretch: float = 0.15  # soft tissue contrast x uniform in [1 - x, 1 + x]
+    noise_hu: float = 8.0  # Gaussian noise sd uniform in [0, x] HU
+    blur_sigma: float = 1.0  # with probability 1/3 blur, sigma uniform in [0.3, x] px
+    sharpen: float = 0.6  # with probability 1/3 unsharp mask, amount uniform in [0, x]
+    window_centre_hu: float = 4.0  # window centres + uniform in [-x, x] HU
+    window_width: float = 0.1  # window widths x uniform in [1 - x, 1 + x]
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"space": "hounsfield"}
+
+
+NO_HU_AUGMENT = HUAugmentConfig(enabled=False)
+
+#: Centre (HU) of the soft-tissue stretch, and the HU band it applies to (tapering outside).
+SOFT_CENTRE = 30.0
+SOFT_BAND = (-100.0, 150.0)
+SOFT_TAPER = 100.0
+AIR = -1000.0
+
+
+def _gaussian_kernel(sigma: torch.Tensor, radius: int = 3) -> torch.Tensor:
+    """Per-sample normalised 1-D Gaussian kernels ``(N, 2 * radius + 1)``."""
+    t = torch.arange(-radius, radius + 1, dtype=sigma.dtype, device=sigma.device)
+    k = torch.exp(-0.5 * (t[None, :] / sigma[:, None].clamp(min=1e-3)) ** 2)
+    return k / k.sum(dim=1, keepdim=True)
+
+
+def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable per-sample Gaussian blur of ``(N, 1, H, W)``."""
+    n = x.shape[0]
+    k = _gaussian_kernel(sigma)
+    r = k.shape[1] // 2
+    grouped = x.transpose(0, 1)  # (1, N, H, W): one group per sample
+    grouped = F.conv2d(F.pad(grouped, (r, r, 0, 0), mode="replicate"), k.view(n, 1, 1, -1),
+                       groups=n)  # fmt: skip
+    grouped = F.conv2d(F.pad(grouped, (0, 0, r, r), mode="replicate"), k.view(n, 1, -1, 1),
+                       groups=n)  # fmt: skip
+    return grouped.transpose(0, 1)
+
+
+def augment_hu(hu: torch.Tensor, cfg: HUAugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """A randomly altered copy of HU planes ``(N, 1, H, W)`` (densities, noise, kernel, pose)."""
+    if not cfg.enabled:
+        return hu
+    n, dev, dt = hu.shape[0], hu.device, hu.dtype
+
+    def u(half: float) -> torch.Tensor:
+        return _uniform(n, half, g).view(n, 1, 1, 1).to(dev, dt)
+
+    lo, hi = SOFT_BAND
+    weight = ((hu - (lo - SOFT_TAPER)) / SOFT_TAPER).clamp(0, 1) * (
+        ((hi + SOFT_TAPER) - hu) / SOFT_TAPER
+    ).clamp(0, 1)
+    stretched = (
+        SOFT_CENTRE + (hu - SOFT_CENTRE) * (1.0 + u(cfg.soft_stretch)) + u(cfg.soft_offset_hu)
+    )
+    out = hu + weight * (stretched - hu)
+    sd = (torch.rand(n, generator=g) * cfg.noise_hu).view(n, 1, 1, 1).to(dev, dt)
+    noise = torch.randn(hu.shape, generator=g).to(dev, dt)
+    body = (hu > AIR + 200.0).to(dt)  # no noise in the air around the head
+    out = out + noise * sd * body
+    kernel = torch.randint(3, (n,), generator=g)  # 0 as is, 1 blur, 2 sharpen
+    if cfg.blur_sigma > 0 and bool((kernel > 0).any()):
+        sigma = 0.3 + torch.rand(n, generator=g) * max(cfg.blur_sigma - 0.3, 0.0)
+        blurred = _blur(out, sigma.to(dev, dt))
+        amount = (torch.rand(n, generator=g) * cfg.sharpen).view(n, 1, 1, 1).to(dev, dt)
+        k = kernel.view(n, 1, 1, 1).to(dev)
+        out = torch.where(k == 1, blurred, torch.where(k == 2, out + amount * (out - blurred), out))
+    # Geometric warp with air outside: warp (HU - AIR), whose padding zero is air.
+    angle = _uniform(n, math.radians(cfg.rotate_deg), g)
+    zoom = 1.0 + _uniform(n, cfg.scale, g)
+    flip = torch.where(torch.rand(n, generator=g) < cfg.hflip, -1.0, 1.0)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = cos * flip, -sin
+    theta[:, 1, 0], theta[:, 1, 1] = sin * flip, cos
+    grid = F.affine_grid(theta.to(dev, dt), list(out.shape), align_corners=False)
+    warped = F.grid_sample(out - AIR, grid, mode="bilinear", padding_mode="zeros",
+                           align_corners=False)  # fmt: skip
+    return warped + AIR
+
+
+def jitter_windows(
+    windows: tuple, n: int, cfg: HUAugmentConfig, g: torch.Generator
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-sample (centre, width) tensors ``(N, 1, 1)`` for each window, jittered by ``cfg``."""
+    out = []
+    for w in windows:
+        shift = _uniform(n, cfg.window_centre_hu if cfg.enabled else 0.0, g)
+        stretch = 1.0 + _uniform(n, cfg.window_width if cfg.enabled else 0.0, g)
+        out.append(((w.center + shift).view(n, 1, 1), (w.width * stretch).view(n, 1, 1)))
+    return out

@@ -13,9 +13,7 @@ import json
 import logging
 import random
 import re
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +24,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ichnode.errors import IchnodeError
-from ichnode.imaging import PreprocessSpec, preprocess, read
+from ichnode.imaging import PreprocessSpec, preprocess, preprocess_hu, quiet_pydicom, read
+from ichnode.node.selection import geometry
 from ichnode.subtypes import SUBTYPES
 from training.cache import PreprocessCache
 
@@ -39,7 +38,7 @@ SPLIT_RATIOS: tuple[float, ...] = (0.8, 0.1, 0.1)
 
 #: Image ids become file names: only these characters are accepted.
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_HEADER_TAGS = ["PatientID", "StudyInstanceUID", "ImagePositionPatient"]
+_HEADER_TAGS = ["PatientID", "StudyInstanceUID", "ImagePositionPatient", "ImageOrientationPatient"]
 INDEX_COLUMNS = ["id", "patient", "study", "z", "readable"]
 
 
@@ -107,19 +106,6 @@ def load_labels(csv: Path) -> pd.DataFrame:
     return table
 
 
-@contextmanager
-def quiet_pydicom() -> Iterator[None]:
-    """Read without per-file validation warnings: the RSNA download stores ``ID_...`` strings
-    in UID elements, and 750 000 warnings would drown every useful log line."""
-    settings = pydicom.config.settings
-    saved = settings.reading_validation_mode
-    settings.reading_validation_mode = pydicom.config.IGNORE
-    try:
-        yield
-    finally:
-        settings.reading_validation_mode = saved
-
-
 def _read_header(path: Path) -> tuple[str, str, float, bool]:
     try:
         ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
@@ -127,9 +113,11 @@ def _read_header(path: Path) -> tuple[str, str, float, bool]:
         return "", "", float("nan"), False
     patient = str(ds.get("PatientID", "") or "")
     study = str(ds.get("StudyInstanceUID", "") or "")
-    ipp = ds.get("ImagePositionPatient")
-    try:
-        z = float(ipp[2]) if ipp is not None and len(ipp) >= 3 else float("nan")
+    try:  # the node's z (ImagePositionPatient along the slice normal), else IPP[2]
+        z = geometry(ds).z
+        if z is None:
+            ipp = ds.get("ImagePositionPatient")
+            z = float(ipp[2]) if ipp is not None and len(ipp) >= 3 else float("nan")
     except (TypeError, ValueError):
         z = float("nan")
     return patient or study, study, z, True
@@ -243,8 +231,11 @@ def read_split(path: Path) -> dict:
 class RSNADataset(Dataset):
     """Preprocessed slices and their six labels; ``(x, y, position, ok)`` per item.
 
-    ``ok`` is False for an image whose pixels cannot be read: the loop drops it from the batch
-    and counts it. With a cache, decoded arrays are stored for later epochs.
+    ``x`` is the model input for a legacy spec, and the HU plane ``(1, S, S)`` of
+    :func:`ichnode.imaging.preprocess_hu` for a spec with ``pixel_mm`` (the loop augments it
+    in HU and windows it, :func:`training.loop.model_input`). ``ok`` is False for an image
+    whose pixels cannot be read: the loop drops it from the batch and counts it. With a cache,
+    decoded arrays are stored for later epochs.
     """
 
     def __init__(
@@ -272,6 +263,12 @@ class RSNADataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def item_shape(self) -> tuple[int, int, int]:
+        """Shape of one ``x``: the input, or the single HU plane for a ``pixel_mm`` spec."""
+        channels = self.spec.channels if self.spec.pixel_mm is None else 1
+        return (channels, self.spec.size, self.spec.size)
+
     def _load(self, image_id: str) -> np.ndarray | None:
         if self.cache is not None:
             if self.cache.is_bad(image_id):
@@ -281,7 +278,11 @@ class RSNADataset(Dataset):
                 return arr
         try:
             with quiet_pydicom():
-                arr = preprocess(read(self.layout.image_path(image_id)), self.spec)
+                ds = read(self.layout.image_path(image_id))
+                if self.spec.pixel_mm is None:
+                    arr = preprocess(ds, self.spec)
+                else:
+                    arr = preprocess_hu(ds, self.spec)[None]
         except IchnodeError as exc:
             log.warning("skipping unreadable image %s: %s", image_id, exc)
             if self.cache is not None:
@@ -295,5 +296,5 @@ class RSNADataset(Dataset):
         arr = self._load(self.ids[i])
         ok = arr is not None
         if arr is None:
-            arr = np.zeros((self.spec.channels, self.spec.size, self.spec.size), np.float32)
+            arr = np.zeros(self.item_shape, np.float32)
         return torch.from_numpy(arr), torch.from_numpy(self.labels[i]), i, ok

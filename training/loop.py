@@ -25,11 +25,21 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ichnode.errors import IchnodeError
-from ichnode.imaging import PreprocessSpec, parse_window, windows_for_mode
+from ichnode.imaging import PreprocessSpec, parse_window, window_planes, windows_for_mode
 from ichnode.model import Checkpoint, build, load_checkpoint, save_checkpoint
+from ichnode.study import DEFAULT_STUDY_ARCHITECTURE, StudyHead
 from ichnode.subtypes import SUBTYPES
 from training import calibrate, distributed, metrics
-from training.augment import NO_AUGMENT, AugmentConfig, augment_batch
+from training import study as stage2
+from training.augment import (
+    NO_AUGMENT,
+    NO_HU_AUGMENT,
+    AugmentConfig,
+    HUAugmentConfig,
+    augment_batch,
+    augment_hu,
+    jitter_windows,
+)
 from training.cache import PreprocessCache
 from training.dataset import (
     Layout,
@@ -49,8 +59,9 @@ LAST_NAME = "last.pt"
 HISTORY_NAME = "history.json"
 SPLIT_NAME = "split.json"
 THRESHOLD_RULE = (
-    "any: highest threshold with validation sensitivity >= 0.95; "
-    "other subtypes: max F1 on validation; calibrated probabilities"
+    "any: highest threshold with sensitivity >= 0.95; other subtypes: max F1; "
+    "calibrated probabilities; slice thresholds on calibration slices, study thresholds "
+    "on calibration studies"
 )
 
 
@@ -64,11 +75,13 @@ class TrainConfig:
 
     data: Path
     out: Path
-    architecture: str = "ichnet"
+    architecture: str = "ichnet2"
     epochs: int = 5
     batch_size: int = 32
     lr: float = 1e-3
-    image_size: int = 224
+    image_size: int = 256
+    #: Millimetres per input pixel (None: the legacy matrix-pixel geometry).
+    pixel_mm: float | None = 0.9
     windows: str = "stack"
     device: str = "auto"
     workers: int = 0
@@ -80,9 +93,18 @@ class TrainConfig:
     resume: bool = False
     limit: int | None = None
     amp: bool = False
+    #: Share of balanced draws given to normal slices (None: one group in six, the seed's).
+    normal_share: float | None = 0.4
+    #: Slices drawn per epoch (None: as many as the training split has).
+    epoch_samples: int | None = None
+    #: Study model architecture (None: a slice-only checkpoint).
+    study_model: str | None = DEFAULT_STUDY_ARCHITECTURE
+    study_epochs: int = 40
+    #: An RSNA-layout folder to calibrate and pick thresholds on (None: the validation split).
+    calibration_data: Path | None = None
 
 
-def make_spec(windows: str, image_size: int) -> PreprocessSpec:
+def make_spec(windows: str, image_size: int, pixel_mm: float | None = None) -> PreprocessSpec:
     """``stack``, ``single`` or comma-separated window names / CENTER/WIDTH → a spec."""
     try:
         if windows in ("stack", "single"):
@@ -93,7 +115,37 @@ def make_spec(windows: str, image_size: int) -> PreprocessSpec:
         raise TrainError(str(exc)) from None
     if not wins:
         raise TrainError("--windows names no window")
-    return PreprocessSpec(windows=wins, size=image_size)
+    try:
+        return PreprocessSpec(windows=wins, size=image_size, pixel_mm=pixel_mm)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
+
+
+def model_input(
+    x: torch.Tensor,
+    spec: PreprocessSpec,
+    augment: AugmentConfig | HUAugmentConfig | None,
+    g: torch.Generator | None,
+) -> torch.Tensor:
+    """A loader batch → the model's input, augmented when ``augment`` is given.
+
+    For a ``pixel_mm`` spec the batch holds HU planes ``(N, 1, S, S)``: augmentation acts in
+    HU (:func:`training.augment.augment_hu`) and the windows (jittered when training) come
+    last, the same windows :func:`ichnode.imaging.preprocess` serves with. For a legacy spec
+    the batch is already windowed and only the legacy augmentation applies.
+    """
+    if spec.pixel_mm is None:
+        if isinstance(augment, AugmentConfig) and g is not None:
+            return augment_batch(x, augment, g)
+        return x
+    if not isinstance(augment, HUAugmentConfig) or not augment.enabled or g is None:
+        return window_planes(x[:, 0], spec.windows)
+    hu = augment_hu(x, augment, g)[:, 0]
+    chans = [
+        ((hu - (c.to(hu) - w.to(hu) / 2.0)) / w.to(hu)).clamp(0.0, 1.0)
+        for c, w in jitter_windows(spec.windows, len(hu), augment, g)
+    ]
+    return torch.stack(chans, dim=1)
 
 
 # --------------------------------------------------------------------------- data
@@ -109,6 +161,7 @@ class Prepared:
     spec: PreprocessSpec
     cache: PreprocessCache
     skipped: set[str]  # image ids skipped so far (unreadable header or pixels)
+    index: pd.DataFrame  # id, patient, study, z of the readable images
 
 
 def prepare_data(cfg: TrainConfig, spec: PreprocessSpec, write: bool = True) -> Prepared:
@@ -141,6 +194,28 @@ def prepare_data(cfg: TrainConfig, spec: PreprocessSpec, write: bool = True) -> 
         spec=spec,
         cache=PreprocessCache(cache_dir, spec),
         skipped=set(unreadable),
+        index=index,
+    )
+
+
+def prepare_external(folder: Path, spec: PreprocessSpec, cache_dir: Path) -> Prepared:
+    """Every readable image of another RSNA-layout folder (calibration or evaluation data)."""
+    layout = find_layout(folder)
+    table = load_labels(layout.csv)
+    index = header_index(layout, list(table.index), cache_dir)
+    readable = index["readable"].astype(bool)
+    index = index[readable]
+    if len(index) == 0:
+        raise TrainError(f"no readable images in {folder}")
+    ids = index["id"].tolist()
+    return Prepared(
+        layout=layout,
+        table=table,
+        split={"train": [], "val": ids, "test": []},
+        spec=spec,
+        cache=PreprocessCache(cache_dir, spec),
+        skipped=set(),
+        index=index,
     )
 
 
@@ -196,12 +271,13 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     loss_fn: Loss,
     device: torch.device,
-    augmentation: AugmentConfig,
+    augmentation: AugmentConfig | HUAugmentConfig,
     g: torch.Generator,
     skipped: set[str],
     desc: str = "train",
     progress: bool = True,
     scaler: torch.amp.GradScaler | None = None,
+    spec: PreprocessSpec | None = None,
 ) -> tuple[float, int]:
     """One pass over the loader; returns (mean loss, images seen).
 
@@ -217,7 +293,8 @@ def train_one_epoch(
         skipped.update(ids[i] for i in bad)
         if len(x) == 0:
             continue
-        x = augment_batch(x.to(device, non_blocking=True), augmentation, g)
+        x = x.to(device, non_blocking=True)
+        x = model_input(x, spec or loader.dataset.spec, augmentation, g)
         y = y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
@@ -246,13 +323,14 @@ def predict_logits(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Logits, labels and dataset positions of every readable item (no augmentation)."""
     model.eval()
+    spec = loader.dataset.spec
     ids = loader.dataset.ids
     logits, labels, positions = [], [], []
     for x, y, pos, bad in tqdm(loader, desc=desc, leave=False, disable=None if progress else True):
         skipped.update(ids[i] for i in bad)
         if len(x) == 0:
             continue
-        logits.append(model(x.to(device)).float().cpu().numpy())
+        logits.append(model(model_input(x.to(device), spec, None, None)).float().cpu().numpy())
         labels.append(y.numpy())
         positions.append(pos.numpy())
     if not logits:
@@ -290,6 +368,8 @@ def _fingerprint(cfg: TrainConfig, spec: PreprocessSpec) -> dict:
     return {
         "architecture": cfg.architecture,
         "spec": json.dumps(spec.to_dict(), sort_keys=True),
+        "normal_share": -1.0 if cfg.normal_share is None else cfg.normal_share,
+        "epoch_samples": -1 if cfg.epoch_samples is None else cfg.epoch_samples,
         "seed": cfg.seed,
         "data": str(Path(cfg.data).resolve()),
         "limit": -1 if cfg.limit is None else cfg.limit,
@@ -322,7 +402,7 @@ def _version() -> str:
     return str(getattr(ichnode, "__version__", "0.0.0"))
 
 
-def run(cfg: TrainConfig, augmentation: AugmentConfig | None = None) -> Path:
+def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None = None) -> Path:
     """Train per ``cfg``; returns the path of the best (calibrated) checkpoint.
 
     ``augmentation`` overrides the default strengths (``--no-augment`` disables them).
@@ -330,7 +410,15 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | None = None) -> Path:
     """
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    spec = make_spec(cfg.windows, cfg.image_size)
+    spec = make_spec(cfg.windows, cfg.image_size, cfg.pixel_mm)
+    if cfg.study_model is not None:
+        from ichnode.study import STUDY_ARCHITECTURES
+
+        if cfg.study_model not in STUDY_ARCHITECTURES:
+            known = ", ".join(sorted(STUDY_ARCHITECTURES))
+            raise TrainError(f"--study-model {cfg.study_model!r}: expected one of {known}, none")
+    if cfg.normal_share is not None and not 0.0 < cfg.normal_share < 1.0:
+        raise TrainError(f"--normal-share must be between 0 and 1, not {cfg.normal_share}")
     info, device = distributed.init(cfg.device)
     if cfg.amp and device.type != "cuda":
         raise TrainError(f"--amp (mixed precision) needs a CUDA device; this run is on {device}")
@@ -347,7 +435,10 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | None = None) -> Path:
     # swinging (seen on phantoms: validation AUC of rare subtypes jumped between epochs).
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     loss_fn = Loss(cfg.weighted_loss).to(device)
-    augmentation = (augmentation or AugmentConfig()) if cfg.augment else NO_AUGMENT
+    if spec.pixel_mm is None:
+        augmentation = (augmentation or AugmentConfig()) if cfg.augment else NO_AUGMENT
+    else:
+        augmentation = (augmentation or HUAugmentConfig()) if cfg.augment else NO_HU_AUGMENT
 
     state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "history": [], "skipped": []}
     if cfg.resume:
@@ -373,7 +464,9 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | None = None) -> Path:
         data.layout, data.table, data.split["train"], spec, data.cache
     )
     val_ds = RSNADataset.from_table(data.layout, data.table, data.split["val"], spec, data.cache)
-    sampler = build_sampler(train_ds.labels, cfg.balanced, cfg.seed)
+    sampler = build_sampler(
+        train_ds.labels, cfg.balanced, cfg.seed, cfg.normal_share, cfg.epoch_samples
+    )
     if info.enabled:
         sampler = distributed.ShardedSampler(sampler, info.rank, info.world_size)
     trained = torch.nn.parallel.DistributedDataParallel(model) if info.enabled else model
@@ -456,22 +549,93 @@ def finalize(
     data: Prepared,
     val_ds: RSNADataset,
     state: dict,
-    augmentation: AugmentConfig,
+    augmentation: AugmentConfig | HUAugmentConfig,
     device: torch.device,
 ) -> Path:
-    """Reload the best weights, fit calibration and thresholds on validation, write summary."""
+    """Reload the best weights; train the study model (second stage); fit calibration, slice
+    and study thresholds on the calibration data (``--calibration-data``, else the validation
+    split); write the summary into the checkpoint."""
     path = Path(cfg.out) / BEST_NAME
     if not path.is_file():
         raise TrainError(f"no checkpoint was saved in {cfg.out} (did every epoch fail?)")
     best = load_checkpoint(path, device=device)
-    loader = make_loader(val_ds, cfg.batch_size, cfg.workers, None)
-    logits, y, _ = predict_logits(best.model, loader, device, data.skipped, desc="calibrate")
+    spec = best.spec
+    cache_dir = Path(cfg.cache) if cfg.cache else Path(cfg.out) / "cache"
+
+    def embedded(ds: RSNADataset, desc: str, augment=None, seed: int = 0) -> stage2.StudySet:
+        g = torch.Generator().manual_seed(seed) if augment is not None else None
+        loader = make_loader(ds, cfg.batch_size, cfg.workers, None)
+        ids, emb, logits, y = stage2.embed_dataset(
+            best.model, loader, spec, device, data.skipped, augment, g, desc=desc
+        )
+        return stage2.group_studies(index, ids, emb, logits, y)
+
+    index = data.index
+    val_set = embedded(val_ds, "embed val")
+    calib_source = "validation split"
+    if cfg.calibration_data is not None:
+        calib = prepare_external(Path(cfg.calibration_data), spec, cache_dir)
+        index = pd.concat([data.index, calib.index], ignore_index=True)
+        calib_ds = RSNADataset.from_table(
+            calib.layout, calib.table, calib.split["val"], spec, calib.cache
+        )
+        calib_set = embedded(calib_ds, "embed calibration")
+        calib_source = Path(cfg.calibration_data).resolve().name
+    else:
+        calib_set = val_set
+    logits = np.concatenate(calib_set.logits) if len(calib_set) else np.zeros((0, 6))
+    y = np.concatenate(calib_set.y) if len(calib_set) else np.zeros((0, 6))
     calibration = calibrate.fit_platt(logits, y)
     for j, name in enumerate(SUBTYPES):
         if len(y) == 0 or y[:, j].min() == y[:, j].max():
-            log.warning("%s has a single class in validation: uncalibrated, threshold 0.5", name)
+            log.warning("%s has a single class in calibration: uncalibrated, threshold 0.5", name)
     probs = calibrate.apply_calibration(calibration, logits)
     thresholds = calibrate.pick_thresholds(y, probs)
+
+    study_head: StudyHead | None = None
+    study_summary: dict = {}
+    if cfg.study_model is not None:
+        train_ds = RSNADataset.from_table(
+            data.layout, data.table, data.split["train"], spec, data.cache
+        )
+        clean = embedded(train_ds, "embed train")
+        noisy = embedded(train_ds, "embed train (augmented)", augmentation, cfg.seed + 1)
+        train_set = stage2.StudySet(
+            *(a + b for a, b in zip(vars(clean).values(), vars(noisy).values(), strict=True))
+        )
+        model_s, history = stage2.train_study_model(
+            train_set, val_set, cfg.study_model, cfg.study_epochs, cfg.seed, device
+        )
+        refined, study_logits = stage2.study_logits(model_s, calib_set, device)
+        slice_cal = calibrate.fit_platt(np.concatenate(refined), y)
+        study_y = calib_set.study_labels()
+        study_cal = calibrate.fit_platt(study_logits, study_y)
+        study_probs = calibrate.apply_calibration(study_cal, study_logits)
+        study_summary = {
+            "architecture": cfg.study_model,
+            "epochs": cfg.study_epochs,
+            "best_epoch": min(history, key=lambda r: r["val_loss"])["epoch"],
+            "history": history,
+            "n_train_studies": len(clean),
+            "n_val_studies": len(val_set),
+        }
+        study_head = StudyHead(
+            model=model_s,
+            architecture=cfg.study_model,
+            embed_dim=int(train_set.emb[0].shape[1]),
+            hidden=model_s.gru.hidden_size,
+            slice_calibration=slice_cal,
+            study_calibration=study_cal,
+            summary=study_summary,
+        )
+        probs = calibrate.apply_calibration(slice_cal, np.concatenate(refined))
+    else:
+        study_y = calib_set.study_labels()
+        study_probs = np.stack(
+            [calibrate.apply_calibration(calibration, lg).max(axis=0) for lg in calib_set.logits]
+        )
+    study_thresholds = calibrate.pick_thresholds(study_y, study_probs)
+
     train_labels = data.table.loc[data.split["train"], list(SUBTYPES)].to_numpy()
     best_row = next(r for r in state["history"] if r["epoch"] == state["best_epoch"])
     summary = {
@@ -480,7 +644,12 @@ def finalize(
         "best_epoch": state["best_epoch"],
         "val_loss": state["best_val_loss"],
         "val_auc": best_row["val_auc"],
-        "val_weighted_log_loss_calibrated": metrics.weighted_log_loss(y, probs),
+        "calibration_data": calib_source,
+        "calibration_weighted_log_loss": metrics.weighted_log_loss(y, probs),
+        "calibration_study_auc": {
+            k: metrics.finite_or_none(v) for k, v in metrics.aucs(study_y, study_probs).items()
+        },
+        "n_calibration_studies": len(calib_set),
         "split_seed": cfg.seed,
         "n_train": len(data.split["train"]),
         "n_val": len(data.split["val"]),
@@ -490,32 +659,40 @@ def finalize(
         "augmentation": augmentation.to_dict(),
         "windows": cfg.windows,
         "image_size": cfg.image_size,
+        "pixel_mm": cfg.pixel_mm,
         "balanced": cfg.balanced,
+        "normal_share": cfg.normal_share,
+        "epoch_samples": cfg.epoch_samples,
         "weighted_loss": cfg.weighted_loss,
         "lr": cfg.lr,
         "lr_schedule": "cosine to 0 over the epochs",
         "amp": cfg.amp,
         "batch_size": cfg.batch_size,
         "dataset": Path(cfg.data).resolve().name,
+        "study_model": cfg.study_model,
         "threshold_rule": THRESHOLD_RULE,
         "ichnode_version": _version(),
     }
     ckpt = Checkpoint(
         model=best.model,
         architecture=cfg.architecture,
-        spec=best.spec,
+        spec=spec,
         thresholds=thresholds,
         calibration=calibration,
         summary=summary,
+        study=study_head,
+        study_thresholds=study_thresholds,
     )
     sha = save_checkpoint(path, ckpt)
     if data.skipped:
         log.warning("skipped %d unreadable images", len(data.skipped))
     log.info(
-        "best epoch %d (val_loss %.4f), calibrated val weighted log loss %.4f; %s (%s)",
+        "best epoch %d (val_loss %.4f); on %s: weighted log loss %.4f, study AUC(any) %s; %s (%s)",
         state["best_epoch"],
         state["best_val_loss"],
-        summary["val_weighted_log_loss_calibrated"],
+        calib_source,
+        summary["calibration_weighted_log_loss"],
+        summary["calibration_study_auc"].get("any"),
         path,
         sha[:12],
     )

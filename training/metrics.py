@@ -85,10 +85,13 @@ class SubtypeMetrics:
         return asdict(self)
 
 
-def subtype_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> SubtypeMetrics:
-    """Accuracy, precision, recall, F1, ROC AUC, confusion matrix and sklearn's report."""
+def subtype_metrics(
+    y: np.ndarray, p: np.ndarray, threshold: float, pred: np.ndarray
+) -> SubtypeMetrics:
+    """Accuracy, precision, recall, F1, ROC AUC, confusion matrix and sklearn's report of the
+    calls ``pred`` (made by :func:`ichnode.triage.over_threshold` at ``threshold``)."""
     y = np.asarray(y).astype(int)
-    pred = (np.asarray(p) >= threshold).astype(int)
+    pred = np.asarray(pred).astype(int)
     return SubtypeMetrics(
         threshold=float(threshold),
         positives=int(y.sum()),

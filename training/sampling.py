@@ -36,14 +36,31 @@ def group_members(labels: np.ndarray) -> dict[str, np.ndarray]:
 
 
 class BalancedSampler(Sampler[int]):
-    """Equal expected draws from every non-empty group, with replacement; ``num_samples`` draws."""
+    """Equal expected draws from every non-empty group, with replacement; ``num_samples`` draws.
 
-    def __init__(self, labels: np.ndarray, num_samples: int | None = None, seed: int = 0) -> None:
+    With ``normal_share`` the normal group gets that share of the draws and the subtypes split
+    the rest equally: normal slices carry the mimics (skull base, calcifications) a model must
+    learn to leave alone, and one draw in six is too few of them.
+    """
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        num_samples: int | None = None,
+        seed: int = 0,
+        normal_share: float | None = None,
+    ) -> None:
         members = group_members(labels)
         self.groups = [name for name in GROUPS if len(members[name])]
         if not self.groups:
             raise ValueError("balanced sampling needs at least one labelled slice")
         self.members = [torch.as_tensor(members[name], dtype=torch.long) for name in self.groups]
+        weights = torch.ones(len(self.groups), dtype=torch.float64)
+        others = [i for i, name in enumerate(self.groups) if name != "normal"]
+        if normal_share is not None and "normal" in self.groups and others:
+            weights[:] = (1.0 - normal_share) / len(others)
+            weights[self.groups.index("normal")] = normal_share
+        self.weights = weights / weights.sum()
         self.num_samples = len(labels) if num_samples is None else int(num_samples)
         self.seed = seed
         self.epoch = 0
@@ -57,7 +74,7 @@ class BalancedSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        group = torch.randint(len(self.groups), (self.num_samples,), generator=g)
+        group = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=g)
         out = torch.empty(self.num_samples, dtype=torch.long)
         for k, pool in enumerate(self.members):
             mask = group == k
@@ -79,9 +96,16 @@ class SeededRandomSampler(RandomSampler):
 
 
 def build_sampler(
-    labels: np.ndarray, balanced: bool, seed: int
+    labels: np.ndarray,
+    balanced: bool,
+    seed: int,
+    normal_share: float | None = None,
+    num_samples: int | None = None,
 ) -> BalancedSampler | SeededRandomSampler:
-    """The training sampler: balanced or a seeded shuffle; epoch length = len(labels)."""
+    """The training sampler: balanced (``num_samples`` draws an epoch, default len(labels))
+    or a seeded shuffle of every slice."""
     if balanced:
-        return BalancedSampler(labels, seed=seed)
+        return BalancedSampler(
+            labels, num_samples=num_samples, seed=seed, normal_share=normal_share
+        )
     return SeededRandomSampler(len(labels), seed=seed)

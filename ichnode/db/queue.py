@@ -52,6 +52,8 @@ class Completion:
     claim_token: str
     model_id: str
     probabilities: Sequence[float]
+    #: The slice embedding (float16 bytes) the study model reads; None for none.
+    embedding: bytes | None = None
 
 
 def _claimable(now: datetime) -> ColumnElement[bool]:
@@ -182,7 +184,13 @@ def complete_many(
         )
     )
     rows = [
-        {"instance_id": item.instance_id, "model_id": item.model_id, "created_at": now}
+        {
+            "instance_id": item.instance_id,
+            "model_id": item.model_id,
+            "created_at": now,
+            "embedding": item.embedding,
+            "study_version": None,
+        }
         | values[item.instance_id]
         for item in items
         if item.instance_id in done

@@ -1,9 +1,11 @@
 """The study monitor: when a study has stopped arriving and every slice is done, result it.
 
 A study is stable when nothing arrived for ``stable_seconds`` and none of its instances is
-queued or claimed. Its result (max probability per subtype over the scored slices, the key
-slice with the highest ``any``, flags from the checkpoint's thresholds) is stored as a new
-version; instances arriving later reopen the study and a later pass writes the next version.
+queued or claimed. Its result (the study model's probabilities over the slices in z order, or
+the maximum per subtype over the scored slices for a slice-only checkpoint; the key slice with
+the highest ``any``; the flag from :func:`ichnode.triage.decide` at the study-level
+thresholds) is stored as a new version; instances arriving later reopen the study and a later
+pass writes the next version.
 """
 
 from __future__ import annotations
@@ -14,21 +16,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ichnode.db import refine
 from ichnode.db.engine import error_reason
 from ichnode.db.models import (
     Instance,
     InstanceStatus,
-    Prediction,
     Study,
     StudyResult,
     StudyStatus,
 )
 from ichnode.store import uid_hash
+from ichnode.study import StudyScores, decode_embedding
 from ichnode.subtypes import ANY, SUBTYPES
+from ichnode.triage import decide
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +42,18 @@ PENDING = (InstanceStatus.QUEUED, InstanceStatus.CLAIMED)
 
 @dataclass(frozen=True)
 class ResultPolicy:
-    """How slices become a study result: the model's thresholds and id."""
+    """How slices become a study result.
+
+    ``thresholds`` are the study-level ones the flag is decided with
+    (:attr:`ichnode.model.Checkpoint.decision_thresholds`); ``scorer`` runs the checkpoint's
+    study model (:func:`ichnode.inference.score_study`) on the slices' embeddings. Without a
+    scorer, or when a slice has no embedding of this model, the study's probabilities are the
+    maximum over its slices.
+    """
 
     thresholds: dict[str, float]
     model_id: str
+    scorer: Callable[[np.ndarray, list[float | None]], StudyScores] | None = None
 
 
 def stable_studies(session: Session, before: datetime) -> list[int]:
@@ -57,52 +70,62 @@ def stable_studies(session: Session, before: datetime) -> list[int]:
     )
 
 
+def _study_scores(
+    scored: list[refine.StudySlice], policy: ResultPolicy
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Slice probabilities ``(L, 6)``, study probabilities ``(6,)`` and whether the study
+    model refined them."""
+    stored = np.array([[s.prediction.probabilities[n] for n in SUBTYPES] for s in scored])
+    usable = policy.scorer is not None and all(
+        s.prediction.embedding is not None and s.prediction.model_id == policy.model_id
+        for s in scored
+    )
+    if not usable:
+        return stored, stored.max(axis=0), False
+    embeddings = np.stack([decode_embedding(s.prediction.embedding) for s in scored])
+    scores = policy.scorer(embeddings, [s.z for s in scored])
+    return np.asarray(scores.slices), np.asarray(scores.study), scores.refined
+
+
 def compute_result(session: Session, study_id: int, policy: ResultPolicy) -> StudyResult | None:
-    """Write the next result version of a stable study; None if it changed meanwhile."""
+    """Write the next result version of a stable study; None if it changed meanwhile.
+
+    The study model (when the policy has one) refines the slices' probabilities, which are
+    stored as the slice results of this version; the flag and the subtypes it names come from
+    :func:`ichnode.triage.decide` on the study's probabilities.
+    """
     study = session.get(Study, study_id)
     if study is None or study.status != StudyStatus.RECEIVING:
         return None
     seen_last = study.last_received_at
-    rows = session.execute(
-        select(Instance.id, Instance.status, Prediction)
-        .outerjoin(Prediction, Prediction.instance_id == Instance.id)
-        .where(Instance.study_id == study_id)
-        .order_by(Instance.id, Prediction.created_at)
-    ).all()
-    latest: dict[int, Prediction] = {}
+    slices = refine.study_slices(session, study_id)
     counts = dict.fromkeys(InstanceStatus, 0)
-    instance_ids: set[int] = set()
-    for instance_id, status, prediction in rows:
-        if instance_id not in instance_ids:
-            instance_ids.add(instance_id)
-            counts[status] += 1
-        if prediction is not None:
-            latest[instance_id] = prediction  # ordered by created_at: the newest wins
-    probs = dict.fromkeys(SUBTYPES, 0.0)
-    key_instance: int | None = None
-    best_any = -1.0
-    for instance_id, prediction in latest.items():
-        p = prediction.probabilities
-        for name in SUBTYPES:
-            probs[name] = max(probs[name], p[name])
-        if p[ANY] > best_any:
-            best_any, key_instance = p[ANY], instance_id
-    flagged = [n for n in SUBTYPES if latest and probs[n] >= policy.thresholds[n]]
+    for s in slices:
+        counts[s.status] += 1
+    scored = [s for s in slices if s.prediction is not None]
     version = study.result_version + 1
+    key_instance: int | None = None
+    decision = None
+    refined = False
+    if scored:
+        slice_probs, study_probs, refined = _study_scores(scored, policy)
+        key_instance = scored[int(np.argmax(slice_probs[:, SUBTYPES.index(ANY)]))].instance_id
+        probs = dict(zip(SUBTYPES, (float(v) for v in study_probs), strict=True))
+        decision = decide(probs, policy.thresholds)
     result = StudyResult(
         study_id=study_id,
         version=version,
         model_id=policy.model_id,
-        flagged=bool(flagged),
-        flagged_subtypes=",".join(flagged),
+        flagged=bool(decision and decision.flagged),
+        flagged_subtypes=",".join(decision.labels) if decision else "",
         key_instance_id=key_instance,
-        n_instances=len(instance_ids),
-        n_scored=len(latest),
+        n_instances=len(slices),
+        n_scored=len(scored),
         n_failed=counts[InstanceStatus.FAILED],
         n_skipped=counts[InstanceStatus.SKIPPED],
         created_at=datetime.now(UTC),
     )
-    if latest:  # with no scored slice the probabilities stay NULL
+    if scored:  # with no scored slice the probabilities stay NULL
         result.set_probabilities([probs[n] for n in SUBTYPES])
     # Optimistic guard: if a slice arrived since we read the study, leave it receiving.
     changed = session.execute(
@@ -113,6 +136,12 @@ def compute_result(session: Session, study_id: int, policy: ResultPolicy) -> Stu
     ).rowcount
     if not changed:
         return None
+    if refined:
+        refine.store_refined(
+            session,
+            [(s.prediction.id, row) for s, row in zip(scored, slice_probs, strict=True)],
+            version,
+        )
     session.add(result)
     session.flush()
     return result

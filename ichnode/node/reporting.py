@@ -128,7 +128,7 @@ def findings_of(result: StudyResult, key_uid: str, checkpoint: Checkpoint) -> St
         )
     return StudyFindings(
         probabilities=result.probabilities,
-        thresholds=checkpoint.thresholds,
+        thresholds=checkpoint.decision_thresholds,
         key_sop_instance_uid=key_uid,
         model_id=result.model_id,
         model_architecture=checkpoint.architecture,

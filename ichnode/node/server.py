@@ -8,6 +8,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -16,7 +17,7 @@ from ichnode.config import Settings
 from ichnode.db import queue
 from ichnode.db.session import display_url, open_database
 from ichnode.errors import ConfigError
-from ichnode.inference import Predictor
+from ichnode.inference import Predictor, score_study
 from ichnode.model import demo_model_path, load_checkpoint
 from ichnode.node.monitor import Monitor, ResultPolicy
 from ichnode.node.outbox import Outbox
@@ -85,7 +86,11 @@ class Node:
         self._spawn(self.reporter.run, "reporter")
         self.monitor = Monitor(
             self.sessions,
-            ResultPolicy(self.predictor.checkpoint.thresholds, self.predictor.model_id),
+            ResultPolicy(
+                self.predictor.checkpoint.decision_thresholds,
+                self.predictor.model_id,
+                partial(score_study, self.predictor.checkpoint),
+            ),
             s.stable_seconds,
             on_result=lambda result_id: self.reporter.wake.set(),
         )

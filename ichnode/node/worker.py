@@ -23,6 +23,7 @@ from ichnode.errors import IchnodeError
 from ichnode.imaging import preprocess, read
 from ichnode.inference import Predictor
 from ichnode.store import Store
+from ichnode.study import encode_embedding
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +94,16 @@ class Worker:
                 failures.append((instance_id, token, str(exc)))
             except Exception as exc:  # noqa: BLE001 - a bad slice must not stop the worker
                 failures.append((instance_id, token, f"{type(exc).__name__}: {exc}"))
-        probs = self.predictor.scores(np.stack(arrays)) if arrays else np.empty((0, 6))
+        if arrays:
+            embeddings, probs = self.predictor.embed_scores(np.stack(arrays))
+        else:
+            embeddings, probs = np.empty((0, 0)), np.empty((0, 6))
         model_id = self.predictor.model_id
         completions = [
-            queue.Completion(instance_id, token, model_id, [float(p) for p in row])
-            for (instance_id, token), row in zip(ready, probs, strict=True)
+            queue.Completion(
+                instance_id, token, model_id, [float(p) for p in row], encode_embedding(emb)
+            )
+            for (instance_id, token), row, emb in zip(ready, probs, embeddings, strict=True)
         ]
         with self.sessions.begin() as session:
             self.scored += len(queue.complete_many(session, completions))

@@ -18,6 +18,7 @@ from pydicom.uid import RE_VALID_UID
 
 from ichnode.errors import IchnodeError
 from ichnode.subtypes import ANY, SUBTYPES
+from ichnode.triage import Decision, decide
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -100,6 +101,7 @@ class StudyFindings:
     version: int
     ichnode_version: str
     _flagged: dict[str, bool] = field(init=False, repr=False, compare=False)
+    _decision: Decision = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         probs = _per_subtype(self.probabilities, "probabilities", low=0.0, high=1.0)
@@ -117,23 +119,30 @@ class StudyFindings:
             )
         if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
             raise ReportError(f"version must be an integer >= 1, got {self.version!r}")
-        flagged = {name: probs[name] >= thr[name] for name in SUBTYPES}
+        decision = decide(probs, thr)
+        flagged = {name: name in decision.labels for name in SUBTYPES}
         object.__setattr__(self, "_flagged", flagged)
+        object.__setattr__(self, "_decision", decision)
+
+    @property
+    def decision(self) -> Decision:
+        """The study's call (:func:`ichnode.triage.decide`), shared with the node and web."""
+        return self._decision
 
     @property
     def flagged(self) -> dict[str, bool]:
-        """Per subtype: probability >= threshold."""
+        """Per label: part of the flag (``any`` raises it; a subtype is named in it)."""
         return dict(self._flagged)
 
     @property
     def positive(self) -> bool:
-        """True when any label (``any`` or a subtype) is flagged."""
-        return any(self._flagged.values())
+        """True when the study is flagged (study-level ``any`` over its threshold)."""
+        return self._decision.flagged
 
     @property
     def flagged_subtypes(self) -> tuple[str, ...]:
-        """The flagged labels, in :data:`~ichnode.subtypes.SUBTYPES` order."""
-        return tuple(name for name in SUBTYPES if self._flagged[name])
+        """The flagged labels, in :data:`~ichnode.subtypes.SUBTYPES` order (``any`` last)."""
+        return self._decision.labels
 
     @property
     def saliency_subtype(self) -> str:
@@ -146,9 +155,5 @@ class StudyFindings:
         return max(subtypes, key=lambda n: self.probabilities[n] / max(self.thresholds[n], 1e-6))
 
     def summary_line(self) -> str:
-        """One line for descriptions: ``ICH suspected: subdural, any`` or ``No ICH flagged``."""
-        if not self.positive:
-            return "No intracranial hemorrhage flagged"
-        subtypes = [s for s in self.flagged_subtypes if s != ANY]
-        what = ", ".join(subtypes) if subtypes else "unspecified subtype"
-        return f"Intracranial hemorrhage suspected ({what})"
+        """One line for descriptions: ``ICH suspected (subdural)`` or ``No ICH flagged``."""
+        return self._decision.summary_line()

@@ -272,7 +272,7 @@ def create_app(node_or_context: Any) -> FastAPI:
             "subtypes": list(SUBTYPES),
             "display_names": dict(DISPLAY_NAMES),
             "windows": list(WINDOWS),
-            "thresholds": dict(ckpt.thresholds) if ckpt else None,
+            "thresholds": ckpt.decision_thresholds if ckpt else None,
             "model_id": ctx.predictor.model_id if ctx.predictor else None,
             "show_patient_identifiers": show,
             "refresh_seconds": REFRESH_SECONDS,
