@@ -16,7 +16,7 @@ from ichnode.node.scp import SUCCESS
 def test_a_failed_batch_does_not_end_the_worker(node_factory, caplog, monkeypatch):
     caplog.set_level(logging.ERROR, logger="ichnode.node.worker")
     node = node_factory(lease_seconds=1.0)
-    real = node.predictor.scores
+    real = node.predictor.embed_scores
     failures = []
 
     def out_of_memory_once(batch):  # noqa: ANN001, ANN202
@@ -25,7 +25,7 @@ def test_a_failed_batch_does_not_end_the_worker(node_factory, caplog, monkeypatc
             raise RuntimeError("CUDA out of memory (injected by the test)")
         return real(batch)
 
-    monkeypatch.setattr(node.predictor, "scores", out_of_memory_once)
+    monkeypatch.setattr(node.predictor, "embed_scores", out_of_memory_once)
     assert send(node.settings.port, study(3, size=32)) == [SUCCESS] * 3
 
     def statuses() -> list[InstanceStatus]:
