@@ -146,7 +146,7 @@ STREAK_V = 8.0  # the dark band crosses the pons here
 STREAK_AMP = (10.0, 30.0)
 # --- series coverage (canonical mm) ---
 SERIES_BOTTOM = (-84.0, -76.0)  # the lowest slice: just below the foramen magnum
-VERTEX_MARGIN = (-14.0, -7.0)  # the highest slice against the vertex
+VERTEX_MARGIN = (-20.0, -11.0)  # the highest slice against the vertex
 PARTIAL_VOLUME_BAND = 14.0  # slices this close to the vertex average sub-slices
 PARTIAL_VOLUME_SAMPLES = 3
 
