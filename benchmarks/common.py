@@ -47,7 +47,7 @@ def port_open(port: int) -> bool:
 
 def phantom_slices(n: int, size: int = 512, seed: int = 1) -> Path:
     """``n`` phantom slices (valid UIDs, 16-bit) in a folder, made once and reused."""
-    from training.synth import synth_study
+    from phantoms.synth import synth_study
 
     folder = BENCH_DIR / f"slices-{n}-{size}-{seed}"
     if folder.is_dir() and len(list(folder.glob("*.dcm"))) == n:
@@ -65,7 +65,7 @@ def phantom_slices(n: int, size: int = 512, seed: int = 1) -> Path:
 
 def phantom_study(n: int, size: int = 512, seed: int = 1) -> Path:
     """One phantom study of ``n`` slices in a folder, made once and reused."""
-    from training.synth import synth_study
+    from phantoms.synth import synth_study
 
     folder = BENCH_DIR / f"study-{n}-{size}-{seed}"
     if folder.is_dir() and len(list(folder.glob("*.dcm"))) == n:

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 from ichnode.imaging import PreprocessSpec
+from phantoms.synth import generate
 from training.cache import PreprocessCache
 from training.dataset import RSNADataset, find_layout, load_labels
 from training.loop import make_loader
-from training.synth import generate
 
 
 def epoch_rate(ds: RSNADataset, batch_size: int, workers: int) -> float:

@@ -76,11 +76,25 @@ def synth(
             "--valid-uids", help="Write numeric DICOM UIDs instead of RSNA's ID_... ones."
         ),
     ] = False,
+    preset: Annotated[
+        str,
+        typer.Option(
+            "--preset", help="Parameter ranges: train (default) or heldout (never train on it)."
+        ),
+    ] = "train",
 ) -> None:
     """Write synthetic head-CT phantoms in the RSNA training layout."""
-    from training.synth import generate
+    from phantoms.presets import PRESETS
+    from phantoms.synth import generate
 
-    summary = generate(out, studies=studies, seed=seed, size=size, valid_uids=valid_uids)
+    if preset not in PRESETS:
+        typer.echo(
+            f"error: unknown preset {preset!r}; known presets: {', '.join(PRESETS)}", err=True
+        )
+        raise typer.Exit(2)
+    summary = generate(
+        out, studies=studies, seed=seed, size=size, valid_uids=valid_uids, preset=preset
+    )
     typer.echo(summary)
 
 

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from ichnode.cli import app
 from ichnode.db.models import DeliveryStatus, OutboxEntry, StudyResult
-from training.synth import synth_study
+from phantoms.synth import synth_study
 
 #: Objects the tests' destinations ask for.
 ALL_OBJECTS = ["sr", "summary", "kos"]

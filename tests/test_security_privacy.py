@@ -13,7 +13,7 @@ from pynetdicom.sop_class import Verification
 
 from ichnode.node.scp import SUCCESS
 from ichnode.results import study_detail
-from training.synth import synth_study
+from phantoms.synth import synth_study
 
 
 def _phi_values(ds) -> list[str]:  # noqa: ANN001

@@ -15,7 +15,7 @@ from ichnode.cli import app
 from ichnode.inference import score_study
 from ichnode.model import demo_model_path, load_checkpoint
 from ichnode.subtypes import SUBTYPES
-from training.synth import generate
+from phantoms.synth import generate
 
 #: Real training runs and `ichnode` subprocesses: each test takes several seconds.
 pytestmark = pytest.mark.slow

@@ -13,6 +13,7 @@ import pytest
 
 from ichnode.imaging import PreprocessSpec, preprocess_file
 from ichnode.subtypes import SUBTYPES
+from phantoms.synth import generate
 from training.cache import PreprocessCache
 from training.dataset import (
     DatasetError,
@@ -25,7 +26,6 @@ from training.dataset import (
     split_by_patient,
     write_split,
 )
-from training.synth import generate
 
 SPEC = PreprocessSpec(size=64)
 

@@ -25,7 +25,7 @@ from ichnode.db.models import DeliveryStatus, OutboxEntry, Study, StudyResult
 from ichnode.errors import ConfigError
 from ichnode.subtypes import SUBTYPES
 from ichnode.web import WebContext, check_http_settings, start_http
-from training.synth import synth_study
+from phantoms.synth import synth_study
 
 #: Phantoms the demo model scores far apart: a large intraparenchymal bleed (flagged), an
 #: epidural one, and a normal head. Sent in this order, so the normal one is the newest.

@@ -4,8 +4,12 @@
 slice in :data:`ichnode.subtypes.SUBTYPES` order) and ``OUT/stage_2_train/ID_<hex>.dcm``, one
 DICOM Part 10 file per slice, exactly like the RSNA Intracranial Hemorrhage Detection data.
 ``synth_study`` builds one study in memory for the node's tests. Both render the analytic
-phantom of :mod:`training.phantom`; every label is read off the pixels written, and the same
-seed gives byte-identical files.
+head of :mod:`phantoms.anatomy` (foramen magnum to vertex) with the bleeds of
+:mod:`phantoms.bleeds` through :mod:`phantoms.scanner`; every value is drawn from the ranges of
+a :mod:`phantoms.presets` preset (``train`` by default). Every label is read off the pixels
+written, and the same seed and preset give byte-identical files. ``generate`` also writes
+``OUT/phantom_slices.csv``: per slice its study, position in the series and bleed pixel counts,
+for evaluation by slice level or bleed size.
 
 Storage varies between studies like real scanners: unsigned with intercept -1024 (BitsStored
 16 or 12), signed with intercept 0, and the RSNA 12-bit quirk that
@@ -30,11 +34,19 @@ from tqdm import tqdm
 
 from ichnode import subtypes as st
 from ichnode.errors import IchnodeError
-from training.phantom import Phantom, RenderedSlice, sample_bleed, sample_head
+from phantoms.anatomy import Head, Phantom, sample_head, series_span
+from phantoms.bleeds import sample_bleed
+from phantoms.presets import TRAIN, Preset, draw, get_preset
+from phantoms.scanner import RenderedSlice, Scanner
 
 log = logging.getLogger(__name__)
 
 CSV_NAME = "stage_2_train.csv"
+SLICES_CSV = "phantom_slices.csv"
+SLICES_COLUMNS = (
+    "image_id", "study", "series_position", "bleed_pixels",
+    *(f"{name}_pixels" for name in st.HEMORRHAGE_SUBTYPES), "preset",
+)  # fmt: skip
 IMAGE_DIR = "stage_2_train"
 MIN_SIZE = 64
 
@@ -43,13 +55,8 @@ UNSIGNED, UNSIGNED12, SIGNED, RSNA12 = "unsigned", "unsigned12", "signed", "rsna
 STORAGES: tuple[str, ...] = (UNSIGNED, UNSIGNED12, SIGNED, RSNA12)
 STORAGE_WEIGHTS = (0.25, 0.2, 0.3, 0.25)
 
-#: Slices per generated study (inclusive), head-z the series is centred on, length it covers.
-SLICES_RANGE = (24, 40)
-SERIES_CENTRE_Z = 10.0
-SERIES_COVERAGE = 150.0
-SPACING_RANGE = (3.0, 6.5)
-#: Pixel spacing of a 512-wide image; other sizes keep the field of view.
-SPACING_512 = (0.45, 0.5)
+#: Share of studies whose stored window is written multi-valued (two equal values).
+MULTI_WINDOW = 0.4
 
 #: Share of generated studies with at least one bleed, and how many bleeds they get.
 BLEEDING_FRACTION = 0.45
@@ -70,7 +77,6 @@ UID_ROOT_UUID = "2.25."
 
 _FIRST = ("ALEX", "ANNA", "BORIS", "CARLA", "DAVID", "EMMA", "FELIX", "GRETA", "HUGO", "IRIS")
 _LAST = ("SYNTH", "PHANTOM", "MODEL", "SAMPLE", "TESTER", "DUMMY", "EXAMPLE", "NULLSON")
-_WINDOWS = (((40, 40), (80, 80)), (40, 80), ((36, 36), (80, 80)), (35, 80), ((30, 30), (90, 90)))
 
 
 @dataclass(frozen=True)
@@ -78,9 +84,10 @@ class StudySlice:
     """One slice: the dataset to write or send, its labels, and the maps it was drawn from.
 
     ``hu`` is the integer HU image the pixels encode; ``tissue`` the anatomy
-    (:class:`training.phantom.Tissue` codes); ``bleed`` 0 or 1 + the subtype's index in
+    (:class:`phantoms.anatomy.Tissue` codes); ``bleed`` 0 or 1 + the subtype's index in
     ``SUBTYPES``. ``image_id`` is the RSNA id (file stem and CSV prefix), which differs from
-    SOPInstanceUID when valid UIDs were asked for.
+    SOPInstanceUID when valid UIDs were asked for. ``series_position`` is 0 for the lowest
+    slice of the series and 1 for the highest; ``pixels`` the bleed pixels per subtype.
     """
 
     dataset: FileDataset
@@ -89,6 +96,8 @@ class StudySlice:
     hu: np.ndarray
     tissue: np.ndarray
     bleed: np.ndarray
+    series_position: float = 0.0
+    pixels: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -186,12 +195,20 @@ class _Header:
     table_z: float
 
     @classmethod
-    def draw(cls, ids: _Ids, rng: np.random.Generator, size: int, valid: bool) -> _Header:
+    def draw(
+        cls, ids: _Ids, rng: np.random.Generator, size: int, valid: bool, preset: Preset
+    ) -> _Header:
         study_day = dt.date(2015, 1, 1) + dt.timedelta(days=int(rng.integers(0, 3650)))
         age_days = int(rng.integers(18 * 365, 95 * 365))
         birth = study_day - dt.timedelta(days=age_days)
         seconds = int(rng.integers(0, 86400))
-        ps512 = rng.uniform(*SPACING_512)
+        fov = draw(rng, preset.fov_mm)
+        center, width = (
+            round(draw(rng, preset.window_center)),
+            round(draw(rng, preset.window_width)),
+        )
+        multi = rng.random() < MULTI_WINDOW
+        window = ((center, center), (width, width)) if multi else (center, width)
         return cls(
             patient_id=ids.rsna(PATIENT_HEX),
             patient_name=f"{rng.choice(_LAST)}^{rng.choice(_FIRST)}",
@@ -204,8 +221,8 @@ class _Header:
             study_date=study_day.strftime("%Y%m%d"),
             study_time=f"{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}",
             kvp=int(rng.choice((100, 120, 120, 140))),
-            window=_WINDOWS[int(rng.integers(0, len(_WINDOWS)))],
-            spacing=round(float(ps512) * 512.0 / size, 6),
+            window=window,
+            spacing=round(fov / size, 6),
             table_z=round(float(rng.uniform(-250.0, 50.0)), 1),
         )
 
@@ -267,25 +284,32 @@ def _dataset(
     return ds
 
 
-def _series_heights(n_slices: int) -> tuple[np.ndarray, float]:
-    """Head-z of each slice (ascending) and the spacing: ~150 mm of head, 3-6.5 mm apart."""
-    spacing = SERIES_COVERAGE / max(n_slices - 1, 1)
-    spacing = float(np.clip(round(spacing * 2.0) / 2.0, *SPACING_RANGE))
-    zs = SERIES_CENTRE_Z + (np.arange(n_slices) - (n_slices - 1) / 2.0) * spacing
+def _series_heights(head: Head, n_slices: int, preset: Preset) -> tuple[np.ndarray, float]:
+    """Head-z (mm) of each slice (ascending) and the spacing.
+
+    The series is centred between the foramen magnum and the vertex; a full-length series
+    covers both, a short one (few slices, clipped spacing) the middle of the head.
+    """
+    bottom, top = series_span(head)
+    spacing = (top - bottom) / max(n_slices - 1, 1)
+    spacing = float(np.clip(round(spacing * 2.0) / 2.0, *preset.spacing_mm))
+    centre = (bottom + top) / 2.0
+    zs = centre + (np.arange(n_slices) - (n_slices - 1) / 2.0) * spacing
     return zs, spacing
 
 
 def _render(
-    rng: np.random.Generator, n_slices: int, size: int, spacing_xy: float, subtypes: Sequence[str]
-) -> tuple[list[RenderedSlice], float]:
+    rng: np.random.Generator, n_slices: int, size: int, spacing_xy: float,
+    subtypes: Sequence[str], preset: Preset,
+) -> tuple[list[RenderedSlice], float]:  # fmt: skip
     """Render a study; redraw its bleeds until each requested subtype shows on a slice."""
-    head = sample_head(rng)
-    phantom = Phantom(head, size, spacing_xy)
-    zs, spacing = _series_heights(n_slices)
-    span = (float(zs[0]), float(zs[-1]))
+    head = sample_head(rng, preset)
+    zs, spacing = _series_heights(head, n_slices, preset)
+    scanner = Scanner(Phantom(head, size, spacing_xy), thickness=spacing)
+    span = (float(zs[0]) / head.scale, float(zs[-1]) / head.scale)
     for _ in range(MAX_BLEED_ATTEMPTS):
-        bleeds = [sample_bleed(name, head, span, rng) for name in subtypes]
-        slices = [phantom.render(float(z), bleeds, rng) for z in zs]
+        bleeds = [sample_bleed(name, head, span, rng, preset) for name in subtypes]
+        slices = [scanner.render(float(z), bleeds, rng) for z in zs]
         shown = {name for s in slices for name, v in s.labels().items() if v}
         if set(subtypes) <= shown:
             return slices, spacing
@@ -302,11 +326,13 @@ def _study(
     valid_uids: bool,
     storage: str,
     used: set[str],
+    preset: Preset,
 ) -> list[StudySlice]:
     ids = _Ids(rng, used)
-    header = _Header.draw(ids, rng, size, valid_uids)
-    rendered, spacing = _render(rng, n_slices, size, header.spacing, subtypes)
+    header = _Header.draw(ids, rng, size, valid_uids, preset)
+    rendered, spacing = _render(rng, n_slices, size, header.spacing, subtypes, preset)
     out = []
+    last = max(len(rendered) - 1, 1)
     with _lenient_uids():
         for k, r in enumerate(rendered):
             image_id = ids.rsna(SOP_HEX)
@@ -315,7 +341,18 @@ def _study(
                 header, r, storage, image_id, sop_uid, number=k + 1,
                 z_table=header.table_z + k * spacing, thickness=spacing, size=size,
             )  # fmt: skip
-            out.append(StudySlice(ds, r.labels(), image_id, r.hu, r.tissue, r.bleed))
+            out.append(
+                StudySlice(
+                    ds,
+                    r.labels(),
+                    image_id,
+                    r.hu,
+                    r.tissue,
+                    r.bleed,
+                    series_position=k / last,
+                    pixels=r.pixel_counts(),
+                )  # fmt: skip
+            )
     return out
 
 
@@ -338,18 +375,21 @@ def synth_study(
     subtypes: Sequence[str] = (),
     valid_uids: bool = True,
     storage: str = UNSIGNED,
+    preset: str = TRAIN,
 ) -> list[StudySlice]:
     """One synthetic study in memory, with the bleeds of ``subtypes`` forced into it.
 
     Every requested subtype is labelled on at least one slice; an empty ``subtypes`` gives a
-    normal study. The datasets carry file meta and are ready to write or send.
+    normal study. The datasets carry file meta and are ready to write or send. ``preset``
+    names the family of parameter ranges (:data:`phantoms.presets.PRESETS`).
     """
     subtypes = tuple(dict.fromkeys(subtypes))
     _check(size, n_slices, subtypes, storage)
+    chosen = get_preset(preset)
     rng = np.random.default_rng(seed)
     return _study(
         rng, n_slices=n_slices, size=size, subtypes=subtypes, valid_uids=valid_uids,
-        storage=storage, used=set(),
+        storage=storage, used=set(), preset=chosen,
     )  # fmt: skip
 
 
@@ -364,6 +404,15 @@ def _draw_subtypes(rng: np.random.Generator) -> tuple[str, ...]:
     return tuple(names[i] for i in sorted(picked))
 
 
+def _slice_row(s: StudySlice, preset: str) -> str:
+    """The ``phantom_slices.csv`` row of one slice."""
+    counts = [s.pixels[name] for name in st.HEMORRHAGE_SUBTYPES]
+    return ",".join(
+        [s.image_id, str(s.dataset.StudyInstanceUID), f"{s.series_position:.4f}",
+         str(sum(counts)), *map(str, counts), preset]
+    )  # fmt: skip
+
+
 def generate(
     out: Path,
     studies: int,
@@ -371,12 +420,15 @@ def generate(
     size: int = 512,
     valid_uids: bool = False,
     progress: bool = True,
+    preset: str = TRAIN,
 ) -> SynthSummary:
     """Write ``studies`` synthetic studies to ``out`` in the RSNA training layout.
 
     Study ``i`` draws everything (slice count, storage, bleeds, anatomy, noise) from the RNG
-    seeded with ``(seed, i)``, so a run is reproducible file by file.
+    seeded with ``(seed, i)`` and the ranges of ``preset``, so a run is reproducible file by
+    file. ``OUT/phantom_slices.csv`` gets one row per slice (:data:`SLICES_COLUMNS`).
     """
+    chosen = get_preset(preset)
     if studies < 1:
         raise IchnodeError(f"--studies must be at least 1, not {studies}")
     if size < MIN_SIZE:
@@ -391,12 +443,13 @@ def generate(
     plans = []
     for i in range(studies):
         rng = np.random.default_rng([seed, i])
-        n = int(rng.integers(SLICES_RANGE[0], SLICES_RANGE[1] + 1))
+        n = int(rng.integers(chosen.slices[0], chosen.slices[1] + 1))
         storage = str(rng.choice(STORAGES, p=STORAGE_WEIGHTS))
         plans.append((rng, n, storage, _draw_subtypes(rng)))
     positives = dict.fromkeys(st.SUBTYPES, 0)
     storages = dict.fromkeys(STORAGES, 0)
     rows: list[str] = []
+    slice_rows: list[str] = [",".join(SLICES_COLUMNS)]
     used: set[str] = set()
     bleeding = 0
     bar = tqdm(
@@ -409,18 +462,20 @@ def generate(
         for rng, n, storage, subtypes in plans:
             slices = _study(
                 rng, n_slices=n, size=size, subtypes=subtypes, valid_uids=valid_uids,
-                storage=storage, used=used,
+                storage=storage, used=used, preset=chosen,
             )  # fmt: skip
             with _lenient_uids():
                 for s in slices:
                     s.dataset.save_as(image_dir / f"{s.image_id}.dcm", enforce_file_format=True)
                     rows.extend(f"{s.image_id}_{name},{s.labels[name]}" for name in st.SUBTYPES)
+                    slice_rows.append(_slice_row(s, chosen.name))
                     for name in st.SUBTYPES:
                         positives[name] += s.labels[name]
                     bar.update(1)
             bleeding += bool(subtypes)
             storages[storage] += 1
     (out / CSV_NAME).write_text("ID,Label\n" + "\n".join(rows) + "\n", encoding="ascii")
+    (out / SLICES_CSV).write_text("\n".join(slice_rows) + "\n", encoding="ascii")
     summary = SynthSummary(
         studies=studies,
         slices=len(rows) // len(st.SUBTYPES),
@@ -435,6 +490,7 @@ def generate(
 
 
 __all__ = [
+    "SLICES_COLUMNS",
     "STORAGES",
     "StudySlice",
     "SynthSummary",
