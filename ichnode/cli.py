@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from ichnode.errors import IchnodeError
+from training.config import cli_parameters
 
 app = typer.Typer(
     name="ichnode",
@@ -98,129 +100,21 @@ def synth(
     typer.echo(summary)
 
 
-def _optional_float(text: str, option: str) -> float | None:
-    """A number, or None for 'none'; a usage error naming ``option`` otherwise."""
-    if text.strip().lower() == "none":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise typer.BadParameter(
-            f"{text!r} is neither a number nor 'none'", param_hint=option
-        ) from None
+def train(**options: Any) -> None:
+    """Train a model on RSNA-layout data: the slice network (best epoch by validation loss),
+    then the study model on its embeddings; calibrated, with slice and study thresholds."""
+    from training.config import from_cli
+    from training.loop import run
 
-
-@app.command()
-def train(
-    data: Annotated[
-        Path, typer.Option("--data", help="RSNA-layout folder (CSV + stage_2_train/).")
-    ],
-    out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, split, log.")],
-    architecture: Annotated[
-        str, typer.Option("--arch", help="Registered slice architecture.")
-    ] = "ichnet2",
-    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 5,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
-    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
-    image_size: Annotated[int, typer.Option("--image-size", min=32)] = 256,
-    pixel_mm: Annotated[
-        str,
-        typer.Option(
-            "--pixel-mm",
-            help="Millimetres per input pixel (resampled from PixelSpacing, centred on the "
-            "head), or 'none' for the legacy whole-matrix resize.",
-        ),
-    ] = "0.9",
-    windows: Annotated[
-        str,
-        typer.Option(
-            "--windows", help="'stack', 'single', or names/CENTER/WIDTH, comma-separated."
-        ),
-    ] = "stack",
-    device: Annotated[
-        str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")
-    ] = "auto",
-    workers: Annotated[int, typer.Option("--workers", min=0, help="Data loader processes.")] = 0,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    balanced: Annotated[
-        bool, typer.Option("--balanced/--no-balanced", help="Balanced sampling per subtype.")
-    ] = True,
-    weighted_loss: Annotated[
-        bool, typer.Option("--weighted-loss", help="Weight the loss by the competition weights.")
-    ] = False,
-    augment: Annotated[
-        bool, typer.Option("--augment/--no-augment", help="Flips, rotations, scales, jitter.")
-    ] = True,
-    cache: Annotated[
-        Path | None,
-        typer.Option("--cache", help="Preprocessed-array cache (default OUT/cache)."),
-    ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.pt.")] = False,
-    limit: Annotated[
-        int | None, typer.Option("--limit", help="Use at most this many slices (quick runs).")
-    ] = None,
-    amp: Annotated[
-        bool, typer.Option("--amp", help="Mixed precision (float16 autocast); CUDA only.")
-    ] = False,
-    normal_share: Annotated[
-        str,
-        typer.Option(
-            "--normal-share",
-            help="Share of balanced draws for normal slices, or 'none' (one group in six).",
-        ),
-    ] = "0.4",
-    epoch_samples: Annotated[
-        int | None,
-        typer.Option("--epoch-samples", min=1, help="Balanced draws per epoch (default: all)."),
-    ] = None,
-    study_model: Annotated[
-        str,
-        typer.Option(
-            "--study-model", help="Study architecture (second stage), or 'none' (slice-only)."
-        ),
-    ] = "bigru",
-    study_epochs: Annotated[int, typer.Option("--study-epochs", min=1)] = 40,
-    calibration_data: Annotated[
-        Path | None,
-        typer.Option(
-            "--calibration-data",
-            help="RSNA-layout folder to calibrate and choose thresholds on (default: the "
-            "validation split).",
-        ),
-    ] = None,
-) -> None:
-    """Train a model on RSNA-layout data; saves the best checkpoint by validation loss."""
-    from training.loop import TrainConfig, run
-
-    cfg = TrainConfig(
-        data=data,
-        out=out,
-        architecture=architecture,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        image_size=image_size,
-        windows=windows,
-        device=device,
-        workers=workers,
-        seed=seed,
-        balanced=balanced,
-        weighted_loss=weighted_loss,
-        augment=augment,
-        cache=cache,
-        resume=resume,
-        limit=limit,
-        amp=amp,
-        pixel_mm=_optional_float(pixel_mm, "--pixel-mm"),
-        normal_share=_optional_float(normal_share, "--normal-share"),
-        epoch_samples=epoch_samples,
-        study_model=None if study_model.lower() == "none" else study_model,
-        study_epochs=study_epochs,
-        calibration_data=calibration_data,
-    )
+    cfg = from_cli(options, lambda message, flag: typer.BadParameter(message, param_hint=flag))
     best = run(cfg)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
         typer.echo(f"best checkpoint: {best}")
+
+
+# The options are generated from training.config.TrainConfig: written once, there.
+train.__signature__ = inspect.Signature(cli_parameters())  # type: ignore[attr-defined]
+app.command()(train)
 
 
 @app.command()

@@ -231,3 +231,28 @@ def test_evaluate_defaults_to_the_bundled_demo_model(phantoms: Path, tmp_path: P
     assert result.exit_code == 0, result.output + repr(result.exception)
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["model_id"] == load_checkpoint(demo_model_path()).model_id
+
+
+def test_train_options_are_the_config_fields_with_their_defaults():
+    import dataclasses
+
+    from typer.main import get_command
+
+    from training.config import NONE, TrainConfig
+
+    params = {p.name: p for p in get_command(app).commands["train"].params}
+    for f in dataclasses.fields(TrainConfig):
+        assert f.name in params, f"--{f.name} is not an option of ichnode train"
+        if f.default is dataclasses.MISSING:
+            assert params[f.name].required
+        elif f.metadata["nullable"]:
+            assert params[f.name].default == (NONE if f.default is None else str(f.default))
+        else:
+            assert params[f.name].default == f.default
+    assert set(params) <= {f.name for f in dataclasses.fields(TrainConfig)} | {"help"}
+
+
+def test_a_nullable_option_takes_none_and_refuses_other_words(tmp_path: Path):
+    result = _ichnode("train", "--data", str(tmp_path), "--out", str(tmp_path), "--pixel-mm", "x")
+    assert result.returncode == 2 and "--pixel-mm" in result.stderr
+    assert "'x' is not a float nor 'none'" in result.stderr

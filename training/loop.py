@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ichnode.errors import IchnodeError
 from ichnode.imaging import PreprocessSpec, parse_window, window_planes, windows_for_mode
 from ichnode.model import Checkpoint, build, load_checkpoint, save_checkpoint
-from ichnode.study import DEFAULT_STUDY_ARCHITECTURE, StudyHead
+from ichnode.study import StudyHead
 from ichnode.subtypes import SUBTYPES
 from training import calibrate, distributed, metrics
 from training import study as stage2
@@ -41,6 +41,7 @@ from training.augment import (
     jitter_windows,
 )
 from training.cache import PreprocessCache
+from training.config import TrainConfig
 from training.dataset import (
     Layout,
     RSNADataset,
@@ -67,41 +68,6 @@ THRESHOLD_RULE = (
 
 class TrainError(IchnodeError):
     """Training cannot start or continue (bad option, nothing to resume...)."""
-
-
-@dataclass
-class TrainConfig:
-    """Options of ``ichnode train`` (same names and defaults)."""
-
-    data: Path
-    out: Path
-    architecture: str = "ichnet2"
-    epochs: int = 5
-    batch_size: int = 32
-    lr: float = 1e-3
-    image_size: int = 256
-    #: Millimetres per input pixel (None: the legacy matrix-pixel geometry).
-    pixel_mm: float | None = 0.9
-    windows: str = "stack"
-    device: str = "auto"
-    workers: int = 0
-    seed: int = 0
-    balanced: bool = True
-    weighted_loss: bool = False
-    augment: bool = True
-    cache: Path | None = None
-    resume: bool = False
-    limit: int | None = None
-    amp: bool = False
-    #: Share of balanced draws given to normal slices (None: one group in six, the seed's).
-    normal_share: float | None = 0.4
-    #: Slices drawn per epoch (None: as many as the training split has).
-    epoch_samples: int | None = None
-    #: Study model architecture (None: a slice-only checkpoint).
-    study_model: str | None = DEFAULT_STUDY_ARCHITECTURE
-    study_epochs: int = 40
-    #: An RSNA-layout folder to calibrate and pick thresholds on (None: the validation split).
-    calibration_data: Path | None = None
 
 
 def make_spec(windows: str, image_size: int, pixel_mm: float | None = None) -> PreprocessSpec:
