@@ -34,6 +34,16 @@ def run_dcmtk(tool: str, *args: str, timeout: float = 60) -> subprocess.Complete
     )
 
 
+#: pydicom's warnings about the invalid values that hostile-input tests write and read on
+#: purpose (``pytestmark = [pytest.mark.filterwarnings(f) for f in HOSTILE_PYDICOM_WARNINGS]``).
+HOSTILE_PYDICOM_WARNINGS = (
+    r"ignore:Invalid value:UserWarning:pydicom\.",
+    r"ignore:The value length \(\d+\) exceeds the maximum length:UserWarning:pydicom\.",
+    r"ignore:A value of type '\w+' cannot be assigned to a tag with VR:UserWarning:pydicom\.",
+    r"ignore:Expected explicit VR, but found implicit VR:UserWarning:pydicom\.",
+)
+
+
 def project_version() -> str:
     """The version in the checkout's pyproject.toml (what ``ichnode --version`` must print)."""
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
