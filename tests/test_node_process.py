@@ -66,12 +66,13 @@ def _results(cwd: Path, *args: str) -> list[dict]:
 
 
 def test_serve_with_no_arguments_starts_on_the_defaults(tmp_path):
-    busy = [f"{port} ({kind})" for port, kind in DEFAULT_PORTS.items() if port_in_use(port)]
+    busy = [port for port in DEFAULT_PORTS if port_in_use(port)]
     if busy:  # the one environmental case: something else holds a default port
+        named = ", ".join(f"{port} ({DEFAULT_PORTS[port]})" for port in busy)
         pytest.skip(
-            f"default port {', '.join(busy)} already in use on 127.0.0.1: stop what listens "
-            "there (e.g. an 'ichnode serve' left from the walk-through; see "
-            "'ss -ltnp sport = :11112') to run this test"
+            f"default port {named} already in use on 127.0.0.1: stop what listens there "
+            f"(e.g. an 'ichnode serve' left from the walk-through; 'ss -ltnp sport = :{busy[0]}' "
+            "shows it) to run this test"
         )
     node = ServeProcess(tmp_path, http=True)
     try:
