@@ -6,7 +6,7 @@ import inspect
 import logging
 import os
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,6 +44,36 @@ DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda
 ModelOpt = Annotated[
     Path | None, typer.Option("--model", help="Checkpoint (default: the bundled demo model).")
 ]
+SinceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--since",
+        help="Only since this ISO 8601 date or date-time (without an offset: UTC), "
+        "e.g. 2020-01-01, 2020-01-01T08:00:00 or 2020-01-01T10:00:00+02:00.",
+    ),
+]
+
+
+def _since(value: str | None) -> datetime | None:
+    """``--since`` as an aware UTC datetime; a usage error names the option."""
+    from ichnode.times import parse_utc
+
+    if value is None:
+        return None
+    try:
+        return parse_utc(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not an ISO 8601 date or date-time", param_hint="'--since'"
+        ) from None
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from ichnode import __version__
+
+        typer.echo(f"ichnode {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -52,6 +82,12 @@ def _root(
     log_level: Annotated[
         str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")
     ] = "INFO",
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     _state["debug"] = debug
     logging.basicConfig(
@@ -276,10 +312,7 @@ def results(
     flagged: Annotated[
         bool, typer.Option("--flagged", help="Only studies flagged for hemorrhage.")
     ] = False,
-    since: Annotated[
-        datetime | None,
-        typer.Option("--since", help="Only studies received since (ISO date/time, UTC)."),
-    ] = None,
+    since: SinceOpt = None,
     accession: Annotated[
         str | None,
         typer.Option("--accession", help="Only studies with this accession number."),
@@ -291,13 +324,14 @@ def results(
     from ichnode.results_view import show_results
 
     if fmt not in ("table", "json", "csv"):
-        raise typer.BadParameter("expected table, json or csv", param_hint="--format")
+        raise typer.BadParameter("expected table, json or csv", param_hint="'--format'")
+    since_utc = _since(since)
     settings = _settings(config, db_url=db_url)
     show_results(
         settings,
         study=study,
         flagged=flagged,
-        since=since,
+        since=since_utc,
         limit=limit,
         fmt=fmt,
         accession=accession,
@@ -343,23 +377,22 @@ def resend(
 def audit(
     config: ConfigOpt = None,
     db_url: DbUrlOpt = None,
-    since: Annotated[
-        datetime | None, typer.Option("--since", help="Only since this ISO date/time (UTC).")
-    ] = None,
+    since: SinceOpt = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="Rows per table.")] = 100,
 ) -> None:
     """The audit trail: associations (who sent what, and how it ended) and deliveries."""
     from ichnode.audit import list_associations, list_deliveries, render, render_deliveries
     from ichnode.db.session import open_database
 
+    since_utc = _since(since)
     settings = _settings(config, db_url=db_url)
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
     engine, sessions = open_database(settings, create=False)
     try:
         with sessions() as session:
-            typer.echo("Associations\n" + render(list_associations(session, since, limit)))
-            typer.echo("\nDeliveries\n" + render_deliveries(list_deliveries(session, since, limit)))
+            typer.echo("Associations\n" + render(list_associations(session, since_utc, limit)))
+            typer.echo(
+                "\nDeliveries\n" + render_deliveries(list_deliveries(session, since_utc, limit))
+            )
     finally:
         engine.dispose()
 
@@ -378,7 +411,10 @@ def db_upgrade(config: ConfigOpt = None, db_url: DbUrlOpt = None) -> None:
 
 
 def main() -> None:
-    """Console entry point: one-line errors, no tracebacks unless ``--debug``."""
+    """Console entry point: one-line errors, no tracebacks unless ``--debug``.
+
+    Usage errors (a bad value, an unknown option or command) exit 2, like ichnode's own errors.
+    """
     try:
         code = app(standalone_mode=False)
     except IchnodeError as exc:
@@ -388,21 +424,51 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors and anything unexpected
-        import click
+    except Exception as exc:  # usage errors and anything unexpected
         from sqlalchemy.exc import DBAPIError
 
         from ichnode.db.engine import error_reason
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+        if _is_usage_error(exc):
+            _usage_error(exc)
         if isinstance(exc, DBAPIError):  # the database is down, refuses us, or is not ours
             _fail(f"database error: {error_reason(exc)}", exc)
         _fail(f"{type(exc).__name__}: {exc}", exc)
     # Without standalone mode click returns the code of a ``typer.Exit`` instead of raising.
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def _click_exception_types() -> tuple[type[Exception], ...]:
+    """click's exception base, and typer's own copy of it (typer 0.2x vendors click)."""
+    types: list[type[Exception]] = []
+    if hasattr(typer, "TyperException"):
+        types.append(typer.TyperException)
+    try:
+        import click
+
+        types.append(click.ClickException)
+    except ImportError:  # pragma: no cover - typer without click
+        pass
+    return tuple(types)
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    return isinstance(exc, _click_exception_types()) and hasattr(exc, "format_message")
+
+
+def _usage_error(exc: Exception) -> None:
+    """``error: <message>`` and where to find help (no class names); exit 2 (1 for others)."""
+    if type(exc).__name__ == "NoArgsIsHelpError":  # ``ichnode`` alone: the help is the answer
+        typer.echo(exc.format_message(), err=True)  # type: ignore[attr-defined]
+        sys.exit(2)
+    message = exc.format_message().strip()  # type: ignore[attr-defined]
+    typer.echo(f"error: {message.splitlines()[0] if message else 'invalid usage'}", err=True)
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        typer.echo(f"(see '{ctx.command_path} --help')", err=True)
+    code = getattr(exc, "exit_code", 2)
+    sys.exit(2 if code == 2 or ctx is not None else code)
 
 
 def _fail(message: str, exc: BaseException) -> None:

@@ -89,6 +89,19 @@ def list_studies(
     return [study_summary(session, s) for s in session.scalars(query)]
 
 
+def accession_numbers(session: Session, study_uids: list[str]) -> dict[str, str | None]:
+    """The accession number of each study (for the table an administrator reads; the JSON
+    rows carry no patient data)."""
+    if not study_uids:
+        return {}
+    rows = session.execute(
+        select(Study.study_instance_uid, Study.accession_number).where(
+            Study.study_instance_uid.in_(study_uids)
+        )
+    ).all()
+    return {uid: accession for uid, accession in rows}
+
+
 def study_detail(session: Session, study_uid: str) -> dict[str, Any] | None:
     """One study with every instance ordered by z (then instance number), and all versions."""
     study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))

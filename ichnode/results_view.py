@@ -10,8 +10,13 @@ from typing import Any
 
 from ichnode.config import Settings
 from ichnode.errors import IchnodeError
-from ichnode.results import list_studies, study_detail
-from ichnode.subtypes import SUBTYPES
+from ichnode.results import accession_numbers, list_studies, study_detail
+from ichnode.subtypes import SHORT_NAMES, SUBTYPES
+
+#: Terminal width from which ``results`` prints the wide table (full UIDs, times, counts).
+WIDE_WIDTH = 150
+#: A UID longer than this is shown as its first 8 and last 4 characters in narrow tables.
+SHORT_UID_HEAD, SHORT_UID_TAIL = 8, 4
 
 
 def show_results(
@@ -42,6 +47,12 @@ def show_results(
                     accession=accession,
                     limit=limit,
                 )
+            show_ids = settings.http.show_patient_identifiers
+            accessions = (
+                accession_numbers(session, [r["study_instance_uid"] for r in rows])
+                if fmt == "table" and show_ids
+                else {}
+            )
     finally:
         engine.dispose()
     if fmt == "json":
@@ -49,27 +60,42 @@ def show_results(
     elif fmt == "csv":
         _csv(rows[0]["instances"] if study else rows, per_instance=bool(study))
     else:
-        _table(rows, detail=bool(study))
+        _table(rows, detail=bool(study), accessions=accessions if show_ids else None)
+
+
+STUDY_CSV_KEYS = [
+    "study_instance_uid",
+    "status",
+    "flagged",
+    "flagged_subtypes",
+    "key_sop_instance_uid",
+    "version",
+    "n_instances",
+    "n_scored",
+    "model_id",
+    "received_at",
+    "last_received_at",
+    "resulted_at",
+]
+INSTANCE_CSV_KEYS = ["sop_instance_uid", "series_instance_uid", "z", "status", "error"]
+
+
+def _csv_value(value: Any) -> Any:
+    """Booleans as ``true``/``false`` (as in the JSON), lists joined by ``;``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ";".join(str(v) for v in value)
+    return value
 
 
 def _flat(row: dict[str, Any], keys: list[str]) -> list[Any]:
     probs = row.get("probabilities") or {}
-    return [row.get(k) for k in keys] + [probs.get(n) for n in SUBTYPES]
+    return [_csv_value(row.get(k)) for k in keys] + [probs.get(n) for n in SUBTYPES]
 
 
 def _csv(rows: list[dict[str, Any]], per_instance: bool) -> None:
-    keys = (
-        ["sop_instance_uid", "series_instance_uid", "z", "status", "error"]
-        if per_instance
-        else [
-            "study_instance_uid",
-            "status",
-            "flagged",
-            "key_sop_instance_uid",
-            "version",
-            "n_instances",
-        ]
-    )
+    keys = INSTANCE_CSV_KEYS if per_instance else STUDY_CSV_KEYS
     writer = csv.writer(sys.stdout)
     writer.writerow(keys + [f"p_{n}" for n in SUBTYPES])
     for row in rows:
@@ -80,44 +106,110 @@ def _fmt(p: float | None) -> str:
     return "-" if p is None else f"{p:.3f}"
 
 
-def _table(rows: list[dict[str, Any]], detail: bool) -> None:
-    from rich.console import Console
+def short_uid(uid: str | None) -> str:
+    """``1.2.826.…1234``: the first 8 and last 4 characters of a long UID."""
+    if uid is None:
+        return "-"
+    if len(uid) <= SHORT_UID_HEAD + SHORT_UID_TAIL + 1:
+        return uid
+    return f"{uid[:SHORT_UID_HEAD]}…{uid[-SHORT_UID_TAIL:]}"
+
+
+def flag_text(row: dict[str, Any]) -> str:
+    """``-`` before a result, ``no``, or the flagged subtypes' abbreviations (``SAH SDH any``)."""
+    if row.get("flagged") is None:
+        return "-"
+    if not row["flagged"]:
+        return "no"
+    names = [SHORT_NAMES.get(n, n) for n in row.get("flagged_subtypes") or []]
+    return " ".join(names) or "YES"
+
+
+def _new_table(title: str) -> Any:
+    from rich import box
     from rich.table import Table
 
-    console = Console()
-    table = Table(title="ichnode studies")
-    for col in ("study", "status", "flagged", "version", "slices"):
-        table.add_column(col)
+    # One space between columns (the box's own divider): six probabilities fit in 80 columns.
+    return Table(title=title, box=box.SIMPLE_HEAD, padding=0, show_edge=False)
+
+
+def _add_probability_columns(table: Any) -> None:
     for n in SUBTYPES:
-        table.add_column(n, justify="right")
+        table.add_column(SHORT_NAMES[n], justify="right", no_wrap=True)
+
+
+def _time(value: str | None) -> str:
+    """An ISO time to the second, without the offset (the database's times are UTC)."""
+    return "-" if not value else value[:19].replace("T", " ")
+
+
+def _study_table(
+    rows: list[dict[str, Any]], wide: bool, accessions: dict[str, str | None] | None
+) -> Any:
+    table = _new_table("ichnode studies" + (" (times UTC)" if wide else ""))
+    table.add_column("study", no_wrap=True)
+    if accessions is not None:
+        table.add_column("accession", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    table.add_column("flagged", overflow="fold")
+    if wide:
+        for col in ("version", "slices", "scored"):
+            table.add_column(col, justify="right", no_wrap=True)
+        table.add_column("received", no_wrap=True)
+    _add_probability_columns(table)
     for r in rows:
+        uid = r["study_instance_uid"]
+        cells = [uid if wide else short_uid(uid)]
+        if accessions is not None:
+            cells.append(accessions.get(uid) or "-")
+        cells += [r["status"], flag_text(r)]
+        if wide:
+            n_scored = r.get("n_scored")
+            cells += [
+                str(r["version"]),
+                str(r["n_instances"]),
+                "-" if n_scored is None else str(n_scored),
+                _time(r.get("last_received_at")),
+            ]
         probs = r.get("probabilities") or {}
+        cells += [_fmt(probs.get(n)) for n in SUBTYPES]
+        table.add_row(*cells)
+    return table
+
+
+def _slice_table(instances: list[dict[str, Any]], wide: bool) -> Any:
+    table = _new_table("slices (by z)")
+    table.add_column("z", justify="right", no_wrap=True)
+    table.add_column("sop instance", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("reason", overflow="fold")
+    _add_probability_columns(table)
+    for i in instances:
+        probs = i.get("probabilities") or {}
+        uid = i["sop_instance_uid"]
         table.add_row(
-            r["study_instance_uid"],
-            r["status"],
-            {True: "YES", False: "no", None: "-"}[r["flagged"]],
-            str(r["version"]),
-            str(r["n_instances"]),
+            "-" if i["z"] is None else f"{i['z']:.1f}",
+            uid if wide else short_uid(uid),
+            i["status"],
+            i["error"] or "",
             *(_fmt(probs.get(n)) for n in SUBTYPES),
         )
-    console.print(table)
+    return table
+
+
+def _table(
+    rows: list[dict[str, Any]],
+    detail: bool,
+    accessions: dict[str, str | None] | None = None,
+) -> None:
+    """The studies (and with ``--study`` its slices): narrow at 80 columns, wide from 150."""
+    from rich.console import Console
+
+    console = Console()
+    wide = console.width >= WIDE_WIDTH
+    console.print(_study_table(rows, wide, accessions))
     if detail:
-        inst = Table(title="slices (by z)")
-        for col in ("z", "sop instance", "status", "reason"):
-            inst.add_column(col)
-        for n in SUBTYPES:
-            inst.add_column(n, justify="right")
-        for i in rows[0]["instances"]:
-            probs = i.get("probabilities") or {}
-            z = "-" if i["z"] is None else f"{i['z']:.1f}"
-            inst.add_row(
-                z,
-                i["sop_instance_uid"],
-                i["status"],
-                i["error"] or "",
-                *(_fmt(probs.get(n)) for n in SUBTYPES),
-            )
-        console.print(inst)
+        console.print(_slice_table(rows[0]["instances"], wide))
         _report_state(console, rows[0].get("versions") or [])
         _deliveries(console, rows[0].get("deliveries") or [])
 

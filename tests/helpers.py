@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -31,6 +32,35 @@ def run_dcmtk(tool: str, *args: str, timeout: float = 60) -> subprocess.Complete
     return subprocess.run(
         [dcmtk(tool), *args], env=DCMTK_ENV, capture_output=True, text=True, timeout=timeout
     )
+
+
+#: pydicom's warnings about the invalid values that hostile-input tests write and read on
+#: purpose (``pytestmark = [pytest.mark.filterwarnings(f) for f in HOSTILE_PYDICOM_WARNINGS]``).
+HOSTILE_PYDICOM_WARNINGS = (
+    r"ignore:Invalid value:UserWarning:pydicom\.",
+    r"ignore:The value length \(\d+\) exceeds the maximum length:UserWarning:pydicom\.",
+    r"ignore:A value of type '\w+' cannot be assigned to a tag with VR:UserWarning:pydicom\.",
+    r"ignore:Expected explicit VR, but found implicit VR:UserWarning:pydicom\.",
+)
+
+
+def project_version() -> str:
+    """The version in the checkout's pyproject.toml (what ``ichnode --version`` must print)."""
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    found = re.search(r'^version = "([^"]+)"$', text, re.MULTILINE)
+    assert found, "no version in pyproject.toml"
+    return found.group(1)
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something already listens on (or holds) ``host:port``."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def free_port() -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from dicom_client import echo, send_raw
-from helpers import ct_dataset, study, wait_for
+from helpers import HOSTILE_PYDICOM_WARNINGS, ct_dataset, study, wait_for
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
@@ -26,6 +26,8 @@ from sqlalchemy import select
 from ichnode.db.models import Instance, InstanceStatus
 from ichnode.node.scp import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH, SUCCESS
 from ichnode.store import Store
+
+pytestmark = [pytest.mark.filterwarnings(f) for f in HOSTILE_PYDICOM_WARNINGS]
 
 #: The backend plays no part in refusing input: node tests run on SQLite only.
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -17,7 +17,7 @@ import os
 
 import pytest
 from dicom_client import echo, send_raw
-from helpers import study
+from helpers import HOSTILE_PYDICOM_WARNINGS, study
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.uid import CTImageStorage
@@ -26,6 +26,8 @@ from test_hostile_corpus import encode
 
 from ichnode.db.models import Instance
 from ichnode.node.scp import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH, OUT_OF_RESOURCES, SUCCESS
+
+pytestmark = [pytest.mark.filterwarnings(f) for f in HOSTILE_PYDICOM_WARNINGS]
 
 EXPLORE = "ICHNODE_HYPOTHESIS_EXAMPLES" in os.environ
 EXAMPLES = int(os.environ.get("ICHNODE_HYPOTHESIS_EXAMPLES", "40"))

@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 from dicom_client import send
-from helpers import free_port, run_dcmtk, study, wait_for
+from helpers import free_port, port_in_use, run_dcmtk, study, wait_for
 from pynetdicom import AE
 from sqlalchemy import create_engine, text
 
 pytestmark = pytest.mark.slow
 
 ICHNODE = [sys.executable, "-m", "ichnode"]
+#: The default DICOM and HTTP ports (config.py); the defaults test needs both free.
+DEFAULT_PORTS = {11112: "DICOM", 8080: "HTTP"}
 
 
 class ServeProcess:
@@ -64,6 +66,14 @@ def _results(cwd: Path, *args: str) -> list[dict]:
 
 
 def test_serve_with_no_arguments_starts_on_the_defaults(tmp_path):
+    busy = [port for port in DEFAULT_PORTS if port_in_use(port)]
+    if busy:  # the one environmental case: something else holds a default port
+        named = ", ".join(f"{port} ({DEFAULT_PORTS[port]})" for port in busy)
+        pytest.skip(
+            f"default port {named} already in use on 127.0.0.1: stop what listens there "
+            f"(e.g. an 'ichnode serve' left from the walk-through; 'ss -ltnp sport = :{busy[0]}' "
+            "shows it) to run this test"
+        )
     node = ServeProcess(tmp_path, http=True)
     try:
         line = next(x for x in node.output().splitlines() if x.startswith("ichnode ready:"))

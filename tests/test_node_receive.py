@@ -152,6 +152,7 @@ def test_slice_arriving_after_the_result_reopens_the_study_as_a_new_version(node
     assert detail["n_instances"] == 3
 
 
+@pytest.mark.filterwarnings(r"ignore:Invalid value for VR UI:UserWarning:pydicom\.")  # on purpose
 def test_invalid_uid_is_refused_with_a900_and_nothing_is_kept(node_factory):
     node = node_factory()
     ds = study(1, size=32)[0]

@@ -145,6 +145,7 @@ def test_every_association_gets_an_audit_row_rejected_ones_too(node_factory):
     assert "EVILSCU" in table and "released" in table and table.count("\n") == 3
 
 
+@pytest.mark.filterwarnings(r"ignore:Invalid value for VR UI:UserWarning:pydicom\.")  # on purpose
 def test_audit_counts_failed_instances(node_factory):
     node = node_factory()
     ds = study(1, size=32)[0]

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 from dicom_client import send
-from helpers import wait_for
+from helpers import project_version, wait_for
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -360,3 +360,15 @@ def test_a_bad_or_busy_bind_is_a_config_error(node_factory):
         settings = _http(f"127.0.0.1:{port}")
         with pytest.raises(ConfigError, match="cannot listen"):
             start_http(settings, dataclasses.replace(WebContext.from_node(node), settings=settings))
+
+
+def test_info_and_metrics_name_the_version_and_the_model(bare):
+    node, handle = bare
+    with httpx.Client(base_url=handle.url) as client:
+        info = client.get("/api/info").json()
+        samples = _samples(client.get("/metrics").text)
+    version = project_version()
+    model_id = node.predictor.model_id
+    assert info["version"] == version and info["model_id"] == model_id
+    labels = (("model_id", model_id), ("version", version))
+    assert samples[("ichnode_build_info", labels)] == 1

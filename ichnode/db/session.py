@@ -22,8 +22,10 @@ def open_database(
     """The process's engine and sessionmaker, with the schema upgraded or checked.
 
     ``create=False`` is for commands that use what a node wrote (``results``, ``audit``,
-    ``resend``, ``worker``): a SQLite file that does not exist is then an error, since a new
-    empty database at a mistyped path would answer "no studies" to "did my study arrive?".
+    ``resend``, ``worker``): a SQLite file that does not exist, or any database without an
+    ichnode schema (an empty PostgreSQL database), is then an error rather than migrated,
+    since a new empty database at a mistyped URL would answer "no studies" to "did my study
+    arrive?". A schema that is only behind is upgraded when ``auto_upgrade`` is on.
     """
     path = sqlite_file(settings.db_url)
     if not create and path is not None and not path.exists():
@@ -32,6 +34,12 @@ def open_database(
             "(check db_url)"
         )
     engine = make_engine(settings.db_url)
+    if not create and migrate.current_revision(engine) is None:
+        engine.dispose()
+        raise ConfigError(
+            f"database {display_url(settings.db_url)} has no ichnode schema: 'ichnode serve' "
+            "or 'ichnode db upgrade' creates it (check db_url)"
+        )
     if settings.auto_upgrade:
         migrate.upgrade(engine)
     else:

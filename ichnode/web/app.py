@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from ichnode import __version__
 from ichnode.db.models import Instance, InstanceStatus
 from ichnode.errors import IchnodeError
 from ichnode.imaging import WINDOWS
@@ -266,9 +267,10 @@ def create_app(node_or_context: Any) -> FastAPI:
 
     @app.get("/api/info", response_model=NodeInfo, responses=_UNAUTHORIZED)
     def info() -> dict[str, Any]:
-        """Labels, windows and thresholds the pages draw with."""
+        """The ichnode version, and the labels, windows and thresholds the pages draw with."""
         ckpt = ctx.predictor.checkpoint if ctx.predictor else None
         return {
+            "version": __version__,
             "subtypes": list(SUBTYPES),
             "display_names": dict(DISPLAY_NAMES),
             "windows": list(WINDOWS),

@@ -16,11 +16,13 @@ from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
+    InfoMetricFamily,
 )
 from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from ichnode import __version__
 from ichnode.db.models import (
     DeliveryAttempt,
     DeliveryStatus,
@@ -59,6 +61,7 @@ class DatabaseCollector(Collector):
         self.context = context
 
     def collect(self) -> Iterator[Any]:
+        yield build_info(self.context)
         with self.context.sessions() as session:
             yield from self._instances(session)
             yield from self._latency(session)
@@ -149,6 +152,16 @@ class DatabaseCollector(Collector):
         )
         attempts.add_metric([], session.scalar(select(func.count(DeliveryAttempt.id))) or 0)
         yield attempts
+
+
+def build_info(context: WebContext) -> InfoMetricFamily:
+    """``ichnode_build_info{version, model_id} 1``: what is running (model_id "" without one)."""
+    predictor = context.predictor
+    info = InfoMetricFamily("ichnode_build", "The running ichnode version and its model.")
+    info.add_metric(
+        [], {"version": __version__, "model_id": predictor.model_id if predictor else ""}
+    )
+    return info
 
 
 def worker_threads(context: WebContext) -> list[Any]:

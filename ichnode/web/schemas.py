@@ -106,8 +106,9 @@ class Health(BaseModel):
 
 
 class NodeInfo(BaseModel):
-    """What the pages need to draw: labels, windows, thresholds, display choices."""
+    """The running version, and what the pages need to draw: labels, windows, thresholds..."""
 
+    version: str
     subtypes: list[str]
     display_names: dict[str, str]
     windows: list[str]
