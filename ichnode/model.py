@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -35,6 +36,8 @@ from ichnode.subtypes import SUBTYPES
 
 FORMAT_VERSION = 1
 METADATA_KEY = "ichnode"
+#: Permissions of a written checkpoint (before the umask), like any other file of a run.
+CHECKPOINT_MODE = 0o666
 #: Prefix of the study model's tensors in a checkpoint.
 STUDY_PREFIX = "study."
 
@@ -266,6 +269,12 @@ def weights_sha256(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> str:
     """Write ``ckpt`` as safetensors + JSON metadata; returns (and sets) the weights' sha256."""
     state = ckpt.state_dict()
@@ -275,6 +284,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
+    os.chmod(tmp, CHECKPOINT_MODE & ~_umask())  # safetensors writes 0600; a model is shared
     tmp.replace(path)
     return ckpt.sha256
 

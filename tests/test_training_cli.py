@@ -96,6 +96,11 @@ def test_a_slice_only_run_scores_a_study_by_its_maximum(phantoms: Path, tmp_path
     np.testing.assert_allclose(scores.study, scores.slices.max(axis=0))
 
 
+def test_the_checkpoint_has_the_permissions_of_the_other_run_files(trained: Path):
+    mode = (trained / "best.safetensors").stat().st_mode & 0o777
+    assert mode == (trained / "history.json").stat().st_mode & 0o777
+
+
 def test_train_writes_split_history_and_resume_state(trained: Path):
     split = json.loads((trained / "split.json").read_text())
     assert split["seed"] == 0 and set(split["ids"]) == {"train", "val", "test"}
@@ -140,7 +145,8 @@ def test_evaluate_on_the_test_split_writes_reports_and_figures(
     assert "confusion" in report["subtypes"]["any"]
     assert "Weighted multi-label log loss" in (out / "report.md").read_text()
     for png in [
-        "roc.png", "study_roc.png", "reliability.png", *(f"confusion_{s}.png" for s in SUBTYPES)
+        "roc.png", "pr.png", "study_roc.png", "reliability.png",
+        *(f"confusion_{s}.png" for s in SUBTYPES),
     ]:  # fmt: skip
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     study = report["study"]
@@ -178,6 +184,7 @@ def test_train_with_a_missing_data_folder_fails_with_one_line(tmp_path: Path):
     assert proc.stderr.strip().splitlines() == [
         f"error: data folder {tmp_path / 'nope'} does not exist"
     ]
+    assert not (tmp_path / "run").exists()  # a failed start leaves no empty run folder
 
 
 def test_evaluate_with_a_missing_data_folder_fails_with_one_line(tmp_path: Path):
@@ -204,6 +211,7 @@ def test_unknown_window_fails_with_one_line(phantoms: Path, tmp_path: Path):
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "brian" in lines[0]
+    assert not (tmp_path / "run").exists()
 
 
 def test_unreadable_images_are_skipped_and_counted_in_the_summary(tmp_path: Path):

@@ -9,7 +9,8 @@ by z exactly as the node does, and scored by the node's own function
 (:func:`ichnode.inference.score_study`); flags come from :func:`ichnode.triage.decide`.
 
 Writes ``OUT/report.json``, ``OUT/report.md``, ``OUT/confusion_<subtype>.png``,
-``OUT/roc.png`` (slices), ``OUT/study_roc.png`` and ``OUT/reliability.png``. No augmentation.
+``OUT/roc.png`` and ``OUT/pr.png`` (slices), ``OUT/study_roc.png`` and ``OUT/reliability.png``.
+No augmentation.
 """
 
 from __future__ import annotations
@@ -362,8 +363,9 @@ def evaluate(
     plots.roc_curves(y, probs, aucs, out / "roc.png")
     study_aucs = {k: (v if v is not None else math.nan) for k, v in report.study["auc"].items()}
     plots.roc_curves(study_y, study_probs, study_aucs, out / "study_roc.png")
+    plots.pr_curves(y, probs, out / "pr.png")
     plots.reliability_diagram(y, probs, out / "reliability.png")
-    report.files += ["roc.png", "study_roc.png", "reliability.png"]
+    report.files += ["roc.png", "pr.png", "study_roc.png", "reliability.png"]
     (out / "report.json").write_text(json.dumps(report.to_dict(), indent=1))
     (out / "report.md").write_text(report.markdown())
     log.info("evaluation written to %s", out)

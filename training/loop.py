@@ -375,8 +375,8 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
     Progress bars show when stderr is a terminal.
     """
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     spec = make_spec(cfg.windows, cfg.image_size, cfg.pixel_mm)
+    find_layout(cfg.data)  # a missing or malformed data folder fails before OUT is made
     if cfg.study_model is not None:
         from ichnode.study import STUDY_ARCHITECTURES
 
@@ -421,6 +421,7 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
     # Rank 0 builds the header index and writes split.json first; the others then read the
     # cached index and compute the same (seeded) split without writing it.
     if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)  # only once the options and data are checked
         data = prepare_data(cfg, spec)
     distributed.barrier(info)
     if not info.is_main:

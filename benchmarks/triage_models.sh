@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Study-level triage, in family and out of family: the demo recipe beside the seed's SimpleCNN
+# and beside the same recipe at 128 px. Every figure in docs/training.md's "Study-level
+# triage" section comes from this script (about an hour on 2 CPU cores).
+#
+#   bash benchmarks/triage_models.sh [WORKDIR]      (default: ./triage-bench)
+#
+# Phantom sets: train (preset train, seed 1), calibration (preset heldout, seed 21: thresholds
+# and calibration are chosen on studies drawn outside the training ranges), held-out
+# evaluation (preset heldout, seed 22: never used for training or calibration) and in-family
+# evaluation (preset train, seed 2).
+set -euo pipefail
+work=${1:-triage-bench}
+mkdir -p "$work" && cd "$work"
+
+synth() { [ -f "$1/stage_2_train.csv" ] || ichnode synth --out "$1" --size 256 "${@:2}"; }
+synth train --preset train --seed 1 --studies 400
+synth cal --preset heldout --seed 21 --studies 120
+synth heldout --preset heldout --seed 22 --studies 150
+synth infamily --preset train --seed 2 --studies 100
+
+train() {  # NAME ARGS...: train once, then evaluate on both evaluation sets
+  local name=$1; shift
+  [ -f "runs/$name/best.safetensors" ] \
+    || ichnode train --data train --out "runs/$name" --calibration-data cal --device cpu "$@"
+  for set in heldout infamily; do
+    ichnode evaluate --data "$set" --model "runs/$name/best.safetensors" \
+      --out "runs/$name/eval-$set" --device cpu
+  done
+}
+
+# The demo recipe: ichnet2, 256 px at 0.9 mm, HU augmentation, 40 % normal draws, BiGRU study model.
+train demo --epochs 8
+# The same at 128 px over the same field of view (1.8 mm per pixel).
+train demo128 --epochs 8 --image-size 128 --pixel-mm 1.8
+# The seed's recipe: SimpleCNN, 5 epochs, balanced sampling (one group in six), 128 px matrix
+# resize, no study model (the study probability is the maximum over slices).
+train seed --arch simplecnn --epochs 5 --image-size 128 --pixel-mm none --normal-share none \
+  --study-model none
