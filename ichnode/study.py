@@ -63,6 +63,9 @@ class StudyGRU(nn.Module):
 
     def __init__(self, embed_dim: int, hidden: int = 64, num_classes: int = len(SUBTYPES)) -> None:
         super().__init__()
+        #: Feature dropout on the inputs: the slice network's embeddings of its own training
+        #: slices are cleaner than those of new slices, and the GRU must not trust them blindly.
+        self.input_dropout = nn.Dropout(0.2)
         self.proj = nn.Sequential(
             nn.LayerNorm(embed_dim + EXTRA_FEATURES),
             nn.Linear(embed_dim + EXTRA_FEATURES, hidden),
@@ -84,7 +87,7 @@ class StudyGRU(nn.Module):
         valid = steps < lengths[:, None].to(emb.device)
         height = steps / (lengths[:, None].to(emb.device) - 1).clamp(min=1)
         feats = torch.cat([emb, slice_logits, height[..., None].to(emb.dtype)], dim=-1)
-        h = self.proj(feats)
+        h = self.proj(self.input_dropout(feats))
         packed = pack_padded_sequence(h, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.gru(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=length)

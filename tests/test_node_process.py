@@ -124,6 +124,10 @@ def test_readme_walkthrough_synth_storescu_results(tmp_path):
         )
         (study_row,) = studies
         assert study_row["n_instances"] == n_files and study_row["version"] == 1
+        # The README's study is a normal phantom (no bleed in its labels): it is not flagged.
+        labels = (tmp_path / "demo" / "stage_2_train.csv").read_text().splitlines()[1:]
+        assert labels and not any(row.endswith(",1") for row in labels)
+        assert study_row["flagged"] is False and study_row["flagged_subtypes"] == []
         assert set(study_row["probabilities"]) == {
             "epidural",
             "intraparenchymal",

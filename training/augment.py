@@ -65,6 +65,9 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> to
 class HUAugmentConfig:
     """Augmentation in Hounsfield units, before windowing, where scanners and patients differ.
 
+    The ranges are wider than any one generator's or scanner's (domain randomisation): a
+    model that has seen contrast, noise and size vary this much has less to learn by heart.
+
     Soft-tissue densities (blood, grey and white matter, CSF) shift and stretch around
     :data:`SOFT_CENTRE` (a different scanner calibration, a different haematocrit), the noise
     level and the reconstruction kernel change (Gaussian noise, then blur or sharpening), and
@@ -74,15 +77,15 @@ class HUAugmentConfig:
 
     enabled: bool = True
     hflip: float = 0.5
-    rotate_deg: float = 12.0
-    scale: float = 0.12
-    soft_offset_hu: float = 6.0  # soft tissue + uniform in [-x, x] HU
-    soft_stretch: float = 0.15  # soft tissue contrast x uniform in [1 - x, 1 + x]
-    noise_hu: float = 8.0  # Gaussian noise sd uniform in [0, x] HU
-    blur_sigma: float = 1.0  # with probability 1/3 blur, sigma uniform in [0.3, x] px
-    sharpen: float = 0.6  # with probability 1/3 unsharp mask, amount uniform in [0, x]
-    window_centre_hu: float = 4.0  # window centres + uniform in [-x, x] HU
-    window_width: float = 0.1  # window widths x uniform in [1 - x, 1 + x]
+    rotate_deg: float = 15.0
+    scale: float = 0.2  # head size: zoom uniform in [1 - x, 1 + x]
+    soft_offset_hu: float = 8.0  # soft tissue + uniform in [-x, x] HU
+    soft_stretch: float = 0.25  # soft tissue contrast x uniform in [1 - x, 1 + x]
+    noise_hu: float = 12.0  # Gaussian noise sd uniform in [0, x] HU
+    blur_sigma: float = 1.3  # with probability 1/3 blur, sigma uniform in [0.3, x] px
+    sharpen: float = 1.0  # with probability 1/3 unsharp mask, amount uniform in [0, x]
+    window_centre_hu: float = 5.0  # window centres + uniform in [-x, x] HU
+    window_width: float = 0.15  # window widths x uniform in [1 - x, 1 + x]
 
     def to_dict(self) -> dict:
         return asdict(self) | {"space": "hounsfield"}

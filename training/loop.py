@@ -66,6 +66,12 @@ THRESHOLD_RULE = (
 )
 
 
+#: Augmented passes over the training split whose embeddings train the study model (beside
+#: one clean pass): the slice network has memorised its training slices, and augmented
+#: embeddings look more like those of slices it has never seen.
+AUGMENTED_EMBEDDING_PASSES = 2
+
+
 class TrainError(IchnodeError):
     """Training cannot start or continue (bad option, nothing to resume...)."""
 
@@ -565,11 +571,14 @@ def finalize(
         train_ds = RSNADataset.from_table(
             data.layout, data.table, data.split["train"], spec, data.cache
         )
-        clean = embedded(train_ds, "embed train")
-        noisy = embedded(train_ds, "embed train (augmented)", augmentation, cfg.seed + 1)
+        passes = [embedded(train_ds, "embed train")] + [
+            embedded(train_ds, f"embed train (augmented {k})", augmentation, cfg.seed + k)
+            for k in range(1, AUGMENTED_EMBEDDING_PASSES + 1)
+        ]
         train_set = stage2.StudySet(
-            *(a + b for a, b in zip(vars(clean).values(), vars(noisy).values(), strict=True))
+            *(sum(parts, []) for parts in zip(*(vars(p).values() for p in passes), strict=True))
         )
+        clean = passes[0]
         model_s, history = stage2.train_study_model(
             train_set, val_set, cfg.study_model, cfg.study_epochs, cfg.seed, device
         )
