@@ -264,3 +264,39 @@ def test_a_nullable_option_takes_none_and_refuses_other_words(tmp_path: Path):
     result = _ichnode("train", "--data", str(tmp_path), "--out", str(tmp_path), "--pixel-mm", "x")
     assert result.returncode == 2 and "--pixel-mm" in result.stderr
     assert "'x' is not a float nor 'none'" in result.stderr
+
+
+def test_a_trained_study_model_is_served_by_the_node(trained: Path, node_factory):
+    """train → save → load → serve: the node runs the trained study model on a stable study
+    sent over DICOM and stores its refined slice probabilities and its study result."""
+    from dicom_client import send
+    from helpers import wait_for
+    from sqlalchemy import select
+
+    from ichnode.db.models import Instance, Prediction, StudyResult
+    from ichnode.study import decode_embedding
+    from phantoms.synth import synth_study
+
+    ckpt = load_checkpoint(trained / "best.safetensors")
+    node = node_factory(model=trained / "best.safetensors")
+    datasets = [s.dataset for s in synth_study(5, n_slices=8, size=64, subtypes=("subdural",))]
+    assert send(node.settings.port, datasets) == [0x0000] * len(datasets)
+
+    def result() -> StudyResult | None:
+        with node.sessions() as session:
+            return session.scalar(select(StudyResult))
+
+    resulted = wait_for(result, timeout=60)
+    assert resulted.model_id == ckpt.model_id and resulted.n_scored == len(datasets)
+    with node.sessions() as session:
+        rows = session.execute(
+            select(Prediction, Instance.z).join(Instance, Instance.id == Prediction.instance_id)
+        ).all()
+        assert len(rows) == len(datasets)
+        assert {p.study_version for p, _ in rows} == {1}  # refined by the study model
+        emb = np.stack([decode_embedding(p.embedding) for p, _ in rows])
+        expected = score_study(ckpt, emb, [z for _, z in rows])
+        got = np.array([[p.probabilities[n] for n in SUBTYPES] for p, _ in rows])
+        np.testing.assert_allclose(got, expected.slices, rtol=1e-4, atol=1e-6)
+        study = [resulted.probabilities[n] for n in SUBTYPES]
+        np.testing.assert_allclose(study, expected.study, rtol=1e-4, atol=1e-6)
