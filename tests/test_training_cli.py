@@ -300,3 +300,21 @@ def test_a_trained_study_model_is_served_by_the_node(trained: Path, node_factory
         np.testing.assert_allclose(got, expected.slices, rtol=1e-4, atol=1e-6)
         study = [resulted.probabilities[n] for n in SUBTYPES]
         np.testing.assert_allclose(study, expected.study, rtol=1e-4, atol=1e-6)
+
+
+def test_the_report_says_n_a_for_a_label_without_positives_and_flags_a_worse_than_baseline():
+    from training.evaluate import Report
+    from training.metrics import subtype_metrics
+
+    y, p = np.zeros(4), np.array([0.1, 0.2, 0.3, 0.4])
+    none = subtype_metrics(y, p, 0.5, p >= 0.5)
+    some = subtype_metrics(np.array([0, 1, 0, 1]), p, 0.5, p >= 0.5)
+    report = Report(
+        model_id="m", data="d", split=None, n_images=4, skipped_images=0,
+        weighted_log_loss=0.3, baseline_log_loss=0.2, baseline_source="training",
+        subtypes={name: (none if name == "epidural" else some) for name in SUBTYPES},
+    )  # fmt: skip
+    text = report.summary_text()
+    assert "epidural          n/a: no positives in this set" in text
+    assert "WORSE than always predicting the prevalence" in text
+    assert "n/a: no positives" in report.markdown() and "**worse**" in report.markdown()

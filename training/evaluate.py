@@ -108,6 +108,10 @@ class Report:
                else ")"),
         ]  # fmt: skip
         for name, m in self.subtypes.items():
+            if m.positives == 0 or m.negatives == 0:
+                what = "positives" if m.positives == 0 else "negatives"
+                lines.append(f"  {name:<17} n/a: no {what} in this set")
+                continue
             auc = f"{m.roc_auc:.3f}" if math.isfinite(m.roc_auc) else "n/a"
             lines.append(
                 f"  {name:<17} AUC {auc:>5}  F1 {m.f1:.3f}  recall {m.recall:.3f}  "
@@ -154,6 +158,10 @@ class Report:
             "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name, m in self.subtypes.items():
+            if m.positives == 0 or m.negatives == 0:
+                what = "positives" if m.positives == 0 else "negatives"
+                rows.append(f"| {name} | {m.positives} | n/a: no {what} | | | | | n/a |")
+                continue
             auc = f"{m.roc_auc:.3f}" if math.isfinite(m.roc_auc) else "n/a"
             rows.append(
                 f"| {name} | {m.positives} | {m.threshold:.3f} | {m.accuracy:.3f} | "
