@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import socket
-import ssl
 import threading
 import time
 from collections import deque
@@ -38,7 +36,6 @@ from pynetdicom import AE, evt
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
@@ -50,6 +47,7 @@ from ichnode.db.models import InstanceStatus
 from ichnode.imaging import CT_SOP_CLASSES, MAX_PIXELS
 from ichnode.node.selection import SelectionRules, geometry
 from ichnode.node.tls import ReloadingContext
+from ichnode.node.transport import GuardedServer, start_server
 from ichnode.store import Store, StoreError, uid_hash, valid_uid
 
 log = logging.getLogger(__name__)
@@ -133,81 +131,6 @@ class _AssocStats:
     #: P-DATA bytes received since the last C-STORE was handled (see RECEIVE_CAP_FACTOR).
     pending_bytes: int = 0
     cut_off: bool = False
-
-
-class GuardedServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with guards against peers that stall or just probe.
-
-    pynetdicom leaves accepted sockets blocking without a timeout, so a peer that sends half a
-    PDU holds its thread and an association slot forever; it runs the TLS handshake in the
-    accept loop, so one silent peer on a TLS port blocks every later connection; and it gives
-    a connection an association slot before it has asked for anything. Here every accepted
-    socket gets ``io_timeout`` (the network timeout), the handshake runs in the connection's
-    own thread, and the connection becomes an association only once the peer has sent
-    something. A failed handshake and a connection that sent nothing are reported to
-    ``on_handshake_failed`` / ``on_no_request`` (address, reason), for the audit trail. With
-    ``tls`` set, each connection gets its current context (the files may have been renewed
-    since the start).
-    """
-
-    io_timeout: float = 60.0
-    on_handshake_failed: Callable[[object, str], None] | None = None
-    on_no_request: Callable[[object, str], None] | None = None
-    tls: ReloadingContext | None = None
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client, address = self.socket.accept()
-        client.settimeout(self.io_timeout)
-        if self.tls is not None:
-            self.ssl_context = self.tls.current()
-        if self.ssl_context:
-            client = self.ssl_context.wrap_socket(
-                client, server_side=True, do_handshake_on_connect=False
-            )
-        return client, address
-
-    def process_request_thread(self, request: socket.socket, client_address: object) -> None:
-        if isinstance(request, ssl.SSLSocket):
-            try:
-                request.do_handshake()
-            except (OSError, ssl.SSLError) as exc:
-                reason = str(getattr(exc, "reason", None) or type(exc).__name__)
-                log.warning("TLS handshake with %s failed: %s", client_address, reason)
-                self.shutdown_request(request)
-                if self.on_handshake_failed is not None:
-                    self.on_handshake_failed(client_address, reason)
-                return
-        silent = self._no_request(request)
-        if silent is not None:
-            log.debug("connection from %s dropped: %s", client_address, silent)  # audited
-            self.shutdown_request(request)
-            if self.on_no_request is not None:
-                self.on_no_request(client_address, silent)
-            return
-        super().process_request_thread(request, client_address)
-
-    def _no_request(self, request: socket.socket) -> str | None:
-        """Wait for the peer's first bytes; None once they came, else why to drop it.
-
-        pynetdicom's association waits ``acse_timeout`` for an A-ASSOCIATE-RQ even after the
-        peer has gone, holding an association slot; so a few port probes (a load balancer's
-        TCP health check) could refuse every sender for that long. Here a connection takes a
-        slot only once it has sent something. Under TLS the raw socket is peeked: a peer that
-        closes sends no TLS record, only the end of the stream.
-        """
-        timeout = self.ae.acse_timeout
-        if isinstance(request, ssl.SSLSocket) and request.pending():
-            return None
-        request.settimeout(timeout)  # no select(): it fails on descriptors past 1024
-        try:
-            first = socket.socket.recv(request, 1, socket.MSG_PEEK)
-        except TimeoutError:
-            return f"nothing sent within {timeout:g} s"
-        except OSError as exc:
-            return f"connection error ({exc})"
-        finally:
-            request.settimeout(self.io_timeout)
-        return None if first else "closed without sending anything"
 
 
 class StorageSCP:
@@ -321,8 +244,8 @@ class StorageSCP:
         server.io_timeout = s.network_timeout
         server.on_handshake_failed = self._on_tls_failed
         server.on_no_request = self._on_no_request
-        ae._servers.append(server)  # what AE.start_server does; server.shutdown() removes it
-        threading.Thread(target=server.serve_forever, name="scp-accept", daemon=True).start()
+        server.on_pdu_refused = self._on_pdu_refused
+        start_server(server)
         self.server = server
         return server
 
@@ -425,6 +348,13 @@ class StorageSCP:
         stats = _AssocStats(str(host), port, outcome=outcome)
         stats.closed = True
         self._audit(audit.close_association, stats)
+
+    def _on_pdu_refused(self, assoc: object, reason: str) -> None:
+        """A PDU over the size limit was refused from its header (see node.transport)."""
+        stats = self._stats.get(id(assoc))
+        if stats is not None:
+            stats.cut_off = True
+            stats.outcome = "aborted: PDU over the size limit"
 
     def _on_ended(self, event: evt.Event, how: str) -> None:
         stats = self._stats.get(id(event.assoc))
