@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -102,7 +103,11 @@ def _receiver(kind: str, port: int, out: Path) -> subprocess.Popen:
     ]
     if kind == "ichnode-off":
         cmd += ["--workers", "0"]
-    return subprocess.Popen(cmd, cwd=out, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its HTTP side on a free port too, so that a node already running here does not clash.
+    env = {**os.environ, "ICHNODE_HTTP__BIND": f"127.0.0.1:{free_port()}"}
+    return subprocess.Popen(
+        cmd, cwd=out, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 def send(port: int, files: list[Path], parallel: int) -> float:

@@ -422,7 +422,6 @@ class StorageSCP:
             stats.pending_bytes = 0  # the next message starts counting afresh
         try:
             ds: Dataset = event.dataset
-            ds.file_meta = event.file_meta
             ids = (
                 str(ds.get("StudyInstanceUID", "")),
                 str(ds.get("SeriesInstanceUID", "")),
@@ -536,8 +535,9 @@ class StorageSCP:
                         self._count(event, "failed")
                         return OUT_OF_RESOURCES
                     relative = self.store.relative_path(study_uid, series_uid, sop_uid)
-                    # ds.file_meta: pynetdicom builds a new one on every event.file_meta read
-                    header = PREAMBLE + encode_file_meta(ds.file_meta)
+                    # Built only here: pynetdicom makes a new one on every event.file_meta read.
+                    # The bytes are event.encoded_dataset()'s, without joining a copy of them.
+                    header = PREAMBLE + encode_file_meta(event.file_meta)
                     received.size_bytes = self.store.write(relative, [header, stream])
                     received.path = relative
                 try:
