@@ -1,15 +1,21 @@
-"""Ingest benchmark: the same slices sent by DCMTK storescu to three receivers.
+"""Ingest benchmark: the same slices sent by DCMTK storescu to several receivers.
 
-(a) DCMTK storescp writing files, (b) pynetdicom's bundled storescp app writing files,
-(c) ichnode serve with inference off (--workers 0), then on (--workers 1). Median of --runs
-runs each, printed as instances/s, MB/s and ratios to (a). Run DCMTK with TCP_NODELAY=1.
+Receivers: DCMTK ``storescp`` writing files, Orthanc (its defaults, loopback only, temporary
+storage), pynetdicom's bundled ``storescp`` app writing files, and ``ichnode serve`` with its
+defaults (inference on: one worker), optionally also with inference off (``ichnode-off``).
+``--parallel 1,4`` measures each receiver with 1 and with 4 ``storescu`` processes, each
+sending its share of the files on its own association. Median of ``--runs`` runs each, printed
+as instances/s, MB/s and the ratios ichnode/Orthanc and ichnode/storescp measured in the same
+run. DCMTK runs with TCP_NODELAY=1.
 
-    python benchmarks/ingest.py --slices 400 --runs 3
+    python benchmarks/ingest.py --slices 400 --runs 3 --parallel 1,4
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import signal
 import subprocess
@@ -27,9 +33,34 @@ from common import (  # noqa: E402
     phantom_slices,
     port_open,
     python,
-    storescu,
     wait_for,
 )
+
+ORTHANC = "/usr/sbin/Orthanc"
+RECEIVERS = ("dcmtk", "orthanc", "pynetdicom", "ichnode", "ichnode-off")
+
+
+def _orthanc(port: int, out: Path) -> subprocess.Popen:
+    """Orthanc with its defaults but for loopback ports and a temporary storage folder."""
+    config = {
+        "Name": "ingest-bench",
+        "DicomAet": "STORESCP",
+        "DicomPort": port,
+        "HttpPort": free_port(),
+        "StorageDirectory": str(out / "storage"),
+        "IndexDirectory": str(out / "index"),
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomAlwaysAllowStore": True,
+        "DicomCheckCalledAet": False,
+        "Plugins": [],
+    }
+    path = out / "orthanc.json"
+    path.write_text(json.dumps(config))
+    # Orthanc is built on DCMTK: without TCP_NODELAY its replies stall ~45 ms on loopback.
+    return subprocess.Popen(
+        [ORTHANC, str(path)], env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 def _receiver(kind: str, port: int, out: Path) -> subprocess.Popen:
@@ -38,6 +69,8 @@ def _receiver(kind: str, port: int, out: Path) -> subprocess.Popen:
         return subprocess.Popen(
             cmd, env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
+    if kind == "orthanc":
+        return _orthanc(port, out)
     if kind == "pynetdicom":
         cmd = [
             python(),
@@ -51,7 +84,6 @@ def _receiver(kind: str, port: int, out: Path) -> subprocess.Popen:
             str(port),
         ]
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    workers = "0" if kind == "ichnode-off" else "1"
     cmd = [
         python(),
         "-m",
@@ -63,8 +95,6 @@ def _receiver(kind: str, port: int, out: Path) -> subprocess.Popen:
         str(port),
         "--ae-title",
         "STORESCP",
-        "--workers",
-        workers,
         "--stable-seconds",
         "3600",
         "--db-url",
@@ -72,7 +102,35 @@ def _receiver(kind: str, port: int, out: Path) -> subprocess.Popen:
         "--store",
         str(out / "store"),
     ]
-    return subprocess.Popen(cmd, cwd=out, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if kind == "ichnode-off":
+        cmd += ["--workers", "0"]
+    # Its HTTP side on a free port too, so that a node already running here does not clash.
+    env = {**os.environ, "ICHNODE_HTTP__BIND": f"127.0.0.1:{free_port()}"}
+    return subprocess.Popen(
+        cmd, cwd=out, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def send(port: int, files: list[Path], parallel: int) -> float:
+    """Seconds until ``parallel`` storescu processes (one association each) sent ``files``."""
+    shares = [files[i::parallel] for i in range(parallel)]
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            ["/usr/bin/storescu", "-aec", "STORESCP", "127.0.0.1", str(port), *map(str, share)],
+            env=DCMTK_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for share in shares
+        if share
+    ]
+    errors = [p.communicate()[1] for p in procs if p.wait() != 0]
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise RuntimeError(f"storescu failed: {errors[0].strip()[:500]}")
+    return elapsed
 
 
 def _queue_left(out: Path) -> int:
@@ -84,24 +142,25 @@ def _queue_left(out: Path) -> int:
         ).fetchone()[0]
 
 
-def measure(kind: str, folder: Path, runs: int, warmup: Path | None) -> dict[str, float]:
-    times, drains, cold = [], [], []
+def measure(kind: str, files: list[Path], runs: int, warmup: list[Path], parallel: int) -> dict:
+    times, drains = [], []
+    inference = kind == "ichnode"
     for _ in range(runs):
         out = Path(tempfile.mkdtemp(prefix=f"ingest-{kind}-"))
         port = free_port()
         proc = _receiver(kind, port, out)
         try:
             wait_for(lambda port=port: port_open(port), timeout=120)
-            if warmup is not None:
+            if warmup:
                 # A receiver that has just started pays one-time costs on its first instances
                 # (imports, compiled statements, caches); a node runs for weeks. Every receiver
-                # gets the same short warm-up study, untimed except as "first send".
-                cold.append(storescu(port, warmup, "STORESCP") / len(list(warmup.glob("*.dcm"))))
-                if kind == "ichnode-on":
+                # gets the same short warm-up, untimed.
+                send(port, warmup, 1)
+                if inference:
                     wait_for(lambda out=out: _queue_left(out) == 0, timeout=600, interval=0.1)
-            elapsed = storescu(port, folder, "STORESCP")
+            elapsed = send(port, files, parallel)
             times.append(elapsed)
-            if kind == "ichnode-on":
+            if inference:
                 t0 = time.perf_counter()
                 wait_for(lambda out=out: _queue_left(out) == 0, timeout=600, interval=0.1)
                 drains.append(elapsed + time.perf_counter() - t0)
@@ -110,11 +169,29 @@ def measure(kind: str, folder: Path, runs: int, warmup: Path | None) -> dict[str
             proc.wait(60)
             shutil.rmtree(out, ignore_errors=True)
     result = {"seconds": median(times)}
-    if cold:
-        result["warmup_ms_per_instance"] = 1000 * median(cold)
     if drains:
         result["drained_seconds"] = median(drains)
     return result
+
+
+def report(results: dict[str, dict], n: int, mb: float, parallel: int) -> None:
+    """One table: instances/s, MB/s, and ichnode's ratios to Orthanc and storescp."""
+    print(f"\n## {parallel} association{'s' if parallel > 1 else ''} ({parallel} x storescu)")
+    print(f"{'receiver':<14}{'seconds':>9}{'inst/s':>9}{'MB/s':>8}")
+    for kind, r in results.items():
+        s = r["seconds"]
+        print(f"{kind:<14}{s:>9.2f}{n / s:>9.1f}{mb / s:>8.1f}")
+        if "drained_seconds" in r:
+            d = r["drained_seconds"]
+            verdict = "keeps up" if d <= s * 1.05 else "backlog: inference slower than ingest"
+            print(f"{'':<14}queue drained after {d:.2f} s: {n / d:.1f} slices/s scored ({verdict})")
+    for ours in ("ichnode", "ichnode-off"):
+        if ours not in results:
+            continue
+        for peer in ("orthanc", "dcmtk"):
+            if peer in results:
+                ratio = results[peer]["seconds"] / results[ours]["seconds"]
+                print(f"{ours}/{peer}: {ratio:.2f}x (instances/s)")
 
 
 def main() -> None:
@@ -122,46 +199,32 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=400)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
-        "--warmup",
-        type=int,
-        default=20,
-        help="slices sent (untimed) before each timed run; 0: none",
+        "--parallel",
+        default="1",
+        help="comma-separated numbers of concurrent storescu processes (associations), e.g. 1,4",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=20, help="slices sent (untimed) before each timed run"
     )
     parser.add_argument(
         "--receivers",
-        default="dcmtk,pynetdicom,ichnode-off,ichnode-on",
-        help="comma-separated subset of dcmtk, pynetdicom, ichnode-off, ichnode-on",
+        default="dcmtk,orthanc,pynetdicom,ichnode",
+        help=f"comma-separated subset of {', '.join(RECEIVERS)}",
     )
     args = parser.parse_args()
-    folder = phantom_slices(args.slices)
-    files = sorted(folder.glob("*.dcm"))
+    kinds = args.receivers.split(",")
+    unknown = set(kinds) - set(RECEIVERS)
+    if unknown:
+        parser.error(f"unknown receivers: {', '.join(sorted(unknown))}")
+    files = sorted(phantom_slices(args.slices).glob("*.dcm"))
     mb = sum(f.stat().st_size for f in files) / 1e6
-    print(
-        f"# ingest: {len(files)} slices, {mb:.0f} MB, storescu over loopback, median of {args.runs}"
-    )
+    warmup = sorted(phantom_slices(args.warmup, seed=999).glob("*.dcm")) if args.warmup else []
+    print(f"# ingest: {len(files)} slices (512 x 512, 16-bit), {mb:.0f} MB, storescu over loopback")
+    print(f"# median of {args.runs}; each receiver freshly started, {args.warmup} warm-up slices")
     print(f"# {machine()}, {time.strftime('%Y-%m-%d %H:%M')}")
-    warmup = phantom_slices(args.warmup, seed=999) if args.warmup else None
-    print(f"# each receiver freshly started, then sent {args.warmup} warm-up slices (untimed)")
-    results = {k: measure(k, folder, args.runs, warmup) for k in args.receivers.split(",")}
-    base = results.get("dcmtk", {}).get("seconds")
-    pyn = results.get("pynetdicom", {}).get("seconds")
-    head = f"{'receiver':<14}{'seconds':>9}{'inst/s':>9}{'MB/s':>8}"
-    print(f"{head}{'vs dcmtk':>10}{'vs pynetdicom':>15}")
-    for kind, r in results.items():
-        s = r["seconds"]
-        ratio = f"{base / s:.2f}x" if base else "-"
-        ratio_p = f"{pyn / s:.2f}x" if pyn else "-"
-        print(f"{kind:<14}{s:>9.2f}{len(files) / s:>9.1f}{mb / s:>8.1f}{ratio:>10}{ratio_p:>15}")
-        if "warmup_ms_per_instance" in r:
-            first = r["warmup_ms_per_instance"]
-            print(f"{'':<14}first (warm-up) send after start: {first:.1f} ms/slice")
-        if "drained_seconds" in r:
-            d = r["drained_seconds"]
-            verdict = "keeps up" if d <= s * 1.05 else "backlog grows: inference slower than ingest"
-            print(
-                f"{'':<14}queue drained {d:.2f} s after the first slice: "
-                f"{len(files) / d:.1f} slices/s scored ({verdict})"
-            )
+    for parallel in (int(p) for p in args.parallel.split(",")):
+        results = {k: measure(k, files, args.runs, warmup, parallel) for k in kinds}
+        report(results, len(files), mb, parallel)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,15 @@
 """The pynetdicom C-STORE SCP: receive, validate, store durably, enqueue, then answer.
 
-The C-STORE handler is short: identifiers validated → bytes written as received (temp file,
-fsync, rename) → instance row committed with status ``queued`` → Success. Storage or database
-trouble answers 0xA700 and leaves neither an orphan file nor an orphan row.
+The C-STORE handler is short: header checked (``node.intake``) → bytes written as received
+(temp file, fsync, rename) → instance row committed with status ``queued`` → Success. Storage
+or database trouble answers 0xA700 and leaves neither an orphan file nor an orphan row. Every
+refusal is one ``intake.Refusal`` turned into the answer and the log line in one place.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import socket
-import ssl
 import threading
 import time
 from collections import deque
@@ -18,10 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
-    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -38,7 +35,6 @@ from pynetdicom import AE, evt
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
@@ -47,20 +43,25 @@ from ichnode.config import Settings
 from ichnode.db import ingest
 from ichnode.db.engine import error_reason
 from ichnode.db.models import InstanceStatus
-from ichnode.imaging import CT_SOP_CLASSES, MAX_PIXELS
-from ichnode.node.selection import SelectionRules, geometry
+from ichnode.imaging import CT_SOP_CLASSES
+from ichnode.node import intake
+from ichnode.node.intake import (  # noqa: F401 - the statuses, importable from here as before
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+    Refusal,
+    pixel_problem,
+)
+from ichnode.node.selection import SelectionRules
 from ichnode.node.tls import ReloadingContext
-from ichnode.store import Store, StoreError, uid_hash, valid_uid
+from ichnode.node.transport import GuardedServer, start_server
+from ichnode.store import Store, StoreError, uid_hash
 
 log = logging.getLogger(__name__)
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
 
-# DIMSE C-STORE statuses (PS3.4 Annex B.2.3, PS3.7 Annex C).
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DATASET_DOES_NOT_MATCH = 0xA900
-CANNOT_UNDERSTAND = 0xC000
 
 #: P-DATA bytes one message may reach before the association is cut off: pynetdicom holds a
 #: whole message in memory before the C-STORE handler sees it, so past this point a peer
@@ -88,10 +89,6 @@ CT_TRANSFER_SYNTAXES = [
 #: Objects we only record (nothing decoded) are accepted in the same syntaxes. Explicit VR Big
 #: Endian is retired (PS3.5 A.3) and is refused for every SOP class, as is any syntax not listed.
 OTHER_TRANSFER_SYNTAXES = list(CT_TRANSFER_SYNTAXES)
-
-
-#: BitsAllocated values a CT image can have (PS3.3 C.8.2.1.1.4 allows 16 only; we decode these).
-BITS_ALLOCATED = (8, 16, 32)
 
 
 # A-ASSOCIATE-RJ (PS3.8 9.3.4): result, source, reason/diagnostic.
@@ -133,81 +130,6 @@ class _AssocStats:
     #: P-DATA bytes received since the last C-STORE was handled (see RECEIVE_CAP_FACTOR).
     pending_bytes: int = 0
     cut_off: bool = False
-
-
-class GuardedServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with guards against peers that stall or just probe.
-
-    pynetdicom leaves accepted sockets blocking without a timeout, so a peer that sends half a
-    PDU holds its thread and an association slot forever; it runs the TLS handshake in the
-    accept loop, so one silent peer on a TLS port blocks every later connection; and it gives
-    a connection an association slot before it has asked for anything. Here every accepted
-    socket gets ``io_timeout`` (the network timeout), the handshake runs in the connection's
-    own thread, and the connection becomes an association only once the peer has sent
-    something. A failed handshake and a connection that sent nothing are reported to
-    ``on_handshake_failed`` / ``on_no_request`` (address, reason), for the audit trail. With
-    ``tls`` set, each connection gets its current context (the files may have been renewed
-    since the start).
-    """
-
-    io_timeout: float = 60.0
-    on_handshake_failed: Callable[[object, str], None] | None = None
-    on_no_request: Callable[[object, str], None] | None = None
-    tls: ReloadingContext | None = None
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client, address = self.socket.accept()
-        client.settimeout(self.io_timeout)
-        if self.tls is not None:
-            self.ssl_context = self.tls.current()
-        if self.ssl_context:
-            client = self.ssl_context.wrap_socket(
-                client, server_side=True, do_handshake_on_connect=False
-            )
-        return client, address
-
-    def process_request_thread(self, request: socket.socket, client_address: object) -> None:
-        if isinstance(request, ssl.SSLSocket):
-            try:
-                request.do_handshake()
-            except (OSError, ssl.SSLError) as exc:
-                reason = str(getattr(exc, "reason", None) or type(exc).__name__)
-                log.warning("TLS handshake with %s failed: %s", client_address, reason)
-                self.shutdown_request(request)
-                if self.on_handshake_failed is not None:
-                    self.on_handshake_failed(client_address, reason)
-                return
-        silent = self._no_request(request)
-        if silent is not None:
-            log.debug("connection from %s dropped: %s", client_address, silent)  # audited
-            self.shutdown_request(request)
-            if self.on_no_request is not None:
-                self.on_no_request(client_address, silent)
-            return
-        super().process_request_thread(request, client_address)
-
-    def _no_request(self, request: socket.socket) -> str | None:
-        """Wait for the peer's first bytes; None once they came, else why to drop it.
-
-        pynetdicom's association waits ``acse_timeout`` for an A-ASSOCIATE-RQ even after the
-        peer has gone, holding an association slot; so a few port probes (a load balancer's
-        TCP health check) could refuse every sender for that long. Here a connection takes a
-        slot only once it has sent something. Under TLS the raw socket is peeked: a peer that
-        closes sends no TLS record, only the end of the stream.
-        """
-        timeout = self.ae.acse_timeout
-        if isinstance(request, ssl.SSLSocket) and request.pending():
-            return None
-        request.settimeout(timeout)  # no select(): it fails on descriptors past 1024
-        try:
-            first = socket.socket.recv(request, 1, socket.MSG_PEEK)
-        except TimeoutError:
-            return f"nothing sent within {timeout:g} s"
-        except OSError as exc:
-            return f"connection error ({exc})"
-        finally:
-            request.settimeout(self.io_timeout)
-        return None if first else "closed without sending anything"
 
 
 class StorageSCP:
@@ -321,8 +243,8 @@ class StorageSCP:
         server.io_timeout = s.network_timeout
         server.on_handshake_failed = self._on_tls_failed
         server.on_no_request = self._on_no_request
-        ae._servers.append(server)  # what AE.start_server does; server.shutdown() removes it
-        threading.Thread(target=server.serve_forever, name="scp-accept", daemon=True).start()
+        server.on_pdu_refused = self._on_pdu_refused
+        start_server(server)
         self.server = server
         return server
 
@@ -426,6 +348,13 @@ class StorageSCP:
         stats.closed = True
         self._audit(audit.close_association, stats)
 
+    def _on_pdu_refused(self, assoc: object, reason: str) -> None:
+        """A PDU over the size limit was refused from its header (see node.transport)."""
+        stats = self._stats.get(id(assoc))
+        if stats is not None:
+            stats.cut_off = True
+            stats.outcome = "aborted: PDU over the size limit"
+
     def _on_ended(self, event: evt.Event, how: str) -> None:
         stats = self._stats.get(id(event.assoc))
         if stats is not None and not stats.cut_off:
@@ -486,128 +415,51 @@ class StorageSCP:
     # ------------------------------------------------------------------ C-STORE
 
     def handle_store(self, event: evt.Event) -> int:
-        """Validate → store → row → status (see module docstring)."""
+        """Admit → store → row → status (see module docstring); one place answers refusals."""
         stats = self._stats.get(id(event.assoc))
         if stats is not None:
             stats.pending_bytes = 0  # the next message starts counting afresh
-        try:
-            ds: Dataset = event.dataset
-            ds.file_meta = event.file_meta
-            ids = (
-                str(ds.get("StudyInstanceUID", "")),
-                str(ds.get("SeriesInstanceUID", "")),
-                str(ds.get("SOPInstanceUID", "")),
-            )
-            sop_class = str(ds.get("SOPClassUID", ""))
-        except Exception as exc:  # noqa: BLE001 - any decode failure is "cannot understand"
-            log.warning("C-STORE refused: dataset cannot be decoded (%s)", type(exc).__name__)
-            self._count(event, "failed")
-            return CANNOT_UNDERSTAND
-        study_uid, series_uid, sop_uid = ids
-        bad = [
-            n
-            for n, u in zip(("study", "series", "SOP instance"), ids, strict=True)
-            if not valid_uid(u)
-        ]
-        if bad:
-            log.warning("C-STORE refused: missing or invalid %s UID", " and ".join(bad))
-            self._count(event, "failed")
-            return DATASET_DOES_NOT_MATCH
-        if sop_uid != str(event.request.AffectedSOPInstanceUID):
-            log.warning(
-                "C-STORE refused: SOP Instance UID %s differs from the request's", uid_hash(sop_uid)
-            )
-            self._count(event, "failed")
-            return DATASET_DOES_NOT_MATCH
-        if sop_class != str(event.request.AffectedSOPClassUID):
-            log.warning(
-                "C-STORE refused: SOP Class UID differs from the request's (%s)", uid_hash(sop_uid)
-            )
-            self._count(event, "failed")
-            return DATASET_DOES_NOT_MATCH
         now = datetime.now(UTC)
+        sop_uid = "?"
         try:
-            # pydicom decodes an element when it is first read: a malformed one (an unknown
-            # VR, a bad length) raises here, in the header checks or the metadata read.
-            problem = None
-            if sop_class in CT_SOP_CLASSES:
-                problem = pixel_problem(ds, event.context.transfer_syntax)
-            if not problem:
-                received = self._describe(event, ds, sop_class, now)
-        except Exception as exc:  # noqa: BLE001 - any decode failure is "cannot understand"
-            log.warning(
-                "C-STORE refused: instance %s cannot be decoded (%s)",
-                uid_hash(sop_uid),
-                type(exc).__name__,
-            )
+            admitted = intake.admit(event, self.rules, now)
+            sop_uid = admitted.received.sop_uid
+            return self._store(event, admitted, now)
+        except Refusal as refusal:
+            level = logging.ERROR if refusal.status == OUT_OF_RESOURCES else logging.WARNING
+            log.log(level, "C-STORE refused: %s", refusal.reason)
             self._count(event, "failed")
-            return CANNOT_UNDERSTAND
-        if problem:
-            log.warning("C-STORE refused: CT instance %s: %s", uid_hash(sop_uid), problem)
-            self._count(event, "failed")
-            return DATASET_DOES_NOT_MATCH
-        try:
-            is_ct = sop_class in CT_SOP_CLASSES
-            return self._store(event, ds, received, is_ct, (study_uid, series_uid, sop_uid), now)
+            return refusal.status
         except Exception:  # noqa: BLE001 - never let a bug answer Success or kill the AE
             log.exception("C-STORE failed unexpectedly for instance %s", uid_hash(sop_uid))
             self._count(event, "failed")
             return OUT_OF_RESOURCES
 
-    def _describe(
-        self, event: evt.Event, ds: Dataset, sop_class: str, now: datetime
-    ) -> ingest.Received:
-        """The instance's row to be: header fields, z, and SKIPPED with a reason if so."""
-        geo = geometry(ds)
-        received = ingest.Received.from_dataset(
-            ds,
-            calling_ae=event.assoc.requestor.ae_title,
-            transfer_syntax=str(event.context.transfer_syntax),
-            z=geo.z,
-            received_at=now,
-        )
-        if sop_class not in CT_SOP_CLASSES:
-            received.status = InstanceStatus.SKIPPED
-            received.reason = f"not a CT image ({_sop_name(sop_class)})"
-        else:
-            reason = self.rules.skip_reason(ds, geo)
-            if reason:
-                received.status, received.reason = InstanceStatus.SKIPPED, reason
-        return received
-
-    def _store(
-        self,
-        event: evt.Event,
-        ds: Dataset,
-        received: ingest.Received,
-        is_ct: bool,
-        uids: tuple[str, str, str],
-        now: datetime,
-    ) -> int:
+    def _store(self, event: evt.Event, admitted: intake.Admitted, now: datetime) -> int:
         """Write the file (CT only) and the row; Success only once both are durable."""
-        study_uid, series_uid, sop_uid = uids
+        received = admitted.received
+        study_uid, series_uid, sop_uid = admitted.uids
+        tag = uid_hash(sop_uid)
         try:
             # One session per C-STORE: the duplicate check is a plain SELECT (no write lock on
             # SQLite), the file is written, then the rows are inserted and committed at once.
             with self.sessions() as session:
                 if ingest.mark_duplicate(session, sop_uid, now):
                     session.commit()
-                    log.info("instance %s received again: kept the first copy", uid_hash(sop_uid))
+                    log.info("instance %s received again: kept the first copy", tag)
                     self._count(event, "stored", study_uid)
                     return SUCCESS
                 relative = None
-                if is_ct:
+                if admitted.is_ct:
                     stream = event.request.DataSet.getvalue()
                     if len(stream) > self.settings.max_instance_bytes:
-                        log.warning(
-                            "C-STORE refused: instance %s is larger than max_instance_bytes",
-                            uid_hash(sop_uid),
+                        raise Refusal(
+                            OUT_OF_RESOURCES, f"instance {tag} is larger than max_instance_bytes"
                         )
-                        self._count(event, "failed")
-                        return OUT_OF_RESOURCES
                     relative = self.store.relative_path(study_uid, series_uid, sop_uid)
-                    # ds.file_meta: pynetdicom builds a new one on every event.file_meta read
-                    header = PREAMBLE + encode_file_meta(ds.file_meta)
+                    # Built only here: pynetdicom makes a new one on every event.file_meta read.
+                    # The bytes are event.encoded_dataset()'s, without joining a copy of them.
+                    header = PREAMBLE + encode_file_meta(event.file_meta)
                     received.size_bytes = self.store.write(relative, [header, stream])
                     received.path = relative
                 try:
@@ -638,14 +490,11 @@ class StorageSCP:
                         self.store.remove(relative)
                     raise
         except StoreError as exc:
-            log.error("C-STORE out of resources for instance %s: %s", uid_hash(sop_uid), exc)
-            self._count(event, "failed")
-            return OUT_OF_RESOURCES
+            raise Refusal(OUT_OF_RESOURCES, f"out of resources for instance {tag}: {exc}") from None
         except SQLAlchemyError as exc:
-            reason = error_reason(exc)
-            log.error("C-STORE database failure for instance %s: %s", uid_hash(sop_uid), reason)
-            self._count(event, "failed")
-            return OUT_OF_RESOURCES
+            raise Refusal(
+                OUT_OF_RESOURCES, f"database failure for instance {tag}: {error_reason(exc)}"
+            ) from None
         self._count(event, "skipped" if status == InstanceStatus.SKIPPED else "stored", study_uid)
         if status == InstanceStatus.QUEUED:
             self.on_stored()
@@ -661,33 +510,3 @@ def _address_in(address: str, networks: list[str]) -> bool:
     if ip.version == 6 and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
     return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
-
-
-def pixel_problem(ds: Dataset, transfer_syntax: str) -> str | None:
-    """Why a CT dataset's pixel data cannot be right, checked from the header (no decoding)."""
-    pixels = ds.get("PixelData")  # None when absent or present with no value
-    if not pixels:
-        return "no pixel data"
-    try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        bits = int(ds.BitsAllocated)
-        samples = int(ds.get("SamplesPerPixel", 1))
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (AttributeError, TypeError, ValueError):
-        return "missing or malformed Rows/Columns/BitsAllocated"
-    if rows <= 0 or cols <= 0 or rows * cols > MAX_PIXELS:
-        return f"implausible image size {rows}x{cols}"
-    if bits not in BITS_ALLOCATED or samples not in (1, 3) or frames < 1:
-        return "unsupported BitsAllocated, SamplesPerPixel or NumberOfFrames"
-    if UID(transfer_syntax).is_compressed:
-        return None  # the length of a compressed stream says nothing; the worker decodes it
-    expected = rows * cols * samples * frames * bits // 8
-    actual = len(pixels)
-    if actual < expected:
-        return f"pixel data has {actual} bytes, Rows x Columns needs {expected}"
-    return None
-
-
-def _sop_name(uid: str) -> str:
-    name = UID(uid).name
-    return name if name != uid else f"SOP class {uid}"

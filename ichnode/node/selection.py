@@ -10,7 +10,6 @@ import math
 import re
 from dataclasses import dataclass
 
-import numpy as np
 from pydicom.dataset import Dataset
 
 from ichnode.config import SelectionSettings
@@ -38,16 +37,17 @@ def geometry(ds: Dataset) -> Geometry:
         return Geometry(None, None)
     if len(iop) != 6 or len(ipp) != 3:
         return Geometry(None, None)
-    normal = np.cross(iop[:3], iop[3:])
-    norm = float(np.linalg.norm(normal))
+    # Plain floats: numpy's cross and norm cost more than the arithmetic on 3-vectors.
+    (r0, r1, r2), (c0, c1, c2) = iop[:3], iop[3:]
+    normal = (r1 * c2 - r2 * c1, r2 * c0 - r0 * c2, r0 * c1 - r1 * c0)
+    norm = math.sqrt(sum(v * v for v in normal))
     if not math.isfinite(norm) or norm < 1e-6:
         return Geometry(None, None)
-    normal /= norm
     # Sign: keep the normal pointing towards +z so z grows head-wards for every scanner.
-    if normal[2] < 0:
-        normal = -normal
-    tilt = math.degrees(math.acos(min(1.0, abs(float(normal[2])))))
-    z = float(np.dot(ipp, normal))
+    sign = -1.0 if normal[2] < 0 else 1.0
+    n0, n1, n2 = (sign * v / norm for v in normal)
+    tilt = math.degrees(math.acos(min(1.0, abs(n2))))
+    z = ipp[0] * n0 + ipp[1] * n1 + ipp[2] * n2
     return Geometry(z if math.isfinite(z) else None, tilt)
 
 

@@ -1,0 +1,156 @@
+"""What a received C-STORE must pass before it is stored: header read, checks, selection.
+
+:func:`admit` reads the data set's header, checks its identifiers against the request and its
+pixel description against the header, and describes the row to be (scored, or skipped with
+the reason). A failure raises one :class:`Refusal` (status, reason); the SCP turns it into
+the answer and the log line. The DIMSE C-STORE statuses are named here, once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+from pynetdicom import evt
+
+from ichnode.db import ingest
+from ichnode.db.models import InstanceStatus
+from ichnode.imaging import CT_SOP_CLASSES, MAX_PIXELS
+from ichnode.node.selection import SelectionRules, geometry
+from ichnode.store import uid_hash, valid_uid
+
+# DIMSE C-STORE statuses (PS3.4 Annex B.2.3, PS3.7 Annex C).
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+
+#: BitsAllocated values a CT image can have (PS3.3 C.8.2.1.1.4 allows 16 only; we decode these).
+BITS_ALLOCATED = (8, 16, 32)
+
+
+class Refusal(Exception):  # noqa: N818 - a refusal is an answer, not an error
+    """A C-STORE answered with ``status`` (not Success); ``reason`` goes into the log line.
+
+    ``reason`` names no PHI: UIDs appear only as :func:`ichnode.store.uid_hash` tags.
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class Admitted:
+    """A received instance that passed every check: its data set and its row to be."""
+
+    dataset: Dataset
+    received: ingest.Received
+    is_ct: bool
+
+    @property
+    def uids(self) -> tuple[str, str, str]:
+        r = self.received
+        return r.study_uid, r.series_uid, r.sop_uid
+
+
+def admit(event: evt.Event, rules: SelectionRules, now: datetime) -> Admitted:
+    """Check one C-STORE's data set; raises :class:`Refusal` if it cannot be stored."""
+    try:
+        ds: Dataset = event.dataset
+        ids = (
+            str(ds.get("StudyInstanceUID", "")),
+            str(ds.get("SeriesInstanceUID", "")),
+            str(ds.get("SOPInstanceUID", "")),
+        )
+        sop_class = str(ds.get("SOPClassUID", ""))
+    except Exception as exc:  # noqa: BLE001 - any decode failure is "cannot understand"
+        raise Refusal(
+            CANNOT_UNDERSTAND, f"dataset cannot be decoded ({type(exc).__name__})"
+        ) from None
+    sop_uid = ids[2]
+    bad = [
+        n for n, u in zip(("study", "series", "SOP instance"), ids, strict=True) if not valid_uid(u)
+    ]
+    if bad:
+        raise Refusal(DATASET_DOES_NOT_MATCH, f"missing or invalid {' and '.join(bad)} UID")
+    if sop_uid != str(event.request.AffectedSOPInstanceUID):
+        raise Refusal(
+            DATASET_DOES_NOT_MATCH,
+            f"SOP Instance UID {uid_hash(sop_uid)} differs from the request's",
+        )
+    if sop_class != str(event.request.AffectedSOPClassUID):
+        raise Refusal(
+            DATASET_DOES_NOT_MATCH,
+            f"SOP Class UID differs from the request's ({uid_hash(sop_uid)})",
+        )
+    is_ct = sop_class in CT_SOP_CLASSES
+    try:
+        # pydicom decodes an element when it is first read: a malformed one (an unknown VR,
+        # a bad length) raises here, in the header checks or the metadata read.
+        problem = pixel_problem(ds, event.context.transfer_syntax) if is_ct else None
+        if not problem:
+            received = describe(event, ds, rules, sop_class, now)
+    except Exception as exc:  # noqa: BLE001 - any decode failure is "cannot understand"
+        raise Refusal(
+            CANNOT_UNDERSTAND,
+            f"instance {uid_hash(sop_uid)} cannot be decoded ({type(exc).__name__})",
+        ) from None
+    if problem:
+        raise Refusal(DATASET_DOES_NOT_MATCH, f"CT instance {uid_hash(sop_uid)}: {problem}")
+    return Admitted(ds, received, is_ct)
+
+
+def describe(
+    event: evt.Event, ds: Dataset, rules: SelectionRules, sop_class: str, now: datetime
+) -> ingest.Received:
+    """The instance's row to be: header fields, z, and SKIPPED with a reason if so."""
+    geo = geometry(ds)
+    received = ingest.Received.from_dataset(
+        ds,
+        calling_ae=event.assoc.requestor.ae_title,
+        transfer_syntax=str(event.context.transfer_syntax),
+        z=geo.z,
+        received_at=now,
+    )
+    if sop_class not in CT_SOP_CLASSES:
+        received.status = InstanceStatus.SKIPPED
+        received.reason = f"not a CT image ({_sop_name(sop_class)})"
+    else:
+        reason = rules.skip_reason(ds, geo)
+        if reason:
+            received.status, received.reason = InstanceStatus.SKIPPED, reason
+    return received
+
+
+def pixel_problem(ds: Dataset, transfer_syntax: str) -> str | None:
+    """Why a CT dataset's pixel data cannot be right, checked from the header (no decoding)."""
+    pixels = ds.get("PixelData")  # None when absent or present with no value
+    if not pixels:
+        return "no pixel data"
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        bits = int(ds.BitsAllocated)
+        samples = int(ds.get("SamplesPerPixel", 1))
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return "missing or malformed Rows/Columns/BitsAllocated"
+    if rows <= 0 or cols <= 0 or rows * cols > MAX_PIXELS:
+        return f"implausible image size {rows}x{cols}"
+    if bits not in BITS_ALLOCATED or samples not in (1, 3) or frames < 1:
+        return "unsupported BitsAllocated, SamplesPerPixel or NumberOfFrames"
+    if UID(transfer_syntax).is_compressed:
+        return None  # the length of a compressed stream says nothing; the worker decodes it
+    expected = rows * cols * samples * frames * bits // 8
+    actual = len(pixels)
+    if actual < expected:
+        return f"pixel data has {actual} bytes, Rows x Columns needs {expected}"
+    return None
+
+
+def _sop_name(uid: str) -> str:
+    name = UID(uid).name
+    return name if name != uid else f"SOP class {uid}"

@@ -1,0 +1,238 @@
+"""The listening socket's guards: socket timeouts, TLS off the accept loop, the PDU cap.
+
+pynetdicom reads a PDU's 6-byte header, then as many bytes as its 32-bit length claims
+(up to 4 GiB) before any ichnode code sees it. Here each association's socket checks that
+length against what we accept (the max PDU size we advertised for P-DATA-TF, a fixed bound
+for the other PDU types) and, when it is over, answers A-ABORT and closes the connection
+without reading the body.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+import struct
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from pynetdicom.association import Association
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+
+from ichnode.node.tls import ReloadingContext
+
+log = logging.getLogger(__name__)
+
+#: PDU types (PS3.8 9.3.1).
+A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, P_DATA_TF = 0x01, 0x02, 0x03, 0x04
+A_RELEASE_RQ, A_RELEASE_RP, A_ABORT = 0x05, 0x06, 0x07
+#: Largest A-ASSOCIATE-RQ/AC we read: 128 presentation contexts with a dozen transfer
+#: syntaxes each, user identity and extended negotiation fit many times over.
+MAX_ASSOCIATE_PDU = 1 << 20
+#: A-ASSOCIATE-RJ, A-RELEASE-RQ/RP and A-ABORT are 4 bytes long (PS3.8 9.3.4, 9.3.6-9.3.8).
+MAX_SHORT_PDU = 1 << 10
+#: The A-ABORT we send (PS3.8 9.3.8): source service provider (2), invalid PDU parameter
+#: value (6).
+ABORT_INVALID_PARAMETER = struct.pack(">BBLBBBB", A_ABORT, 0, 4, 0, 0, 2, 6)
+#: When ``max_pdu`` is 0 (unlimited), a P-DATA-TF body may be as large as this.
+UNLIMITED_P_DATA = 1 << 28
+
+
+def pdu_limits(max_pdu: int) -> dict[int, int]:
+    """Largest PDU length (the header's length field) we read, by PDU type.
+
+    ``max_pdu``: the maximum length we advertised (0: unlimited, bounded here anyway).
+    """
+    return {
+        A_ASSOCIATE_RQ: MAX_ASSOCIATE_PDU,
+        A_ASSOCIATE_AC: MAX_ASSOCIATE_PDU,
+        A_ASSOCIATE_RJ: MAX_SHORT_PDU,
+        P_DATA_TF: max_pdu or UNLIMITED_P_DATA,
+        A_RELEASE_RQ: MAX_SHORT_PDU,
+        A_RELEASE_RP: MAX_SHORT_PDU,
+        A_ABORT: MAX_SHORT_PDU,
+    }
+
+
+class PduGuard:
+    """Replaces one :class:`AssociationSocket`'s ``recv``: refuses an oversized PDU by header.
+
+    pynetdicom's DUL reads a PDU as ``recv(6)`` (the header) then ``recv(length)``; this
+    follows that alternation. A header whose length is over the limit for its type is
+    answered with A-ABORT, the connection is shut down, and a short read is returned, which
+    the DUL treats as a closed connection (no body is read, nothing is buffered).
+    """
+
+    def __init__(
+        self,
+        sock: AssociationSocket,
+        limits: dict[int, int],
+        on_refused: Callable[[Association, str], None] | None = None,
+    ) -> None:
+        self.sock = sock
+        self.limits = limits
+        self.on_refused = on_refused
+        self._read = sock.recv
+        self._want_header = True
+
+    def __call__(self, nr_bytes: int) -> bytearray:
+        if not self._want_header or nr_bytes != 6:
+            self._want_header = True
+            return self._read_body(nr_bytes)
+        header = self._read(6)
+        if len(header) < 6:
+            return header
+        pdu_type, _, length = struct.unpack(">BBL", header)
+        limit = self.limits.get(pdu_type)
+        if limit is None:
+            return header  # an unknown type: the DUL aborts without reading a body
+        if length > limit:
+            self._refuse(pdu_type, length, limit)
+            return bytearray()
+        self._want_header = False
+        return header
+
+    def _read_body(self, nr_bytes: int) -> bytearray:
+        """Read a PDU body (its length already checked) into one buffer of its size.
+
+        pynetdicom reads in 4 KiB pieces and grows a bytearray; with the length bounded, one
+        buffer of the right size and ``recv_into`` do the same in far fewer calls. A short
+        result means the connection closed, as for pynetdicom's own read.
+        """
+        raw = self.sock.socket
+        if raw is None:
+            return bytearray()
+        buffer = bytearray(nr_bytes)
+        view = memoryview(buffer)
+        done = 0
+        while done < nr_bytes:
+            got = raw.recv_into(view[done:])
+            if not got:
+                del view
+                return buffer[:done]
+            done += got
+        return buffer
+
+    def _refuse(self, pdu_type: int, length: int, limit: int) -> None:
+        assoc = self.sock.assoc
+        reason = f"PDU type 0x{pdu_type:02X} claims {length} bytes, over the {limit} we accept"
+        log.warning("connection from %s aborted: %s", _peer(assoc), reason)
+        raw = self.sock.socket
+        if raw is not None:
+            with contextlib.suppress(OSError):
+                raw.sendall(ABORT_INVALID_PARAMETER)
+            with contextlib.suppress(OSError):
+                raw.shutdown(socket.SHUT_RDWR)
+        if self.on_refused is not None:
+            self.on_refused(assoc, reason)
+
+
+def _peer(assoc: Association) -> str:
+    info = getattr(assoc.requestor, "address_info", None)
+    return str(getattr(info, "address", "?"))
+
+
+class GuardedRequestHandler(RequestHandler):
+    """pynetdicom's request handler; the association's socket gets a :class:`PduGuard`."""
+
+    server: GuardedServer
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        sock = assoc.dul.socket
+        if sock is not None:
+            sock.recv = PduGuard(  # type: ignore[method-assign]
+                sock, pdu_limits(self.ae.maximum_pdu_size), self.server.on_pdu_refused
+            )
+        return assoc
+
+
+class GuardedServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with guards against peers that stall, probe or overreach.
+
+    pynetdicom leaves accepted sockets blocking without a timeout, so a peer that sends half a
+    PDU holds its thread and an association slot forever; it runs the TLS handshake in the
+    accept loop, so one silent peer on a TLS port blocks every later connection; it gives
+    a connection an association slot before it has asked for anything; and it reads a PDU of
+    any claimed length. Here every accepted socket gets ``io_timeout`` (the network timeout),
+    the handshake runs in the connection's own thread, the connection becomes an association
+    only once the peer has sent something, and a PDU over :func:`pdu_limits` is refused from
+    its header (``on_pdu_refused`` gets the association and why). A failed handshake and a
+    connection that sent nothing are reported to ``on_handshake_failed`` / ``on_no_request``
+    (address, reason), for the audit trail. With ``tls`` set, each connection gets its current
+    context (the files may have been renewed since the start).
+    """
+
+    io_timeout: float = 60.0
+    on_handshake_failed: Callable[[object, str], None] | None = None
+    on_no_request: Callable[[object, str], None] | None = None
+    on_pdu_refused: Callable[[Association, str], None] | None = None
+    tls: ReloadingContext | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("request_handler", GuardedRequestHandler)
+        super().__init__(*args, **kwargs)
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = self.socket.accept()
+        client.settimeout(self.io_timeout)
+        if self.tls is not None:
+            self.ssl_context = self.tls.current()
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False
+            )
+        return client, address
+
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.do_handshake()
+            except (OSError, ssl.SSLError) as exc:
+                reason = str(getattr(exc, "reason", None) or type(exc).__name__)
+                log.warning("TLS handshake with %s failed: %s", client_address, reason)
+                self.shutdown_request(request)
+                if self.on_handshake_failed is not None:
+                    self.on_handshake_failed(client_address, reason)
+                return
+        silent = self._no_request(request)
+        if silent is not None:
+            log.debug("connection from %s dropped: %s", client_address, silent)  # audited
+            self.shutdown_request(request)
+            if self.on_no_request is not None:
+                self.on_no_request(client_address, silent)
+            return
+        super().process_request_thread(request, client_address)
+
+    def _no_request(self, request: socket.socket) -> str | None:
+        """Wait for the peer's first bytes; None once they came, else why to drop it.
+
+        pynetdicom's association waits ``acse_timeout`` for an A-ASSOCIATE-RQ even after the
+        peer has gone, holding an association slot; so a few port probes (a load balancer's
+        TCP health check) could refuse every sender for that long. Here a connection takes a
+        slot only once it has sent something. Under TLS the raw socket is peeked: a peer that
+        closes sends no TLS record, only the end of the stream.
+        """
+        timeout = self.ae.acse_timeout
+        if isinstance(request, ssl.SSLSocket) and request.pending():
+            return None
+        request.settimeout(timeout)  # no select(): it fails on descriptors past 1024
+        try:
+            first = socket.socket.recv(request, 1, socket.MSG_PEEK)
+        except TimeoutError:
+            return f"nothing sent within {timeout:g} s"
+        except OSError as exc:
+            return f"connection error ({exc})"
+        finally:
+            request.settimeout(self.io_timeout)
+        return None if first else "closed without sending anything"
+
+
+def start_server(server: GuardedServer) -> threading.Thread:
+    """Serve ``server`` in a background thread (what ``AE.start_server`` does, minus blocking)."""
+    server.ae._servers.append(server)  # server.shutdown() removes it
+    thread = threading.Thread(target=server.serve_forever, name="scp-accept", daemon=True)
+    thread.start()
+    return thread
