@@ -127,7 +127,8 @@ def write_png(ds: Dataset, prediction: SlicePrediction, out: Path) -> None:
         draw.text((6 + pad, y), text, fill=colour, font=font)
         y += line_h
     draw.text((6 + pad, foot_y), footer, fill=(255, 200, 0), font=font)
-    draw_edge_letters(draw, (0, 0, canvas.width, canvas.height), edge_letters(ds), font)
+    letters = text_font(round(size * 1.4))  # larger than the text: read at a glance
+    draw_edge_letters(draw, (0, 0, canvas.width, canvas.height), edge_letters(ds), letters)
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)
 

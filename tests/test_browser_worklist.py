@@ -285,3 +285,48 @@ def test_pages_are_never_blank_without_javascript(node_factory):
             assert "<noscript>" in html and "Loading…" in html
     finally:
         handle.stop()
+
+
+@pytest.mark.slow
+def test_slice_viewer_zooms_pans_windows_freely_and_resets(site, page):
+    handle, uids, _ = site
+    page.goto(f"{handle.url}/studies/{uids['iph']}")
+    page.wait_for_selector("body[data-loaded=true]")
+    page.wait_for_function(
+        "(i => i.complete && i.naturalWidth > 0)(document.getElementById('slice'))"
+    )
+    box = page.locator("#stage").bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx, cy)
+    page.mouse.wheel(0, -400)
+    page.wait_for_function("Number(document.getElementById('stage').dataset.scale) > 1.5")
+    assert "scale(" in page.eval_on_selector("#slice", "i => i.style.transform")
+    # Drag pans.
+    page.mouse.down()
+    page.mouse.move(cx + 60, cy + 30)
+    page.mouse.up()
+    assert "translate(" in page.eval_on_selector("#slice", "i => i.style.transform")
+    assert page.get_attribute("#stage", "data-window") == "brain"
+    # Shift-drag: a free window, mapped from a wide rendering with the SVG filter.
+    page.keyboard.down("Shift")
+    page.mouse.move(cx, cy)
+    page.mouse.down()
+    page.mouse.move(cx + 100, cy - 40)
+    page.mouse.up()
+    page.keyboard.up("Shift")
+    window = page.get_attribute("#stage", "data-window")
+    center, width = (float(v) for v in window.split("/"))
+    assert width > 80 and center > 40, window
+    assert "window=soft" in page.get_attribute("#slice", "src")
+    assert page.eval_on_selector("#slice", "i => i.style.filter") == 'url("#wl")'
+    assert float(page.get_attribute("#wl-r", "slope")) == pytest.approx(380 / width, rel=1e-3)
+    assert "(free)" in page.inner_text("#view-state")
+    # Reset: zoom 1, no free window, the preset image again.
+    page.click("#reset-view")
+    assert page.get_attribute("#stage", "data-scale") == "1.000"
+    assert page.get_attribute("#stage", "data-window") == "brain"
+    assert "window=brain" in page.get_attribute("#slice", "src")
+    assert page.eval_on_selector("#slice", "i => i.style.filter") == ""
+    # The presets stay.
+    page.check("#windows input[value=bone]")
+    assert "window=bone" in page.get_attribute("#slice", "src")
