@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
 
 from ichnode.errors import IchnodeError
 from ichnode.imaging import WINDOWS, preprocess, quiet_pydicom, read, to_hu
 from ichnode.inference import Predictor, SlicePrediction, score_study
 from ichnode.node.selection import geometry
+from ichnode.report.summary import draw_edge_letters, edge_letters, text_font
 from ichnode.subtypes import DISPLAY_NAMES, SHORT_NAMES, SUBTYPES
 from ichnode.triage import decide
 
@@ -81,25 +82,53 @@ def _png_path(target: Path, source: Path, count: int) -> Path:
     return target / f"{source.stem}.png"
 
 
+#: Opacity of the dark box behind the text of ``predict --png`` (0-255).
+PNG_BACKING_ALPHA = 170
+PNG_BACKING = (0, 0, 0)
+
+
 def write_png(ds: Dataset, prediction: SlicePrediction, out: Path) -> None:
-    """The slice in the brain window with the predicted subtypes and probabilities drawn on."""
+    """The slice in the brain window with the predicted subtypes and probabilities drawn on.
+
+    The text sits on a semi-opaque dark box (readable over bone and over air), in a font
+    scaled to the image (a 40th of its width, 12 px at least); the orientation letters
+    (R/L, A/P from ImageOrientationPatient) are drawn at the edges.
+    """
     img = (WINDOWS["brain"].apply(to_hu(ds)) * 255).astype(np.uint8)
-    canvas = Image.fromarray(img).convert("RGB")
+    canvas = Image.fromarray(img).convert("RGBA")
+    size = max(12, min(canvas.size) // 40)
+    font = text_font(size)
+    pad, gap = max(3, size // 4), max(2, size // 4)
+    lines = [
+        (f"{DISPLAY_NAMES[name]}: {prediction.probabilities[name]:.2f}", name) for name in SUBTYPES
+    ]
+    footer = "ichnode triage - not for diagnosis"
+    layer = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
+    boxes = ImageDraw.Draw(layer)
+    measure = ImageDraw.Draw(canvas)
+    line_h = size + gap
+    width = max(measure.textlength(text, font=font) for text, _ in lines)
+    boxes.rectangle(
+        (0, 0, int(width) + 2 * pad + 6, 4 + len(lines) * line_h + pad),
+        fill=(*PNG_BACKING, PNG_BACKING_ALPHA),
+    )
+    foot_w = measure.textlength(footer, font=font)
+    foot_y = canvas.height - size - 6
+    boxes.rectangle(
+        (0, foot_y - pad, int(foot_w) + 2 * pad + 6, canvas.height),
+        fill=(*PNG_BACKING, PNG_BACKING_ALPHA),
+    )
+    canvas = Image.alpha_composite(canvas, layer).convert("RGB")
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default(size=max(12, canvas.width // 40))
     y = 4
-    for name in SUBTYPES:
-        prob = prediction.probabilities[name]
+    for text, name in lines:
         hit = name in prediction.predicted
         colour = (255, 64, 64) if hit else (230, 230, 230)
-        draw.text((6, y), f"{DISPLAY_NAMES[name]}: {prob:.2f}", fill=colour, font=font)
-        y += font.size + 4
-    draw.text(
-        (6, canvas.height - font.size - 6),
-        "ichnode triage - not for diagnosis",
-        fill=(255, 200, 0),
-        font=font,
-    )
+        draw.text((6 + pad, y), text, fill=colour, font=font)
+        y += line_h
+    draw.text((6 + pad, foot_y), footer, fill=(255, 200, 0), font=font)
+    letters = text_font(round(size * 1.4))  # larger than the text: read at a glance
+    draw_edge_letters(draw, (0, 0, canvas.width, canvas.height), edge_letters(ds), letters)
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)
 

@@ -1,15 +1,19 @@
-"""Make docs/img/worklist.png and docs/img/study.png from a live node with phantom studies.
+"""Make the worklist and study screenshots in docs/img from a live node with phantom studies.
 
     python tests/make_screenshots.py [--out docs/img]
 
 Starts a node on a temporary SQLite database, sends phantom head CTs over DICOM (bleeds and a
 normal head), serves the web app on a free port and photographs both pages in the system's
-headless Chromium.
+headless Chromium at a laptop size (1366x768) and a full-HD monitor (1920x1080):
+``worklist-1366x768.png``, ``study-1366x768.png``, ``worklist-1920x1080.png``,
+``study-1920x1080.png``; ``worklist.png`` and ``study.png`` (linked from the README) are the
+1366x768 ones.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -34,7 +38,9 @@ SHOTS = (
     ("normal", 10, ()),
     ("normal2", 16, ()),
 )
-VIEWPORT = {"width": 1600, "height": 1000}
+VIEWPORTS = ((1366, 768), (1920, 1080))
+#: The size saved again as worklist.png / study.png.
+DEFAULT = (1366, 768)
 
 
 def main() -> None:
@@ -61,24 +67,38 @@ def main() -> None:
                 wait_resulted(client, len(uids))
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                page = browser.new_page(viewport=VIEWPORT)
-                page.goto(handle.url)
-                page.wait_for_function(
-                    f"document.querySelectorAll('#worklist tbody tr').length === {len(uids)}"
-                )
-                page.screenshot(path=str(out / "worklist.png"))
-                page.goto(f"{handle.url}/studies/{uids['iph']}")
-                page.wait_for_selector("body[data-loaded=true]")
-                page.wait_for_function(
-                    "[...document.images].every(i => i.complete && i.naturalWidth > 0)"
-                )
-                page.screenshot(path=str(out / "study.png"), full_page=True)
+                for width, height in VIEWPORTS:
+                    shoot(browser, handle.url, uids, out, width, height)
                 browser.close()
         finally:
             if handle is not None:
                 handle.stop()
             node.stop()
-    print(f"wrote {out / 'worklist.png'} and {out / 'study.png'}")
+    print(f"wrote {', '.join(written)} in {out}")
+
+
+written: list[str] = []
+
+
+def shoot(browser, url: str, uids: dict[str, str], out: Path, width: int, height: int) -> None:
+    """Both pages at ``width`` x ``height`` (the viewport; the study page in full)."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.goto(url)
+    page.wait_for_function(
+        f"document.querySelectorAll('#worklist tbody tr[data-uid]').length === {len(uids)}"
+    )
+    names = [f"worklist-{width}x{height}.png"]
+    page.screenshot(path=str(out / names[0]))
+    page.goto(f"{url}/studies/{uids['sdh']}")
+    page.wait_for_selector("body[data-loaded=true]")
+    page.wait_for_function("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    names.append(f"study-{width}x{height}.png")
+    page.screenshot(path=str(out / names[1]), full_page=True)
+    page.close()
+    if (width, height) == DEFAULT:
+        for name in names:
+            shutil.copyfile(out / name, out / f"{name.split('-')[0]}.png")
+    written.extend(names)
 
 
 if __name__ == "__main__":

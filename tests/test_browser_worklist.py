@@ -157,3 +157,176 @@ def test_worklist_refreshes_without_reloading_and_token_link_sets_the_cookie(nod
         assert set(row_uids(page)) == {uids["iph"], more["edh"]}
     finally:
         handle.stop()
+
+
+# --- layout at laptop widths, flag naming, sorting, announcing --------------------------------
+
+SHORT = {
+    "epidural": "EDH",
+    "intraparenchymal": "IPH",
+    "intraventricular": "IVH",
+    "subarachnoid": "SAH",
+    "subdural": "SDH",
+    "any": "any",
+}
+
+
+def person_name(pn: str) -> str:
+    family, _, given = pn.partition("^")
+    given = given.split("^")[0]
+    tidy = (lambda s: s.title()) if pn.upper() == pn else (lambda s: s)
+    return ", ".join(p for p in (tidy(family), tidy(given)) if p)
+
+
+@pytest.fixture
+def laptop(browser: Browser, request) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": request.param, "height": 768})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors: {errors}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("laptop", [1280, 1366], indirect=True)
+def test_worklist_fits_a_laptop_screen_and_flagged_rows_name_their_subtypes(site, laptop):
+    handle, uids, studies = site
+    page = laptop
+    page.goto(handle.url)
+    page.wait_for_function("document.querySelectorAll('#worklist tbody tr[data-uid]').length === 3")
+    widths = page.evaluate(
+        "({scroll: document.documentElement.scrollWidth,"
+        " client: document.documentElement.clientWidth,"
+        " table: document.getElementById('worklist').getBoundingClientRect().right,"
+        " last: document.querySelector('#worklist thead th:last-child')"
+        ".getBoundingClientRect().right})"
+    )
+    assert widths["scroll"] <= widths["client"], widths
+    assert widths["table"] <= widths["client"] and widths["last"] <= widths["client"], widths
+    headings = page.eval_on_selector_all("#worklist thead th", "ths => ths.map(t => t.innerText)")
+    for abbr in SHORT.values():
+        assert any(h.startswith(abbr) for h in headings), (abbr, headings)
+    by_uid = {s["study_instance_uid"]: s for s in studies}
+    for uid in row_uids(page):
+        badge = page.inner_text(f"#worklist tbody tr[data-uid='{uid}'] td.flag .badge")
+        study = by_uid[uid]
+        if study["flagged"]:
+            assert badge.startswith("FLAGGED")
+            for name in study["flagged_subtypes"]:
+                if name != "any":
+                    assert SHORT[name] in badge, (badge, study["flagged_subtypes"])
+        else:
+            assert "FLAGGED" not in badge
+    # The page's own naming of a multi-subtype flag (whatever the current model flags).
+    assert (
+        page.evaluate("ICH.flagText(['subdural', 'subarachnoid', 'any'])") == "FLAGGED · SDH, SAH"
+    )
+
+
+@pytest.mark.slow
+def test_worklist_formats_names_dates_times_thresholds_and_announces_flags(site, page):
+    handle, uids, studies = site
+    page.goto(handle.url)
+    page.wait_for_function("document.querySelectorAll('#worklist tbody tr[data-uid]').length === 3")
+    info = httpx.get(f"{handle.url}/api/info").json()
+    for study in studies:
+        row = f"#worklist tbody tr[data-uid='{study['study_instance_uid']}']"
+        patient = study["patient"]
+        assert page.inner_text(f"{row} td.patient .name") == person_name(patient["patient_name"])
+        d = patient["study_date"]
+        assert f"{d[:4]}-{d[4:6]}-{d[6:]}" in page.inner_text(f"{row} th.study")
+        arrived = page.inner_text(f"{row} td.arrived")
+        assert arrived == "just now" or arrived.endswith(" ago"), arrived
+        title = page.get_attribute(f"{row} td.prob[data-subtype=subdural] .pbar", "title")
+        p, t = study["probabilities"]["subdural"], info["thresholds"]["subdural"]
+        assert f"p {p:.3f}, threshold {t:.3f}" in title
+    assert "threshold" in page.inner_text("#legend")
+    n_flagged = sum(bool(s["flagged"]) for s in studies)
+    if n_flagged:
+        assert page.title() == f"({n_flagged}) FLAGGED – ichnode"
+    else:
+        assert page.title() == "Worklist – ichnode"
+    assert page.get_attribute("body", "data-favicon") == str(n_flagged)
+    assert page.get_attribute("#favicon", "href").startswith("data:image/png")
+    assert not page.is_checked("#sound")  # the tone is off by default
+
+
+@pytest.mark.slow
+def test_clicking_a_heading_sorts_and_clicking_again_reverses(site, page):
+    handle, uids, studies = site
+    page.goto(handle.url)
+    page.wait_for_function("document.querySelectorAll('#worklist tbody tr[data-uid]').length === 3")
+    any_desc = [
+        s["study_instance_uid"] for s in sorted(studies, key=lambda s: -s["probabilities"]["any"])
+    ]
+    page.click("#worklist thead th[data-key=any] button")
+    assert row_uids(page) == any_desc
+    assert page.get_attribute("#worklist thead th[data-key=any]", "aria-sort") == "descending"
+    page.click("#worklist thead th[data-key=any] button")
+    assert row_uids(page) == any_desc[::-1]
+    assert page.get_attribute("#worklist thead th[data-key=any]", "aria-sort") == "ascending"
+    page.click("#worklist thead th[data-key=patient] button")
+    names = page.eval_on_selector_all(
+        "#worklist tbody td.patient .name", "cells => cells.map(c => c.innerText.toLowerCase())"
+    )
+    assert names == sorted(names)
+    page.click("#worklist thead th[data-key=triage] button")
+    assert row_uids(page) == [s["study_instance_uid"] for s in sorted(studies, key=triage_key)]
+
+
+def test_pages_are_never_blank_without_javascript(node_factory):
+    handle = serve(node_factory())
+    try:
+        for path in ("/", "/studies/1.2.3"):
+            html = httpx.get(f"{handle.url}{path}").text
+            assert "<noscript>" in html and "Loading…" in html
+    finally:
+        handle.stop()
+
+
+@pytest.mark.slow
+def test_slice_viewer_zooms_pans_windows_freely_and_resets(site, page):
+    handle, uids, _ = site
+    page.goto(f"{handle.url}/studies/{uids['iph']}")
+    page.wait_for_selector("body[data-loaded=true]")
+    page.wait_for_function(
+        "(i => i.complete && i.naturalWidth > 0)(document.getElementById('slice'))"
+    )
+    box = page.locator("#stage").bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx, cy)
+    page.mouse.wheel(0, -400)
+    page.wait_for_function("Number(document.getElementById('stage').dataset.scale) > 1.5")
+    assert "scale(" in page.eval_on_selector("#slice", "i => i.style.transform")
+    # Drag pans.
+    page.mouse.down()
+    page.mouse.move(cx + 60, cy + 30)
+    page.mouse.up()
+    assert "translate(" in page.eval_on_selector("#slice", "i => i.style.transform")
+    assert page.get_attribute("#stage", "data-window") == "brain"
+    # Shift-drag: a free window, mapped from a wide rendering with the SVG filter.
+    page.keyboard.down("Shift")
+    page.mouse.move(cx, cy)
+    page.mouse.down()
+    page.mouse.move(cx + 100, cy - 40)
+    page.mouse.up()
+    page.keyboard.up("Shift")
+    window = page.get_attribute("#stage", "data-window")
+    center, width = (float(v) for v in window.split("/"))
+    assert width > 80 and center > 40, window
+    assert "window=soft" in page.get_attribute("#slice", "src")
+    assert page.eval_on_selector("#slice", "i => i.style.filter") == 'url("#wl")'
+    assert float(page.get_attribute("#wl-r", "slope")) == pytest.approx(380 / width, rel=1e-3)
+    assert "(free)" in page.inner_text("#view-state")
+    # Reset: zoom 1, no free window, the preset image again.
+    page.click("#reset-view")
+    assert page.get_attribute("#stage", "data-scale") == "1.000"
+    assert page.get_attribute("#stage", "data-window") == "brain"
+    assert "window=brain" in page.get_attribute("#slice", "src")
+    assert page.eval_on_selector("#slice", "i => i.style.filter") == ""
+    # The presets stay.
+    page.check("#windows input[value=bone]")
+    assert "window=bone" in page.get_attribute("#slice", "src")

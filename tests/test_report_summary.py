@@ -7,10 +7,19 @@ import dataclasses
 
 import numpy as np
 import pytest
+from pydicom.dataset import Dataset
 from test_report_fixtures import dciodvfy, make_findings, roundtrip, synth_ct_study
 
 from ichnode.report import ReportError, StudyFindings, build_summary
-from ichnode.report.summary import FLAG_FILL, IMAGE_SIZE, PANEL_HEIGHT, render
+from ichnode.report.summary import (
+    FLAG_FILL,
+    IMAGE_SIZE,
+    PANEL_HEIGHT,
+    _orientation,
+    direction_letters,
+    edge_letters,
+    render,
+)
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +126,68 @@ def test_the_heat_map_label_is_checked(key, findings):
 
 def _fields(findings: StudyFindings) -> dict:
     return {f.name: getattr(findings, f.name) for f in dataclasses.fields(findings) if f.init}
+
+
+# --- orientation letters and the head mask -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("iop", "expected"),
+    [
+        ([1, 0, 0, 0, 1, 0], {"left": "R", "right": "L", "top": "A", "bottom": "P"}),
+        ([-1, 0, 0, 0, -1, 0], {"left": "L", "right": "R", "top": "P", "bottom": "A"}),
+        ([1, 0, 0, 0, 0, -1], {"left": "R", "right": "L", "top": "H", "bottom": "F"}),
+        ([0, 1, 0, 0, 0, -1], {"left": "A", "right": "P", "top": "H", "bottom": "F"}),
+        ([0.8, 0.6, 0, -0.6, 0.8, 0], {"left": "RA", "right": "LP", "top": "AL", "bottom": "PR"}),
+    ],
+)
+def test_edge_letters_follow_image_orientation_patient(iop, expected):
+    ds = copy.deepcopy(synth_ct_study(n_slices=1, size=16)[0])
+    ds.ImageOrientationPatient = iop
+    assert edge_letters(ds) == expected
+    assert direction_letters(iop[:3])[0] == _orientation(ds)[0]
+
+
+def test_edge_letters_of_enhanced_ct_come_from_the_plane_orientation_sequence():
+    ds = copy.deepcopy(synth_ct_study(n_slices=1, size=16)[0])
+    del ds.ImageOrientationPatient
+    plane, group = Dataset(), Dataset()
+    plane.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    group.PlaneOrientationSequence = [plane]
+    ds.SharedFunctionalGroupsSequence = [group]
+    assert edge_letters(ds) == {"left": "R", "right": "L", "top": "H", "bottom": "F"}
+
+
+def _letter_box(img: np.ndarray, edge: str) -> np.ndarray:
+    mid, band = IMAGE_SIZE // 2, 40
+    return {
+        "left": img[mid - band : mid + band, :band],
+        "right": img[mid - band : mid + band, IMAGE_SIZE - band : IMAGE_SIZE],
+        "top": img[20:80, mid - band : mid + band],
+        "bottom": img[IMAGE_SIZE - 80 : IMAGE_SIZE - 20, mid - band : mid + band],
+    }[edge]
+
+
+def test_orientation_letters_are_burned_in_at_the_edges(key, findings):
+    img = render(key, findings)
+    for edge in ("left", "right", "top", "bottom"):
+        box = _letter_box(img, edge)
+        assert np.all(box == 255, axis=2).sum() > 10, f"no letter at the {edge} edge"
+    # A coronal slice reads H on top instead of A; the left edge still reads R.
+    coronal = copy.deepcopy(key)
+    coronal.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    other = render(coronal, findings)
+    assert not np.array_equal(_letter_box(img, "top"), _letter_box(other, "top"))
+    assert np.array_equal(_letter_box(img, "left"), _letter_box(other, "left"))
+
+
+def test_saliency_is_not_drawn_over_the_air_around_the_head(key, findings):
+    everywhere = np.ones((224, 224), np.float32)
+    plain = render(key, findings).astype(int)
+    overlay = render(key, findings, saliency=everywhere).astype(int)
+    diff = np.abs(overlay - plain)[:IMAGE_SIZE].sum(axis=2)
+    # synth_ct_study: the head is a disc of radius 0.45 * side around the centre.
+    yy, xx = np.mgrid[:IMAGE_SIZE, :IMAGE_SIZE]
+    r = np.hypot(yy - IMAGE_SIZE / 2, xx - IMAGE_SIZE / 2) / IMAGE_SIZE
+    assert diff[r > 0.5].max() == 0  # the 64 px disc, enlarged, has soft edges
+    assert diff[r < 0.3].min() > 0

@@ -11,6 +11,10 @@ left behind (``torch.autograd.grad`` on the activation only, never ``backward``)
 A forward hook sees every forward pass of its module, from any thread; so Grad-CAMs run one at
 a time in a process (a lock), or two of them on one checkpoint would read each other's
 activations.
+
+:func:`head_mask` and :func:`mask_to_head` confine a map to the head before it is drawn: a
+Grad-CAM map of a small network spreads over the air around the skull, where it explains
+nothing and hides the outline of the head.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ import threading
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import nn
 
+from ichnode.imaging import BODY_HU, resize
 from ichnode.model import Checkpoint
 from ichnode.report.findings import ReportError
 from ichnode.subtypes import ANY, SUBTYPES
@@ -93,3 +99,26 @@ def _grad_cam(model: nn.Module, arr: np.ndarray, subtype: str) -> np.ndarray:
     if top <= 0.0 or not np.isfinite(top):
         return np.zeros(arr.shape[1:], dtype=np.float32)
     return (cam / top).clamp_(0.0, 1.0).cpu().numpy().astype(np.float32)
+
+
+def head_mask(hu: np.ndarray, threshold: float = BODY_HU) -> np.ndarray:
+    """``bool`` mask of the head in a 2-D HU image: the largest connected region above
+    ``threshold`` (default -300 HU: skin, bone, brain; not air), with its holes filled (the
+    ventricles, the sinuses' air). All False when nothing is above ``threshold``."""
+    above = np.asarray(hu) > threshold
+    labels, count = ndimage.label(above)
+    if count == 0:
+        return np.zeros(above.shape, dtype=bool)
+    sizes = np.bincount(labels.ravel())[1:]
+    largest = labels == (int(np.argmax(sizes)) + 1)
+    return ndimage.binary_fill_holes(largest)
+
+
+def mask_to_head(heat: np.ndarray, hu: np.ndarray) -> np.ndarray:
+    """``heat`` (square, the padded-square display of ``hu``) times the head mask of ``hu``
+    resized to it: zero outside the head, unchanged well inside it (float32)."""
+    heat = np.asarray(heat, dtype=np.float32)
+    if heat.ndim != 2 or heat.shape[0] != heat.shape[1]:
+        raise ReportError(f"heat must be a square 2-D map, got shape {heat.shape}")
+    mask = resize(head_mask(hu).astype(np.float32)[None], heat.shape[0])[0]
+    return heat * mask

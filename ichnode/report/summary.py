@@ -1,7 +1,9 @@
 """The summary image: the key slice in the brain window with the findings burned in.
 
 An RGB Secondary Capture (highdicom ``SCImage``) in the same study, in its own series: the
-key slice (brain window 40/80), the saliency map as an alpha-blended heat map when given, and
+key slice (brain window 40/80) with the orientation letters at its edges (R/L, A/P from
+ImageOrientationPatient), the saliency map as an alpha-blended heat map when given (confined to
+the head: :func:`ichnode.report.saliency.mask_to_head`), and
 below it a panel with one line per label (probability, threshold call; flagged labels on red)
 and the disclaimer. Any viewer shows it, which is the point: the SR needs an SR-aware viewer.
 """
@@ -18,6 +20,7 @@ from pydicom.dataset import Dataset
 
 from ichnode.imaging import WINDOWS, first_frame_value, resize, to_hu
 from ichnode.report.findings import ReportError, StudyFindings, check_uid
+from ichnode.report.saliency import mask_to_head
 from ichnode.report.sr import DISCLAIMER, MANUFACTURER, STUDY_ATTRIBUTES
 from ichnode.subtypes import DISPLAY_NAMES, SUBTYPES
 
@@ -39,9 +42,11 @@ TEXT = (235, 235, 235)
 DIM_TEXT = (150, 150, 150)
 WARN_TEXT = (255, 210, 60)
 PANEL_FILL = (20, 20, 20)
+LETTER_TEXT = (255, 255, 255)
+LETTER_BACKING = (0, 0, 0)
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def text_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     """Pillow's bundled default font (scalable since Pillow 10.1; bitmap before)."""
     try:
         return ImageFont.load_default(size=size)
@@ -49,18 +54,80 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def _orientation(ds: Dataset) -> tuple[str, str]:
-    """Patient orientation letters of rows and columns from ImageOrientationPatient."""
+#: Patient direction letters of the DICOM patient axes (+x left, +y posterior, +z head).
+_AXIS_LETTERS = (("L", "R"), ("P", "A"), ("H", "F"))
+
+
+def _iop(ds: Dataset) -> list[float]:
+    """ImageOrientationPatient of the first frame (axial when absent or malformed)."""
     found = first_frame_value(ds, "ImageOrientationPatient", "PlaneOrientationSequence")
-    iop = [float(v) for v in (found or [1, 0, 0, 0, 1, 0])]
-    letters = (("L", "R"), ("P", "A"), ("H", "F"))
+    try:
+        iop = [float(v) for v in found]  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        iop = []
+    return iop if len(iop) == 6 and all(np.isfinite(iop)) else [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
 
-    def letter(vec: list[float]) -> str:
-        axis = int(np.argmax(np.abs(vec)))
-        return letters[axis][0] if vec[axis] > 0 else letters[axis][1]
 
-    # PatientOrientation: direction of the rows (first) and of the columns (second).
-    return letter(iop[:3]), letter(iop[3:])
+def direction_letters(vec: object) -> str:
+    """Patient direction of a unit vector: ``[1, 0, 0]`` -> ``L``, ``[0, -1, 0]`` -> ``A``;
+    an oblique one gets two or three letters, largest component first (``[0.8, 0.6, 0]``
+    -> ``LP``)."""
+    v = np.asarray(vec, dtype=float)
+    order = np.argsort(-np.abs(v), kind="stable")
+    letters = [
+        _AXIS_LETTERS[axis][0 if v[axis] > 0 else 1]
+        for axis in order
+        if abs(v[axis]) >= 0.25 or axis == order[0]
+    ]
+    return "".join(letters)
+
+
+def edge_letters(ds: Dataset) -> dict[str, str]:
+    """The letters at the image's edges: ``{"left", "right", "top", "bottom"}``.
+
+    The row vector of ImageOrientationPatient points to the right edge, the column vector to
+    the bottom: a standard axial slice reads R on the left, L on the right, A on top and P at
+    the bottom (radiological convention).
+    """
+    iop = _iop(ds)
+    row, col = np.asarray(iop[:3]), np.asarray(iop[3:])
+    return {
+        "left": direction_letters(-row),
+        "right": direction_letters(row),
+        "top": direction_letters(-col),
+        "bottom": direction_letters(col),
+    }
+
+
+def draw_edge_letters(
+    draw: ImageDraw.ImageDraw,
+    box: tuple[int, int, int, int],
+    letters: dict[str, str],
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+    margin: int = 6,
+    inset: tuple[int, int] = (0, 0),
+) -> None:
+    """Draw ``letters`` at the middle of each edge of ``box`` (x0, y0, x1, y1), on a dark
+    backing box; ``inset`` moves the top and bottom letters inwards (past other text)."""
+    x0, y0, x1, y1 = box
+    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+    for edge, text in letters.items():
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        w, h = right - left, bottom - top
+        x, y = {
+            "left": (x0 + margin, cy - h // 2),
+            "right": (x1 - margin - w, cy - h // 2),
+            "top": (cx - w // 2, y0 + margin + inset[0]),
+            "bottom": (cx - w // 2, y1 - margin - h - inset[1]),
+        }[edge]
+        draw.rectangle((x - 3, y - 3, x + w + 3, y + h + 3), fill=LETTER_BACKING)
+        draw.text((x - left, y - top), text, font=font, fill=LETTER_TEXT)
+
+
+def _orientation(ds: Dataset) -> tuple[str, str]:
+    """PatientOrientation: direction of the rows (first) and of the columns (second)."""
+    iop = _iop(ds)
+    return direction_letters(iop[:3])[0], direction_letters(iop[3:])[0]
 
 
 def render(
@@ -70,25 +137,30 @@ def render(
     saliency_label: str | None = None,
 ) -> np.ndarray:
     """The summary picture as ``uint8 (IMAGE_SIZE + PANEL_HEIGHT, IMAGE_SIZE, 3)``."""
-    brain = WINDOWS["brain"].apply(to_hu(key))
-    gray = resize(brain[None], IMAGE_SIZE)[0]
+    hu = to_hu(key)
+    gray = resize(WINDOWS["brain"].apply(hu)[None], IMAGE_SIZE)[0]
     rgb = np.repeat(gray[..., None], 3, axis=2)
     if saliency is not None:
         heat = resize(np.clip(saliency, 0.0, 1.0)[None].astype(np.float32), IMAGE_SIZE)[0]
+        heat = mask_to_head(heat, hu)  # no heat over the air around the head
         colour = colormaps[HEATMAP](heat)[..., :3]
         alpha = (HEATMAP_MAX_ALPHA * heat)[..., None]
         rgb = (1.0 - alpha) * rgb + alpha * colour
     canvas = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE + PANEL_HEIGHT), PANEL_FILL)
     canvas.paste(Image.fromarray((rgb * 255.0 + 0.5).astype(np.uint8)), (0, 0))
     draw = ImageDraw.Draw(canvas)
-    font, title = _font(FONT_SIZE), _font(TITLE_FONT_SIZE)
+    font, title = text_font(FONT_SIZE), text_font(TITLE_FONT_SIZE)
 
     draw.text((8, 6), f"{DISCLAIMER} - ichnode", font=title, fill=WARN_TEXT)
+    # Below the disclaimer line and above the heat-map line.
+    draw_edge_letters(
+        draw, (0, 0, IMAGE_SIZE, IMAGE_SIZE), edge_letters(key), title, inset=(26, 26)
+    )
     if saliency is not None and saliency_label:
         draw.text(
             (8, IMAGE_SIZE - FONT_SIZE - 8),
             f"Heat map: where the model looked for {DISPLAY_NAMES[saliency_label].lower()}",
-            font=_font(FONT_SIZE - 2),
+            font=text_font(FONT_SIZE - 2),
             fill=WARN_TEXT,
         )
     y = IMAGE_SIZE + 8
@@ -109,7 +181,7 @@ def render(
     draw.text(
         (8, IMAGE_SIZE + PANEL_HEIGHT - FONT_SIZE - 8),
         f"{DISCLAIMER}. Model {findings.model_id}, result v{findings.version}",
-        font=_font(FONT_SIZE - 4),
+        font=text_font(FONT_SIZE - 4),
         fill=WARN_TEXT,
     )
     return np.asarray(canvas, dtype=np.uint8)

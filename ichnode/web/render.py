@@ -13,11 +13,12 @@ import threading
 
 import numpy as np
 from matplotlib import colormaps
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from ichnode.imaging import WINDOWS, preprocess, read, resize, to_hu
 from ichnode.inference import Predictor
-from ichnode.report.saliency import grad_cam
+from ichnode.report.saliency import grad_cam, mask_to_head
+from ichnode.report.summary import draw_edge_letters, edge_letters, text_font
 from ichnode.subtypes import ANY
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,8 @@ HEATMAP_MAX_ALPHA = 0.5
 #: Largest rendered side; thumbnails ask for less.
 MAX_SIZE = 1024
 MIN_SIZE = 32
+#: Images at least this large get the orientation letters burned in (not the thumbnails).
+LETTERS_MIN_SIZE = 192
 
 
 class SaliencyModel:
@@ -60,19 +63,27 @@ def render_png(
     saliency: SaliencyModel | None = None,
     subtype: str = ANY,
 ) -> bytes:
-    """The slice at ``path`` in ``window`` (padded square, ``size`` px), as PNG bytes."""
+    """The slice at ``path`` in ``window`` (padded square, ``size`` px), as PNG bytes.
+
+    With ``saliency`` the Grad-CAM map of ``subtype`` is blended in, confined to the head; from
+    :data:`LETTERS_MIN_SIZE` px on, the orientation letters are drawn at the edges.
+    """
     ds = read(path)
-    gray = WINDOWS[window].apply(to_hu(ds))
+    hu = to_hu(ds)
+    gray = WINDOWS[window].apply(hu)
     side = size or max(gray.shape)
     side = int(min(max(side, MIN_SIZE), MAX_SIZE))
     gray = resize(gray[None], side)[0]
     rgb = np.repeat(gray[..., None], 3, axis=2)
     if saliency is not None:
-        heat = resize(saliency.cam(ds, subtype)[None], side)[0]
+        heat = mask_to_head(resize(saliency.cam(ds, subtype)[None], side)[0], hu)
         colour = colormaps[HEATMAP](heat)[..., :3]
         alpha = (HEATMAP_MAX_ALPHA * heat)[..., None]
         rgb = (1.0 - alpha) * rgb + alpha * colour
     image = Image.fromarray((np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
+    if side >= LETTERS_MIN_SIZE:
+        font = text_font(max(14, side // 28))
+        draw_edge_letters(ImageDraw.Draw(image), (0, 0, side, side), edge_letters(ds), font)
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=False, compress_level=3)
     return buf.getvalue()

@@ -3,12 +3,16 @@
 
 const ICH = {
   ABBREV: {
-    any: "Any", epidural: "EDH", intraparenchymal: "IPH",
+    any: "any", epidural: "EDH", intraparenchymal: "IPH",
     intraventricular: "IVH", subarachnoid: "SAH", subdural: "SDH",
   },
   COLORS: {
     any: "#f4f4f4", epidural: "#ff7f0e", intraparenchymal: "#e8402f",
     intraventricular: "#b07cff", subarachnoid: "#2bb6d9", subdural: "#f2c94c",
+  },
+  /** [center, width] in HU of the server's named windows (ichnode.imaging.WINDOWS). */
+  WINDOW_LEVELS: {
+    brain: [40, 80], subdural: [80, 200], soft: [40, 380], bone: [600, 2800],
   },
   STATES: {
     receiving: "Receiving", scored: "Scored", reported: "Reported",
@@ -48,17 +52,70 @@ const ICH = {
     return today ? d.toLocaleTimeString() : d.toLocaleString();
   },
 
-  /** A small horizontal bar with the percentage written beside it. */
-  bar(name, p, flagged, display) {
+  /** "p 0.412, threshold 0.183 (over)": the hover text of a probability. */
+  probTitle(display, p, threshold) {
+    if (p === null || p === undefined) return `${display}: not scored yet`;
+    const t = threshold === null || threshold === undefined ? "none" : threshold.toFixed(3);
+    const call = threshold === null || threshold === undefined ? ""
+      : p >= threshold ? " – at or over the threshold" : " – under the threshold";
+    return `${display}: p ${p.toFixed(3)}, threshold ${t}${call}`;
+  },
+
+  /** A small bar with the percentage written beside (or, compact, above) it. */
+  bar(name, p, flagged, display, threshold, compact) {
     const w = p === null || p === undefined ? 0 : Math.max(0, Math.min(1, p)) * 100;
-    return ICH.h("span", { class: `pbar${flagged ? " hot" : ""}`, title: `${display}: ${ICH.pct(p)}` },
+    const mark = threshold === null || threshold === undefined ? null
+      : ICH.h("span", { class: "tmark", style: `left:${(100 * Math.max(0, Math.min(1, threshold))).toFixed(1)}%` });
+    return ICH.h("span", { class: `pbar${flagged ? " hot" : ""}${compact ? " compact" : ""}`,
+      title: ICH.probTitle(display, p, threshold) },
+      ICH.h("span", { class: "num" }, ICH.pct(p)),
       ICH.h("span", { class: "track", "aria-hidden": "true" },
-        ICH.h("span", { class: "fill", style: `width:${w.toFixed(1)}%` })),
-      ICH.h("span", { class: "num" }, ICH.pct(p)));
+        ICH.h("span", { class: "fill", style: `width:${w.toFixed(1)}%` }), mark));
+  },
+
+  /** DICOM PN "FAMILY^GIVEN^MIDDLE^PREFIX^SUFFIX" -> "Family, Given Middle". */
+  personName(pn) {
+    if (!pn) return "";
+    const alphabetic = String(pn).split("=")[0];
+    const [family = "", given = "", middle = "", prefix = "", suffix = ""] =
+      alphabetic.split("^").map((s) => s.trim());
+    // Names stored in capitals read better in title case; mixed-case names stay as written.
+    const tidy = (s) => (s && s === s.toUpperCase()
+      ? s.toLowerCase().replace(/(^|[\s'-])(\p{L})/gu, (m, a, b) => a + b.toUpperCase()) : s);
+    const first = [prefix, given, middle].filter(Boolean).map(tidy).join(" ");
+    const name = [tidy(family), first].filter(Boolean).join(", ");
+    return [name, tidy(suffix)].filter(Boolean).join(" ") || alphabetic;
+  },
+
+  /** DICOM DA "YYYYMMDD" (and TM "HHMMSS.frac") -> "2026-12-01 14:03". */
+  dicomDate(da, tm) {
+    if (!da) return "";
+    const m = /^(\d{4})(\d{2})(\d{2})$/.exec(String(da).trim());
+    let out = m ? `${m[1]}-${m[2]}-${m[3]}` : String(da);
+    const t = tm ? /^(\d{2})(\d{2})/.exec(String(tm).trim()) : null;
+    if (t) out += ` ${t[1]}:${t[2]}`;
+    return out;
+  },
+
+  /** "just now", "4 min ago", "3 h ago", "2 d ago". */
+  ago(iso, now) {
+    if (!iso) return "–";
+    const s = Math.max(0, ((now || Date.now()) - new Date(iso).getTime()) / 1000);
+    if (s < 45) return "just now";
+    if (s < 3600) return `${Math.max(1, Math.round(s / 60))} min ago`;
+    if (s < 86400 * 2) return `${Math.round(s / 3600)} h ago`;
+    return `${Math.round(s / 86400)} d ago`;
+  },
+
+  /** "FLAGGED · SDH, SAH" from a study's flagged_subtypes (any alone when nothing else). */
+  flagText(subtypes) {
+    const list = (subtypes || []).filter((s) => s !== "any");
+    const names = (list.length ? list : (subtypes || [])).map((s) => ICH.ABBREV[s] || s);
+    return names.length ? `FLAGGED · ${names.join(", ")}` : "FLAGGED";
   },
 
   patientLine(patient) {
     if (!patient) return null;
-    return [patient.patient_name, patient.patient_id].filter(Boolean).join(" · ") || "(no name)";
+    return [ICH.personName(patient.patient_name), patient.patient_id].filter(Boolean).join(" · ") || "(no name)";
   },
 };

@@ -5,6 +5,9 @@
   const $ = (id) => document.getElementById(id);
   const uid = decodeURIComponent(location.pathname.split("/").pop());
   const view = { sop: null, window: "brain", overlay: true, subtype: "any" };
+  /** Zoom and pan of the slice (CSS transform), and a free window (HU) or null for the preset. */
+  const zoom = { scale: 1, x: 0, y: 0 };
+  let free = null;
   let info = null, study = null;
 
   function imageUrl(sop, opts) {
@@ -19,7 +22,7 @@
     const items = [];
     if (p) {
       items.push(["Patient", ICH.patientLine(p)], ["Accession", p.accession_number || "–"],
-                 ["Study date", p.study_date || "–"]);
+                 ["Study date", ICH.dicomDate(p.study_date, p.study_time) || "–"]);
       if (p.study_description) $("title").textContent = p.study_description;
     }
     items.push(
@@ -28,8 +31,9 @@
         ? `FLAGGED: ${study.flagged_subtypes.map((s) => info.display_names[s]).join(", ")}` : "not flagged"],
       ["Slices", `${study.n_scored ?? "–"} scored of ${study.n_instances}`],
       ["Received", ICH.time(study.last_received_at)],
-      ["Study UID", study.study_instance_uid]);
-    $("facts").replaceChildren(...items.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+      ["Study UID", h("span", { class: "mono", title: study.study_instance_uid }, `…${study.study_instance_uid.slice(-12)}`)]);
+    // Each term stays with its value: the line breaks between facts, never inside one.
+    $("facts").replaceChildren(...items.map(([k, v]) => h("div", { class: "fact" }, h("dt", {}, k), h("dd", {}, v))));
     document.title = `${study.flagged ? "FLAGGED – " : ""}${$("title").textContent} – ichnode`;
     if (study.flagged) $("title").classList.add("hot");
   }
@@ -48,10 +52,111 @@
     $("findings").tBodies[0].replaceChildren(...rows);
   }
 
+  /* --- zoom, pan and free window/level ------------------------------------------------ */
+
+  /** The window the slice image was rendered in: the preset, or (free) a wide one to map from. */
+  function sourceWindow() {
+    if (!free) return view.window;
+    return ICH.WINDOW_LEVELS[view.window] && view.window === "bone" ? "bone" : "soft";
+  }
+
+  function applyView() {
+    const img = $("slice");
+    img.style.transform = `translate(${zoom.x}px, ${zoom.y}px) scale(${zoom.scale})`;
+    let label = `zoom ${zoom.scale.toFixed(1)}×`;
+    if (free) {
+      // The image holds sourceWindow() as 0..1; show [center ± width/2] of it as 0..1.
+      const [c0, w0] = ICH.WINDOW_LEVELS[sourceWindow()];
+      const slope = w0 / free.width;
+      const intercept = (c0 - w0 / 2 - (free.center - free.width / 2)) / free.width;
+      for (const id of ["wl-r", "wl-g", "wl-b"]) {
+        $(id).setAttribute("slope", slope.toFixed(5));
+        $(id).setAttribute("intercept", intercept.toFixed(5));
+      }
+      img.style.filter = "url(#wl)";
+      label += ` · window L ${free.center.toFixed(0)} / W ${free.width.toFixed(0)} HU (free)`;
+    } else {
+      img.style.filter = "";
+      const [c, w] = ICH.WINDOW_LEVELS[view.window] || [null, null];
+      label += c === null ? "" : ` · window L ${c} / W ${w} HU (${view.window})`;
+    }
+    $("view-state").textContent = label;
+    $("stage").dataset.scale = zoom.scale.toFixed(3);
+    $("stage").dataset.window = free ? `${free.center.toFixed(0)}/${free.width.toFixed(0)}` : view.window;
+  }
+
+  function setZoom(scale, cx, cy) {
+    const s = Math.max(1, Math.min(8, scale));
+    // Keep the point under (cx, cy) (stage pixels from the centre) where it is.
+    zoom.x = cx - ((cx - zoom.x) * s) / zoom.scale;
+    zoom.y = cy - ((cy - zoom.y) * s) / zoom.scale;
+    zoom.scale = s;
+    if (s === 1) { zoom.x = 0; zoom.y = 0; }
+    applyView();
+  }
+
+  function resetView() {
+    zoom.scale = 1; zoom.x = 0; zoom.y = 0;
+    const wasFree = free !== null;
+    free = null;
+    if (wasFree) show(view.sop); else applyView();
+  }
+
+  function viewer() {
+    const stage = $("stage");
+    const centre = (e) => {
+      const box = stage.getBoundingClientRect();
+      return [e.clientX - box.left - box.width / 2, e.clientY - box.top - box.height / 2];
+    };
+    stage.addEventListener("wheel", (e) => {
+      e.preventDefault();
+      const [cx, cy] = centre(e);
+      setZoom(zoom.scale * Math.exp(-e.deltaY / 500), cx, cy);
+    }, { passive: false });
+    stage.addEventListener("contextmenu", (e) => e.preventDefault());
+    let drag = null;
+    stage.addEventListener("pointerdown", (e) => {
+      const wl = e.button === 2 || e.shiftKey;
+      if (e.button !== 0 && e.button !== 2) return;
+      e.preventDefault();
+      stage.setPointerCapture(e.pointerId);
+      if (wl && !free) {
+        const [c, w] = ICH.WINDOW_LEVELS[view.window] || [40, 80];
+        free = { center: c, width: w };
+        show(view.sop);  // the image is fetched in a wide window to map from
+      }
+      drag = { wl, x: e.clientX, y: e.clientY, zx: zoom.x, zy: zoom.y,
+        c: free ? free.center : 0, w: free ? free.width : 0 };
+      stage.classList.add(wl ? "windowing" : "panning");
+    });
+    stage.addEventListener("pointermove", (e) => {
+      if (!drag) return;
+      const dx = e.clientX - drag.x, dy = e.clientY - drag.y;
+      if (drag.wl) {
+        free.width = Math.max(1, drag.w * Math.exp(dx / 200));
+        free.center = drag.c - (dy * drag.w) / 256;
+      } else {
+        zoom.x = drag.zx + dx; zoom.y = drag.zy + dy;
+      }
+      applyView();
+    });
+    const end = () => { drag = null; stage.classList.remove("windowing", "panning"); };
+    stage.addEventListener("pointerup", end);
+    stage.addEventListener("pointercancel", end);
+    stage.addEventListener("keydown", (e) => {
+      if (e.key === "+" || e.key === "=") setZoom(zoom.scale * 1.25, 0, 0);
+      else if (e.key === "-") setZoom(zoom.scale / 1.25, 0, 0);
+      else if (e.key === "0") resetView();
+      else return;
+      e.preventDefault();
+    });
+    $("reset-view").onclick = resetView;
+  }
+
   function controls() {
     $("windows").replaceChildren(...info.windows.map((w) => h("label", { class: "seg" },
       h("input", { type: "radio", name: "window", value: w, checked: w === view.window,
-        onchange: () => { view.window = w; show(view.sop); } }), w)));
+        onchange: () => { view.window = w; free = null; show(view.sop); } }), w)));
     $("cam-subtype").replaceChildren(...info.subtypes.map((s) =>
       h("option", { value: s, selected: s === view.subtype }, info.display_names[s])));
     $("cam-subtype").onchange = (e) => { view.subtype = e.target.value; show(view.sop); };
@@ -64,9 +169,11 @@
     const inst = study.instances.find((i) => i.sop_instance_uid === sop);
     const idx = study.instances.indexOf(inst);
     const isKey = sop === study.key_sop_instance_uid;
-    $("slice").src = imageUrl(sop, view);
-    $("slice").alt = `Slice ${idx + 1} of ${study.instances.length}${isKey ? " (key slice)" : ""}, ${view.window} window${view.overlay ? ", saliency overlay" : ""}`;
+    const src = imageUrl(sop, { ...view, window: sourceWindow() });
+    if ($("slice").getAttribute("src") !== src) $("slice").src = src;
+    $("slice").alt = `Slice ${idx + 1} of ${study.instances.length}${isKey ? " (key slice)" : ""}, ${free ? "free" : view.window} window${view.overlay ? ", saliency overlay" : ""}`;
     $("slice-label").textContent = `${idx + 1} / ${study.instances.length}${isKey ? " – key slice" : ""}`;
+    applyView();
     const probs = inst.probabilities;
     $("slice-caption").textContent = probs
       ? `z ${inst.z === null ? "?" : inst.z.toFixed(1)} mm · any ${ICH.pct(probs.any)} · ` +
@@ -172,7 +279,7 @@
 
   async function main() {
     [info, study] = await Promise.all([ICH.json("/api/info"), ICH.json(`/api/studies/${encodeURIComponent(uid)}`)]);
-    facts(); findings(); controls(); strip(); versions(); deliveries();
+    facts(); findings(); controls(); viewer(); strip(); versions(); deliveries();
     const first = study.key_sop_instance_uid ||
       (study.instances[Math.floor(study.instances.length / 2)] || {}).sop_instance_uid;
     if (first) show(first); else drawPlot();
