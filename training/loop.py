@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ichnode.device import resolve_device
 from ichnode.errors import IchnodeError
 from ichnode.imaging import PreprocessSpec, parse_window, window_planes, windows_for_mode
 from ichnode.model import Checkpoint, build, load_checkpoint, save_checkpoint
@@ -382,7 +383,7 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
     """
     out = Path(cfg.out)
     spec = make_spec(cfg.windows, cfg.image_size, cfg.pixel_mm)
-    find_layout(cfg.data)  # a missing or malformed data folder fails before OUT is made
+
     if cfg.study_model is not None:
         from ichnode.study import STUDY_ARCHITECTURES
 
@@ -391,6 +392,9 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
             raise TrainError(f"--study-model {cfg.study_model!r}: expected one of {known}, none")
     if cfg.normal_share is not None and not 0.0 < cfg.normal_share < 1.0:
         raise TrainError(f"--normal-share must be between 0 and 1, not {cfg.normal_share}")
+    if cfg.amp and resolve_device(cfg.device).type != "cuda":  # before anything is read
+        raise TrainError(f"--amp (mixed precision) needs a CUDA device; not {cfg.device}")
+    find_layout(cfg.data)  # a missing or malformed data folder fails before OUT is made
     info, device = distributed.init(cfg.device)
     if cfg.amp and device.type != "cuda":
         raise TrainError(f"--amp (mixed precision) needs a CUDA device; this run is on {device}")
