@@ -115,10 +115,17 @@ class SynthSummary:
     def __str__(self) -> str:
         parts = ", ".join(f"{n} {self.positives[n]}" for n in st.HEMORRHAGE_SUBTYPES)
         return (
-            f"wrote {self.studies} studies, {self.slices} slices "
+            f"wrote {_count(self.studies, 'study', 'studies')}, "
+            f"{_count(self.slices, 'slice', 'slices')} "
             f"({self.positives[st.ANY]} with hemorrhage: {parts}; "
-            f"{self.bleeding_studies} studies bleeding) to {self.out} in {self.seconds:.1f} s"
+            f"{_count(self.bleeding_studies, 'study', 'studies')} bleeding) to {self.out} "
+            f"in {self.seconds:.1f} s"
         )
+
+
+def _count(n: int, one: str, many: str) -> str:
+    """``1 study``, ``2 studies``."""
+    return f"{n} {one if n == 1 else many}"
 
 
 class _Ids:
@@ -485,7 +492,7 @@ def generate(
         out=out,
         storages=storages,
     )
-    log.info("synth done: %s", summary)
+    log.debug("synth done: %s", summary)  # the CLI prints the summary itself
     return summary
 
 

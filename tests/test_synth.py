@@ -214,7 +214,7 @@ def test_synth_study_rejects_an_unknown_subtype() -> None:
 def test_summary_is_one_line_naming_the_counts(tmp_path: Path) -> None:
     summary = generate(tmp_path, studies=1, seed=4, size=64, progress=False)
     text = str(summary)
-    assert "\n" not in text and text.startswith("wrote 1 studies, ")
+    assert "\n" not in text and text.startswith("wrote 1 study, ")
     assert summary.slices == len(list((tmp_path / "stage_2_train").glob("*.dcm")))
 
 
@@ -223,7 +223,7 @@ def test_cli_synth_writes_the_rsna_layout(tmp_path: Path) -> None:
     args = ["synth", "--out", str(out), "--studies", "1", "--seed", "3", "--size", "64"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "wrote 1 studies" in result.output
+    assert "wrote 1 study, " in result.output
     rows = _read_csv(out / "stage_2_train.csv")
     assert len(rows) == 6 * len(list((out / "stage_2_train").glob("*.dcm"))) > 0
 
@@ -343,7 +343,7 @@ def test_cli_synth_heldout_preset(tmp_path: Path) -> None:
     args = ["synth", "--out", str(out), "--studies", "1", "--seed", "3", "--size", "64"]
     result = CliRunner().invoke(app, [*args, "--preset", "heldout"])
     assert result.exit_code == 0, result.output
-    assert "wrote 1 studies" in result.output
+    assert "wrote 1 study, " in result.output
     text = (out / "phantom_slices.csv").read_text()
     assert text.splitlines()[1].endswith(",heldout")
 
@@ -355,3 +355,15 @@ def test_cli_synth_unknown_preset_is_a_one_line_error(tmp_path: Path) -> None:
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "nope" in lines[0] and "train" in lines[0] and "heldout" in lines[0]
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_synth_prints_its_summary_once_with_plurals(tmp_path: Path) -> None:
+    import subprocess
+
+    done = subprocess.run(
+        ["ichnode", "synth", "--out", str(tmp_path / "o"), "--studies", "2", "--size", "64"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    both = done.stdout + done.stderr
+    assert both.count("wrote 2 studies, ") == 1, both
