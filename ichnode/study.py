@@ -161,15 +161,16 @@ def run_study_head(
     return refined[0].float().cpu().numpy(), study[0].float().cpu().numpy()
 
 
-#: How embeddings are stored in ``predictions.embedding``.
-EMBEDDING_DTYPE = np.float16
+#: How embeddings are stored in ``predictions.embedding``: float32, little-endian (1 KB for
+#: 256 values), so the node's study result is the one ``ichnode predict FOLDER`` computes.
+EMBEDDING_DTYPE = "<f4"
 
 
 def encode_embedding(vector: np.ndarray) -> bytes:
-    """A slice embedding as stored in the database (float16, little-endian)."""
-    return np.asarray(vector, dtype="<f2").tobytes()
+    """A slice embedding as stored in the database."""
+    return np.asarray(vector, dtype=EMBEDDING_DTYPE).tobytes()
 
 
 def decode_embedding(data: bytes) -> np.ndarray:
     """The float32 vector of :func:`encode_embedding`'s bytes."""
-    return np.frombuffer(data, dtype="<f2").astype(np.float32)
+    return np.frombuffer(data, dtype=EMBEDDING_DTYPE).astype(np.float32)

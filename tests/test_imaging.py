@@ -217,3 +217,56 @@ def test_enhanced_ct_rescale_and_geometry_come_from_the_functional_groups():
     # A classic CT image still reads them at the top level.
     ct = pydicom.dcmread(sample_file("CT_small.dcm"))
     assert rescale(ct) == (float(ct.RescaleSlope), float(ct.RescaleIntercept))
+
+
+def _disc_image(size: int, radius_px: float, centre: tuple[int, int]) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    hu = np.full((size, size), -1000.0, dtype=np.float32)
+    hu[(yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < radius_px**2] = 40.0
+    return hu
+
+
+def test_hu_plane_resamples_to_millimetres_and_centres_the_head():
+    from ichnode.imaging import PreprocessSpec, hu_plane
+
+    spec = PreprocessSpec(size=256, pixel_mm=1.0)
+    # A 90 mm-radius head, off centre, on two scanners: 512 px at 0.45 mm and 256 px at 0.9 mm.
+    fine = hu_plane(_disc_image(512, 200, (300, 220)), (0.45, 0.45), spec)
+    coarse = hu_plane(_disc_image(256, 100, (150, 110)), (0.9, 0.9), spec)
+    for plane in (fine, coarse):
+        assert plane.shape == (256, 256) and plane[0, 0] == -1000.0  # air around it
+        inside = plane > -500
+        rows, cols = np.flatnonzero(inside.any(1)), np.flatnonzero(inside.any(0))
+        assert abs((rows[-1] - rows[0] + 1) - 180) <= 3  # 180 mm across at 1 mm per pixel
+        assert abs((cols[-1] - cols[0] + 1) - 180) <= 3
+        assert abs((rows[0] + rows[-1]) / 2 - 128) <= 2  # centred, wherever it lay
+        assert abs((cols[0] + cols[-1]) / 2 - 128) <= 2
+
+
+def test_hu_plane_without_pixel_spacing_assumes_the_default_field_of_view():
+    from ichnode.imaging import DEFAULT_FOV_MM, PreprocessSpec, hu_plane
+
+    spec = PreprocessSpec(size=64, pixel_mm=DEFAULT_FOV_MM / 64)
+    plane = hu_plane(_disc_image(256, 50, (128, 128)), None, spec)
+    assert abs(int((plane[32] > -500).sum()) - 25) <= 2  # 100 of 256 px -> 25 of 64
+    assert plane[0, 0] == -1000.0
+
+
+def test_preprocess_with_pixel_mm_is_the_windowed_hu_plane():
+    import torch
+
+    from ichnode.imaging import (
+        PreprocessSpec,
+        pixel_spacing,
+        preprocess,
+        preprocess_hu,
+        window_planes,
+    )
+
+    ds = pydicom.dcmread(sample_file("CT_small.dcm"))
+    spec = PreprocessSpec(size=96, pixel_mm=1.2)
+    assert pixel_spacing(ds) == (0.661468, 0.661468)
+    expected = window_planes(torch.from_numpy(preprocess_hu(ds, spec)), spec.windows).numpy()
+    np.testing.assert_array_equal(preprocess(ds, spec), expected)
+    assert PreprocessSpec.from_dict(spec.to_dict()) == spec
+    assert PreprocessSpec.from_dict({"windows": [["brain", 40, 80]], "size": 8}).pixel_mm is None

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from ichnode.db.models import Instance, InstanceStatus, Prediction
 from ichnode.node.scp import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH, SUCCESS
-from ichnode.predict import predict_paths
+from ichnode.predict import predict_folder
 from ichnode.results import study_detail
 from ichnode.subtypes import SUBTYPES
 
@@ -59,22 +59,25 @@ def test_dcmtk_storescu_study_is_stored_scored_and_resulted(node_factory, tmp_pa
     study_uid = pydicom.dcmread(files[0]).StudyInstanceUID
     detail = wait_for(lambda: _resulted(node, study_uid), timeout=30)
     assert detail["n_instances"] == 6 and detail["version"] == 1
-    # Every slice is on disk, done, and scored exactly as `ichnode predict` scores the file.
-    expected = {
-        r.sop_instance_uid: r.prediction.probabilities
-        for r in predict_paths(files, model=model_path, device="cpu")
-    }
+    # Every slice is on disk, done, and scored exactly as `ichnode predict FOLDER` scores the
+    # study: the study model over the slices in z order (refined slice probabilities), and the
+    # study's own probabilities.
+    [expected_study], errors = predict_folder(tmp_path / "send", model=model_path, device="cpu")
+    assert errors == [] and expected_study.refined
+    expected = {r.sop_instance_uid: r.prediction.probabilities for r in expected_study.slices}
     for inst in detail["instances"]:
         assert inst["status"] == "done"
         for name in SUBTYPES:
             assert inst["probabilities"][name] == pytest.approx(
                 expected[inst["sop_instance_uid"]][name], abs=1e-5
             )
-    # The study result is the max per subtype and the key slice has the highest `any`.
     for name in SUBTYPES:
         assert detail["probabilities"][name] == pytest.approx(
-            max(i["probabilities"][name] for i in detail["instances"]), abs=1e-6
+            expected_study.probabilities[name], abs=1e-5
         )
+    assert detail["flagged"] == expected_study.flagged
+    assert detail["flagged_subtypes"] == expected_study.flagged_subtypes
+    # The key slice has the highest (refined) `any`.
     key = max(detail["instances"], key=lambda i: i["probabilities"]["any"])
     assert detail["key_sop_instance_uid"] == key["sop_instance_uid"]
     # Instances come back ordered by z.

@@ -22,7 +22,7 @@ from ichnode.imaging import PreprocessSpec, preprocess
 from ichnode.inference import embed_and_score, score_study
 from ichnode.model import Calibration, Checkpoint, build, load_checkpoint, save_checkpoint
 from ichnode.node.monitor import Monitor, ResultPolicy
-from ichnode.study import StudyHead, build_study, encode_embedding
+from ichnode.study import StudyHead, build_study, decode_embedding, encode_embedding
 from ichnode.subtypes import ANY, SUBTYPES
 from ichnode.triage import decide
 
@@ -84,9 +84,7 @@ def test_a_stable_study_stores_the_study_models_refined_slice_probabilities(
     with session_factory() as session:
         rows = {p.instance_id: p for p in session.scalars(select(Prediction))}
         before = {i: rows[i].probabilities for i in ids}
-        embeddings = np.stack(
-            [np.frombuffer(rows[i].embedding, dtype="<f2").astype(np.float32) for i in ids]
-        )
+        embeddings = np.stack([decode_embedding(rows[i].embedding) for i in ids])
     [result_id] = _monitor(session_factory, study_checkpoint).run_once()
     expected = score_study(study_checkpoint, embeddings, [float(k) for k in range(5)])
     assert expected.refined

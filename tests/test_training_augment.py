@@ -32,3 +32,43 @@ def test_augmentation_changes_images_keeps_shape_and_range_and_is_seeded():
 def test_augmentation_settings_are_a_plain_dict_for_the_checkpoint_summary():
     d = AugmentConfig().to_dict()
     assert d["enabled"] is True and {"hflip", "rotate_deg", "scale", "contrast"} <= set(d)
+
+
+def _hu_batch() -> torch.Tensor:
+    """Two HU planes: air around a disc of brain (30 HU) inside a bone ring (1000 HU)."""
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    r = ((yy - 32) ** 2 + (xx - 32) ** 2).sqrt()
+    plane = torch.full((64, 64), -1000.0)
+    plane[r < 24] = 1000.0
+    plane[r < 20] = 30.0
+    return plane.expand(2, 1, 64, 64).clone()
+
+
+def test_hu_augmentation_is_seeded_keeps_air_outside_and_alters_soft_tissue():
+    from training.augment import NO_HU_AUGMENT, HUAugmentConfig, augment_hu
+
+    x = _hu_batch()
+    assert augment_hu(x, NO_HU_AUGMENT, torch.Generator().manual_seed(0)) is x
+    cfg = HUAugmentConfig()
+    a = augment_hu(x, cfg, torch.Generator().manual_seed(3))
+    b = augment_hu(x, cfg, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.shape == x.shape
+    assert torch.allclose(a[:, :, :2, :2], torch.tensor(-1000.0), atol=1e-3)  # corners: air
+    brain = a[:, :, 28:36, 28:36]
+    assert not torch.allclose(brain, torch.tensor(30.0), atol=0.5)  # densities, noise moved
+    assert brain.mean().abs() < 200  # still soft tissue, not bone or air
+
+
+def test_model_input_windows_hu_planes_like_serving_unless_augmenting():
+    from ichnode.imaging import PreprocessSpec, window_planes
+    from training.augment import HUAugmentConfig
+    from training.loop import model_input
+
+    spec = PreprocessSpec(size=64, pixel_mm=3.6)
+    x = _hu_batch()
+    plain = model_input(x, spec, None, None)
+    assert plain.shape == (2, 3, 64, 64)
+    assert torch.equal(plain, window_planes(x[:, 0], spec.windows))  # serving's windows
+    aug = model_input(x, spec, HUAugmentConfig(), torch.Generator().manual_seed(1))
+    assert aug.shape == plain.shape and float(aug.min()) >= 0 and float(aug.max()) <= 1
+    assert not torch.equal(aug, plain)

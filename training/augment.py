@@ -37,6 +37,23 @@ def _uniform(n: int, half_width: float, g: torch.Generator) -> torch.Tensor:
     return (torch.rand(n, generator=g) * 2.0 - 1.0) * half_width
 
 
+def _warp(
+    x: torch.Tensor, rotate_deg: float, scale: float, hflip: float, g: torch.Generator
+) -> torch.Tensor:
+    """``x`` ``(N, C, H, W)`` flipped (probability ``hflip``), rotated and zoomed per sample
+    (one affine warp, bilinear; zero outside)."""
+    n = x.shape[0]
+    angle = _uniform(n, math.radians(rotate_deg), g)
+    zoom = 1.0 + _uniform(n, scale, g)
+    flip = torch.where(torch.rand(n, generator=g) < hflip, -1.0, 1.0)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = cos * flip, -sin
+    theta[:, 1, 0], theta[:, 1, 1] = sin * flip, cos
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
     """A randomly warped and jittered copy of ``x`` ``(N, C, H, W)`` in [0, 1].
 
@@ -46,16 +63,7 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> to
     if not cfg.enabled:
         return x
     n = x.shape[0]
-    angle = _uniform(n, math.radians(cfg.rotate_deg), g)
-    zoom = 1.0 + _uniform(n, cfg.scale, g)
-    flip = torch.where(torch.rand(n, generator=g) < cfg.hflip, -1.0, 1.0)
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1] = cos * flip, -sin
-    theta[:, 1, 0], theta[:, 1, 1] = sin * flip, cos
-    theta = theta.to(device=x.device, dtype=x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = _warp(x, cfg.rotate_deg, cfg.scale, cfg.hflip, g)
     contrast = (1.0 + _uniform(n, cfg.contrast, g)).view(n, 1, 1, 1).to(x.device, x.dtype)
     bright = _uniform(n, cfg.brightness, g).view(n, 1, 1, 1).to(x.device, x.dtype)
     return (out * contrast + bright).clamp_(0.0, 1.0)
@@ -149,17 +157,7 @@ def augment_hu(hu: torch.Tensor, cfg: HUAugmentConfig, g: torch.Generator) -> to
         k = kernel.view(n, 1, 1, 1).to(dev)
         out = torch.where(k == 1, blurred, torch.where(k == 2, out + amount * (out - blurred), out))
     # Geometric warp with air outside: warp (HU - AIR), whose padding zero is air.
-    angle = _uniform(n, math.radians(cfg.rotate_deg), g)
-    zoom = 1.0 + _uniform(n, cfg.scale, g)
-    flip = torch.where(torch.rand(n, generator=g) < cfg.hflip, -1.0, 1.0)
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1] = cos * flip, -sin
-    theta[:, 1, 0], theta[:, 1, 1] = sin * flip, cos
-    grid = F.affine_grid(theta.to(dev, dt), list(out.shape), align_corners=False)
-    warped = F.grid_sample(out - AIR, grid, mode="bilinear", padding_mode="zeros",
-                           align_corners=False)  # fmt: skip
-    return warped + AIR
+    return _warp(out - AIR, cfg.rotate_deg, cfg.scale, cfg.hflip, g) + AIR
 
 
 def jitter_windows(

@@ -297,7 +297,7 @@ class Prediction(
     #: The checkpoint's identity (its weights' hash).
     model_id: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    #: The slice network's embedding (float16 bytes) for the study model; NULL before 0003.
+    #: The slice network's embedding (float32 bytes) for the study model; NULL before 0003.
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     #: The study result version whose study model refined these probabilities (NULL: the
     #: slice network's own).

@@ -52,7 +52,7 @@ class Completion:
     claim_token: str
     model_id: str
     probabilities: Sequence[float]
-    #: The slice embedding (float16 bytes) the study model reads; None for none.
+    #: The slice embedding (float32 bytes) the study model reads; None for none.
     embedding: bytes | None = None
 
 

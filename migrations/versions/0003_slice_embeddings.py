@@ -4,7 +4,7 @@ Revision ID: 0003
 Revises: 0002
 Create Date: 2026-12-01
 
-``predictions.embedding`` holds the slice network's embedding of the slice (float16 bytes), so
+``predictions.embedding`` holds the slice network's embedding of the slice (float32 bytes), so
 the study monitor can run the study model (:mod:`ichnode.study`) over a study's slices in z
 order without decoding a file again, also when the slices were scored by ``ichnode worker``
 processes on other hosts. ``predictions.study_version`` is the study result version whose study
