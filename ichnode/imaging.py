@@ -325,16 +325,11 @@ def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
     return row, col
 
 
-def hu_plane(
+def _locate(
     hu: np.ndarray, spacing: tuple[float, float] | None, spec: PreprocessSpec
-) -> np.ndarray:
-    """HU image → ``(size, size)`` float32 HU at ``spec.pixel_mm``, centred on the head.
-
-    Resamples (area average when shrinking, bilinear when enlarging) so that one pixel is
-    ``pixel_mm`` square, then cuts ``size`` x ``size`` around the centre of the body's pixels;
-    what falls outside the image is air. Without PixelSpacing the image is taken to span
-    :data:`DEFAULT_FOV_MM`.
-    """
+) -> tuple[np.ndarray, int, int]:
+    """The HU image resampled to ``spec.pixel_mm`` and the top-left corner (in it) of the
+    ``size`` x ``size`` view centred on the head's pixels."""
     if spec.pixel_mm is None:
         raise ValueError("hu_plane needs a spec with pixel_mm")
     h, w = hu.shape
@@ -358,14 +353,61 @@ def hu_plane(
         cy, cx = (rows[0] + rows[-1] + 1) // 2, (cols[0] + cols[-1] + 1) // 2
     else:
         cy, cx = new_h // 2, new_w // 2
-    size = spec.size
-    out = np.full((size, size), AIR_HU, dtype=np.float32)
-    top, left = cy - size // 2, cx - size // 2
+    return img, int(cy - spec.size // 2), int(cx - spec.size // 2)
+
+
+def _view(src: np.ndarray, top: int, left: int, size: int, fill: float) -> np.ndarray:
+    """The ``size`` x ``size`` window of ``src`` at (top, left); ``fill`` outside ``src``."""
+    out = np.full((size, size), fill, dtype=np.float32)
+    h, w = src.shape
     src_t, src_l = max(top, 0), max(left, 0)
-    src_b, src_r = min(top + size, new_h), min(left + size, new_w)
+    src_b, src_r = min(top + size, h), min(left + size, w)
     if src_b > src_t and src_r > src_l:
-        out[src_t - top : src_b - top, src_l - left : src_r - left] = img[src_t:src_b, src_l:src_r]
+        out[src_t - top : src_b - top, src_l - left : src_r - left] = src[src_t:src_b, src_l:src_r]
     return out
+
+
+def hu_plane(
+    hu: np.ndarray, spacing: tuple[float, float] | None, spec: PreprocessSpec
+) -> np.ndarray:
+    """HU image → ``(size, size)`` float32 HU at ``spec.pixel_mm``, centred on the head.
+
+    Resamples (area average when shrinking, bilinear when enlarging) so that one pixel is
+    ``pixel_mm`` square, then cuts ``size`` x ``size`` around the centre of the body's pixels;
+    what falls outside the image is air. Without PixelSpacing the image is taken to span
+    :data:`DEFAULT_FOV_MM`.
+    """
+    img, top, left = _locate(hu, spacing, spec)
+    return _view(img, top, left, spec.size, AIR_HU)
+
+
+def input_to_display(
+    values: np.ndarray, hu: np.ndarray, spacing: tuple[float, float] | None, spec: PreprocessSpec
+) -> np.ndarray:
+    """A map over the model's input (a saliency map, ``(s, s)`` at any resolution) → the same
+    map over the slice as displayed: the HU image padded (centred) to a ``max(H, W)`` square.
+
+    For a ``pixel_mm`` spec this undoes :func:`hu_plane` (the view cut from the resampled
+    image); for a legacy spec the input already is the padded square.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    if spec.pixel_mm is None:
+        return values
+    img, top, left = _locate(hu, spacing, spec)
+    size = spec.size
+    if values.shape != (size, size):
+        values = resize(values[None], size)[0]
+    canvas = np.zeros(img.shape, dtype=np.float32)
+    h, w = img.shape
+    src_t, src_l = max(top, 0), max(left, 0)
+    src_b, src_r = min(top + size, h), min(left + size, w)
+    if src_b > src_t and src_r > src_l:
+        canvas[src_t:src_b, src_l:src_r] = values[
+            src_t - top : src_b - top, src_l - left : src_r - left
+        ]
+    t = torch.from_numpy(canvas)[None, None]
+    back = F.interpolate(t, size=hu.shape, mode="bilinear", align_corners=False)[0].numpy()
+    return _pad_square(back)[0]
 
 
 def window_planes(planes: torch.Tensor, windows: tuple[Window, ...]) -> torch.Tensor:

@@ -270,3 +270,20 @@ def test_preprocess_with_pixel_mm_is_the_windowed_hu_plane():
     np.testing.assert_array_equal(preprocess(ds, spec), expected)
     assert PreprocessSpec.from_dict(spec.to_dict()) == spec
     assert PreprocessSpec.from_dict({"windows": [["brain", 40, 80]], "size": 8}).pixel_mm is None
+
+
+def test_a_map_over_the_model_input_lands_on_the_same_anatomy_of_the_slice():
+    from ichnode.imaging import PreprocessSpec, hu_plane, input_to_display
+
+    spec = PreprocessSpec(size=64, pixel_mm=2.0)
+    hu = _disc_image(200, 60, (120, 80))  # 0.9 mm pixels, a head off centre
+    spacing = (0.9, 0.9)
+    plane = hu_plane(hu, spacing, spec)
+    marker = (plane > -500).astype(np.float32)  # "saliency" exactly on the head in the input
+    back = input_to_display(marker, hu, spacing, spec)
+    assert back.shape == (200, 200)  # the padded square of the 200 x 200 slice
+    head = hu > -500
+    assert back[head].mean() > 0.9 and back[~head].mean() < 0.05  # on the head, not the air
+    legacy = PreprocessSpec(size=64)
+    assert input_to_display(marker, hu, spacing, legacy) is not None
+    np.testing.assert_array_equal(input_to_display(marker, hu, spacing, legacy), marker)

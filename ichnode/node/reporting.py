@@ -48,7 +48,7 @@ from ichnode.db.models import (
     StudyResult,
 )
 from ichnode.errors import IchnodeError
-from ichnode.imaging import preprocess
+from ichnode.imaging import input_to_display, pixel_spacing, preprocess, to_hu
 from ichnode.model import Checkpoint
 from ichnode.report import StudyFindings, build_kos, build_sr, build_summary, grad_cam, to_bytes
 from ichnode.report.sr import STUDY_ATTRIBUTES
@@ -217,6 +217,8 @@ def build_objects(
     if KIND_SUMMARY in wanted:
         target = findings.saliency_subtype
         cam = grad_cam(checkpoint, preprocess(key, checkpoint.spec), target)
+        # Over the key slice as the summary shows it (the model may see a resampled view).
+        cam = input_to_display(cam, to_hu(key), pixel_spacing(key), checkpoint.spec)
         built[KIND_SUMMARY] = build_summary(
             key,
             findings,

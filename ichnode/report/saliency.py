@@ -101,11 +101,11 @@ def _grad_cam(model: nn.Module, arr: np.ndarray, subtype: str) -> np.ndarray:
     return (cam / top).clamp_(0.0, 1.0).cpu().numpy().astype(np.float32)
 
 
-def head_mask(hu: np.ndarray, threshold: float = BODY_HU) -> np.ndarray:
+def head_mask(hu: np.ndarray, body_hu: float = BODY_HU) -> np.ndarray:
     """``bool`` mask of the head in a 2-D HU image: the largest connected region above
-    ``threshold`` (default -300 HU: skin, bone, brain; not air), with its holes filled (the
-    ventricles, the sinuses' air). All False when nothing is above ``threshold``."""
-    above = np.asarray(hu) > threshold
+    ``body_hu`` (default -300 HU: skin, bone, brain; not air), with its holes filled (the
+    ventricles, the sinuses. air). All False when nothing is above ``body_hu``."""
+    above = np.asarray(hu) > body_hu
     labels, count = ndimage.label(above)
     if count == 0:
         return np.zeros(above.shape, dtype=bool)

@@ -198,9 +198,10 @@ def build_summary(
 ) -> Dataset:
     """The RGB Secondary Capture summary of ``findings`` on the key slice ``key``.
 
-    ``key`` must be the key slice with its pixel data; ``saliency`` a 2-D map in [0, 1] of
-    the model input (square, as :func:`ichnode.report.saliency.grad_cam` returns), computed
-    for the label ``saliency_label`` (named on the image; default
+    ``key`` must be the key slice with its pixel data; ``saliency`` a 2-D map in [0, 1] over
+    the key slice padded to a square (:func:`ichnode.imaging.input_to_display` maps a
+    :func:`ichnode.report.saliency.grad_cam` map there), computed for the label
+    ``saliency_label`` (named on the image; default
     :attr:`StudyFindings.saliency_subtype`).
     """
     if not isinstance(findings, StudyFindings):

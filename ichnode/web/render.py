@@ -15,7 +15,15 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
-from ichnode.imaging import WINDOWS, preprocess, read, resize, to_hu
+from ichnode.imaging import (
+    WINDOWS,
+    input_to_display,
+    pixel_spacing,
+    preprocess,
+    read,
+    resize,
+    to_hu,
+)
 from ichnode.inference import Predictor
 from ichnode.report.saliency import grad_cam, mask_to_head
 from ichnode.report.summary import draw_edge_letters, edge_letters, text_font
@@ -46,14 +54,16 @@ class SaliencyModel:
         return self._predictor is not None
 
     def cam(self, ds: object, subtype: str = ANY) -> np.ndarray:
-        """Grad-CAM map of ``subtype`` on the model input of ``ds`` (square, in [0, 1])."""
+        """Grad-CAM map of ``subtype`` over the displayed slice of ``ds`` (its padded square,
+        in [0, 1]): computed on the model input, mapped back to the slice's pixels."""
         if self._predictor is None:
             raise RuntimeError("no model loaded: saliency is not available")
         with self._lock:
             if self._ckpt is None:
                 self._ckpt = copy.deepcopy(self._predictor.checkpoint)
-            x = preprocess(ds, self._ckpt.spec)
-            return grad_cam(self._ckpt, x, subtype)
+            spec = self._ckpt.spec
+            cam = grad_cam(self._ckpt, preprocess(ds, spec), subtype)
+        return input_to_display(cam, to_hu(ds), pixel_spacing(ds), spec)
 
 
 def render_png(
