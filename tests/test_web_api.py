@@ -20,7 +20,7 @@ from helpers import project_version, wait_for
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from ichnode.config import HTTPSettings
+from ichnode.config import HTTPSettings, load_settings
 from ichnode.db.models import DeliveryStatus, OutboxEntry, Study, StudyResult
 from ichnode.errors import ConfigError
 from ichnode.subtypes import SUBTYPES
@@ -349,9 +349,11 @@ def test_refuses_a_non_loopback_bind_without_a_token():
     assert check_http_settings(_http("localhost:9000")) == ("localhost", 9000)
 
 
-def test_a_bad_or_busy_bind_is_a_config_error(node_factory):
-    with pytest.raises(ConfigError, match="HOST:PORT"):
-        check_http_settings(_http("127.0.0.1"))
+def test_a_bad_or_busy_bind_is_a_config_error(node_factory, tmp_path):
+    config = tmp_path / "bad-bind.toml"
+    config.write_text('[http]\nbind = "127.0.0.1"\n')
+    with pytest.raises(ConfigError, match=r"^invalid setting http\.bind: expected HOST:PORT"):
+        load_settings(config)
     node = node_factory()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
