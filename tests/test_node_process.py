@@ -325,3 +325,16 @@ def test_the_ready_line_comes_once_http_answers(tmp_path):
     # The log says "ready" once too, with the HTTP part: no earlier record before HTTP listens.
     logged = [x for x in log.read_text().splitlines() if "ichnode ready:" in x]
     assert len(logged) == 1 and f"HTTP on http://127.0.0.1:{http_port}" in logged[0]
+
+
+def test_a_store_that_cannot_be_created_names_the_setting(tmp_path):
+    (tmp_path / "afile").write_text("a file, not a folder")
+    line = _serve_fails(
+        tmp_path,
+        "--port",
+        str(free_port()),
+        "--store",
+        str(tmp_path / "afile" / "store"),
+        env={"ICHNODE_HTTP__ENABLED": "false"},
+    )
+    assert "(setting store)" in line and "Not a directory" in line

@@ -55,8 +55,10 @@ class Node:
         s = self.settings
         if s.torch_threads:
             torch.set_num_threads(s.torch_threads)
+        self.store = Store(
+            s.store, s.min_free_bytes
+        )  # before the database: a bad path migrates nothing
         self.engine, self.sessions = open_database(s)
-        self.store = Store(s.store, s.min_free_bytes)
         swept = self.store.sweep_temp()
         if swept:
             log.info("removed %d unfinished temp files from the store (never acknowledged)", swept)
