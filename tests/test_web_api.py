@@ -309,7 +309,8 @@ def _send_with(node, seed: int, **header: str | None) -> str:
     for ds in datasets:
         for keyword, value in header.items():
             if value is None:
-                delattr(ds, keyword)
+                if keyword in ds:
+                    delattr(ds, keyword)
             else:
                 setattr(ds, keyword, value)
     assert send(node.settings.port, datasets) == [SUCCESS] * len(datasets)
