@@ -217,6 +217,12 @@ def predict(
         if not studies:
             raise IchnodeError(f"{files[0]}: no CT slice could be scored")
         return
+    if png is not None:
+        from ichnode.predict import png_target_error
+
+        problem = png_target_error(png, len(files))
+        if problem:
+            raise typer.BadParameter(problem, param_hint="'--png'")
     rows = predict_paths(files, model=model, device=device, png=png)
     if as_json:
         typer.echo(render_json(rows))

@@ -38,6 +38,15 @@ def _check_ae_title(value: str) -> str:
     return value
 
 
+def split_bind(bind: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) → ``(host, port)``; ValueError otherwise."""
+    host, sep, port = bind.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:8080), got {bind!r}")
+    return host, int(port)
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -94,6 +103,12 @@ class HTTPSettings(_Section):
     allow_remote_without_token: bool = Field(
         False, description="Allow a non-loopback bind without a token (not recommended)."
     )
+
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, value: str) -> str:
+        split_bind(value)
+        return value.strip()
 
 
 class TLSSettings(_Section):

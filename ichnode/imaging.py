@@ -169,9 +169,14 @@ def quiet_pydicom() -> Iterator[None]:
 def read(path: str | Path) -> Dataset:
     """Read a DICOM file (header and pixel data) with a clear error for non-DICOM input."""
     try:
-        return pydicom.dcmread(str(path))
-    except (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError) as exc:
-        raise ImagingError(f"{Path(path).name}: not a readable DICOM file ({exc})") from None
+        return pydicom.dcmread(str(path), force=False)
+    except pydicom.errors.InvalidDicomError:  # no preamble and "DICM" prefix
+        raise ImagingError("not a DICOM file") from None
+    except OSError as exc:  # missing, a folder, unreadable: the reason without the path again
+        raise ImagingError(f"cannot read: {exc.strerror or type(exc).__name__}") from None
+    except (EOFError, ValueError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImagingError(f"not a readable DICOM file ({message})") from None
 
 
 def check_ct(ds: Dataset) -> None:

@@ -75,10 +75,28 @@ def predict_paths(
     return rows
 
 
+def png_target_error(target: Path, count: int) -> str | None:
+    """Why ``--png TARGET`` cannot be written to (None when it can); nothing is created.
+
+    One file scored and a ``.png`` name: that file, in a folder that exists. Otherwise an
+    existing folder, one PNG per file in it.
+    """
+    if count == 1 and target.suffix.lower() == ".png":
+        parent = target.parent
+        if not parent.is_dir():
+            return f"folder {parent} does not exist"
+        if target.is_dir():
+            return f"{target} is a folder"
+        return None
+    if not target.is_dir():
+        what = "is not a folder" if target.exists() else "does not exist"
+        return f"folder {target} {what} (a folder for the PNGs; create it first)"
+    return None
+
+
 def _png_path(target: Path, source: Path, count: int) -> Path:
     if count == 1 and target.suffix.lower() == ".png":
         return target
-    target.mkdir(parents=True, exist_ok=True)
     return target / f"{source.stem}.png"
 
 
@@ -129,8 +147,10 @@ def write_png(ds: Dataset, prediction: SlicePrediction, out: Path) -> None:
     draw.text((6 + pad, foot_y), footer, fill=(255, 200, 0), font=font)
     letters = text_font(round(size * 1.4))  # larger than the text: read at a glance
     draw_edge_letters(draw, (0, 0, canvas.width, canvas.height), edge_letters(ds), letters)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out)
+    try:
+        canvas.save(out)
+    except OSError as exc:
+        raise IchnodeError(f"cannot write {out}: {exc.strerror or exc}") from None
 
 
 def render_json(rows: Sequence[PredictRow]) -> str:
@@ -153,17 +173,16 @@ def render_table(rows: Sequence[PredictRow]) -> None:
         table.add_column(SHORT_NAMES[name], justify="right")
     table.add_column("predicted")
     table.add_column("top subtype")
-    err = Console(stderr=True)
     for r in rows:
-        if r.prediction is None:
-            err.print(f"error: {r.file}: {r.error}", markup=False, highlight=False)
+        if r.prediction is None:  # one line, as is: no wrapping to the terminal width
+            sys.stderr.write(f"error: {r.file}: {r.error}\n")
             continue
         p = r.prediction
         table.add_row(
             r.file.name,
             *(f"{p.probabilities[n]:.3f}" for n in SUBTYPES),
             ", ".join(p.predicted) or "-",
-            p.top_subtype,
+            p.top_subtype if p.predicted else "-",
         )
     if table.row_count:
         Console(width=None if sys.stdout.isatty() else 160).print(table)

@@ -42,7 +42,13 @@ class Store:
     def __init__(self, root: str | Path, min_free_bytes: int = 0) -> None:
         self.root = Path(root).resolve()
         self.min_free_bytes = min_free_bytes
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, no permission, a read-only disk
+            raise StoreError(
+                f"cannot create the store folder {root} (setting store): "
+                f"{exc.strerror or type(exc).__name__}"
+            ) from None
         self._root_str = str(self.root)
         self._root_prefix = self._root_str.rstrip(os.sep) + os.sep
 

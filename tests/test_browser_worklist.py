@@ -16,7 +16,15 @@ import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, sync_playwright
-from test_web_api import PHANTOMS, TOKEN, send_phantoms, serve, triage_key, wait_resulted
+from test_web_api import (
+    PHANTOMS,
+    TOKEN,
+    _send_with,
+    send_phantoms,
+    serve,
+    triage_key,
+    wait_resulted,
+)
 
 from ichnode.db import upgrade
 
@@ -330,3 +338,29 @@ def test_slice_viewer_zooms_pans_windows_freely_and_resets(site, page):
     # The presets stay.
     page.check("#windows input[value=bone]")
     assert "window=bone" in page.get_attribute("#slice", "src")
+
+
+@pytest.mark.slow
+def test_worklist_shows_age_sex_and_the_study_time(node_factory, page):
+    node = node_factory()
+    header = {"PatientName": "DOE^JANE", "StudyDate": "20261201", "StudyTime": "143205"}
+    full = _send_with(node, 31, PatientSex="F", PatientAge="054Y", **header)
+    bare = _send_with(node, 32, PatientSex=None, PatientAge=None, **header)
+    handle = serve(node)
+    try:
+        with httpx.Client(base_url=handle.url) as client:
+            wait_resulted(client, 2)
+        page.goto(handle.url)
+        page.wait_for_function(
+            "document.querySelectorAll('#worklist tbody tr[data-uid]').length === 2"
+        )
+        row = f"#worklist tbody tr[data-uid='{full}']"
+        assert page.inner_text(f"{row} td.patient .who") == "Doe, Jane · 54 Y · F"
+        assert "2026-12-01 14:32" in page.inner_text(f"{row} th.study")
+        # Nothing in the headers, nothing shown: the name alone.
+        assert (
+            page.inner_text(f"#worklist tbody tr[data-uid='{bare}'] td.patient .who") == "Doe, Jane"
+        )
+    finally:
+        handle.stop()
+    assert page.evaluate("ICH.age('003M')") == "3 M" and page.evaluate("ICH.age('')") == ""

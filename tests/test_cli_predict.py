@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pydicom
 import pytest
 from helpers import sample_file, study, write_all
 from PIL import Image
 
+from ichnode.inference import SlicePrediction
+from ichnode.predict import PredictRow, render_table
 from ichnode.subtypes import SUBTYPES
 
 ICHNODE = [sys.executable, "-m", "ichnode"]
@@ -50,7 +54,7 @@ def test_predict_bad_files_are_one_line_errors_and_the_others_still_predicted(tm
     assert done.returncode == 1
     rows = json.loads(done.stdout)
     errors = [r["error"] for r in rows[:3]]
-    assert "not a readable DICOM file" in errors[0]
+    assert errors[0] == "not a DICOM file"
     assert "no pixel data" in errors[1]
     assert "not a CT image" in errors[2]
     assert all("\n" not in e for e in errors)
@@ -170,3 +174,60 @@ def test_mixed_precision_without_cuda_is_a_clear_error(tmp_path):
     )
     assert train.returncode != 0 and "Traceback" not in train.stderr
     assert train.stderr.strip().startswith("error:") and "CUDA" in train.stderr
+
+
+def test_a_non_dicom_file_is_one_unwrapped_line_naming_the_path_once(tmp_path):
+    folder = tmp_path / ("a-long-folder-name-that-a-terminal-would-wrap-" * 3)
+    folder.mkdir()
+    notes = folder / "notes.txt"
+    notes.write_text("not dicom")
+    done = subprocess.run(
+        [*ICHNODE, "predict", str(notes), str(sample_file("CT_small.dcm"))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "40"},
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [f"error: {notes}: not a DICOM file"]
+    assert "force" not in done.stderr + done.stdout
+
+
+def test_a_missing_file_is_one_line_naming_it_once(tmp_path):
+    missing = tmp_path / "missing.dcm"
+    done = _run("predict", str(missing))
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [f"error: {missing}: cannot read: No such file or directory"]
+
+
+def _table(capsys, predicted: list[str]) -> str:
+    probabilities = {name: 0.1 for name in SUBTYPES} | {"subdural": 0.9, "any": 0.95}
+    row = PredictRow(file=Path("slice.dcm"), prediction=SlicePrediction(probabilities, predicted))
+    render_table([row])
+    line = next(x for x in capsys.readouterr().out.splitlines() if "slice.dcm" in x)
+    return line.replace("│", " ").split()[-1]
+
+
+def test_top_subtype_is_shown_only_when_something_is_predicted(capsys):
+    assert _table(capsys, []) == "-"
+    assert _table(capsys, ["subdural", "any"]) == "subdural"
+
+
+@pytest.mark.parametrize("target", ["missing/slice.png", "missing"])
+def test_png_into_a_missing_folder_is_an_error_naming_png(tmp_path, target):
+    files = [str(sample_file("CT_small.dcm"))]
+    if not target.endswith(".png"):  # a folder: one PNG per file
+        files.append(str(sample_file("693_UNCR.dcm")))
+    done = _run("predict", *files, "--png", str(tmp_path / target))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith("error: ") and "'--png'" in lines[0] and "does not exist" in lines[0]
+    assert not (tmp_path / "missing").exists()  # nothing created
+    assert done.stdout == ""
+
+
+def test_png_into_an_existing_folder_writes_one_per_file(tmp_path):
+    files = [str(sample_file("CT_small.dcm")), str(sample_file("693_UNCR.dcm"))]
+    done = _run("predict", *files, "--png", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["693_UNCR.png", "CT_small.png"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -223,3 +224,117 @@ def test_sigkill_while_a_study_arrives_loses_no_acknowledged_instance(tmp_path):
         db.dispose()
     finally:
         assert node.stop() == 0
+
+
+def _serve_fails(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """`ichnode serve ARGS` that must refuse to start: its one-line error (stderr)."""
+    done = subprocess.run(
+        [*ICHNODE, "serve", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert "ichnode ready" not in done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert not (cwd / "var").exists()  # neither the database nor the store was created
+    return lines[0]
+
+
+def test_a_busy_http_port_is_one_line_error_before_anything_is_created(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        http_port = taken.getsockname()[1]
+        line = _serve_fails(
+            tmp_path,
+            "--port",
+            str(free_port()),
+            env={"ICHNODE_HTTP__ENABLED": "true", "ICHNODE_HTTP__BIND": f"127.0.0.1:{http_port}"},
+        )
+    assert f"127.0.0.1:{http_port}" in line and "http.bind" in line
+    assert "in use" in line
+
+
+def test_a_busy_dicom_port_is_one_line_error_before_anything_is_created(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = _serve_fails(
+            tmp_path,
+            "--port",
+            str(port),
+            env={"ICHNODE_HTTP__ENABLED": "true", "ICHNODE_HTTP__BIND": f"127.0.0.1:{free_port()}"},
+        )
+    assert f"127.0.0.1:{port}" in line and "port" in line and "in use" in line
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1", "127.0.0.1:http", ":8080", "127.0.0.1:70000"])
+def test_a_bad_http_bind_is_refused_naming_the_setting(tmp_path, bind):
+    line = _serve_fails(
+        tmp_path,
+        "--port",
+        str(free_port()),
+        env={"ICHNODE_HTTP__ENABLED": "true", "ICHNODE_HTTP__BIND": bind},
+    )
+    assert line.startswith("error: invalid setting http.bind: expected HOST:PORT"), line
+    assert repr(bind) in line
+
+
+def test_a_remote_http_bind_without_a_token_is_refused_before_anything_is_created(tmp_path):
+    line = _serve_fails(
+        tmp_path,
+        "--port",
+        str(free_port()),
+        env={"ICHNODE_HTTP__ENABLED": "true", "ICHNODE_HTTP__BIND": f"0.0.0.0:{free_port()}"},
+    )
+    assert "without a token" in line and "http.token" in line
+
+
+def test_the_ready_line_comes_once_http_answers(tmp_path):
+    http_port = free_port()
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen(
+        [*ICHNODE, "serve", "--port", str(free_port())],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=log.open("w"),
+        text=True,
+        env={
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "ICHNODE_HTTP__ENABLED": "true",
+            "ICHNODE_HTTP__BIND": f"127.0.0.1:{http_port}",
+        },
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # blocks until the node prints its one ready line
+        assert line.startswith("ichnode ready:"), line + log.read_text()
+        assert f"HTTP on http://127.0.0.1:{http_port}" in line
+        # Right after the line: no retry, the first request is answered.
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=30) as rsp:
+            assert rsp.status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    # The log says "ready" once too, with the HTTP part: no earlier record before HTTP listens.
+    logged = [x for x in log.read_text().splitlines() if "ichnode ready:" in x]
+    assert len(logged) == 1 and f"HTTP on http://127.0.0.1:{http_port}" in logged[0]
+
+
+def test_a_store_that_cannot_be_created_names_the_setting(tmp_path):
+    (tmp_path / "afile").write_text("a file, not a folder")
+    line = _serve_fails(
+        tmp_path,
+        "--port",
+        str(free_port()),
+        "--store",
+        str(tmp_path / "afile" / "store"),
+        env={"ICHNODE_HTTP__ENABLED": "false"},
+    )
+    assert "(setting store)" in line and "Not a directory" in line

@@ -16,11 +16,11 @@ import httpx
 import numpy as np
 import pytest
 from dicom_client import send
-from helpers import project_version, wait_for
+from helpers import HOSTILE_PYDICOM_WARNINGS, project_version, wait_for
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from ichnode.config import HTTPSettings
+from ichnode.config import HTTPSettings, load_settings
 from ichnode.db.models import DeliveryStatus, OutboxEntry, Study, StudyResult
 from ichnode.errors import ConfigError
 from ichnode.subtypes import SUBTYPES
@@ -303,6 +303,49 @@ def test_patient_identifiers_are_hidden_when_the_setting_is_off(node_factory):
         handle.stop()
 
 
+def _send_with(node, seed: int, **header: str | None) -> str:
+    """Send a normal phantom study with ``header`` set (None: removed); its StudyInstanceUID."""
+    datasets = [s.dataset for s in synth_study(seed, n_slices=N_SLICES, size=SIZE)]
+    for ds in datasets:
+        for keyword, value in header.items():
+            if value is None:
+                if keyword in ds:
+                    delattr(ds, keyword)
+            else:
+                setattr(ds, keyword, value)
+    assert send(node.settings.port, datasets) == [SUCCESS] * len(datasets)
+    return str(datasets[0].StudyInstanceUID)
+
+
+@pytest.mark.filterwarnings(*HOSTILE_PYDICOM_WARNINGS)  # the overlong age, sent on purpose
+def test_patient_age_sex_and_study_time_are_shown_only_with_the_identifiers(node_factory):
+    node = node_factory()
+    full = _send_with(node, 21, PatientSex="F", PatientAge="054Y", StudyTime="143205.25")
+    odd = _send_with(node, 22, PatientSex=None, PatientAge="54 years, 3 months", StudyTime="0930")
+    shown = serve(node)
+    try:
+        with httpx.Client(base_url=shown.url) as client:
+            studies = {s["study_instance_uid"]: s for s in wait_resulted(client, 2)}
+            patient = studies[full]["patient"]
+            assert (patient["patient_sex"], patient["patient_age"]) == ("F", "054Y")
+            assert patient["study_time"] == "143205.25"
+            assert client.get(f"/api/studies/{full}").json()["patient"] == patient
+            patient = studies[odd]["patient"]
+            assert patient["patient_sex"] is None and patient["study_time"] == "0930"
+            assert patient["patient_age"] == "54 years, 3 months"[:16]  # clipped to its column
+    finally:
+        shown.stop()
+    hidden = serve(node, show_patient_identifiers=False)
+    try:
+        with httpx.Client(base_url=hidden.url) as client:
+            listed = client.get("/api/studies")
+            assert [s["patient"] for s in listed.json()["studies"]] == [None, None]
+            assert client.get(f"/api/studies/{full}").json()["patient"] is None
+            assert "054Y" not in listed.text and "143205" not in listed.text
+    finally:
+        hidden.stop()
+
+
 def test_token_is_required_everywhere_but_healthz(node_factory):
     handle = serve(node_factory(), token=TOKEN)
     try:
@@ -349,9 +392,11 @@ def test_refuses_a_non_loopback_bind_without_a_token():
     assert check_http_settings(_http("localhost:9000")) == ("localhost", 9000)
 
 
-def test_a_bad_or_busy_bind_is_a_config_error(node_factory):
-    with pytest.raises(ConfigError, match="HOST:PORT"):
-        check_http_settings(_http("127.0.0.1"))
+def test_a_bad_or_busy_bind_is_a_config_error(node_factory, tmp_path):
+    config = tmp_path / "bad-bind.toml"
+    config.write_text('[http]\nbind = "127.0.0.1"\n')
+    with pytest.raises(ConfigError, match=r"^invalid setting http\.bind: expected HOST:PORT"):
+        load_settings(config)
     node = node_factory()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -19,7 +19,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from ichnode.db.models import Instance, InstanceStatus, Series, Study, StudyStatus
+from ichnode.db.models import Instance, InstanceStatus, Series, Study, StudyStatus, clip
 
 #: Two slices of one series closer than this along the normal are "the same position" (mm).
 SAME_POSITION_MM = 0.01
@@ -85,6 +85,9 @@ class Received:
     patient_name: str | None = None
     accession_number: str | None = None
     study_date: str | None = None
+    study_time: str | None = None
+    patient_sex: str | None = None
+    patient_age: str | None = None
     study_description: str | None = None
     instance_number: int | None = None
     z: float | None = None
@@ -118,6 +121,9 @@ class Received:
             patient_name=_text(ds, "PatientName", 128),
             accession_number=_text(ds, "AccessionNumber", 16),
             study_date=_text(ds, "StudyDate", 8),
+            study_time=clip(Study.study_time, _text(ds, "StudyTime")),
+            patient_sex=clip(Study.patient_sex, _text(ds, "PatientSex")),
+            patient_age=clip(Study.patient_age, _text(ds, "PatientAge")),
             study_description=_text(ds, "StudyDescription"),
             instance_number=_int(ds, "InstanceNumber"),
             z=z,
@@ -194,6 +200,9 @@ def record_instance(
                 patient_name=r.patient_name,
                 accession_number=r.accession_number,
                 study_date=r.study_date,
+                study_time=r.study_time,
+                patient_sex=r.patient_sex,
+                patient_age=r.patient_age,
                 study_description=r.study_description,
                 calling_ae=r.calling_ae,
                 first_received_at=r.received_at,

@@ -46,12 +46,19 @@ class Node:
         host = socket.gethostname()
         return [f"{host}:serve:{self.settings.port}:{i}" for i in range(self.settings.workers)]
 
-    def start(self) -> str:
+    def start(self, announce: bool = True) -> str:
+        """Open the database, load the model, start the threads and listen for DICOM.
+
+        Returns the ready line; ``announce=False`` leaves logging it to the caller (``serve``
+        announces it once the HTTP server listens too).
+        """
         s = self.settings
         if s.torch_threads:
             torch.set_num_threads(s.torch_threads)
+        self.store = Store(
+            s.store, s.min_free_bytes
+        )  # before the database: a bad path migrates nothing
         self.engine, self.sessions = open_database(s)
-        self.store = Store(s.store, s.min_free_bytes)
         swept = self.store.sweep_temp()
         if swept:
             log.info("removed %d unfinished temp files from the store (never acknowledged)", swept)
@@ -103,7 +110,8 @@ class Node:
         except OSError as exc:
             self.stop()
             raise ConfigError(
-                f"cannot listen on {s.bind}:{s.port}: {exc.strerror or exc}"
+                f"cannot listen on {s.bind}:{s.port} (settings bind and port): "
+                f"{exc.strerror or exc}"
             ) from None
         ready = (
             f"ichnode ready: AE {s.ae_title} on {s.bind}:{s.port}"
@@ -111,7 +119,8 @@ class Node:
             f"database {display_url(s.db_url)}, model {self.predictor.model_id} "
             f"on {self.predictor.device}, {s.workers} worker(s)"
         )
-        log.info(ready)
+        if announce:
+            log.info(ready)
         return ready
 
     def _on_reported(self, result_id: int, status: object) -> None:
@@ -143,8 +152,46 @@ class Node:
             engine.dispose()
 
 
+def check_dicom_port(settings: Settings) -> None:
+    """ConfigError naming the setting when the DICOM address cannot be bound (in use, bad)."""
+    host, port = settings.bind, settings.port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host.strip("[]"), port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port} (settings bind and port): {exc.strerror or exc}"
+            ) from None
+
+
+def preflight(settings: Settings) -> socket.socket | None:
+    """What can fail without touching anything, checked before the database or the model.
+
+    The HTTP settings and address (bound, and held for the server), then the DICOM port.
+    Returns the bound HTTP socket (None when HTTP is off).
+    """
+    http_sock = None
+    if settings.http.enabled:
+        from ichnode.web.http import bind_http
+
+        http_sock = bind_http(settings)
+    try:
+        check_dicom_port(settings)
+    except ConfigError:
+        if http_sock is not None:
+            http_sock.close()
+        raise
+    return http_sock
+
+
 def serve(settings: Settings) -> None:
-    """Run a node until SIGTERM or SIGINT; exit cleanly."""
+    """Run a node until SIGTERM or SIGINT; exit cleanly.
+
+    The ready line is printed (and logged) once, when both DICOM and HTTP listen.
+    """
+    http_sock = preflight(settings)
     node = Node(settings)
     stop = threading.Event()
 
@@ -154,17 +201,24 @@ def serve(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, _signal)
     signal.signal(signal.SIGINT, _signal)
-    ready = node.start()
+    try:
+        ready = node.start(announce=False)
+    except BaseException:
+        if http_sock is not None:
+            http_sock.close()
+        raise
     http = None
-    if settings.http.enabled:
+    if http_sock is not None:
         from ichnode.web import start_http
 
         try:
-            http = start_http(settings, node)
-        except Exception:
+            http = start_http(settings, node, sock=http_sock)
+        except BaseException:
+            http_sock.close()
             node.stop()
             raise
         ready += f", HTTP on {http.url}"
+    log.info(ready)
     print(ready, flush=True)
     try:
         while not stop.wait(1.0):

@@ -11,6 +11,7 @@ from typing import Any
 
 import uvicorn
 
+from ichnode.config import split_bind
 from ichnode.errors import ConfigError
 from ichnode.web.app import create_app
 
@@ -24,11 +25,10 @@ STOP_TIMEOUT = 10.0
 
 def parse_bind(bind: str) -> tuple[str, int]:
     """``host:port`` (``[v6]:port`` for IPv6) → ``(host, port)``; ConfigError otherwise."""
-    host, sep, port = bind.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"invalid setting http.bind: expected HOST:PORT, got {bind!r}")
-    return host, int(port)
+    try:
+        return split_bind(bind)
+    except ValueError as exc:
+        raise ConfigError(f"invalid setting http.bind: {exc}") from None
 
 
 def is_loopback(host: str) -> bool:
@@ -79,24 +79,37 @@ class HTTPHandle:
             self.thread.join(timeout=STOP_TIMEOUT)
 
 
-def start_http(settings: Any, context: Any) -> HTTPHandle:
-    """Serve :func:`create_app` of ``context`` (a node or a WebContext) on ``http.bind``.
+def bind_http(settings: Any) -> socket.socket:
+    """Check ``settings.http`` and bind its address: the socket :func:`start_http` serves.
 
-    Returns once the server accepts connections. Port 0 picks a free port (``handle.port``).
-    A bind failure is a :class:`ConfigError`.
+    ``ichnode serve`` calls it before it touches the database, so that a busy port or a bad
+    address is an error before anything is created. A failure is a :class:`ConfigError`
+    naming the address and the setting.
     """
     host, port = check_http_settings(settings)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(2048)  # held from now on: nothing else takes the port while the node starts
     except OSError as exc:
         sock.close()
         raise ConfigError(
-            f"cannot listen on http.bind {host}:{port}: {exc.strerror or exc}"
+            f"cannot listen on {host}:{port} (setting http.bind): {exc.strerror or exc}"
         ) from None
-    port = sock.getsockname()[1]
+    return sock
+
+
+def start_http(settings: Any, context: Any, sock: socket.socket | None = None) -> HTTPHandle:
+    """Serve :func:`create_app` of ``context`` (a node or a WebContext) on ``http.bind``.
+
+    Returns once the server accepts connections. Port 0 picks a free port (``handle.port``).
+    ``sock``: an address :func:`bind_http` bound already (else it is bound here). A bind
+    failure is a :class:`ConfigError`.
+    """
+    if sock is None:
+        sock = bind_http(settings)
+    host, port = sock.getsockname()[:2]
     config = uvicorn.Config(
         create_app(context),
         log_level="warning",

@@ -79,6 +79,9 @@ def patient_block(study: Study, show: bool) -> dict[str, Any] | None:
         "patient_id": study.patient_id,
         "accession_number": study.accession_number,
         "study_date": study.study_date,
+        "study_time": study.study_time,
+        "patient_sex": study.patient_sex,
+        "patient_age": study.patient_age,
         "study_description": study.study_description,
     }
 

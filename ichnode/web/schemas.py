@@ -27,6 +27,9 @@ class Patient(BaseModel):
     patient_id: str | None
     accession_number: str | None
     study_date: str | None
+    study_time: str | None = Field(None, description="StudyTime (DICOM TM, e.g. 143200).")
+    patient_sex: str | None = Field(None, description="PatientSex: M, F or O.")
+    patient_age: str | None = Field(None, description="PatientAge (DICOM AS, e.g. 054Y).")
     study_description: str | None
 
 

@@ -87,6 +87,19 @@ const ICH = {
     return [name, tidy(suffix)].filter(Boolean).join(" ") || alphabetic;
   },
 
+  /** DICOM AS "054Y" (days D, weeks W, months M, years Y) -> "54 Y"; other text as it is. */
+  age(as) {
+    if (!as) return "";
+    const m = /^(\d{1,3})\s*([DWMY])$/i.exec(String(as).trim());
+    return m ? `${Number(m[1])} ${m[2].toUpperCase()}` : String(as).trim();
+  },
+
+  /** "54 Y · F": the patient's age and sex, as far as the headers give them. */
+  ageSex(patient) {
+    if (!patient) return "";
+    return [ICH.age(patient.patient_age), (patient.patient_sex || "").trim()].filter(Boolean).join(" · ");
+  },
+
   /** DICOM DA "YYYYMMDD" (and TM "HHMMSS.frac") -> "2026-12-01 14:03". */
   dicomDate(da, tm) {
     if (!da) return "";

@@ -66,7 +66,9 @@
     ];
     if (info.show_patient_identifiers) {
       cells.push(h("td", { class: "phi patient" },
-        h("span", { class: "name" }, (p && ICH.personName(p.patient_name)) || "(no name)"),
+        h("span", { class: "who" },
+          h("span", { class: "name" }, (p && ICH.personName(p.patient_name)) || "(no name)"),
+          p && ICH.ageSex(p) ? h("span", { class: "agesex" }, ` · ${ICH.ageSex(p)}`) : null),
         p && p.patient_id ? h("span", { class: "sub mono" }, p.patient_id) : null));
       cells.push(h("td", { class: "phi mono acc" }, (p && p.accession_number) || "–"));
     }
