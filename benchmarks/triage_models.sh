@@ -30,9 +30,9 @@ train() {  # NAME ARGS...: train once, then evaluate on both evaluation sets
 }
 
 # The demo recipe: ichnet2, 256 px at 0.9 mm, HU augmentation, 40 % normal draws, BiGRU study model.
-train demo --epochs 8
+train demo --epochs 12
 # The same at 128 px over the same field of view (1.8 mm per pixel).
-train demo128 --epochs 8 --image-size 128 --pixel-mm 1.8
+train demo128 --epochs 12 --image-size 128 --pixel-mm 1.8
 # The seed's recipe: SimpleCNN, 5 epochs, balanced sampling (one group in six), 128 px matrix
 # resize, no study model (the study probability is the maximum over slices).
 train seed --arch simplecnn --epochs 5 --image-size 128 --pixel-mm none --normal-share none \
