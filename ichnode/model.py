@@ -97,17 +97,42 @@ class SimpleCNN(nn.Module):
         return self.classifier(self.pool(self.features(x)))
 
 
-def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+def _conv_bn(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
+    """Conv (odd kernels padded to keep the size, even ones as patches) + BN + ReLU."""
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.Conv2d(
+            cin, cout, kernel, stride=stride, padding=kernel // 2 if kernel % 2 else 0, bias=False
+        ),  # fmt: skip
         nn.BatchNorm2d(cout),
         nn.ReLU(inplace=True),
     )
 
 
+def _stages(chans: list[int]) -> list[nn.Module]:
+    """One stage per channel step: a strided conv-BN-ReLU, then one at stride 1."""
+    layers: list[nn.Module] = []
+    for cin, cout in zip(chans[:-1], chans[1:], strict=True):
+        layers += [_conv_bn(cin, cout, stride=2), _conv_bn(cout, cout)]
+    return layers
+
+
+class _PooledNet(nn.Module):
+    """``features`` → global average pooling → dropout + linear head (``classifier``)."""
+
+    def _build(self, layers: list[nn.Module], width: int, num_classes: int) -> None:
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.2), nn.Linear(width, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x)))
+
+
 @register("ichnet")
-class ICHNet(nn.Module):
-    """A small deeper CNN with batch norm and global pooling (the default; ~1 M parameters).
+class ICHNet(_PooledNet):
+    """A small deeper CNN with batch norm and global pooling (~1 M parameters).
 
     A stride-2 stem, four stages of two conv-BN-ReLU layers (the first of each stage strided),
     global average pooling and a dropout + linear head. ``features`` ends in the last conv
@@ -117,21 +142,12 @@ class ICHNet(nn.Module):
     def __init__(self, in_channels: int = 3, num_classes: int = 6, width: int = 24) -> None:
         super().__init__()
         chans = [width, width * 2, width * 4, width * 8, width * 12]
-        layers: list[nn.Module] = [_conv_bn(in_channels, chans[0], stride=2)]
-        for cin, cout in zip(chans[:-1], chans[1:], strict=True):
-            layers += [_conv_bn(cin, cout, stride=2), _conv_bn(cout, cout)]
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Dropout(0.2), nn.Linear(chans[-1], num_classes)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pool(self.features(x)))
+        self._build([_conv_bn(in_channels, chans[0], stride=2), *_stages(chans)], chans[-1],
+                    num_classes)  # fmt: skip
 
 
 @register("ichnet2")
-class ICHNet2(nn.Module):
+class ICHNet2(_PooledNet):
     """The default slice network for 256 px inputs at ~0.9 mm per pixel (~1.2 M parameters).
 
     A learned 4 x 4 patch stem (stride 4) keeps what a thin bleed looks like at full
@@ -144,24 +160,8 @@ class ICHNet2(nn.Module):
     def __init__(self, in_channels: int = 3, num_classes: int = 6, width: int = 32) -> None:
         super().__init__()
         chans = [width, width * 2, width * 4, width * 8]
-        layers: list[nn.Module] = [
-            nn.Sequential(
-                nn.Conv2d(in_channels, chans[0], 4, stride=4, bias=False),
-                nn.BatchNorm2d(chans[0]),
-                nn.ReLU(inplace=True),
-            ),
-            _conv_bn(chans[0], chans[0]),
-        ]
-        for cin, cout in zip(chans[:-1], chans[1:], strict=True):
-            layers += [_conv_bn(cin, cout, stride=2), _conv_bn(cout, cout)]
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Dropout(0.2), nn.Linear(chans[-1], num_classes)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pool(self.features(x)))
+        stem = [_conv_bn(in_channels, chans[0], stride=4, kernel=4), _conv_bn(chans[0], chans[0])]
+        self._build([*stem, *_stages(chans)], chans[-1], num_classes)
 
 
 def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
