@@ -361,14 +361,22 @@ def _locate(
     return img, int(cy - spec.size // 2), int(cx - spec.size // 2)
 
 
+def _overlap(
+    shape: tuple[int, ...], top: int, left: int, size: int
+) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """Where a ``size`` x ``size`` window at (top, left) overlaps an image of ``shape``: the
+    image's slices and the window's."""
+    h, w = shape
+    t, lft, b, r = max(top, 0), max(left, 0), min(top + size, h), min(left + size, w)
+    b, r = max(b, t), max(r, lft)
+    return (slice(t, b), slice(lft, r)), (slice(t - top, b - top), slice(lft - left, r - left))
+
+
 def _view(src: np.ndarray, top: int, left: int, size: int, fill: float) -> np.ndarray:
     """The ``size`` x ``size`` window of ``src`` at (top, left); ``fill`` outside ``src``."""
     out = np.full((size, size), fill, dtype=np.float32)
-    h, w = src.shape
-    src_t, src_l = max(top, 0), max(left, 0)
-    src_b, src_r = min(top + size, h), min(left + size, w)
-    if src_b > src_t and src_r > src_l:
-        out[src_t - top : src_b - top, src_l - left : src_r - left] = src[src_t:src_b, src_l:src_r]
+    inside, window = _overlap(src.shape, top, left, size)
+    out[window] = src[inside]
     return out
 
 
@@ -403,13 +411,8 @@ def input_to_display(
     if values.shape != (size, size):
         values = resize(values[None], size)[0]
     canvas = np.zeros(img.shape, dtype=np.float32)
-    h, w = img.shape
-    src_t, src_l = max(top, 0), max(left, 0)
-    src_b, src_r = min(top + size, h), min(left + size, w)
-    if src_b > src_t and src_r > src_l:
-        canvas[src_t:src_b, src_l:src_r] = values[
-            src_t - top : src_b - top, src_l - left : src_r - left
-        ]
+    inside, window = _overlap(img.shape, top, left, size)
+    canvas[inside] = values[window]
     t = torch.from_numpy(canvas)[None, None]
     back = F.interpolate(t, size=hu.shape, mode="bilinear", align_corners=False)[0].numpy()
     return _pad_square(back)[0]

@@ -238,7 +238,7 @@ class Checkpoint:
                 "preprocessing": self.spec.to_dict(),
                 "labels": list(self.labels),
                 "thresholds": self.thresholds,
-                "calibration": {"scale": self.calibration.scale, "bias": self.calibration.bias},
+                "calibration": self.calibration.to_dict(),
                 "summary": self.summary,
             }
             | ({"study": self.study.metadata()} if self.study is not None else {})

@@ -118,14 +118,8 @@ class StudyHead:
             "architecture": self.architecture,
             "embed_dim": self.embed_dim,
             "hidden": self.hidden,
-            "slice_calibration": {
-                "scale": self.slice_calibration.scale,
-                "bias": self.slice_calibration.bias,
-            },
-            "study_calibration": {
-                "scale": self.study_calibration.scale,
-                "bias": self.study_calibration.bias,
-            },
+            "slice_calibration": self.slice_calibration.to_dict(),
+            "study_calibration": self.study_calibration.to_dict(),
             "summary": self.summary,
         }
 

@@ -60,11 +60,8 @@ def fit_platt(logits: np.ndarray, y: np.ndarray) -> Calibration:
 
 
 def apply_calibration(calibration: Calibration, logits: np.ndarray) -> np.ndarray:
-    """Calibrated probabilities for ``(N, 6)`` logits (numpy twin of ``Calibration.apply``)."""
-    z = np.asarray(logits, dtype=np.float64) * np.asarray(calibration.scale) + np.asarray(
-        calibration.bias
-    )
-    return 1.0 / (1.0 + np.exp(-z))
+    """Calibrated probabilities for ``(N, 6)`` logits (``Calibration.apply_numpy``)."""
+    return calibration.apply_numpy(logits)
 
 
 def max_f1_threshold(y: np.ndarray, p: np.ndarray) -> float:

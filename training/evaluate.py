@@ -311,13 +311,13 @@ def evaluate(
     ds = RSNADataset.from_table(layout, table, [i for i in ids if i in set(index["id"])], ckpt.spec)
     skipped: set[str] = set(ids) - set(index["id"])
     dev = next(ckpt.model.parameters()).device
-    seen, emb, _, y_slices = embed_dataset(
+    seen, emb, logits, y_slices = embed_dataset(
         ckpt.model, make_loader(ds, batch_size, 0, None), ckpt.spec, dev, skipped,
         desc="evaluate",
     )  # fmt: skip
     if len(seen) == 0:
         raise DatasetError("no readable images to evaluate")
-    studies = group_studies(index, seen, emb, np.zeros((len(seen), len(SUBTYPES))), y_slices)
+    studies = group_studies(index, seen, emb, logits, y_slices)
     z_by_id = index.set_index("id")["z"]
     slice_p, study_p, slice_ids, low = [], [], [], []
     for sid_ids, e in zip(studies.ids, studies.emb, strict=True):
