@@ -31,6 +31,22 @@ app.add_typer(destinations_app, name="destinations")
 
 _state = {"debug": False}
 
+
+def _show_flags_bare() -> None:
+    """Help lists flags without a type: typer's rich help prints ``--json <bool>`` as if the
+    flag took a value (its plain help and click's do not)."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag or self.count else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_show_flags_bare()
+
 ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", help="Config file (default: config/ichnode.toml if present)."),
@@ -182,7 +198,10 @@ def evaluate(
 def predict(
     files: Annotated[
         list[Path],
-        typer.Argument(help="DICOM files to score, or one folder: each study in it, as the node."),
+        typer.Argument(
+            metavar="PATH",
+            help="DICOM files to score, or one folder: each study in it, as the node.",
+        ),
     ],
     model: ModelOpt = None,
     device: Annotated[str, typer.Option("--device")] = "auto",

@@ -166,10 +166,11 @@ def quiet_pydicom() -> Iterator[None]:
         settings.reading_validation_mode = saved
 
 
-def read(path: str | Path) -> Dataset:
-    """Read a DICOM file (header and pixel data) with a clear error for non-DICOM input."""
+def read(path: str | Path, stop_before_pixels: bool = False) -> Dataset:
+    """Read a DICOM file (header and pixel data, or the header alone) with a clear error for
+    non-DICOM input."""
     try:
-        return pydicom.dcmread(str(path), force=False)
+        return pydicom.dcmread(str(path), force=False, stop_before_pixels=stop_before_pixels)
     except pydicom.errors.InvalidDicomError:  # no preamble and "DICM" prefix
         raise ImagingError("not a DICOM file") from None
     except OSError as exc:  # missing, a folder, unreadable: the reason without the path again

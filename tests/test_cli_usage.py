@@ -4,6 +4,7 @@ database without an ichnode schema instead of migrating it (real PostgreSQL, rea
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,22 @@ def test_version_prints_the_project_version():
     done = _run("--version")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"ichnode {project_version()}"
+
+
+@pytest.mark.parametrize("command", ["predict", "results", "train"])
+def test_help_shows_flags_without_a_value_type(command: str):
+    """A flag takes no value, so its help line names no type; options that take one do."""
+    done = subprocess.run(
+        [*ICHNODE, command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "COLUMNS": "120"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "<bool>" not in done.stdout
+    assert "--help " in done.stdout
+    assert "<int>" in done.stdout or "<path>" in done.stdout
 
 
 @pytest.mark.parametrize(

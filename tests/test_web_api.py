@@ -7,6 +7,7 @@ a pynetdicom SCU, the demo model, uvicorn on a free port and httpx as the client
 from __future__ import annotations
 
 import dataclasses
+import io
 import shutil
 import socket
 from datetime import datetime, timedelta, timezone
@@ -206,6 +207,36 @@ def test_instance_image_is_a_png_in_every_window(served, tmp_path):
     thumb = client.get(f"/api/instances/{sop}/image.png", params={"size": 64})
     (tmp_path / "thumb.png").write_bytes(thumb.content)
     assert Image.open(tmp_path / "thumb.png").size == (64, 64)
+
+
+def test_a_free_window_is_rendered_from_the_stored_hu(served, tmp_path):
+    _, uids, client = served
+    sop = client.get(f"/api/studies/{uids['iph']}").json()["key_sop_instance_uid"]
+    url = f"/api/instances/{sop}/image.png"
+
+    def image(**params: object) -> np.ndarray:
+        response = client.get(url, params=params)
+        assert response.status_code == 200, response.text
+        return np.asarray(Image.open(io.BytesIO(response.content))).astype(int)
+
+    # centre 40 / width 80 is the brain preset, pixel for pixel; a narrow one is not.
+    assert np.array_equal(image(center=40, width=80), image(window="brain"))
+    narrow = image(center=35, width=20, letters="false")
+    assert not np.array_equal(narrow, image(window="brain", letters="false"))
+    assert len(np.unique(narrow[..., 0])) > 20  # many grey levels, not a stretched 8-bit one
+    # One of the two overrides the named window's: centre 80 of the subdural window's 200.
+    assert np.array_equal(image(window="brain", center=80, width=200), image(window="subdural"))
+    assert np.array_equal(image(window="subdural", center=80), image(window="subdural"))
+    assert client.get(url, params={"center": 40, "width": 0}).status_code == 422
+
+
+def test_instance_orientation_names_the_edges(served):
+    _, uids, client = served
+    sop = client.get(f"/api/studies/{uids['iph']}").json()["key_sop_instance_uid"]
+    response = client.get(f"/api/instances/{sop}/orientation")
+    assert response.status_code == 200
+    assert response.json() == {"left": "R", "right": "L", "top": "A", "bottom": "P"}
+    assert client.get("/api/instances/1.2.3.4/orientation").status_code == 404
 
 
 def test_saliency_overlay_colours_the_key_slice(served, tmp_path):

@@ -52,3 +52,12 @@ def test_orientation_letters_on_the_viewer_image_but_not_on_thumbnails(slice_pat
     small = _png(render_png(slice_path, "brain", 96))
     assert LETTERS_MIN_SIZE > 96
     assert small[40:56, :10].max() < 30  # air at the left edge of a thumbnail: no letter
+
+
+def test_letters_can_be_left_to_the_page(slice_path):
+    """The web viewer draws its own letters (they must not move when it zooms)."""
+    bare = _png(render_png(slice_path, "brain", SIZE, letters=False))
+    with_letters = _png(render_png(slice_path, "brain", SIZE))
+    mid = SIZE // 2
+    assert (bare.min(axis=2) > 230)[mid - 20 : mid + 20, :24].sum() == 0
+    assert not np.array_equal(bare, with_letters)

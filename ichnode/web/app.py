@@ -22,13 +22,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from ichnode import __version__
 from ichnode.db.models import Instance, InstanceStatus
 from ichnode.errors import IchnodeError
-from ichnode.imaging import WINDOWS
+from ichnode.imaging import WINDOWS, Window
 from ichnode.store import valid_uid
 from ichnode.subtypes import ANY, DISPLAY_NAMES, SUBTYPES
 from ichnode.web import metrics, queries
 from ichnode.web.context import WebContext
-from ichnode.web.render import SaliencyModel, render_png
-from ichnode.web.schemas import Health, NodeInfo, StudyDetail, StudyList
+from ichnode.web.render import SaliencyModel, orientation, render_png
+from ichnode.web.schemas import Health, NodeInfo, Orientation, StudyDetail, StudyList
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ MAX_LIMIT = 500
 MAX_OFFSET = 1_000_000
 IMAGE_MAX_AGE = 300
 
-Window = Literal[tuple(WINDOWS)]  # type: ignore[valid-type]
+WindowName = Literal[tuple(WINDOWS)]  # type: ignore[valid-type]
 Subtype = Literal[SUBTYPES]  # type: ignore[valid-type]
 UID_PATH = PathParam(max_length=64, description="A DICOM UID.")
 
@@ -234,27 +234,43 @@ def create_app(node_or_context: Any) -> FastAPI:
     )
     def instance_image(
         sop_uid: Annotated[str, UID_PATH],
-        window: Window = "brain",
+        window: WindowName = "brain",
+        center: Annotated[
+            float | None,
+            Query(
+                ge=-2000, le=5000, description="Window centre in HU (overrides the named one's)."
+            ),
+        ] = None,
+        width: Annotated[
+            float | None,
+            Query(ge=1, le=10000, description="Window width in HU (overrides the named one's)."),
+        ] = None,
         overlay: Literal["none", "saliency"] = "none",
         subtype: Subtype = ANY,
         size: Annotated[int | None, Query(ge=32, le=1024, description="Side in pixels.")] = None,
+        letters: Annotated[
+            bool, Query(description="Burn the orientation letters in (images of 192 px on).")
+        ] = True,
     ) -> Response:
-        """A stored slice rendered in a window, optionally with the Grad-CAM heat map."""
-        if not valid_uid(sop_uid):
-            raise HTTPException(404, "no such instance")
-        with ctx.sessions() as session:
-            path = session.scalar(select(Instance.path).where(Instance.sop_instance_uid == sop_uid))
-        if path is None:
-            raise HTTPException(404, "no such instance, or nothing stored for it")
+        """A stored slice rendered in a named window, or a free one (``center`` and ``width``
+        override the named window's), optionally with the Grad-CAM heat map."""
+        named = WINDOWS[window]
+        shown = Window(
+            "free",
+            named.center if center is None else center,
+            named.width if width is None else width,
+        )
+        path = _instance_path(sop_uid)
         if overlay == "saliency" and not saliency.available:
             raise HTTPException(503, "no model loaded: saliency is not available")
         try:
             png = render_png(
-                str(ctx.store.path(path)),
-                window,
+                path,
+                shown,
                 size,
                 saliency if overlay == "saliency" else None,
                 subtype,
+                letters,
             )
         except (IchnodeError, ValueError, OSError) as exc:
             log.info("instance image not rendered: %s", type(exc).__name__)
@@ -264,6 +280,30 @@ def create_app(node_or_context: Any) -> FastAPI:
             media_type="image/png",
             headers={"Cache-Control": f"private, max-age={IMAGE_MAX_AGE}"},
         )
+
+    @app.get(
+        "/api/instances/{sop_uid}/orientation",
+        response_model=Orientation,
+        responses=_NOT_FOUND | _UNAUTHORIZED,
+    )
+    def instance_orientation(sop_uid: Annotated[str, UID_PATH]) -> dict[str, str]:
+        """The patient directions at the edges of a stored slice (R, L, A, P, H, F)."""
+        path = _instance_path(sop_uid)
+        try:
+            return orientation(path)
+        except (IchnodeError, ValueError, OSError) as exc:
+            log.info("instance orientation not read: %s", type(exc).__name__)
+            raise HTTPException(404, "the stored object is not a readable DICOM file") from None
+
+    def _instance_path(sop_uid: str) -> str:
+        """The stored file of an instance, or 404."""
+        if not valid_uid(sop_uid):
+            raise HTTPException(404, "no such instance")
+        with ctx.sessions() as session:
+            path = session.scalar(select(Instance.path).where(Instance.sop_instance_uid == sop_uid))
+        if path is None:
+            raise HTTPException(404, "no such instance, or nothing stored for it")
+        return str(ctx.store.path(path))
 
     @app.get("/api/info", response_model=NodeInfo, responses=_UNAUTHORIZED)
     def info() -> dict[str, Any]:

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 
 from ichnode.imaging import (
     WINDOWS,
+    Window,
     input_to_display,
     pixel_spacing,
     preprocess,
@@ -68,19 +69,22 @@ class SaliencyModel:
 
 def render_png(
     path: str,
-    window: str = "brain",
+    window: str | Window = "brain",
     size: int | None = None,
     saliency: SaliencyModel | None = None,
     subtype: str = ANY,
+    letters: bool = True,
 ) -> bytes:
-    """The slice at ``path`` in ``window`` (padded square, ``size`` px), as PNG bytes.
+    """The slice at ``path`` in ``window`` (a name or any HU window; padded square, ``size``
+    px), as PNG bytes.
 
-    With ``saliency`` the Grad-CAM map of ``subtype`` is blended in, confined to the head; from
-    :data:`LETTERS_MIN_SIZE` px on, the orientation letters are drawn at the edges.
+    With ``saliency`` the Grad-CAM map of ``subtype`` is blended in, confined to the head; with
+    ``letters``, from :data:`LETTERS_MIN_SIZE` px on, the orientation letters are drawn at the
+    edges (the web viewer draws its own, which stay put when it zooms).
     """
     ds = read(path)
     hu = to_hu(ds)
-    gray = WINDOWS[window].apply(hu)
+    gray = (WINDOWS[window] if isinstance(window, str) else window).apply(hu)
     side = size or max(gray.shape)
     side = int(min(max(side, MIN_SIZE), MAX_SIZE))
     gray = resize(gray[None], side)[0]
@@ -91,9 +95,14 @@ def render_png(
         alpha = (HEATMAP_MAX_ALPHA * heat)[..., None]
         rgb = (1.0 - alpha) * rgb + alpha * colour
     image = Image.fromarray((np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
-    if side >= LETTERS_MIN_SIZE:
+    if letters and side >= LETTERS_MIN_SIZE:
         font = text_font(max(14, side // 28))
         draw_edge_letters(ImageDraw.Draw(image), (0, 0, side, side), edge_letters(ds), font)
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=False, compress_level=3)
     return buf.getvalue()
+
+
+def orientation(path: str) -> dict[str, str]:
+    """The patient-direction letters at the edges of the slice at ``path`` (header only)."""
+    return edge_letters(read(path, stop_before_pixels=True))

@@ -119,3 +119,12 @@ class NodeInfo(BaseModel):
     model_id: str | None
     show_patient_identifiers: bool
     refresh_seconds: float
+
+
+class Orientation(BaseModel):
+    """Patient-direction letters at the edges of a slice as displayed (R/L, A/P, H/F)."""
+
+    left: str
+    right: str
+    top: str
+    bottom: str

@@ -8,13 +8,34 @@
   /** Zoom and pan of the slice (CSS transform), and a free window (HU) or null for the preset. */
   const zoom = { scale: 1, x: 0, y: 0 };
   let free = null;
+  /** [center, width] in HU of the image now in the viewer: the server renders each window. */
+  let loaded = null, pending = null;
   let info = null, study = null;
+  const orientations = new Map();
 
   function imageUrl(sop, opts) {
     const q = new URLSearchParams({ window: opts.window || "brain" });
+    if (opts.free) {
+      q.set("center", opts.free.center.toFixed(0));
+      q.set("width", opts.free.width.toFixed(0));
+    }
     if (opts.overlay) { q.set("overlay", "saliency"); q.set("subtype", opts.subtype || "any"); }
     if (opts.size) q.set("size", opts.size);
+    if (opts.letters === false) q.set("letters", "false");
     return `/api/instances/${encodeURIComponent(sop)}/image.png?${q}`;
+  }
+
+  /** The viewer's edge letters are page text, so zoom and pan never move them off the stage. */
+  async function showLetters(sop) {
+    if (!orientations.has(sop)) {
+      orientations.set(sop, ICH.json(`/api/instances/${encodeURIComponent(sop)}/orientation`)
+        .catch(() => null));
+    }
+    const letters = await orientations.get(sop);
+    if (sop !== view.sop) return;
+    for (const edge of ["left", "right", "top", "bottom"]) {
+      $(`edge-${edge}`).textContent = letters ? letters[edge] : "";
+    }
   }
 
   function facts() {
@@ -54,26 +75,22 @@
 
   /* --- zoom, pan and free window/level ------------------------------------------------ */
 
-  /** The window the slice image was rendered in: the preset, or (free) a wide one to map from. */
-  function sourceWindow() {
-    if (!free) return view.window;
-    return ICH.WINDOW_LEVELS[view.window] && view.window === "bone" ? "bone" : "soft";
-  }
-
   function applyView() {
     const img = $("slice");
     img.style.transform = `translate(${zoom.x}px, ${zoom.y}px) scale(${zoom.scale})`;
     let label = `zoom ${zoom.scale.toFixed(1)}×`;
     if (free) {
-      // The image holds sourceWindow() as 0..1; show [center ± width/2] of it as 0..1.
-      const [c0, w0] = ICH.WINDOW_LEVELS[sourceWindow()];
+      // While dragging, preview on the loaded image (it holds [c0 ± w0/2] as 0..1); on release
+      // the server renders the free window from the stored HU, so no grey levels are lost.
+      const [c0, w0] = loaded || [free.center, free.width];
       const slope = w0 / free.width;
       const intercept = (c0 - w0 / 2 - (free.center - free.width / 2)) / free.width;
       for (const id of ["wl-r", "wl-g", "wl-b"]) {
         $(id).setAttribute("slope", slope.toFixed(5));
         $(id).setAttribute("intercept", intercept.toFixed(5));
       }
-      img.style.filter = "url(#wl)";
+      const exact = Math.abs(slope - 1) < 1e-4 && Math.abs(intercept) < 1e-4;
+      img.style.filter = exact ? "" : "url(#wl)";
       label += ` · window L ${free.center.toFixed(0)} / W ${free.width.toFixed(0)} HU (free)`;
     } else {
       img.style.filter = "";
@@ -104,6 +121,11 @@
 
   function viewer() {
     const stage = $("stage");
+    $("slice").addEventListener("load", () => {
+      loaded = pending;
+      stage.dataset.rendered = loaded ? `${loaded[0]}/${loaded[1]}` : "";
+      applyView();
+    });
     const centre = (e) => {
       const box = stage.getBoundingClientRect();
       return [e.clientX - box.left - box.width / 2, e.clientY - box.top - box.height / 2];
@@ -123,7 +145,6 @@
       if (wl && !free) {
         const [c, w] = ICH.WINDOW_LEVELS[view.window] || [40, 80];
         free = { center: c, width: w };
-        show(view.sop);  // the image is fetched in a wide window to map from
       }
       drag = { wl, x: e.clientX, y: e.clientY, zx: zoom.x, zy: zoom.y,
         c: free ? free.center : 0, w: free ? free.width : 0 };
@@ -140,7 +161,15 @@
       }
       applyView();
     });
-    const end = () => { drag = null; stage.classList.remove("windowing", "panning"); };
+    const end = () => {
+      const windowed = drag && drag.wl;
+      drag = null;
+      stage.classList.remove("windowing", "panning");
+      if (windowed) {  // the free window, in whole HU, rendered by the server from the stored HU
+        free = { center: Number(free.center.toFixed(0)), width: Number(free.width.toFixed(0)) };
+        show(view.sop);
+      }
+    };
     stage.addEventListener("pointerup", end);
     stage.addEventListener("pointercancel", end);
     stage.addEventListener("keydown", (e) => {
@@ -169,8 +198,13 @@
     const inst = study.instances.find((i) => i.sop_instance_uid === sop);
     const idx = study.instances.indexOf(inst);
     const isKey = sop === study.key_sop_instance_uid;
-    const src = imageUrl(sop, { ...view, window: sourceWindow() });
-    if ($("slice").getAttribute("src") !== src) $("slice").src = src;
+    const src = imageUrl(sop, { ...view, free, letters: false });
+    if ($("slice").getAttribute("src") !== src) {
+      pending = free ? [free.center, free.width].map((v) => Number(v.toFixed(0)))
+        : ICH.WINDOW_LEVELS[view.window];
+      $("slice").src = src;
+    }
+    showLetters(sop);
     $("slice").alt = `Slice ${idx + 1} of ${study.instances.length}${isKey ? " (key slice)" : ""}, ${free ? "free" : view.window} window${view.overlay ? ", saliency overlay" : ""}`;
     $("slice-label").textContent = `${idx + 1} / ${study.instances.length}${isKey ? " – key slice" : ""}`;
     applyView();
