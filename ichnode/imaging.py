@@ -9,7 +9,7 @@ preprocessing other than the one it was trained with.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +94,8 @@ def windows_for_mode(mode: str) -> tuple[Window, ...]:
 
 
 RESAMPLE_MODES = ("area", "antialias")
+#: Most neighbouring slices on each side a 2.5-D input may take.
+MAX_CONTEXT = 3
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,11 @@ class PreprocessSpec:
     - ``pixel_mm`` None (checkpoints written before it existed): windows first, then the
       image is padded (centred, air) to a square and resized to ``size``, whatever its
       pixel spacing.
+
+    ``context`` (2.5-D input, ``pixel_mm`` geometry only): the ``context`` neighbouring slices
+    on each side, by z within the series, are input planes too; each plane gets every window,
+    plane-major from the lowest z (:func:`planes_to_input`). A slice without a neighbour on a
+    side (the first and last of a series, or z unknown) repeats itself there.
     """
 
     windows: tuple[Window, ...] = field(default_factory=lambda: windows_for_mode("stack"))
@@ -118,12 +125,18 @@ class PreprocessSpec:
     resample: str = "area"
     #: Millimetres per input pixel; None: the legacy matrix-pixel geometry.
     pixel_mm: float | None = None
+    #: Neighbouring slices on each side as extra input planes (0: one slice, 2-D).
+    context: int = 0
 
     def __post_init__(self) -> None:
         if self.resample not in RESAMPLE_MODES:
             raise ValueError(f"resample {self.resample!r}: expected one of {RESAMPLE_MODES}")
         if self.pixel_mm is not None and not (0.1 <= self.pixel_mm <= 10.0):
             raise ValueError(f"pixel_mm {self.pixel_mm!r}: expected 0.1 to 10 mm")
+        if not 0 <= self.context <= MAX_CONTEXT:
+            raise ValueError(f"context {self.context!r}: expected 0 to {MAX_CONTEXT} slices")
+        if self.context and self.pixel_mm is None:
+            raise ValueError("context slices need the pixel_mm geometry")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -133,6 +146,8 @@ class PreprocessSpec:
         }
         if self.pixel_mm is not None:
             out["pixel_mm"] = self.pixel_mm
+        if self.context:  # absent for 2-D specs, so their checkpoints and caches are unchanged
+            out["context"] = self.context
         return out
 
     @classmethod
@@ -146,11 +161,17 @@ class PreprocessSpec:
             size=int(data["size"]),
             resample=resample,
             pixel_mm=None if pixel_mm is None else float(pixel_mm),
+            context=int(data.get("context", 0)),
         )
 
     @property
+    def planes(self) -> int:
+        """Slices per input: the slice and its ``context`` neighbours on each side."""
+        return 2 * self.context + 1
+
+    @property
     def channels(self) -> int:
-        return len(self.windows)
+        return len(self.windows) * self.planes
 
 
 @contextmanager
@@ -429,19 +450,72 @@ def window_planes(planes: torch.Tensor, windows: tuple[Window, ...]) -> torch.Te
     return torch.stack(chans, dim=-3)
 
 
+def planes_to_input(planes: torch.Tensor, windows: tuple[Window, ...]) -> torch.Tensor:
+    """HU planes ``(..., P, S, S)`` (a slice and its neighbours, lowest z first) → model input
+    ``(..., P * C, S, S)``: every window of each plane, plane-major. One plane is the 2-D input."""
+    out = window_planes(planes, windows)
+    return out.flatten(-4, -3)
+
+
 def hu_to_input(
     hu: np.ndarray, spec: PreprocessSpec, spacing: tuple[float, float] | None = None
 ) -> np.ndarray:
-    """HU image → model input ``(channels, size, size)`` in [0, 1], per ``spec``'s geometry."""
+    """HU image → model input ``(channels, size, size)`` in [0, 1], per ``spec``'s geometry.
+
+    For a spec with ``context`` the slice stands in for its missing neighbours (as at the
+    ends of a series); :func:`preprocess_planes` gives it the real ones.
+    """
     if spec.pixel_mm is None:
         return resize(window_stack(hu, spec.windows), spec.size, spec.resample)
     plane = torch.from_numpy(hu_plane(hu, spacing, spec))
-    return window_planes(plane, spec.windows).numpy()
+    return planes_to_input(plane.expand(spec.planes, -1, -1), spec.windows).numpy()
 
 
 def preprocess(ds: Dataset, spec: PreprocessSpec) -> np.ndarray:
     """Dataset → model input: float32 ``(channels, size, size)`` in [0, 1]."""
     return hu_to_input(to_hu(ds), spec, pixel_spacing(ds))
+
+
+def context_positions(pos: int, length: int, context: int) -> list[int | None]:
+    """Where the neighbours of the slice at ``pos`` of ``length`` z-ordered slices are: the
+    ``context`` below, then the ``context`` above (its own place left out); None past an end.
+    The one definition of a neighbour that training, ``predict`` and the node share."""
+    around = (*range(pos - context, pos), *range(pos + 1, pos + 1 + context))
+    return [j if 0 <= j < length else None for j in around]
+
+
+def context_planes(
+    centre: np.ndarray, neighbours: Sequence[np.ndarray | None], spec: PreprocessSpec
+) -> np.ndarray:
+    """The ``(planes, S, S)`` HU stack of a slice: ``neighbours`` holds the ``2 * context``
+    neighbours' HU planes, lowest z first, the slice's own place left out; None (no such
+    neighbour, or unreadable) repeats the slice."""
+    if len(neighbours) != 2 * spec.context:
+        raise ValueError(f"{len(neighbours)} neighbours for a context of {spec.context}")
+    k = spec.context
+    stack = [centre if n is None else n for n in neighbours[:k]]
+    stack += [centre] + [centre if n is None else n for n in neighbours[k:]]
+    return np.stack(stack).astype(np.float32, copy=False)
+
+
+def context_input(
+    centre: np.ndarray, neighbours: Sequence[np.ndarray | None], spec: PreprocessSpec
+) -> np.ndarray:
+    """Model input of a slice from its and its neighbours' HU planes (:func:`hu_plane`;
+    neighbours as :func:`context_planes` takes them)."""
+    planes = context_planes(centre, neighbours, spec)
+    return planes_to_input(torch.from_numpy(planes), spec.windows).numpy()
+
+
+def preprocess_planes(
+    ds: Dataset, neighbours: Sequence[Dataset | None], spec: PreprocessSpec
+) -> np.ndarray:
+    """:func:`preprocess` of a slice with its neighbours (lowest z first, see
+    :func:`context_planes`); for a 2-D spec the neighbours are not read."""
+    if not spec.context:
+        return preprocess(ds, spec)
+    hu = [None if n is None else preprocess_hu(n, spec) for n in neighbours]
+    return context_input(preprocess_hu(ds, spec), hu, spec)
 
 
 def preprocess_hu(ds: Dataset, spec: PreprocessSpec) -> np.ndarray:

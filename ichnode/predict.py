@@ -20,7 +20,17 @@ from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
 
 from ichnode.errors import IchnodeError
-from ichnode.imaging import WINDOWS, preprocess, quiet_pydicom, read, to_hu
+from ichnode.imaging import (
+    WINDOWS,
+    PreprocessSpec,
+    context_input,
+    context_positions,
+    preprocess,
+    preprocess_hu,
+    quiet_pydicom,
+    read,
+    to_hu,
+)
 from ichnode.inference import Predictor, SlicePrediction, score_study
 from ichnode.node.selection import geometry
 from ichnode.report.summary import draw_edge_letters, edge_letters, text_font
@@ -234,9 +244,10 @@ def _predict_folder(folder: Path, predictor: Predictor) -> tuple[list[StudyRow],
         groups.setdefault(uid, []).append((path, ds, geometry(ds).z))
     studies: list[StudyRow] = []
     for uid, members in groups.items():
-        batch = np.stack([preprocess(ds, ckpt.spec) for _, ds, _ in members])
+        z = [z for _, _, z in members]
+        batch = np.stack(_inputs([ds for _, ds, _ in members], z, ckpt.spec))
         embeddings, _ = predictor.embed_scores(batch)
-        scores = score_study(ckpt, embeddings, [z for _, _, z in members])
+        scores = score_study(ckpt, embeddings, z)
         probs = dict(zip(SUBTYPES, (float(v) for v in scores.study), strict=True))
         decision = decide(probs, ckpt.decision_thresholds)
         rows = [
@@ -259,6 +270,33 @@ def _predict_folder(folder: Path, predictor: Predictor) -> tuple[list[StudyRow],
             )
         )
     return studies, errors
+
+
+def _inputs(
+    datasets: list[Dataset], z: list[float | None], spec: PreprocessSpec
+) -> list[np.ndarray]:
+    """Model inputs of one study's slices; for a 2.5-D spec each slice with its neighbours by
+    z in its series, as the node takes them (:mod:`ichnode.db.context`)."""
+    if not spec.context:
+        return [preprocess(ds, spec) for ds in datasets]
+    k = spec.context
+    hu = [preprocess_hu(ds, spec) for ds in datasets]
+    series: dict[str, list[int]] = {}
+    for i, ds in enumerate(datasets):
+        series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(i)
+    out: list[np.ndarray] = [np.empty(0)] * len(datasets)
+    for members in series.values():
+        placed = sorted((i for i in members if z[i] is not None), key=lambda i: (z[i], i))
+        position = {i: pos for pos, i in enumerate(placed)}
+        for i in members:
+            if i not in position:  # no z: the slice alone
+                out[i] = context_input(hu[i], [None] * (2 * k), spec)
+                continue
+            around = context_positions(position[i], len(placed), k)
+            out[i] = context_input(
+                hu[i], [None if j is None else hu[placed[j]] for j in around], spec
+            )
+    return out
 
 
 def render_studies_json(studies: Sequence[StudyRow], errors: Sequence[PredictRow]) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,9 @@ CACHE_DTYPE = np.float16
 
 
 def spec_key(spec: PreprocessSpec) -> str:
-    """A short stable hash of the preprocessing spec."""
-    text = json.dumps(spec.to_dict(), sort_keys=True)
+    """A short stable hash of the preprocessing spec (the per-image part: context slices are
+    other images' arrays, so a 2.5-D spec shares the 2-D spec's cache)."""
+    text = json.dumps(replace(spec, context=0).to_dict(), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -34,7 +36,7 @@ class PreprocessCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         spec_file = self.dir / "spec.json"
         if not spec_file.exists():
-            _atomic_write(spec_file, json.dumps(spec.to_dict()).encode())
+            _atomic_write(spec_file, json.dumps(replace(spec, context=0).to_dict()).encode())
 
     def _path(self, image_id: str, suffix: str) -> Path:
         return self.dir / f"{image_id}{suffix}"

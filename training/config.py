@@ -48,6 +48,15 @@ class TrainConfig:
             nullable=True,
         ),
     )
+    context: int = field(
+        default=0,
+        metadata=option(
+            "--context",
+            "2.5-D input: neighbouring slices on each side (by z within the study) as extra "
+            "input planes; 0 for one slice.",
+            minimum=0,
+        ),
+    )
     windows: str = field(
         default="stack",
         metadata=option("--windows", "'stack', 'single', or names/CENTER/WIDTH, comma-separated."),

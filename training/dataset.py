@@ -24,7 +24,15 @@ import torch
 from torch.utils.data import Dataset
 
 from ichnode.errors import IchnodeError
-from ichnode.imaging import PreprocessSpec, preprocess, preprocess_hu, quiet_pydicom, read
+from ichnode.imaging import (
+    PreprocessSpec,
+    context_planes,
+    context_positions,
+    preprocess,
+    preprocess_hu,
+    quiet_pydicom,
+    read,
+)
 from ichnode.node.selection import geometry
 from ichnode.subtypes import SUBTYPES
 from training.cache import PreprocessCache
@@ -245,9 +253,13 @@ class RSNADataset(Dataset):
         labels: np.ndarray,
         spec: PreprocessSpec,
         cache: PreprocessCache | None = None,
+        neighbours: dict[str, list[str | None]] | None = None,
     ) -> None:
         self.layout, self.ids, self.spec, self.cache = layout, list(ids), spec, cache
         self.labels = np.asarray(labels, dtype=np.float32)
+        if spec.context and neighbours is None:
+            raise ValueError("a spec with context slices needs each image's neighbours")
+        self.neighbours = neighbours or {}
 
     @classmethod
     def from_table(
@@ -257,16 +269,25 @@ class RSNADataset(Dataset):
         ids: list[str],
         spec: PreprocessSpec,
         cache: PreprocessCache | None = None,
+        index: pd.DataFrame | None = None,
     ) -> RSNADataset:
-        return cls(layout, ids, table.loc[ids, list(SUBTYPES)].to_numpy(), spec, cache)
+        """The images ``ids`` of ``table``; ``index`` (:func:`header_index`) gives their
+        neighbours when ``spec`` has context slices."""
+        neighbours = None
+        if spec.context:
+            if index is None:
+                raise ValueError("a spec with context slices needs the header index")
+            neighbours = context_ids(index, spec.context)
+        labels = table.loc[ids, list(SUBTYPES)].to_numpy()
+        return cls(layout, ids, labels, spec, cache, neighbours)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     @property
     def item_shape(self) -> tuple[int, int, int]:
-        """Shape of one ``x``: the input, or the single HU plane for a ``pixel_mm`` spec."""
-        channels = self.spec.channels if self.spec.pixel_mm is None else 1
+        """Shape of one ``x``: the input, or the HU planes for a ``pixel_mm`` spec."""
+        channels = self.spec.channels if self.spec.pixel_mm is None else self.spec.planes
         return (channels, self.spec.size, self.spec.size)
 
     def _load(self, image_id: str) -> np.ndarray | None:
@@ -293,8 +314,28 @@ class RSNADataset(Dataset):
         return arr
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
-        arr = self._load(self.ids[i])
+        image_id = self.ids[i]
+        arr = self._load(image_id)
         ok = arr is not None
         if arr is None:
             arr = np.zeros(self.item_shape, np.float32)
-        return torch.from_numpy(arr), torch.from_numpy(self.labels[i]), i, ok
+        elif self.spec.context:
+            side = self.neighbours.get(image_id) or [None] * (2 * self.spec.context)
+            planes = [None if n is None else self._load(n) for n in side]
+            arr = context_planes(arr[0], [None if p is None else p[0] for p in planes], self.spec)
+        return torch.from_numpy(np.asarray(arr)), torch.from_numpy(self.labels[i]), i, ok
+
+
+def context_ids(index: pd.DataFrame, context: int) -> dict[str, list[str | None]]:
+    """Each image's ``context`` neighbours on each side by z within its study, lowest z
+    first and its own place left out (as :func:`ichnode.imaging.context_planes` takes them);
+    None where the study ends or z is unknown. The node takes them within the series (the
+    RSNA download and the phantoms have one axial series per study)."""
+    out: dict[str, list[str | None]] = {}
+    known = index[np.isfinite(pd.to_numeric(index["z"], errors="coerce"))]
+    for _, group in known.groupby("study", sort=False):
+        ordered = group.sort_values(["z", "id"], kind="stable")["id"].tolist()
+        for pos, image_id in enumerate(ordered):
+            around = context_positions(pos, len(ordered), context)
+            out[image_id] = [None if j is None else ordered[j] for j in around]
+    return out

@@ -308,7 +308,8 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     index = header_index(layout, ids, out / ".index", progress=progress)
     index = index[index["readable"].astype(bool)]
-    ds = RSNADataset.from_table(layout, table, [i for i in ids if i in set(index["id"])], ckpt.spec)
+    readable = [i for i in ids if i in set(index["id"])]
+    ds = RSNADataset.from_table(layout, table, readable, ckpt.spec, index=index)
     skipped: set[str] = set(ids) - set(index["id"])
     dev = next(ckpt.model.parameters()).device
     seen, emb, logits, y_slices = embed_dataset(

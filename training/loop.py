@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ichnode.device import resolve_device
 from ichnode.errors import IchnodeError
-from ichnode.imaging import PreprocessSpec, parse_window, window_planes, windows_for_mode
+from ichnode.imaging import PreprocessSpec, parse_window, planes_to_input, windows_for_mode
 from ichnode.model import Checkpoint, build, load_checkpoint, save_checkpoint
 from ichnode.study import StudyHead
 from ichnode.subtypes import SUBTYPES
@@ -77,7 +77,9 @@ class TrainError(IchnodeError):
     """Training cannot start or continue (bad option, nothing to resume...)."""
 
 
-def make_spec(windows: str, image_size: int, pixel_mm: float | None = None) -> PreprocessSpec:
+def make_spec(
+    windows: str, image_size: int, pixel_mm: float | None = None, context: int = 0
+) -> PreprocessSpec:
     """``stack``, ``single`` or comma-separated window names / CENTER/WIDTH → a spec."""
     try:
         if windows in ("stack", "single"):
@@ -89,7 +91,7 @@ def make_spec(windows: str, image_size: int, pixel_mm: float | None = None) -> P
     if not wins:
         raise TrainError("--windows names no window")
     try:
-        return PreprocessSpec(windows=wins, size=image_size, pixel_mm=pixel_mm)
+        return PreprocessSpec(windows=wins, size=image_size, pixel_mm=pixel_mm, context=context)
     except ValueError as exc:
         raise TrainError(str(exc)) from None
 
@@ -102,23 +104,24 @@ def model_input(
 ) -> torch.Tensor:
     """A loader batch → the model's input, augmented when ``augment`` is given.
 
-    For a ``pixel_mm`` spec the batch holds HU planes ``(N, 1, S, S)``: augmentation acts in
-    HU (:func:`training.augment.augment_hu`) and the windows (jittered when training) come
-    last, the same windows :func:`ichnode.imaging.preprocess` serves with. For a legacy spec
-    the batch is already windowed and only the legacy augmentation applies.
+    For a ``pixel_mm`` spec the batch holds HU planes ``(N, P, S, S)`` (the slice, or with
+    ``spec.context`` the slice and its neighbours): augmentation acts in HU on all planes of
+    a sample alike (:func:`training.augment.augment_hu`) and the windows (jittered when
+    training) come last, plane-major as :func:`ichnode.imaging.planes_to_input` serves them.
+    For a legacy spec the batch is already windowed and only the legacy augmentation applies.
     """
     if spec.pixel_mm is None:
         if isinstance(augment, AugmentConfig) and g is not None:
             return augment_batch(x, augment, g)
         return x
     if not isinstance(augment, HUAugmentConfig) or not augment.enabled or g is None:
-        return window_planes(x[:, 0], spec.windows)
-    hu = augment_hu(x, augment, g)[:, 0]
+        return planes_to_input(x, spec.windows)
+    hu = augment_hu(x, augment, g)
     chans = [
-        ((hu - (c.to(hu) - w.to(hu) / 2.0)) / w.to(hu)).clamp(0.0, 1.0)
+        ((hu - (c.to(hu)[:, None] - w.to(hu)[:, None] / 2.0)) / w.to(hu)[:, None]).clamp(0.0, 1.0)
         for c, w in jitter_windows(spec.windows, len(hu), augment, g)
     ]
-    return torch.stack(chans, dim=1)
+    return torch.stack(chans, dim=2).flatten(1, 2)
 
 
 # --------------------------------------------------------------------------- data
@@ -382,7 +385,7 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
     Progress bars show when stderr is a terminal.
     """
     out = Path(cfg.out)
-    spec = make_spec(cfg.windows, cfg.image_size, cfg.pixel_mm)
+    spec = make_spec(cfg.windows, cfg.image_size, cfg.pixel_mm, cfg.context)
 
     if cfg.study_model is not None:
         from ichnode.study import STUDY_ARCHITECTURES
@@ -438,9 +441,11 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
         data = prepare_data(cfg, spec, write=False)
     data.skipped.update(state["skipped"])
     train_ds = RSNADataset.from_table(
-        data.layout, data.table, data.split["train"], spec, data.cache
+        data.layout, data.table, data.split["train"], spec, data.cache, data.index
     )
-    val_ds = RSNADataset.from_table(data.layout, data.table, data.split["val"], spec, data.cache)
+    val_ds = RSNADataset.from_table(
+        data.layout, data.table, data.split["val"], spec, data.cache, data.index
+    )
     sampler = build_sampler(
         train_ds.labels, cfg.balanced, cfg.seed, cfg.normal_share, cfg.epoch_samples
     )
@@ -554,7 +559,7 @@ def finalize(
         calib = prepare_external(Path(cfg.calibration_data), spec, cache_dir)
         index = pd.concat([data.index, calib.index], ignore_index=True)
         calib_ds = RSNADataset.from_table(
-            calib.layout, calib.table, calib.split["val"], spec, calib.cache
+            calib.layout, calib.table, calib.split["val"], spec, calib.cache, calib.index
         )
         calib_set = embedded(calib_ds, "embed calibration")
         calib_source = Path(cfg.calibration_data).resolve().name
@@ -573,7 +578,7 @@ def finalize(
     study_summary: dict = {}
     if cfg.study_model is not None:
         train_ds = RSNADataset.from_table(
-            data.layout, data.table, data.split["train"], spec, data.cache
+            data.layout, data.table, data.split["train"], spec, data.cache, data.index
         )
         passes = [embedded(train_ds, "embed train")] + [
             embedded(train_ds, f"embed train (augmented {k})", augmentation, cfg.seed + k)

@@ -305,6 +305,9 @@ class Prediction(
     #: The study result version whose study model refined these probabilities (NULL: the
     #: slice network's own).
     study_version: Mapped[int | None]
+    #: The instance ids of the planes a 2.5-D model saw ("12,13,14", lowest z first); NULL
+    #: for a 2-D prediction.
+    context: Mapped[str | None] = mapped_column(String(200))
 
     instance: Mapped[Instance] = relationship(back_populates="predictions")
 

@@ -54,6 +54,8 @@ class Completion:
     probabilities: Sequence[float]
     #: The slice embedding (float32 bytes) the study model reads; None for none.
     embedding: bytes | None = None
+    #: The planes' instance ids of a 2.5-D input (:func:`ichnode.db.context.encode`).
+    context: str | None = None
 
 
 def _claimable(now: datetime) -> ColumnElement[bool]:
@@ -190,6 +192,7 @@ def complete_many(
             "created_at": now,
             "embedding": item.embedding,
             "study_version": None,
+            "context": item.context,
         }
         | values[item.instance_id]
         for item in items
@@ -250,6 +253,26 @@ def release(session: Session, worker_id: str) -> int:
             attempts=func.max(Instance.attempts - 1, 0)
             if not is_postgresql(session)
             else func.greatest(Instance.attempts - 1, 0),
+        ),
+        execution_options={"synchronize_session": False},
+    )
+    return result.rowcount
+
+
+def requeue(session: Session, instance_ids: Sequence[int]) -> int:
+    """Put scored instances back in the queue to be scored again (their 2.5-D neighbours
+    changed); not a failed attempt, so their attempt count starts over. Returns the count."""
+    if not instance_ids:
+        return 0
+    result = session.execute(
+        update(Instance)
+        .where(Instance.id.in_(list(instance_ids)), Instance.status == InstanceStatus.DONE)
+        .values(
+            status=InstanceStatus.QUEUED,
+            claimed_by=None,
+            claim_token=None,
+            lease_expires_at=None,
+            attempts=0,
         ),
         execution_options={"synchronize_session": False},
     )

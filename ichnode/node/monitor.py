@@ -21,7 +21,7 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ichnode.db import refine
+from ichnode.db import context, queue, refine
 from ichnode.db.engine import error_reason
 from ichnode.db.models import (
     Instance,
@@ -48,12 +48,15 @@ class ResultPolicy:
     (:attr:`ichnode.model.Checkpoint.decision_thresholds`); ``scorer`` runs the checkpoint's
     study model (:func:`ichnode.inference.score_study`) on the slices' embeddings. Without a
     scorer, or when a slice has no embedding of this model, the study's probabilities are the
-    maximum over its slices.
+    maximum over its slices. ``context`` is the checkpoint's 2.5-D context
+    (:attr:`ichnode.imaging.PreprocessSpec.context`): slices scored before a neighbour arrived
+    are scored again before the study is resulted.
     """
 
     thresholds: dict[str, float]
     model_id: str
     scorer: Callable[[np.ndarray, list[float | None]], StudyScores] | None = None
+    context: int = 0
 
 
 def stable_studies(session: Session, before: datetime) -> list[int]:
@@ -97,6 +100,16 @@ def compute_result(session: Session, study_id: int, policy: ResultPolicy) -> Stu
     study = session.get(Study, study_id)
     if study is None or study.status != StudyStatus.RECEIVING:
         return None
+    if policy.context:
+        outdated = context.stale(session, study_id, policy.model_id, policy.context)
+        if outdated:  # scored before a neighbour arrived: score them again, result then
+            queue.requeue(session, outdated)
+            log.info(
+                "study %s: %d slices scored again with the neighbours that arrived since",
+                uid_hash(study.study_instance_uid),
+                len(outdated),
+            )
+            return None
     seen_last = study.last_received_at
     slices = refine.study_slices(session, study_id)
     counts = dict.fromkeys(InstanceStatus, 0)

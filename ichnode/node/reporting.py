@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ichnode import __version__
 from ichnode.config import Settings
+from ichnode.db import context
 from ichnode.db.engine import error_reason
 from ichnode.db.models import (
     Association,
@@ -48,7 +49,7 @@ from ichnode.db.models import (
     StudyResult,
 )
 from ichnode.errors import IchnodeError
-from ichnode.imaging import input_to_display, pixel_spacing, preprocess, to_hu
+from ichnode.imaging import input_to_display, pixel_spacing, preprocess_planes, to_hu
 from ichnode.model import Checkpoint
 from ichnode.report import StudyFindings, build_kos, build_sr, build_summary, grad_cam, to_bytes
 from ichnode.report.sr import STUDY_ATTRIBUTES
@@ -199,6 +200,20 @@ def previous_objects(session: Session, store: Store, result: StudyResult) -> dic
     return found
 
 
+def _neighbours(session: Session, store: Store, instance_id: int, k: int) -> list[Dataset | None]:
+    """The stored neighbours of a slice for a 2.5-D checkpoint (none for a 2-D one); one that
+    cannot be read is left to the slice, as at the end of a series."""
+    if not k:
+        return []
+    out: list[Dataset | None] = []
+    for path in context.planes(session, [instance_id], k)[instance_id].neighbour_paths:
+        try:
+            out.append(None if path is None else pydicom.dcmread(store.path(path)))
+        except (OSError, pydicom.errors.InvalidDicomError, ValueError):
+            out.append(None)
+    return out
+
+
 def build_objects(
     wanted: set[str],
     sources: list[Dataset],
@@ -206,8 +221,12 @@ def build_objects(
     findings: StudyFindings,
     checkpoint: Checkpoint,
     previous: dict[str, Dataset],
+    neighbours: Sequence[Dataset | None] = (),
 ) -> dict[str, Dataset]:
-    """The wanted report objects, each in the series of its predecessor when there is one."""
+    """The wanted report objects, each in the series of its predecessor when there is one.
+
+    ``neighbours`` are the key slice's neighbours for a 2.5-D checkpoint (lowest z first, see
+    :func:`ichnode.imaging.context_planes`); the saliency map is computed on that input."""
     built: dict[str, Dataset] = {}
     number = findings.version
     if KIND_SR in wanted:
@@ -216,7 +235,10 @@ def build_objects(
         )
     if KIND_SUMMARY in wanted:
         target = findings.saliency_subtype
-        cam = grad_cam(checkpoint, preprocess(key, checkpoint.spec), target)
+        x = preprocess_planes(
+            key, neighbours or [None] * (2 * checkpoint.spec.context), checkpoint.spec
+        )
+        cam = grad_cam(checkpoint, x, target)
         # Over the key slice as the summary shows it (the model may see a resampled view).
         cam = input_to_display(cam, to_hu(key), pixel_spacing(key), checkpoint.spec)
         built[KIND_SUMMARY] = build_summary(
@@ -284,7 +306,13 @@ def create_reports(
     sources = evidence_sources([tuple(r) for r in rows], key)
     findings = findings_of(result, key_inst.sop_instance_uid, checkpoint)
     built = build_objects(
-        wanted, sources, key, findings, checkpoint, previous_objects(session, store, result)
+        wanted,
+        sources,
+        key,
+        findings,
+        checkpoint,
+        previous_objects(session, store, result),
+        _neighbours(session, store, key_inst.id, checkpoint.spec.context),
     )
 
     paths: dict[str, str] = {}

@@ -97,6 +97,7 @@ class Node:
                 self.predictor.checkpoint.decision_thresholds,
                 self.predictor.model_id,
                 partial(score_study, self.predictor.checkpoint),
+                self.predictor.checkpoint.spec.context,
             ),
             s.stable_seconds,
             on_result=lambda result_id: self.reporter.wake.set(),

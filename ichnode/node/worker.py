@@ -11,16 +11,18 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from pydicom.dataset import Dataset
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
-from ichnode.db import queue
+from ichnode.db import context, queue
 from ichnode.db.engine import error_reason
 from ichnode.errors import IchnodeError
-from ichnode.imaging import preprocess, read
+from ichnode.imaging import PreprocessSpec, context_input, preprocess, preprocess_hu, read
 from ichnode.inference import Predictor
 from ichnode.store import Store
 from ichnode.study import encode_embedding
@@ -65,24 +67,58 @@ class Worker:
         self.scored = 0
         self.failed = 0
 
-    def _load(self, path: str | None) -> np.ndarray:
+    def _read(
+        self, path: str | None, to_input: Callable[[Dataset, PreprocessSpec], np.ndarray]
+    ) -> np.ndarray:
+        """``to_input`` of a stored file, with one clear error when it cannot be read."""
         if not path:
             raise IchnodeError("no stored file")
         try:
-            return preprocess(read(self.store.path(path)), self.predictor.checkpoint.spec)
+            return to_input(read(self.store.path(path)), self.predictor.checkpoint.spec)
         except (OSError, ValueError) as exc:
             raise IchnodeError(f"cannot read stored file: {exc}") from None
 
+    def _load(self, path: str | None) -> np.ndarray:
+        """The model input of a stored slice (2-D)."""
+        return self._read(path, preprocess)
+
+    def _load_hu(self, path: str) -> np.ndarray:
+        """The HU plane of a stored file (a 2.5-D input's plane)."""
+        return self._read(path, preprocess_hu)
+
+    def _load_context(self, claimed: list[tuple[int, str, str | None]], planes: dict) -> list:
+        """Futures of each claimed slice's 2.5-D input; each file of the batch is read once,
+        and an unreadable neighbour is stood in for by the slice (as at a series' end)."""
+        spec = self.predictor.checkpoint.spec
+        paths = {p for instance_id, _, _ in claimed for p in planes[instance_id].paths}
+        hu = {p: self._pool.submit(self._load_hu, p) for p in paths}
+
+        def neighbour(path: str) -> np.ndarray | None:
+            return None if hu[path].exception() is not None else hu[path].result()
+
+        def assemble(instance_id: int) -> np.ndarray:
+            k, files = spec.context, planes[instance_id].paths
+            centre = hu[files[k]].result()  # the slice's own read error fails it
+            around = [neighbour(f) for f in files[:k] + files[k + 1 :]]
+            return context_input(centre, around, spec)
+
+        return [self._pool.submit(assemble, instance_id) for instance_id, _, _ in claimed]
+
     def run_once(self) -> int:
         """Claim and score one batch; returns how many instances were claimed."""
+        k = self.predictor.checkpoint.spec.context
         with self.sessions.begin() as session:
             claimed = [
                 (i.id, i.claim_token, i.path)
                 for i in queue.claim(session, self.worker_id, self.batch_size, self.lease_seconds)
             ]
+            planes = context.planes(session, [c[0] for c in claimed], k) if claimed and k else {}
         if not claimed:
             return 0
-        futures = [self._pool.submit(self._load, path) for _, _, path in claimed]
+        if k:
+            futures = self._load_context(claimed, planes)
+        else:
+            futures = [self._pool.submit(self._load, path) for _, _, path in claimed]
         ready: list[tuple[int, str]] = []
         arrays: list[np.ndarray] = []
         failures: list[tuple[int, str, str]] = []
@@ -101,7 +137,12 @@ class Worker:
         model_id = self.predictor.model_id
         completions = [
             queue.Completion(
-                instance_id, token, model_id, [float(p) for p in row], encode_embedding(emb)
+                instance_id,
+                token,
+                model_id,
+                [float(p) for p in row],
+                encode_embedding(emb),
+                planes[instance_id].encoded if k else None,
             )
             for (instance_id, token), row, emb in zip(ready, probs, embeddings, strict=True)
         ]

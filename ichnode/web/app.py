@@ -20,6 +20,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from ichnode import __version__
+from ichnode.db import context
 from ichnode.db.models import Instance, InstanceStatus
 from ichnode.errors import IchnodeError
 from ichnode.imaging import WINDOWS, Window
@@ -263,6 +264,16 @@ def create_app(node_or_context: Any) -> FastAPI:
         path = _instance_path(sop_uid)
         if overlay == "saliency" and not saliency.available:
             raise HTTPException(503, "no model loaded: saliency is not available")
+        neighbours: list[str | None] = []
+        if overlay == "saliency" and saliency.context:  # a 2.5-D model reads the neighbours
+            with ctx.sessions() as session:
+                instance_id = session.scalar(
+                    select(Instance.id).where(Instance.sop_instance_uid == sop_uid)
+                )
+                planes = context.planes(session, [instance_id], saliency.context)[instance_id]
+            neighbours = [
+                None if p is None else str(ctx.store.path(p)) for p in planes.neighbour_paths
+            ]
         try:
             png = render_png(
                 path,
@@ -271,6 +282,7 @@ def create_app(node_or_context: Any) -> FastAPI:
                 saliency if overlay == "saliency" else None,
                 subtype,
                 letters,
+                neighbours,
             )
         except (IchnodeError, ValueError, OSError) as exc:
             log.info("instance image not rendered: %s", type(exc).__name__)

@@ -10,17 +10,19 @@ import copy
 import io
 import logging
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
+from ichnode.errors import IchnodeError
 from ichnode.imaging import (
     WINDOWS,
     Window,
     input_to_display,
     pixel_spacing,
-    preprocess,
+    preprocess_planes,
     read,
     resize,
     to_hu,
@@ -54,17 +56,37 @@ class SaliencyModel:
     def available(self) -> bool:
         return self._predictor is not None
 
-    def cam(self, ds: object, subtype: str = ANY) -> np.ndarray:
+    @property
+    def context(self) -> int:
+        """Neighbouring slices on each side the model reads (0: 2-D)."""
+        return self._predictor.checkpoint.spec.context if self._predictor else 0
+
+    def cam(
+        self, ds: object, subtype: str = ANY, neighbour_paths: Sequence[str | None] = ()
+    ) -> np.ndarray:
         """Grad-CAM map of ``subtype`` over the displayed slice of ``ds`` (its padded square,
-        in [0, 1]): computed on the model input, mapped back to the slice's pixels."""
+        in [0, 1]): computed on the model input (with the stored neighbours of a 2.5-D model,
+        lowest z first), mapped back to the slice's pixels."""
         if self._predictor is None:
             raise RuntimeError("no model loaded: saliency is not available")
+        neighbours = [_read_or_none(p) for p in neighbour_paths] or [None] * (2 * self.context)
         with self._lock:
             if self._ckpt is None:
                 self._ckpt = copy.deepcopy(self._predictor.checkpoint)
             spec = self._ckpt.spec
-            cam = grad_cam(self._ckpt, preprocess(ds, spec), subtype)
+            cam = grad_cam(self._ckpt, preprocess_planes(ds, neighbours, spec), subtype)
         return input_to_display(cam, to_hu(ds), pixel_spacing(ds), spec)
+
+
+def _read_or_none(path: str | None) -> object | None:
+    """A neighbour's dataset; None when there is none or it cannot be read (the slice then
+    stands in for it, as at the end of a series)."""
+    if path is None:
+        return None
+    try:
+        return read(path)
+    except (IchnodeError, OSError, ValueError):
+        return None
 
 
 def render_png(
@@ -74,6 +96,7 @@ def render_png(
     saliency: SaliencyModel | None = None,
     subtype: str = ANY,
     letters: bool = True,
+    neighbour_paths: Sequence[str | None] = (),
 ) -> bytes:
     """The slice at ``path`` in ``window`` (a name or any HU window; padded square, ``size``
     px), as PNG bytes.
@@ -90,7 +113,8 @@ def render_png(
     gray = resize(gray[None], side)[0]
     rgb = np.repeat(gray[..., None], 3, axis=2)
     if saliency is not None:
-        heat = mask_to_head(resize(saliency.cam(ds, subtype)[None], side)[0], hu)
+        cam = saliency.cam(ds, subtype, neighbour_paths)
+        heat = mask_to_head(resize(cam[None], side)[0], hu)
         colour = colormaps[HEATMAP](heat)[..., :3]
         alpha = (HEATMAP_MAX_ALPHA * heat)[..., None]
         rgb = (1.0 - alpha) * rgb + alpha * colour
