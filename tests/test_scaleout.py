@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from io import BytesIO
 
@@ -103,3 +104,57 @@ def test_three_worker_processes_score_every_instance_exactly_once(postgres_url, 
     # benchmarks/scaleout.py measures the speed-up.)
     assert DEAD not in holders
     assert all(h.split(":")[1] == "worker" for h in holders)
+
+
+def test_two_serve_processes_and_a_worker_result_a_study_split_over_both_once(
+    postgres_url, tmp_path
+):
+    """Two `ichnode serve` processes on one PostgreSQL database and one store (as two hosts
+    behind a load balancer would be) and an `ichnode worker`: half a study arrives at each
+    (DCMTK storescu to one, pynetdicom to the other); the study gets exactly one result that
+    counts every slice, though both monitors watch it."""
+    from dicom_client import send
+    from helpers import free_port, run_dcmtk, wait_for, write_all
+    from test_node_process import ServeProcess
+
+    from ichnode.db.models import StudyResult
+
+    store = tmp_path / "store"
+    common = ("--db-url", postgres_url, "--store", str(store), "--stable-seconds", "2")
+    ports = [free_port(), free_port()]
+    a = ServeProcess(tmp_path, *common, "--port", str(ports[0]), "--workers", "1")
+    b = ServeProcess(tmp_path, *common, "--port", str(ports[1]), "--workers", "0")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "ichnode", "worker", "--db-url", postgres_url,
+         "--store", str(store), "--torch-threads", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        slices = study(12, size=64)
+        files = write_all(slices[:6], tmp_path / "first")
+        done = run_dcmtk(
+            "storescu", "-aec", "ICHNODE", "127.0.0.1", str(ports[0]), *map(str, files)
+        )
+        assert done.returncode == 0, done.stderr
+        assert send(ports[1], slices[6:]) == [0x0000] * 6
+
+        engine = make_engine(postgres_url)
+        sessions = make_sessionmaker(engine)
+
+        def results() -> list[StudyResult]:
+            with sessions() as session:
+                return session.scalars(select(StudyResult)).all()
+
+        [first] = wait_for(results, timeout=120)
+        time.sleep(4)  # both monitors have had many more passes at it: still the one result
+        [again] = results()
+        assert again.id == first.id and again.version == 1
+        assert again.n_instances == again.n_scored == 12
+        with sessions() as session:
+            statuses = session.scalars(select(Instance.status)).all()
+        engine.dispose()
+        assert statuses == [InstanceStatus.DONE] * 12
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+        assert a.stop() == 0 and b.stop() == 0
