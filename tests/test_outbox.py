@@ -42,6 +42,7 @@ from ichnode.node.outbox import (
     SUCCESS,
     DeliveryError,
     Outbox,
+    Outcome,
     check_destinations,
     resend,
 )
@@ -225,6 +226,24 @@ def test_a_claimed_entry_is_not_claimed_by_a_second_sender(session_factory, tmp_
     first = Outbox(session_factory, store, s).claim(now)
     assert [c.id for c in first] == [entry_id]
     assert Outbox(session_factory, store, s).claim(now) == []
+
+
+def test_a_sender_whose_claim_lapsed_cannot_record_its_attempt(session_factory, tmp_path):
+    """The claim carries a token: after the lease ends another sender takes the entry, and the
+    first sender's late outcome is dropped instead of counting a second attempt."""
+    s = settings(tmp_path)
+    store = Store(s.store)
+    [entry_id] = queue_entries(session_factory, store, free_port())
+    now = utcnow()
+    slow, fast = Outbox(session_factory, store, s), Outbox(session_factory, store, s)
+    [stale] = slow.claim(now)
+    later = now + timedelta(seconds=outbox_module.CLAIM_SECONDS + 1)
+    [fresh] = fast.claim(later)
+    assert fresh.id == stale.id == entry_id and fresh.claim_token != stale.claim_token
+    assert slow.record(stale, Outcome(0x0000, None), later) is None
+    assert entry(session_factory, entry_id).attempts == 0
+    assert fast.record(fresh, Outcome(0xA700, "refused"), later) == DeliveryStatus.PENDING
+    assert entry(session_factory, entry_id).attempts == 1
 
 
 def test_a_send_cancelled_at_shutdown_releases_its_claim(session_factory, tmp_path, monkeypatch):

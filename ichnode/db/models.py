@@ -387,6 +387,8 @@ class OutboxEntry(Base):
     )
     attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: The claim of the send in flight (:mod:`ichnode.db.delivery`); NULL when none is.
+    claim_token: Mapped[str | None] = mapped_column(String(32))
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]

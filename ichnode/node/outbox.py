@@ -23,21 +23,22 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ichnode.config import Settings
+from ichnode.db import delivery
+from ichnode.db.delivery import Claimed
 from ichnode.db.engine import error_reason
 from ichnode.db.models import (
-    DeliveryAttempt,
     DeliveryStatus,
     OutboxEntry,
     ReportStatus,
@@ -71,26 +72,8 @@ ECHO_TIMEOUT = 10.0
 PARALLEL_DESTINATIONS = 8
 
 
-def _not_to(query: Select, skip: set[str] | None) -> Select:
-    """``query`` without the entries of the destinations in ``skip`` (those busy sending)."""
-    return query.where(OutboxEntry.destination.not_in(sorted(skip))) if skip else query
-
-
 class DeliveryError(IchnodeError):
     """Report objects cannot be queued again (unknown study, nothing built, files missing)."""
-
-
-@dataclass(frozen=True)
-class Claimed:
-    """What a pass needs to send one entry (read in the claim transaction)."""
-
-    id: int
-    destination: str
-    ae_title: str
-    host: str
-    port: int
-    path: str
-    sop_instance_uid: str
 
 
 @dataclass(frozen=True)
@@ -221,60 +204,27 @@ class Outbox:
 
     def claim(self, now: datetime, skip: set[str] | None = None) -> list[Claimed]:
         """Take up to :data:`BATCH` due entries, none for a destination in ``skip``."""
-        lease = now + timedelta(seconds=CLAIM_SECONDS)
-        claimed: list[Claimed] = []
         with self.sessions.begin() as session:
-            query = (
-                select(OutboxEntry)
-                .where(
-                    OutboxEntry.status == DeliveryStatus.PENDING,
-                    OutboxEntry.next_attempt_at <= now,
-                )
-                .order_by(OutboxEntry.next_attempt_at, OutboxEntry.id)
-                .limit(BATCH)
-            )
-            due = session.scalars(_not_to(query, skip)).all()
-            for e in due:
-                taken = session.execute(
-                    update(OutboxEntry)
-                    .where(
-                        OutboxEntry.id == e.id,
-                        OutboxEntry.status == DeliveryStatus.PENDING,
-                        OutboxEntry.next_attempt_at <= now,
-                    )
-                    .values(next_attempt_at=lease)
-                    .execution_options(synchronize_session=False)
-                ).rowcount
-                if taken:
-                    claimed.append(
-                        Claimed(e.id, e.destination, e.ae_title, e.host, e.port, e.path,
-                                e.sop_instance_uid)
-                    )  # fmt: skip
-        return claimed
+            return delivery.claim(session, now, BATCH, CLAIM_SECONDS, skip or ())
 
-    def record(self, entry_id: int, outcome: Outcome, now: datetime) -> DeliveryStatus:
-        """Store one attempt and the entry's next state; returns that state."""
+    def record(self, claimed: Claimed, outcome: Outcome, now: datetime) -> DeliveryStatus | None:
+        """Store one attempt and the entry's next state; returns that state (None: the claim
+        was lost to another sender, nothing recorded)."""
         s = self.settings
         with self.sessions.begin() as session:
-            entry = session.get(OutboxEntry, entry_id)
-            entry.attempts += 1
-            session.add(
-                DeliveryAttempt(
-                    outbox_id=entry_id, at=utcnow(), status_code=outcome.status, error=outcome.error
-                )
+            state = delivery.record(
+                session,
+                claimed,
+                outcome.status,
+                outcome.error,
+                outcome.delivered,
+                now=now,
+                max_attempts=s.delivery_max_attempts,
+                backoff_seconds=s.delivery_backoff_seconds,
             )
-            if outcome.delivered:
-                entry.status = DeliveryStatus.SENT
-                entry.sent_at = utcnow()
-                entry.last_error = None
-            elif entry.attempts >= s.delivery_max_attempts:
-                entry.status = DeliveryStatus.FAILED
-                entry.last_error = outcome.error
-            else:
-                delay = s.delivery_backoff_seconds * 2 ** (entry.attempts - 1)
-                entry.next_attempt_at = now + timedelta(seconds=delay)
-                entry.last_error = outcome.error
-            return entry.status
+        if state is None:
+            log.warning("outbox: entry %d was claimed by another sender; not recorded", claimed.id)
+        return state
 
     def send_group(
         self,
@@ -294,7 +244,7 @@ class Outbox:
         outcomes = send_files(
             self.settings, ae_title, host, port, paths, tls=self._tls(destination)
         )
-        states = [self.record(c.id, o, clock()) for c, o in zip(entries, outcomes, strict=True)]
+        states = [self.record(c, o, clock()) for c, o in zip(entries, outcomes, strict=True)]
         sent = sum(state == DeliveryStatus.SENT for state in states)
         errors = {o.error for o in outcomes if not o.delivered}
         log.info(
@@ -306,22 +256,17 @@ class Outbox:
             f"; {'; '.join(sorted(e for e in errors if e))}" if errors else "",
         )
 
-    def release(self, entry_ids: list[int]) -> None:
+    def release(self, entries: list[Claimed]) -> None:
         """Make claimed entries due now again (their send was cancelled before it began)."""
         with self.sessions.begin() as session:
-            session.execute(
-                update(OutboxEntry)
-                .where(OutboxEntry.id.in_(entry_ids), OutboxEntry.status == DeliveryStatus.PENDING)
-                .values(next_attempt_at=utcnow())
-                .execution_options(synchronize_session=False)
-            )
+            delivery.release(session, entries, utcnow())
 
-    def _finish(self, destination: str, entry_ids: list[int], future: Future[None]) -> None:
+    def _finish(self, destination: str, entries: list[Claimed], future: Future[None]) -> None:
         with self._lock:
             self._busy.discard(destination)
         if future.cancelled():  # shut down before the send began: not a failed attempt
             try:
-                self.release(entry_ids)
+                self.release(entries)
             except SQLAlchemyError as exc:  # they become due when their claim lapses
                 log.error("outbox: could not release unsent entries: %s", error_reason(exc))
             return
@@ -350,8 +295,9 @@ class Outbox:
             with self._lock:
                 self._busy.add(target[0])
             future = self._pool.submit(self.send_group, target, entries, clock)
-            ids = [c.id for c in entries]
-            future.add_done_callback(lambda f, name=target[0], ids=ids: self._finish(name, ids, f))
+            future.add_done_callback(
+                lambda f, name=target[0], held=entries: self._finish(name, held, f)
+            )
             futures.append(future)
         return len(claimed), futures
 
@@ -368,11 +314,8 @@ class Outbox:
 
         Entries of the destinations in ``skip`` (busy ones) are not counted.
         """
-        query = select(func.min(OutboxEntry.next_attempt_at)).where(
-            OutboxEntry.status == DeliveryStatus.PENDING
-        )
         with self.sessions() as session:
-            first = session.scalar(_not_to(query, skip))
+            first = delivery.next_due(session, skip or ())
         return None if first is None else max(0.0, (first - now).total_seconds())
 
     def run(self, stop: threading.Event) -> None:

@@ -1,0 +1,144 @@
+"""The delivery queue: outbox entries claimed under a lease and a token, attempts recorded.
+
+Written like :mod:`ichnode.db.queue`: every function takes a ``Session``, runs its statements
+in the caller's transaction and never commits. A claim is one statement, ``UPDATE outbox SET
+next_attempt_at = <lease end>, claim_token = ... WHERE id IN (SELECT id ... FOR UPDATE SKIP
+LOCKED LIMIT n) RETURNING ...``: a claimed entry is invisible to other senders until its lease
+ends (the process died mid-send), and only the holder of the token records its attempt.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Select, func, select, update
+from sqlalchemy.orm import Session
+
+from ichnode.db.engine import is_postgresql
+from ichnode.db.models import DeliveryAttempt, DeliveryStatus, OutboxEntry, utcnow
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What a sender needs to send one entry, and the token that lets it record the attempt."""
+
+    id: int
+    destination: str
+    ae_title: str
+    host: str
+    port: int
+    path: str
+    sop_instance_uid: str
+    claim_token: str
+
+
+def _due(now: datetime, skip: Iterable[str]) -> Select:
+    """Pending entries due at ``now``, none for a destination in ``skip`` (busy sending)."""
+    query = select(OutboxEntry.id).where(
+        OutboxEntry.status == DeliveryStatus.PENDING, OutboxEntry.next_attempt_at <= now
+    )
+    skip = sorted(skip)
+    return query.where(OutboxEntry.destination.not_in(skip)) if skip else query
+
+
+def claim(
+    session: Session, now: datetime, limit: int, lease_seconds: float, skip: Iterable[str] = ()
+) -> list[Claimed]:
+    """Claim up to ``limit`` due entries, earliest due first, for ``lease_seconds``."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    candidates = _due(now, skip).order_by(OutboxEntry.next_attempt_at, OutboxEntry.id).limit(limit)
+    if is_postgresql(session):
+        candidates = candidates.with_for_update(skip_locked=True)
+    token = uuid.uuid4().hex
+    rows = session.execute(
+        update(OutboxEntry)
+        .where(OutboxEntry.id.in_(candidates))
+        .values(next_attempt_at=now + timedelta(seconds=lease_seconds), claim_token=token)
+        .returning(
+            OutboxEntry.id,
+            OutboxEntry.destination,
+            OutboxEntry.ae_title,
+            OutboxEntry.host,
+            OutboxEntry.port,
+            OutboxEntry.path,
+            OutboxEntry.sop_instance_uid,
+        ),
+        execution_options={"synchronize_session": False},
+    ).all()
+    return sorted((Claimed(*row, claim_token=token) for row in rows), key=lambda c: c.id)
+
+
+def record(
+    session: Session,
+    claimed: Claimed,
+    status_code: int | None,
+    error: str | None,
+    delivered: bool,
+    *,
+    now: datetime,
+    max_attempts: int,
+    backoff_seconds: float,
+) -> DeliveryStatus | None:
+    """Record one attempt of a claimed entry and set its next state: sent, failed after
+    ``max_attempts``, or due again after an exponential backoff. Returns that state; None when
+    the claim was lost (the lease ended and another sender holds the entry)."""
+    entry = session.scalar(
+        select(OutboxEntry)
+        .where(
+            OutboxEntry.id == claimed.id,
+            OutboxEntry.claim_token == claimed.claim_token,
+            OutboxEntry.status == DeliveryStatus.PENDING,
+        )
+        .with_for_update()
+    )
+    if entry is None:
+        return None
+    entry.attempts += 1
+    entry.claim_token = None
+    session.add(
+        DeliveryAttempt(outbox_id=entry.id, at=utcnow(), status_code=status_code, error=error)
+    )
+    if delivered:
+        entry.status = DeliveryStatus.SENT
+        entry.sent_at = utcnow()
+        entry.last_error = None
+    elif entry.attempts >= max_attempts:
+        entry.status = DeliveryStatus.FAILED
+        entry.last_error = error
+    else:
+        entry.next_attempt_at = now + timedelta(seconds=backoff_seconds * 2 ** (entry.attempts - 1))
+        entry.last_error = error
+    return entry.status
+
+
+def release(session: Session, claimed: Iterable[Claimed], now: datetime) -> int:
+    """Make claimed entries due at ``now`` again (their send was cancelled before it began)."""
+    pairs = [(c.id, c.claim_token) for c in claimed]
+    if not pairs:
+        return 0
+    result = session.execute(
+        update(OutboxEntry)
+        .where(
+            OutboxEntry.id.in_([i for i, _ in pairs]),
+            OutboxEntry.claim_token.in_({t for _, t in pairs}),
+            OutboxEntry.status == DeliveryStatus.PENDING,
+        )
+        .values(next_attempt_at=now, claim_token=None),
+        execution_options={"synchronize_session": False},
+    )
+    return result.rowcount
+
+
+def next_due(session: Session, skip: Iterable[str] = ()) -> datetime | None:
+    """When the earliest pending entry (none of ``skip``'s destinations) is due; None if none."""
+    query = select(func.min(OutboxEntry.next_attempt_at)).where(
+        OutboxEntry.status == DeliveryStatus.PENDING
+    )
+    skip = sorted(skip)
+    if skip:
+        query = query.where(OutboxEntry.destination.not_in(skip))
+    return session.scalar(query)
