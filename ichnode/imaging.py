@@ -521,8 +521,3 @@ def preprocess_planes(
 def preprocess_hu(ds: Dataset, spec: PreprocessSpec) -> np.ndarray:
     """Dataset → the HU plane of :func:`hu_plane` (what training caches and augments)."""
     return hu_plane(to_hu(ds), pixel_spacing(ds), spec)
-
-
-def preprocess_file(path: str | Path, spec: PreprocessSpec) -> np.ndarray:
-    """:func:`preprocess` of a file on disk."""
-    return preprocess(read(path), spec)

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 
 from ichnode.device import resolve_device
 from ichnode.errors import DeviceError, IchnodeError
-from ichnode.imaging import preprocess, read
+from ichnode.imaging import preprocess
 from ichnode.model import (
     Checkpoint,
     demo_model_path,
@@ -77,16 +77,6 @@ class Predictor:
             return []
         batch = np.stack([preprocess(ds, self.checkpoint.spec) for ds in datasets])
         return [self.label(row) for row in self.scores(batch)]
-
-    def predict_files(self, paths: Sequence[str | Path]) -> list[SlicePrediction | IchnodeError]:
-        """Score files; a file that cannot be read or preprocessed yields its error instead."""
-        results: list[SlicePrediction | IchnodeError] = []
-        for path in paths:
-            try:
-                results.append(self.predict_datasets([read(path)])[0])
-            except IchnodeError as exc:
-                results.append(exc)
-        return results
 
 
 @torch.inference_mode()

@@ -40,8 +40,8 @@ from ichnode.db.queue import (
     complete_many,
     depth,
     fail,
-    reclaim_expired,
     release,
+    requeue,
 )
 from ichnode.subtypes import SUBTYPES
 
@@ -243,18 +243,20 @@ def test_release_returns_the_workers_claims_to_the_queue(session_factory):
     assert [i.id for i in _claim(session_factory, "next", 10)] == [ids[0], ids[1], ids[3]]
 
 
-def test_reclaim_expired_requeues_only_expired_leases(session_factory):
-    ids = _fill(session_factory, 2)
-    now = utcnow()
-    _claim(session_factory, "w1", 1, now=now)
-    _claim(session_factory, "w2", 1, now=now + timedelta(seconds=30))
-
+def test_requeue_puts_scored_instances_back_with_a_fresh_attempt_count(session_factory):
+    ids = _fill(session_factory, 3)
+    [first, second, third] = _claim(session_factory, "w1", 3)
     with session_factory.begin() as session:
-        count = reclaim_expired(session, now=now + timedelta(seconds=LEASE_S + 1))
-
-    assert count == 1
-    assert _get(session_factory, ids[0]).status == InstanceStatus.QUEUED
-    assert _get(session_factory, ids[1]).status == InstanceStatus.CLAIMED
+        completions = [Completion(i.id, i.claim_token, "m", [0.1] * 6) for i in (first, second)]
+        assert complete_many(session, completions) == {first.id, second.id}
+    with session_factory.begin() as session:
+        assert requeue(session, [first.id, third.id]) == 1  # the claimed one is not touched
+    back = _get(session_factory, ids[0])
+    assert back.status == InstanceStatus.QUEUED and back.attempts == 0
+    assert back.claim_token is None and back.claimed_by is None
+    assert _get(session_factory, ids[1]).status == InstanceStatus.DONE
+    assert _get(session_factory, ids[2]).status == InstanceStatus.CLAIMED
+    assert [i.id for i in _claim(session_factory, "w2", 10)] == [ids[0]]
 
 
 def test_depth_counts_every_status(session_factory):

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ichnode.imaging import PreprocessSpec, preprocess_file
+from ichnode.imaging import PreprocessSpec, preprocess, read
 from ichnode.subtypes import SUBTYPES
 from phantoms.synth import generate
 from training.cache import PreprocessCache
@@ -162,7 +162,7 @@ def test_second_read_comes_from_the_preprocessed_cache(phantoms: Path, tmp_path:
     data = tmp_path / "data"
     ids = _copy_layout(phantoms, data, 1)
     layout = find_layout(data)
-    expected = preprocess_file(layout.image_path(ids[0]), SPEC)
+    expected = preprocess(read(layout.image_path(ids[0])), SPEC)
     ds = RSNADataset.from_table(
         layout, load_labels(layout.csv), ids, SPEC, PreprocessCache(tmp_path / "c", SPEC)
     )

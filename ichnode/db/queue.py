@@ -279,21 +279,6 @@ def requeue(session: Session, instance_ids: Sequence[int]) -> int:
     return result.rowcount
 
 
-def reclaim_expired(session: Session, now: datetime | None = None) -> int:
-    """Put CLAIMED instances whose lease expired back to QUEUED; returns the count.
-
-    :func:`claim` already takes expired leases; this is for housekeeping and reporting.
-    """
-    now = now or utcnow()
-    result = session.execute(
-        update(Instance)
-        .where(Instance.status == InstanceStatus.CLAIMED, Instance.lease_expires_at < now)
-        .values(status=InstanceStatus.QUEUED, claim_token=None, lease_expires_at=None),
-        execution_options={"synchronize_session": False},
-    )
-    return result.rowcount
-
-
 def depth(session: Session) -> dict[InstanceStatus, int]:
     """Number of instances in each status (every status present, zero included)."""
     counts = dict.fromkeys(InstanceStatus, 0)

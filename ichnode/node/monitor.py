@@ -176,7 +176,6 @@ class Monitor:
         self.stable_seconds = stable_seconds
         self.on_result = on_result or (lambda result_id: None)
         self.interval = interval
-        self.wake = threading.Event()
         #: study id -> its last_received_at when resulting it raised: skipped until it changes
         self._failed: dict[int, datetime] = {}
 

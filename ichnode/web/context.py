@@ -1,4 +1,4 @@
-"""What the web layer reads: the database, the store, the model, the in-process workers."""
+"""What the web layer reads: the database, the store, the model, the node's threads."""
 
 from __future__ import annotations
 
@@ -18,15 +18,14 @@ from ichnode.store import Store
 class WebContext:
     """The parts of a node the HTTP layer needs; build one with :meth:`from_node`.
 
-    ``predictor`` may be None (no saliency then); ``workers`` / ``threads`` are the node's
-    in-process ones (empty when scoring runs in separate ``ichnode worker`` processes).
+    ``predictor`` may be None (no saliency then); ``threads`` are the node's in-process ones
+    (workers, monitor, outbox...: the health check's liveness).
     """
 
     sessions: sessionmaker
     store: Store
     settings: Any
     predictor: Predictor | None = None
-    workers: list[Any] = field(default_factory=list)
     threads: list[threading.Thread] = field(default_factory=list)
 
     @classmethod
@@ -42,7 +41,6 @@ class WebContext:
             store=node.store,
             settings=node.settings,
             predictor=getattr(node, "predictor", None),
-            workers=list(getattr(node, "workers", [])),
             threads=list(getattr(node, "threads", [])),
         )
 
