@@ -184,6 +184,11 @@ class Settings(BaseSettings):
 
     # -- inference
     model: Path | None = Field(None, description="Checkpoint; empty = the bundled demo model.")
+    model_reload: bool = Field(
+        True,
+        description="Serve a new checkpoint renamed over `model` without a restart "
+        "(checked every 2 s).",
+    )
     device: str = "auto"
     workers: int = Field(1, ge=0)
     batch_size: int = Field(16, ge=1, le=1024)

@@ -166,13 +166,14 @@ class Monitor:
     def __init__(
         self,
         sessions: sessionmaker,
-        policy: ResultPolicy,
+        policy: ResultPolicy | Callable[[], ResultPolicy],
         stable_seconds: float,
         on_result: Callable[[int], None] | None = None,
         interval: float = 0.25,
     ) -> None:
         self.sessions = sessions
-        self.policy = policy
+        #: The policy now (a callable: the node's model may be reloaded while it runs).
+        self.policy: Callable[[], ResultPolicy] = policy if callable(policy) else (lambda: policy)
         self.stable_seconds = stable_seconds
         self.on_result = on_result or (lambda result_id: None)
         self.interval = interval
@@ -216,7 +217,7 @@ class Monitor:
     def _result(self, study_id: int) -> int | None:
         """Compute and commit the study's next result version; its id, or None."""
         with self.sessions.begin() as session:
-            result = compute_result(session, study_id, self.policy)
+            result = compute_result(session, study_id, self.policy())
             if result is None:
                 return None
             uid = session.get(Study, study_id).study_instance_uid

@@ -18,9 +18,10 @@ from ichnode.db import queue
 from ichnode.db.session import display_url, open_database
 from ichnode.errors import ConfigError
 from ichnode.inference import Predictor, score_study
-from ichnode.model import demo_model_path, load_checkpoint
+from ichnode.model import Checkpoint, demo_model_path, load_checkpoint
 from ichnode.node.monitor import Monitor, ResultPolicy
 from ichnode.node.outbox import Outbox
+from ichnode.node.reload import ModelWatcher
 from ichnode.node.reporting import Reporter
 from ichnode.node.scp import StorageSCP
 from ichnode.node.tls import ReloadingContext
@@ -93,16 +94,14 @@ class Node:
         self._spawn(self.reporter.run, "reporter")
         self.monitor = Monitor(
             self.sessions,
-            ResultPolicy(
-                self.predictor.checkpoint.decision_thresholds,
-                self.predictor.model_id,
-                partial(score_study, self.predictor.checkpoint),
-                self.predictor.checkpoint.spec.context,
-            ),
+            self.result_policy,
             s.stable_seconds,
             on_result=lambda result_id: self.reporter.wake.set(),
         )
         self._spawn(self.monitor.run, "monitor")
+        if s.model is not None and s.model_reload:
+            watcher = ModelWatcher(s.model, self.predictor, on_swap=self._on_model_swap)
+            self._spawn(watcher.run, "model-watcher")
         if s.audit_retention_days:
             self._spawn(AuditPruner(self.sessions, s.audit_retention_days).run, "audit-prune")
         self.scp = StorageSCP(s, self.store, self.sessions, on_stored=self.wake.set)
@@ -123,6 +122,20 @@ class Node:
         if announce:
             log.info(ready)
         return ready
+
+    def result_policy(self) -> ResultPolicy:
+        """How the monitor results studies with the model served now."""
+        ckpt = self.predictor.checkpoint
+        return ResultPolicy(
+            ckpt.decision_thresholds, ckpt.model_id, partial(score_study, ckpt), ckpt.spec.context
+        )
+
+    def _on_model_swap(self, ckpt: Checkpoint) -> None:
+        """A reloaded model: the reports' own CPU copy follows it (unless the file was
+        replaced again meanwhile: the next swap brings both)."""
+        copy = load_checkpoint(self.settings.model, "cpu")
+        if copy.model_id == ckpt.model_id:
+            self.report_checkpoint = self.reporter.checkpoint = copy
 
     def _on_reported(self, result_id: int, status: object) -> None:
         """Reporter callback: wake the outbox for the new rows, then the ``on_result`` hook."""

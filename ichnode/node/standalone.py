@@ -13,6 +13,7 @@ from ichnode.db import queue
 from ichnode.db.models import InstanceStatus
 from ichnode.db.session import display_url, open_database
 from ichnode.inference import Predictor
+from ichnode.node.reload import ModelWatcher
 from ichnode.node.worker import Worker, default_worker_id
 from ichnode.store import Store
 
@@ -41,6 +42,11 @@ def run_worker(settings: Settings, exit_when_empty: bool = False) -> int:
         f"model {predictor.model_id} on {predictor.device}",
         flush=True,
     )
+    if settings.model is not None and settings.model_reload:  # the same swap as `serve`
+        watcher = ModelWatcher(settings.model, predictor)
+        threading.Thread(
+            target=watcher.run, args=(stop,), name="model-watcher", daemon=True
+        ).start()
     try:
         if exit_when_empty:
             while not stop.is_set():

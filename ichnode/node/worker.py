@@ -23,7 +23,7 @@ from ichnode.db import context, queue
 from ichnode.db.engine import error_reason
 from ichnode.errors import IchnodeError
 from ichnode.imaging import PreprocessSpec, context_input, preprocess, preprocess_hu, read
-from ichnode.inference import Predictor
+from ichnode.inference import Predictor, embed_and_score
 from ichnode.store import Store
 from ichnode.study import encode_embedding
 
@@ -68,30 +68,26 @@ class Worker:
         self.failed = 0
 
     def _read(
-        self, path: str | None, to_input: Callable[[Dataset, PreprocessSpec], np.ndarray]
+        self,
+        path: str | None,
+        spec: PreprocessSpec,
+        to_input: Callable[[Dataset, PreprocessSpec], np.ndarray],
     ) -> np.ndarray:
         """``to_input`` of a stored file, with one clear error when it cannot be read."""
         if not path:
             raise IchnodeError("no stored file")
         try:
-            return to_input(read(self.store.path(path)), self.predictor.checkpoint.spec)
+            return to_input(read(self.store.path(path)), spec)
         except (OSError, ValueError) as exc:
             raise IchnodeError(f"cannot read stored file: {exc}") from None
 
-    def _load(self, path: str | None) -> np.ndarray:
-        """The model input of a stored slice (2-D)."""
-        return self._read(path, preprocess)
-
-    def _load_hu(self, path: str) -> np.ndarray:
-        """The HU plane of a stored file (a 2.5-D input's plane)."""
-        return self._read(path, preprocess_hu)
-
-    def _load_context(self, claimed: list[tuple[int, str, str | None]], planes: dict) -> list:
+    def _load_context(
+        self, claimed: list[tuple[int, str, str | None]], planes: dict, spec: PreprocessSpec
+    ) -> list:
         """Futures of each claimed slice's 2.5-D input; each file of the batch is read once,
         and an unreadable neighbour is stood in for by the slice (as at a series' end)."""
-        spec = self.predictor.checkpoint.spec
         paths = {p for instance_id, _, _ in claimed for p in planes[instance_id].paths}
-        hu = {p: self._pool.submit(self._load_hu, p) for p in paths}
+        hu = {p: self._pool.submit(self._read, p, spec, preprocess_hu) for p in paths}
 
         def neighbour(path: str) -> np.ndarray | None:
             return None if hu[path].exception() is not None else hu[path].result()
@@ -105,8 +101,12 @@ class Worker:
         return [self._pool.submit(assemble, instance_id) for instance_id, _, _ in claimed]
 
     def run_once(self) -> int:
-        """Claim and score one batch; returns how many instances were claimed."""
-        k = self.predictor.checkpoint.spec.context
+        """Claim and score one batch; returns how many instances were claimed.
+
+        The whole batch uses the checkpoint served when it starts (a reloaded model takes
+        over at the next batch)."""
+        ckpt = self.predictor.checkpoint
+        k = ckpt.spec.context
         with self.sessions.begin() as session:
             claimed = [
                 (i.id, i.claim_token, i.path)
@@ -116,9 +116,11 @@ class Worker:
         if not claimed:
             return 0
         if k:
-            futures = self._load_context(claimed, planes)
+            futures = self._load_context(claimed, planes, ckpt.spec)
         else:
-            futures = [self._pool.submit(self._load, path) for _, _, path in claimed]
+            futures = [
+                self._pool.submit(self._read, path, ckpt.spec, preprocess) for _, _, path in claimed
+            ]
         ready: list[tuple[int, str]] = []
         arrays: list[np.ndarray] = []
         failures: list[tuple[int, str, str]] = []
@@ -131,10 +133,10 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - a bad slice must not stop the worker
                 failures.append((instance_id, token, f"{type(exc).__name__}: {exc}"))
         if arrays:
-            embeddings, probs = self.predictor.embed_scores(np.stack(arrays))
+            embeddings, probs = embed_and_score(ckpt, np.stack(arrays), self.predictor.amp)
         else:
             embeddings, probs = np.empty((0, 0)), np.empty((0, 6))
-        model_id = self.predictor.model_id
+        model_id = ckpt.model_id
         completions = [
             queue.Completion(
                 instance_id,

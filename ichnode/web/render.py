@@ -71,8 +71,9 @@ class SaliencyModel:
             raise RuntimeError("no model loaded: saliency is not available")
         neighbours = [_read_or_none(p) for p in neighbour_paths] or [None] * (2 * self.context)
         with self._lock:
-            if self._ckpt is None:
-                self._ckpt = copy.deepcopy(self._predictor.checkpoint)
+            served = self._predictor.checkpoint
+            if self._ckpt is None or self._ckpt.model_id != served.model_id:  # also a reload
+                self._ckpt = copy.deepcopy(served)
             spec = self._ckpt.spec
             cam = grad_cam(self._ckpt, preprocess_planes(ds, neighbours, spec), subtype)
         return input_to_display(cam, to_hu(ds), pixel_spacing(ds), spec)
