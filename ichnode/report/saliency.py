@@ -114,6 +114,25 @@ def head_mask(hu: np.ndarray, body_hu: float = BODY_HU) -> np.ndarray:
     return ndimage.binary_fill_holes(largest)
 
 
+#: Heat map colours and the opacity at saliency 1 (the summary image and the web overlay).
+HEATMAP = "jet"
+HEATMAP_MAX_ALPHA = 0.5
+
+
+def overlay(gray: np.ndarray, saliency: np.ndarray, hu: np.ndarray) -> np.ndarray:
+    """The grey square ``gray`` (display of ``hu``, in [0, 1]) as RGB with the saliency map
+    (any resolution, [0, 1]) blended in as a heat map, confined to the head."""
+    from matplotlib import colormaps
+
+    side = gray.shape[0]
+    heat = resize(np.clip(saliency, 0.0, 1.0).astype(np.float32)[None], side)[0]
+    heat = mask_to_head(heat, hu)  # no heat over the air around the head
+    colour = colormaps[HEATMAP](heat)[..., :3]
+    alpha = (HEATMAP_MAX_ALPHA * heat)[..., None]
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    return (1.0 - alpha) * rgb + alpha * colour
+
+
 def mask_to_head(heat: np.ndarray, hu: np.ndarray) -> np.ndarray:
     """``heat`` (square, the padded-square display of ``hu``) times the head mask of ``hu``
     resized to it: zero outside the head, unchanged well inside it (float32)."""

@@ -14,13 +14,12 @@ import logging
 
 import highdicom as hd
 import numpy as np
-from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
 from ichnode.imaging import WINDOWS, first_frame_value, resize, to_hu
 from ichnode.report.findings import ReportError, StudyFindings, check_uid
-from ichnode.report.saliency import mask_to_head
+from ichnode.report.saliency import overlay
 from ichnode.report.sr import DISCLAIMER, MANUFACTURER, STUDY_ATTRIBUTES
 from ichnode.subtypes import DISPLAY_NAMES, SUBTYPES
 
@@ -34,8 +33,6 @@ PANEL_HEIGHT = 236
 FONT_SIZE = 18
 TITLE_FONT_SIZE = 20
 #: Heat map: colour map, and the opacity at saliency 1 (opacity scales with saliency).
-HEATMAP = "jet"
-HEATMAP_MAX_ALPHA = 0.5
 
 FLAG_FILL = (200, 30, 30)
 TEXT = (235, 235, 235)
@@ -139,13 +136,10 @@ def render(
     """The summary picture as ``uint8 (IMAGE_SIZE + PANEL_HEIGHT, IMAGE_SIZE, 3)``."""
     hu = to_hu(key)
     gray = resize(WINDOWS["brain"].apply(hu)[None], IMAGE_SIZE)[0]
-    rgb = np.repeat(gray[..., None], 3, axis=2)
     if saliency is not None:
-        heat = resize(np.clip(saliency, 0.0, 1.0)[None].astype(np.float32), IMAGE_SIZE)[0]
-        heat = mask_to_head(heat, hu)  # no heat over the air around the head
-        colour = colormaps[HEATMAP](heat)[..., :3]
-        alpha = (HEATMAP_MAX_ALPHA * heat)[..., None]
-        rgb = (1.0 - alpha) * rgb + alpha * colour
+        rgb = overlay(gray, saliency, hu)
+    else:
+        rgb = np.repeat(gray[..., None], 3, axis=2)
     canvas = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE + PANEL_HEIGHT), PANEL_FILL)
     canvas.paste(Image.fromarray((rgb * 255.0 + 0.5).astype(np.uint8)), (0, 0))
     draw = ImageDraw.Draw(canvas)

@@ -13,7 +13,6 @@ import threading
 from collections.abc import Sequence
 
 import numpy as np
-from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
 from ichnode.errors import IchnodeError
@@ -28,15 +27,12 @@ from ichnode.imaging import (
     to_hu,
 )
 from ichnode.inference import Predictor
-from ichnode.report.saliency import grad_cam, mask_to_head
+from ichnode.report.saliency import grad_cam, overlay
 from ichnode.report.summary import draw_edge_letters, edge_letters, text_font
 from ichnode.subtypes import ANY
 
 log = logging.getLogger(__name__)
 
-#: Heat map colours and the opacity at saliency 1 (as on the summary image).
-HEATMAP = "jet"
-HEATMAP_MAX_ALPHA = 0.5
 #: Largest rendered side; thumbnails ask for less.
 MAX_SIZE = 1024
 MIN_SIZE = 32
@@ -112,13 +108,10 @@ def render_png(
     side = size or max(gray.shape)
     side = int(min(max(side, MIN_SIZE), MAX_SIZE))
     gray = resize(gray[None], side)[0]
-    rgb = np.repeat(gray[..., None], 3, axis=2)
     if saliency is not None:
-        cam = saliency.cam(ds, subtype, neighbour_paths)
-        heat = mask_to_head(resize(cam[None], side)[0], hu)
-        colour = colormaps[HEATMAP](heat)[..., :3]
-        alpha = (HEATMAP_MAX_ALPHA * heat)[..., None]
-        rgb = (1.0 - alpha) * rgb + alpha * colour
+        rgb = overlay(gray, saliency.cam(ds, subtype, neighbour_paths), hu)
+    else:
+        rgb = np.repeat(gray[..., None], 3, axis=2)
     image = Image.fromarray((np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
     if letters and side >= LETTERS_MIN_SIZE:
         font = text_font(max(14, side // 28))
