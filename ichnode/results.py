@@ -42,6 +42,14 @@ def study_summary(session: Session, study: Study) -> dict[str, Any]:
         key_uid = session.scalar(
             select(Instance.sop_instance_uid).where(Instance.id == result.key_instance_id)
         )
+    return summary_of(study, result, n_instances or 0, key_uid)
+
+
+def summary_of(
+    study: Study, result: StudyResult | None, n_instances: int, key_uid: str | None
+) -> dict[str, Any]:
+    """The list contract of a study from what one query read (its latest result, its
+    instance count and its key slice's UID): the worklist reads a page in one statement."""
     return {
         "study_instance_uid": study.study_instance_uid,
         "status": str(study.status),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from db_fixtures import add_instances
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from ichnode.cli import app
@@ -38,3 +39,51 @@ def test_results_by_accession_number(session_factory, db_url):
     [row] = json.loads(done.output)
     assert row["study_instance_uid"] == wanted
     assert "ACC-0042" not in done.output  # the rows carry no patient data, this included
+
+
+def test_the_worklist_reads_a_page_in_the_same_statements_however_many_rows(session_factory):
+    """One statement for the page and one for its count: not three more per study (a page of
+    200 rows every 5 s per open tab), and the rows are those :func:`study_summary` gives."""
+    from sqlalchemy import event
+
+    from ichnode.db.models import Study, StudyResult
+    from ichnode.results import study_summary
+    from ichnode.web.queries import worklist
+
+    def statements(session) -> tuple[int, list[dict]]:  # noqa: ANN001
+        seen: list[str] = []
+        engine = session.get_bind()
+        listen = lambda *args: seen.append(args[2])  # noqa: E731 - (conn, cursor, statement, ...)
+        event.listen(engine, "before_cursor_execute", listen)
+        try:
+            _, rows = worklist(session, limit=50)
+        finally:
+            event.remove(engine, "before_cursor_execute", listen)
+        return len(seen), rows
+
+    def add_resulted_study() -> None:
+        with session_factory.begin() as session:
+            ids = add_instances(session, 3)
+            study = session.get(Instance, ids[0]).study
+            study.result_version = 1
+            session.add(
+                StudyResult(study=study, version=1, model_id="m", flagged=True,
+                            flagged_subtypes="any", key_instance_id=ids[1], n_instances=3,
+                            n_scored=3, n_failed=0, n_skipped=0)
+            )  # fmt: skip
+
+    add_resulted_study()
+    with session_factory() as session:
+        few, _ = statements(session)
+    for _ in range(4):
+        add_resulted_study()
+    _study_with_accession(session_factory, None)  # one without a result
+    with session_factory() as session:
+        many, rows = statements(session)
+        assert len(rows) == 6 and many == few
+        for row in rows:
+            study = session.scalar(
+                select(Study).where(Study.study_instance_uid == row["study_instance_uid"])
+            )
+            expected = study_summary(session, study)
+            assert {k: row[k] for k in expected} == expected

@@ -1,6 +1,6 @@
 """Worklist queries on top of :mod:`ichnode.results`: triage order, states, patient block.
 
-The study dicts are :func:`ichnode.results.study_summary` / :func:`~ichnode.results.study_detail`
+The study dicts are :func:`ichnode.results.summary_of` / :func:`~ichnode.results.study_detail`
 (the documented results contract) plus three keys of the web layer: ``state`` (the worklist
 state, :class:`WorklistState`), ``patient`` (identifiers, or None when hidden) and, in the
 detail, ``series`` and ``deliveries`` (unless the results layer already provides them).
@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import and_, case, exists, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from ichnode.db.models import (
     DeliveryStatus,
@@ -24,7 +24,7 @@ from ichnode.db.models import (
     StudyResult,
     StudyStatus,
 )
-from ichnode.results import study_detail, study_summary
+from ichnode.results import study_detail, summary_of
 
 
 class WorklistState(StrEnum):
@@ -100,7 +100,19 @@ def worklist(
 ) -> tuple[int, list[dict[str, Any]]]:
     """``(total matching, one page of study summaries)`` in ``order``."""
     state_sql = _state_expression().label("state")
-    query = select(Study, state_sql).outerjoin(StudyResult, _latest_join())
+    n_instances = (
+        select(func.count())
+        .select_from(Instance)
+        .where(Instance.study_id == Study.id)
+        .correlate(Study)
+        .scalar_subquery()
+    )
+    key = aliased(Instance)
+    query = (
+        select(Study, state_sql, StudyResult, n_instances, key.sop_instance_uid)
+        .outerjoin(StudyResult, _latest_join())
+        .outerjoin(key, key.id == StudyResult.key_instance_id)
+    )
     if since is not None:
         query = query.where(Study.last_received_at >= since)
     if accession is not None:
@@ -122,8 +134,8 @@ def worklist(
         query = query.order_by(Study.last_received_at.desc(), Study.id.desc())
     rows = session.execute(query.offset(offset).limit(limit)).all()
     out = []
-    for study, study_state in rows:
-        summary = study_summary(session, study)
+    for study, study_state, result, count, key_uid in rows:  # one statement for the page
+        summary = summary_of(study, result, count or 0, key_uid)
         summary["state"] = study_state
         summary["patient"] = patient_block(study, show_patient_identifiers)
         out.append(summary)
