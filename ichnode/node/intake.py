@@ -19,13 +19,11 @@ from ichnode.db import ingest
 from ichnode.db.models import InstanceStatus
 from ichnode.imaging import CT_SOP_CLASSES, MAX_PIXELS
 from ichnode.node.selection import SelectionRules, geometry
+from ichnode.node.statuses import (
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH,
+)
 from ichnode.store import uid_hash, valid_uid
-
-# DIMSE C-STORE statuses (PS3.4 Annex B.2.3, PS3.7 Annex C).
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DATASET_DOES_NOT_MATCH = 0xA900
-CANNOT_UNDERSTAND = 0xC000
 
 #: BitsAllocated values a CT image can have (PS3.3 C.8.2.1.1.4 allows 16 only; we decode these).
 BITS_ALLOCATED = (8, 16, 32)

@@ -47,18 +47,17 @@ from ichnode.db.models import (
     utcnow,
 )
 from ichnode.errors import IchnodeError
+from ichnode.node.statuses import (  # noqa: F401 - re-exported for the tests
+    COERCION_OF_DATA_ELEMENTS,
+    DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+    DELIVERED,
+    ELEMENTS_DISCARDED,
+    SUCCESS,
+)
 from ichnode.store import Store
 
 log = logging.getLogger(__name__)
 
-# C-STORE response statuses (PS3.4 B.2.3) that mean the object was stored.
-SUCCESS = 0x0000
-COERCION_OF_DATA_ELEMENTS = 0xB000
-ELEMENTS_DISCARDED = 0xB006
-DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xB007
-DELIVERED = frozenset(
-    {SUCCESS, COERCION_OF_DATA_ELEMENTS, ELEMENTS_DISCARDED, DATA_SET_DOES_NOT_MATCH_SOP_CLASS}
-)
 
 #: How long a claimed entry stays invisible to other senders while its send is in flight.
 CLAIM_SECONDS = 600.0

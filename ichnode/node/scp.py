@@ -45,15 +45,14 @@ from ichnode.db.engine import error_reason
 from ichnode.db.models import InstanceStatus
 from ichnode.imaging import CT_SOP_CLASSES
 from ichnode.node import intake
-from ichnode.node.intake import (  # noqa: F401 - the statuses, importable from here as before
+from ichnode.node.intake import Refusal
+from ichnode.node.selection import SelectionRules
+from ichnode.node.statuses import (  # noqa: F401 - the statuses, importable from here as before
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH,
     OUT_OF_RESOURCES,
     SUCCESS,
-    Refusal,
-    pixel_problem,
 )
-from ichnode.node.selection import SelectionRules
 from ichnode.node.tls import ReloadingContext
 from ichnode.node.transport import GuardedServer, start_server
 from ichnode.store import Store, StoreError, uid_hash
