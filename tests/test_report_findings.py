@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_report_fixtures import SHA, make_findings
+from report_fixtures import SHA, make_findings
 
 from ichnode.report import ReportError, StudyFindings
 from ichnode.subtypes import SUBTYPES

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_report_fixtures import (
+from report_fixtures import (
     dciodvfy,
     dsrdump,
     headers,

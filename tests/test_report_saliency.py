@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from test_report_fixtures import synth_ct_study
+from report_fixtures import synth_ct_study
 
 from ichnode.imaging import PreprocessSpec, preprocess, resize, to_hu
 from ichnode.model import Checkpoint, build, demo_model_path, load_checkpoint, save_checkpoint

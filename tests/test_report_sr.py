@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from pydicom.sr._concepts_dict import concepts
 from pydicom.sr.codedict import codes
-from test_report_fixtures import (
+from report_fixtures import (
     DSRDUMP,
     dciodvfy,
     encode,

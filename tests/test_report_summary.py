@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
-from test_report_fixtures import dciodvfy, make_findings, roundtrip, synth_ct_study
+from report_fixtures import dciodvfy, make_findings, roundtrip, synth_ct_study
 
 from ichnode.report import ReportError, StudyFindings, build_summary
 from ichnode.report.summary import (

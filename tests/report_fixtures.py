@@ -1,4 +1,4 @@
-"""Shared helpers for the report tests: a synthetic head-CT study, validators (no tests here).
+"""Shared helpers for the report tests: a synthetic head-CT study and validators.
 
 The study is made here, in the tests, with pydicom: a few 64×64 int16 CT slices of one
 study with valid UIDs and the patient/study attributes a PACS would send.
