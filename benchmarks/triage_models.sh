@@ -33,6 +33,8 @@ train() {  # NAME ARGS...: train once, then evaluate on both evaluation sets
 train demo --epochs 12
 # The same at 128 px over the same field of view (1.8 mm per pixel).
 train demo128 --epochs 12 --image-size 128 --pixel-mm 1.8
+# The same with 2.5-D input: each slice with the slice below and above it (9 channels).
+train ctx1 --epochs 12 --context 1
 # The seed's recipe: SimpleCNN, 5 epochs, balanced sampling (one group in six), 128 px matrix
 # resize, no study model (the study probability is the maximum over slices).
 train seed --arch simplecnn --epochs 5 --image-size 128 --pixel-mm none --normal-share none \
