@@ -60,10 +60,13 @@ class Predictor:
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             return predict_proba(self.checkpoint, batch)
 
-    def embed_scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def embed_scores(
+        self, batch: np.ndarray, checkpoint: Checkpoint | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Slice embeddings ``(N, D)`` (float32) and calibrated probabilities ``(N, 6)`` of a
-        preprocessed batch, in one forward pass."""
-        return embed_and_score(self.checkpoint, batch, self.amp)
+        preprocessed batch, in one forward pass; by ``checkpoint`` when given (a worker's
+        batch keeps the model it started with, whatever a reload swaps in meanwhile)."""
+        return embed_and_score(checkpoint or self.checkpoint, batch, self.amp)
 
     def label(self, probs: np.ndarray) -> SlicePrediction:
         """Name one row of probabilities and apply the checkpoint's slice thresholds."""

@@ -19,11 +19,11 @@ def test_a_failed_batch_does_not_end_the_worker(node_factory, caplog, monkeypatc
     real = node.predictor.embed_scores
     failures = []
 
-    def out_of_memory_once(batch):  # noqa: ANN001, ANN202
+    def out_of_memory_once(batch, checkpoint=None):  # noqa: ANN001, ANN202
         if not failures:
             failures.append(len(batch))
             raise RuntimeError("CUDA out of memory (injected by the test)")
-        return real(batch)
+        return real(batch, checkpoint)
 
     monkeypatch.setattr(node.predictor, "embed_scores", out_of_memory_once)
     assert send(node.settings.port, study(3, size=32)) == [SUCCESS] * 3

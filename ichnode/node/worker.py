@@ -23,7 +23,7 @@ from ichnode.db import context, queue
 from ichnode.db.engine import error_reason
 from ichnode.errors import IchnodeError
 from ichnode.imaging import PreprocessSpec, context_input, preprocess, preprocess_hu, read
-from ichnode.inference import Predictor, embed_and_score
+from ichnode.inference import Predictor
 from ichnode.store import Store
 from ichnode.study import encode_embedding
 
@@ -133,7 +133,7 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - a bad slice must not stop the worker
                 failures.append((instance_id, token, f"{type(exc).__name__}: {exc}"))
         if arrays:
-            embeddings, probs = embed_and_score(ckpt, np.stack(arrays), self.predictor.amp)
+            embeddings, probs = self.predictor.embed_scores(np.stack(arrays), ckpt)
         else:
             embeddings, probs = np.empty((0, 0)), np.empty((0, 6))
         model_id = ckpt.model_id
