@@ -507,15 +507,28 @@ def context_input(
     return planes_to_input(torch.from_numpy(planes), spec.windows).numpy()
 
 
+def read_neighbours(paths: Sequence[str | Path | None]) -> list[Dataset | None]:
+    """The datasets of a slice's neighbours (as :func:`context_planes` takes them); None where
+    there is none or it cannot be read, so the slice stands in for it (as at a series' end)."""
+    out: list[Dataset | None] = []
+    for path in paths:
+        try:
+            out.append(None if path is None else read(path))
+        except ImagingError:
+            out.append(None)
+    return out
+
+
 def preprocess_planes(
     ds: Dataset, neighbours: Sequence[Dataset | None], spec: PreprocessSpec
 ) -> np.ndarray:
     """:func:`preprocess` of a slice with its neighbours (lowest z first, see
-    :func:`context_planes`); for a 2-D spec the neighbours are not read."""
+    :func:`context_planes`; empty: none known, the slice stands in for all of them); for a
+    2-D spec the neighbours are not read."""
     if not spec.context:
         return preprocess(ds, spec)
     hu = [None if n is None else preprocess_hu(n, spec) for n in neighbours]
-    return context_input(preprocess_hu(ds, spec), hu, spec)
+    return context_input(preprocess_hu(ds, spec), hu or [None] * (2 * spec.context), spec)
 
 
 def preprocess_hu(ds: Dataset, spec: PreprocessSpec) -> np.ndarray:

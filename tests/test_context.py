@@ -225,3 +225,10 @@ def test_the_node_scores_late_neighbours_again_and_matches_predict(
         assert png.content == expected
     finally:
         handle.stop()
+    # The summary image's saliency reads the same stored neighbours of its key slice.
+    from ichnode.node.reporting import _neighbours
+
+    with node.sessions() as session:
+        read_back = _neighbours(session, node.store, above.id, 1)
+    expected_uids = [str(d.SOPInstanceUID) for d in (datasets[k - 1], datasets[k + 1])]
+    assert [str(d.SOPInstanceUID) for d in read_back] == expected_uids

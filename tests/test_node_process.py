@@ -11,6 +11,8 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -244,11 +246,17 @@ def _serve_fails(cwd: Path, *args: str, env: dict[str, str] | None = None) -> st
     return lines[0]
 
 
-def test_a_busy_http_port_is_one_line_error_before_anything_is_created(tmp_path):
+@contextmanager
+def _busy_port() -> Iterator[int]:
+    """A loopback port some other program is listening on."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        http_port = taken.getsockname()[1]
+        yield taken.getsockname()[1]
+
+
+def test_a_busy_http_port_is_one_line_error_before_anything_is_created(tmp_path):
+    with _busy_port() as http_port:
         line = _serve_fails(
             tmp_path,
             "--port",
@@ -260,10 +268,7 @@ def test_a_busy_http_port_is_one_line_error_before_anything_is_created(tmp_path)
 
 
 def test_a_busy_dicom_port_is_one_line_error_before_anything_is_created(tmp_path):
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with _busy_port() as port:
         line = _serve_fails(
             tmp_path,
             "--port",

@@ -90,10 +90,14 @@ def planes(session: Session, instance_ids: Sequence[int], context: int) -> dict[
         )
     ).all()
     by_series = _series_rows(session, {t.series_id for t in targets})
+    positions = {
+        series_id: {instance_id: pos for pos, (instance_id, _) in enumerate(rows)}
+        for series_id, rows in by_series.items()
+    }
     out: dict[int, Planes] = {}
     for t in targets:
         rows = by_series.get(t.series_id, [])
-        position = {instance_id: pos for pos, (instance_id, _) in enumerate(rows)}
+        position = positions.get(t.series_id, {})
         if t.z is None or t.id not in position:  # no place in z order: the slice alone
             out[t.id] = Planes((t.id,) * (2 * context + 1), (t.path or "",) * (2 * context + 1))
         else:

@@ -49,7 +49,13 @@ from ichnode.db.models import (
     StudyResult,
 )
 from ichnode.errors import IchnodeError
-from ichnode.imaging import input_to_display, pixel_spacing, preprocess_planes, to_hu
+from ichnode.imaging import (
+    input_to_display,
+    pixel_spacing,
+    preprocess_planes,
+    read_neighbours,
+    to_hu,
+)
 from ichnode.model import Checkpoint
 from ichnode.report import StudyFindings, build_kos, build_sr, build_summary, grad_cam, to_bytes
 from ichnode.report.sr import STUDY_ATTRIBUTES
@@ -205,13 +211,8 @@ def _neighbours(session: Session, store: Store, instance_id: int, k: int) -> lis
     cannot be read is left to the slice, as at the end of a series."""
     if not k:
         return []
-    out: list[Dataset | None] = []
-    for path in context.planes(session, [instance_id], k)[instance_id].neighbour_paths:
-        try:
-            out.append(None if path is None else pydicom.dcmread(store.path(path)))
-        except (OSError, pydicom.errors.InvalidDicomError, ValueError):
-            out.append(None)
-    return out
+    paths = context.planes(session, [instance_id], k)[instance_id].neighbour_paths
+    return read_neighbours([None if p is None else store.path(p) for p in paths])
 
 
 def build_objects(
@@ -235,9 +236,7 @@ def build_objects(
         )
     if KIND_SUMMARY in wanted:
         target = findings.saliency_subtype
-        x = preprocess_planes(
-            key, neighbours or [None] * (2 * checkpoint.spec.context), checkpoint.spec
-        )
+        x = preprocess_planes(key, neighbours, checkpoint.spec)
         cam = grad_cam(checkpoint, x, target)
         # Over the key slice as the summary shows it (the model may see a resampled view).
         cam = input_to_display(cam, to_hu(key), pixel_spacing(key), checkpoint.spec)

@@ -98,6 +98,8 @@ class Worker:
             around = [neighbour(f) for f in files[:k] + files[k + 1 :]]
             return context_input(centre, around, spec)
 
+        # Queued after every read: the pool takes work in order, so an assemble waits only for
+        # reads already running, never for one queued behind it.
         return [self._pool.submit(assemble, instance_id) for instance_id, _, _ in claimed]
 
     def run_once(self) -> int:

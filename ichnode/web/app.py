@@ -261,15 +261,12 @@ def create_app(node_or_context: Any) -> FastAPI:
             named.center if center is None else center,
             named.width if width is None else width,
         )
-        path = _instance_path(sop_uid)
+        instance_id, path = _instance(sop_uid)
         if overlay == "saliency" and not saliency.available:
             raise HTTPException(503, "no model loaded: saliency is not available")
         neighbours: list[str | None] = []
         if overlay == "saliency" and saliency.context:  # a 2.5-D model reads the neighbours
             with ctx.sessions() as session:
-                instance_id = session.scalar(
-                    select(Instance.id).where(Instance.sop_instance_uid == sop_uid)
-                )
                 planes = context.planes(session, [instance_id], saliency.context)[instance_id]
             neighbours = [
                 None if p is None else str(ctx.store.path(p)) for p in planes.neighbour_paths
@@ -300,22 +297,24 @@ def create_app(node_or_context: Any) -> FastAPI:
     )
     def instance_orientation(sop_uid: Annotated[str, UID_PATH]) -> dict[str, str]:
         """The patient directions at the edges of a stored slice (R, L, A, P, H, F)."""
-        path = _instance_path(sop_uid)
+        _, path = _instance(sop_uid)
         try:
             return orientation(path)
         except (IchnodeError, ValueError, OSError) as exc:
             log.info("instance orientation not read: %s", type(exc).__name__)
             raise HTTPException(404, "the stored object is not a readable DICOM file") from None
 
-    def _instance_path(sop_uid: str) -> str:
-        """The stored file of an instance, or 404."""
+    def _instance(sop_uid: str) -> tuple[int, str]:
+        """An instance's id and its stored file, or 404."""
         if not valid_uid(sop_uid):
             raise HTTPException(404, "no such instance")
         with ctx.sessions() as session:
-            path = session.scalar(select(Instance.path).where(Instance.sop_instance_uid == sop_uid))
-        if path is None:
+            row = session.execute(
+                select(Instance.id, Instance.path).where(Instance.sop_instance_uid == sop_uid)
+            ).first()
+        if row is None or row.path is None:
             raise HTTPException(404, "no such instance, or nothing stored for it")
-        return str(ctx.store.path(path))
+        return row.id, str(ctx.store.path(row.path))
 
     @app.get("/api/info", response_model=NodeInfo, responses=_UNAUTHORIZED)
     def info() -> dict[str, Any]:

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ichnode.errors import IchnodeError
 from ichnode.imaging import (
     WINDOWS,
     Window,
@@ -23,6 +22,7 @@ from ichnode.imaging import (
     pixel_spacing,
     preprocess_planes,
     read,
+    read_neighbours,
     resize,
     to_hu,
 )
@@ -65,7 +65,7 @@ class SaliencyModel:
         lowest z first), mapped back to the slice's pixels."""
         if self._predictor is None:
             raise RuntimeError("no model loaded: saliency is not available")
-        neighbours = [_read_or_none(p) for p in neighbour_paths] or [None] * (2 * self.context)
+        neighbours = read_neighbours(neighbour_paths)
         with self._lock:
             served = self._predictor.checkpoint
             if self._ckpt is None or self._ckpt.model_id != served.model_id:  # also a reload
@@ -73,17 +73,6 @@ class SaliencyModel:
             spec = self._ckpt.spec
             cam = grad_cam(self._ckpt, preprocess_planes(ds, neighbours, spec), subtype)
         return input_to_display(cam, to_hu(ds), pixel_spacing(ds), spec)
-
-
-def _read_or_none(path: str | None) -> object | None:
-    """A neighbour's dataset; None when there is none or it cannot be read (the slice then
-    stands in for it, as at the end of a series)."""
-    if path is None:
-        return None
-    try:
-        return read(path)
-    except (IchnodeError, OSError, ValueError):
-        return None
 
 
 def render_png(
