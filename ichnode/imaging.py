@@ -352,6 +352,27 @@ def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
     return row, col
 
 
+def _resampled_shape(
+    shape: tuple[int, ...], spacing: tuple[float, float] | None, pixel_mm: float
+) -> tuple[int, int]:
+    """Rows and columns of an image of ``shape`` resampled to ``pixel_mm`` per pixel."""
+    h, w = shape
+    if spacing is None:
+        spacing = (DEFAULT_FOV_MM / max(h, w),) * 2
+    return max(1, round(h * spacing[0] / pixel_mm)), max(1, round(w * spacing[1] / pixel_mm))
+
+
+def _resample(t: torch.Tensor, size: tuple[int, int], resample: str) -> torch.Tensor:
+    """``(N, C, H, W)`` resampled to ``size``: area average when shrinking (``area``),
+    antialiased bilinear otherwise when shrinking, bilinear when enlarging."""
+    if tuple(t.shape[-2:]) == size:
+        return t
+    shrink = size[0] < t.shape[-2] and size[1] < t.shape[-1]
+    if shrink and resample == "area":
+        return F.interpolate(t, size=size, mode="area")
+    return F.interpolate(t, size=size, mode="bilinear", antialias=shrink, align_corners=False)
+
+
 def _locate(
     hu: np.ndarray, spacing: tuple[float, float] | None, spec: PreprocessSpec
 ) -> tuple[np.ndarray, int, int]:
@@ -359,21 +380,9 @@ def _locate(
     ``size`` x ``size`` view centred on the head's pixels."""
     if spec.pixel_mm is None:
         raise ValueError("hu_plane needs a spec with pixel_mm")
-    h, w = hu.shape
-    if spacing is None:
-        spacing = (DEFAULT_FOV_MM / max(h, w),) * 2
-    new_h = max(1, round(h * spacing[0] / spec.pixel_mm))
-    new_w = max(1, round(w * spacing[1] / spec.pixel_mm))
+    new_h, new_w = _resampled_shape(hu.shape, spacing, spec.pixel_mm)
     t = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[None, None]
-    if (new_h, new_w) != (h, w):
-        shrink = new_h < h and new_w < w
-        if shrink and spec.resample == "area":
-            t = F.interpolate(t, size=(new_h, new_w), mode="area")
-        else:
-            t = F.interpolate(
-                t, size=(new_h, new_w), mode="bilinear", antialias=shrink, align_corners=False
-            )
-    img = t[0, 0].numpy()
+    img = _resample(t, (new_h, new_w), spec.resample)[0, 0].numpy()
     body = img > BODY_HU
     if body.any():
         rows, cols = np.flatnonzero(body.any(axis=1)), np.flatnonzero(body.any(axis=0))
@@ -414,6 +423,35 @@ def hu_plane(
     """
     img, top, left = _locate(hu, spacing, spec)
     return _view(img, top, left, spec.size, AIR_HU)
+
+
+def hu_and_label_planes(
+    hu: np.ndarray,
+    labels: np.ndarray,
+    spacing: tuple[float, float] | None,
+    spec: PreprocessSpec,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`hu_plane`, and a per-pixel label map of the same image (uint8 classes, 0
+    background; a phantom's bleed map) cut to the same view.
+
+    Each class is resampled as a fraction of a pixel, as the HU are; a pixel of the view takes
+    the class that covers at least half of it, else 0. Training uses it as per-pixel
+    supervision that moves with the image.
+    """
+    if labels.shape != hu.shape:
+        raise ValueError(f"label map {labels.shape} does not match the image {hu.shape}")
+    img, top, left = _locate(hu, spacing, spec)
+    out = np.zeros((spec.size, spec.size), dtype=np.uint8)
+    classes = np.unique(labels)
+    classes = classes[classes > 0]
+    if len(classes):
+        onehot = np.stack([labels == c for c in classes]).astype(np.float32)
+        frac = _resample(torch.from_numpy(onehot)[None], img.shape, spec.resample)[0].numpy()
+        view = np.zeros((len(classes), spec.size, spec.size), dtype=np.float32)
+        inside, window = _overlap(img.shape, top, left, spec.size)
+        view[(slice(None), *window)] = frac[(slice(None), *inside)]
+        out = np.where(view.max(axis=0) >= 0.5, classes[view.argmax(axis=0)], 0)
+    return _view(img, top, left, spec.size, AIR_HU), out.astype(np.uint8)
 
 
 def input_to_display(

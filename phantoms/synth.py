@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from pydicom import config as dicom_config
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
@@ -48,6 +49,8 @@ SLICES_COLUMNS = (
     *(f"{name}_pixels" for name in st.HEMORRHAGE_SUBTYPES), "preset",
 )  # fmt: skip
 IMAGE_DIR = "stage_2_train"
+#: Per-slice bleed maps (8-bit PNG, the values of :attr:`StudySlice.bleed`), beside the images.
+MASK_DIR = "phantom_masks"
 MIN_SIZE = 64
 
 #: Storage variants: unsigned (intercept -1024, 16 or 12 bits stored), signed, RSNA quirk.
@@ -420,6 +423,17 @@ def _slice_row(s: StudySlice, preset: str) -> str:
     )  # fmt: skip
 
 
+def write_mask(path: Path, bleed: np.ndarray) -> None:
+    """A slice's bleed map as an 8-bit greyscale PNG (lossless; a few hundred bytes)."""
+    Image.fromarray(np.asarray(bleed, dtype=np.uint8)).save(path)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """The bleed map :func:`write_mask` wrote (uint8, 0 or 1 + a SUBTYPES index)."""
+    with Image.open(path) as img:
+        return np.asarray(img, dtype=np.uint8)
+
+
 def generate(
     out: Path,
     studies: int,
@@ -441,9 +455,10 @@ def generate(
     if size < MIN_SIZE:
         raise IchnodeError(f"--size must be at least {MIN_SIZE}, not {size}")
     out = Path(out)
-    image_dir = out / IMAGE_DIR
+    image_dir, mask_dir = out / IMAGE_DIR, out / MASK_DIR
     try:
         image_dir.mkdir(parents=True, exist_ok=True)
+        mask_dir.mkdir(exist_ok=True)
     except OSError as exc:
         raise IchnodeError(f"cannot create {image_dir}: {exc.strerror or exc}") from None
     start = time.perf_counter()
@@ -474,6 +489,7 @@ def generate(
             with _lenient_uids():
                 for s in slices:
                     s.dataset.save_as(image_dir / f"{s.image_id}.dcm", enforce_file_format=True)
+                    write_mask(mask_dir / f"{s.image_id}.png", s.bleed)
                     rows.extend(f"{s.image_id}_{name},{s.labels[name]}" for name in st.SUBTYPES)
                     slice_rows.append(_slice_row(s, chosen.name))
                     for name in st.SUBTYPES:
@@ -497,10 +513,13 @@ def generate(
 
 
 __all__ = [
+    "MASK_DIR",
     "SLICES_COLUMNS",
     "STORAGES",
     "StudySlice",
     "SynthSummary",
     "generate",
+    "read_mask",
     "synth_study",
+    "write_mask",
 ]

@@ -99,7 +99,7 @@ def test_training_reads_each_slice_with_its_neighbours_in_z_order(phantoms: Path
     assert around[ordered[0]] == [None, ordered[1]]
     assert around[ordered[3]] == [ordered[2], ordered[4]]
     ds = RSNADataset.from_table(layout, table, [ordered[3]], SPEC, index=index)
-    x, _, _, ok = ds[0]
+    x, _, _, ok, _ = ds[0]
     assert ok and tuple(x.shape) == (3, 64, 64)  # HU planes: below, the slice, above
     for plane, image_id in zip(x, ordered[2:5], strict=True):
         expected = preprocess_hu(read(layout.image_path(image_id)), SPEC)

@@ -287,3 +287,27 @@ def test_a_map_over_the_model_input_lands_on_the_same_anatomy_of_the_slice():
     legacy = PreprocessSpec(size=64)
     assert input_to_display(marker, hu, spacing, legacy) is not None
     np.testing.assert_array_equal(input_to_display(marker, hu, spacing, legacy), marker)
+
+
+@pytest.mark.parametrize(("size", "spacing"), [(512, 0.45), (160, 1.4)])
+def test_a_label_map_is_cut_to_the_hu_planes_view_and_stays_on_its_pixels(size, spacing):
+    from ichnode.imaging import PreprocessSpec, hu_and_label_planes, hu_plane
+
+    spec = PreprocessSpec(size=128, pixel_mm=1.0)  # shrinks the first image, enlarges the second
+    hu = _disc_image(size, int(80 / spacing), (size // 2 + 10, size // 2 - 20))
+    yy, xx = np.mgrid[:size, :size]
+    # A 12 x 12 mm bleed (class 4) and a 1 mm speck (class 2) inside the head.
+    block = (abs(yy - (size // 2 + 10)) < 6 / spacing) & (abs(xx - (size // 2 - 35)) < 6 / spacing)
+    labels = np.zeros((size, size), np.uint8)
+    labels[block] = 4
+    hu[block] = 75.0
+    labels[size // 2 + 10, size // 2 - 5] = 2
+    plane, mask = hu_and_label_planes(hu, labels, (spacing, spacing), spec)
+    np.testing.assert_array_equal(plane, hu_plane(hu, (spacing, spacing), spec))
+    assert mask.shape == (128, 128) and mask.dtype == np.uint8
+    # The speck keeps its class where its pixel is larger than a pixel of the view.
+    assert set(np.unique(mask)) == ({0, 2, 4} if spacing > spec.pixel_mm else {0, 4})
+    assert abs(int((mask == 4).sum()) - 144) <= 30  # 12 x 12 mm at 1 mm per pixel
+    assert (plane[mask == 4] > 60).mean() > 0.95  # on the dense pixels of the bleed
+    with pytest.raises(ValueError, match="does not match"):
+        hu_and_label_planes(hu, labels[:-1], (spacing, spacing), spec)

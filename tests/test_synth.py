@@ -22,7 +22,7 @@ from phantoms import synth
 from phantoms.anatomy import Tissue
 from phantoms.presets import HELDOUT_PRESET, PRESETS, TRAIN_PRESET, range_fields
 from phantoms.scanner import min_bleed_pixels
-from phantoms.synth import SLICES_COLUMNS, STORAGES, generate, synth_study
+from phantoms.synth import SLICES_COLUMNS, SLICES_CSV, STORAGES, generate, read_mask, synth_study
 
 # RSNA's ID_... identifiers are not valid UI values; pydicom warns when it reads them.
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
@@ -243,8 +243,9 @@ def test_generate_is_byte_identical_per_preset(tmp_path: Path, preset: str) -> N
         generate(out, studies=1, seed=3, size=64, progress=False, preset=preset)
     for name in ("stage_2_train.csv", "phantom_slices.csv"):
         assert (a / name).read_bytes() == (b / name).read_bytes()
-    for path in sorted((a / "stage_2_train").iterdir()):
-        assert path.read_bytes() == (b / "stage_2_train" / path.name).read_bytes()
+    for folder in ("stage_2_train", synth.MASK_DIR):
+        for path in sorted((a / folder).iterdir()):
+            assert path.read_bytes() == (b / folder / path.name).read_bytes()
 
 
 def test_presets_give_different_images_for_the_same_seed() -> None:
@@ -367,3 +368,23 @@ def test_cli_synth_prints_its_summary_once_with_plurals(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     both = done.stdout + done.stderr
     assert both.count("wrote 2 studies, ") == 1, both
+
+
+def test_generate_writes_each_slices_bleed_map_that_its_labels_are_read_off(
+    tmp_path: Path,
+) -> None:
+    generate(tmp_path, studies=3, seed=1, size=64, progress=False)  # seed 1: bleeding studies
+    rows = {r["image_id"]: r for r in csv.DictReader((tmp_path / SLICES_CSV).open())}
+    labels = _read_csv(tmp_path / "stage_2_train.csv")
+    label = {ident: int(v) for ident, v in labels}
+    shown = 0
+    for path in sorted((tmp_path / "stage_2_train").glob("*.dcm")):
+        bleed = read_mask(tmp_path / synth.MASK_DIR / f"{path.stem}.png")
+        assert bleed.shape == (64, 64) and bleed.dtype == np.uint8
+        counts = np.bincount(bleed.ravel(), minlength=len(st.SUBTYPES))
+        for name in st.HEMORRHAGE_SUBTYPES:
+            n = int(counts[st.index(name) + 1])
+            assert n == int(rows[path.stem][f"{name}_pixels"])
+            assert label[f"{path.stem}_{name}"] == int(n > 0)
+        shown += int(bleed.any())
+    assert shown > 0

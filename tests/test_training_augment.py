@@ -72,3 +72,32 @@ def test_model_input_windows_hu_planes_like_serving_unless_augmenting():
     aug = model_input(x, spec, HUAugmentConfig(), torch.Generator().manual_seed(1))
     assert aug.shape == plain.shape and float(aug.min()) >= 0 and float(aug.max()) <= 1
     assert not torch.equal(aug, plain)
+
+
+def test_bleed_masks_get_the_same_pose_as_the_hu_planes():
+    from training.augment import NO_HU_AUGMENT, HUAugmentConfig, augment_hu
+
+    x = _hu_batch().repeat(4, 1, 1, 1)
+    x[:, :, 22:30, 17:25] = 70.0  # an off-centre bleed: flips and rotations move it
+    masks = torch.zeros(8, 5, 64, 64)
+    masks[:, 3, 22:30, 17:25] = 1.0
+    same = augment_hu(x, NO_HU_AUGMENT, torch.Generator().manual_seed(0), masks)
+    assert same[0] is x and same[1] is masks
+    # Pose only (no density, noise or kernel change), so the bleed's pixels stay at 70 HU.
+    cfg = HUAugmentConfig(
+        hflip=0.5, rotate_deg=30.0, scale=0.2, soft_offset_hu=0.0, soft_stretch=0.0,
+        noise_hu=0.0, blur_sigma=0.0, sharpen=0.0,
+    )  # fmt: skip
+    hu, moved = augment_hu(x, cfg, torch.Generator().manual_seed(5), masks)
+    assert moved.shape == masks.shape and float(moved[:, [0, 1, 2, 4]].abs().max()) == 0.0
+    assert torch.equal(augment_hu(x, cfg, torch.Generator().manual_seed(5)), hu)  # same draws
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    brain = ((yy - 32) ** 2 + (xx - 32) ** 2).sqrt() < 18  # clear of the bone ring's edges
+    moved_any = False
+    for k in range(8):
+        bleed = moved[k, 3] > 0.5
+        moved_any |= not torch.equal(bleed, masks[k, 3] > 0.5)
+        dense = ((hu[k, 0] - 70.0).abs() < 20.0) & brain
+        inter = int((bleed & dense).sum())
+        assert inter > 0.8 * int((bleed & brain).sum()) and inter > 0.8 * int(dense.sum())
+    assert moved_any

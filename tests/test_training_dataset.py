@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from ichnode.imaging import PreprocessSpec, preprocess, read
 from ichnode.subtypes import SUBTYPES
@@ -168,6 +169,51 @@ def test_second_read_comes_from_the_preprocessed_cache(phantoms: Path, tmp_path:
     )
     ds[0]
     layout.image_path(ids[0]).unlink()
-    x, _, _, ok = ds[0]
+    x, _, _, ok, _ = ds[0]
     assert ok
     np.testing.assert_allclose(x.numpy(), expected, atol=1e-3)  # float16 storage
+
+
+def test_a_phantom_folder_serves_each_slices_bleed_map_cut_like_its_hu_plane(tmp_path: Path):
+    from ichnode.imaging import hu_and_label_planes, pixel_spacing, preprocess_hu, to_hu
+    from phantoms.synth import read_mask
+
+    data = tmp_path / "data"
+    generate(data, studies=3, seed=1, size=96, progress=False)  # seed 1: bleeding studies
+    layout = find_layout(data)
+    assert layout.masks == data / "phantom_masks"
+    table = load_labels(layout.csv)
+    spec = PreprocessSpec(size=64, pixel_mm=3.0)
+    cache = PreprocessCache(tmp_path / "cache", spec)
+    ds = RSNADataset.from_table(layout, table, list(table.index), spec, cache, masks=True)
+    positive = [i for i, image_id in enumerate(ds.ids) if table.loc[image_id, "any"]]
+    assert positive
+    for i in range(len(ds)):
+        x, y, _, ok, mask = ds[i]
+        assert ok and mask.shape == (64, 64) and mask.dtype == torch.uint8
+        dicom = read(layout.image_path(ds.ids[i]))
+        np.testing.assert_allclose(x[0].numpy(), preprocess_hu(dicom, spec), atol=0.5)
+        if not y[-1]:
+            assert not mask.any()  # a normal slice has an empty map
+        hu = to_hu(dicom)
+        bleed = read_mask(layout.mask_path(ds.ids[i]))
+        assert bleed.shape == hu.shape
+        expected = hu_and_label_planes(hu, bleed, pixel_spacing(dicom), spec)[1]
+        assert torch.equal(mask, torch.from_numpy(expected))
+        # Every subtype the map shows is one the slice is labelled with.
+        shown = {SUBTYPES[c - 1] for c in np.unique(bleed) if c}
+        assert shown == {s for s in SUBTYPES[:-1] if table.loc[ds.ids[i], s]}
+    # The maps are cached beside the arrays, and served from the cache.
+    i = positive[0]
+    layout.mask_path(ds.ids[i]).unlink()
+    assert torch.equal(ds[i][4], torch.from_numpy(cache.load_mask(ds.ids[i])))
+
+
+def test_a_folder_without_bleed_maps_serves_no_maps(phantoms: Path, tmp_path: Path):
+    data = tmp_path / "data"
+    ids = _copy_layout(phantoms, data, 2)  # the RSNA layout only, as the real download
+    layout = find_layout(data)
+    assert layout.masks is None
+    spec = PreprocessSpec(size=64, pixel_mm=3.0)
+    ds = RSNADataset.from_table(layout, load_labels(layout.csv), ids, spec, masks=True)
+    assert ds[0][3] and ds[0][4].numel() == 0

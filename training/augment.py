@@ -128,10 +128,19 @@ def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return grouped.transpose(0, 1)
 
 
-def augment_hu(hu: torch.Tensor, cfg: HUAugmentConfig, g: torch.Generator) -> torch.Tensor:
-    """A randomly altered copy of HU planes ``(N, 1, H, W)`` (densities, noise, kernel, pose)."""
+def augment_hu(
+    hu: torch.Tensor,
+    cfg: HUAugmentConfig,
+    g: torch.Generator,
+    masks: torch.Tensor | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """A randomly altered copy of HU planes ``(N, P, H, W)`` (densities, noise, kernel, pose).
+
+    With ``masks`` ``(N, K, H, W)`` (per-pixel bleed masks of phantoms) the masks get the same
+    pose (flip, rotation, scale) as the planes, and ``(hu, masks)`` is returned.
+    """
     if not cfg.enabled:
-        return hu
+        return hu if masks is None else (hu, masks)
     n, dev, dt = hu.shape[0], hu.device, hu.dtype
 
     def u(half: float) -> torch.Tensor:
@@ -157,7 +166,12 @@ def augment_hu(hu: torch.Tensor, cfg: HUAugmentConfig, g: torch.Generator) -> to
         k = kernel.view(n, 1, 1, 1).to(dev)
         out = torch.where(k == 1, blurred, torch.where(k == 2, out + amount * (out - blurred), out))
     # Geometric warp with air outside: warp (HU - AIR), whose padding zero is air.
-    return _warp(out - AIR, cfg.rotate_deg, cfg.scale, cfg.hflip, g) + AIR
+    if masks is None:
+        return _warp(out - AIR, cfg.rotate_deg, cfg.scale, cfg.hflip, g) + AIR
+    planes = out.shape[1]
+    both = _warp(torch.cat([out - AIR, masks.to(dt)], dim=1), cfg.rotate_deg, cfg.scale,
+                 cfg.hflip, g)  # fmt: skip
+    return both[:, :planes] + AIR, both[:, planes:]
 
 
 def jitter_windows(

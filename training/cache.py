@@ -1,6 +1,7 @@
 """Preprocessed-array cache: decode each DICOM once, read float16 ``.npy`` files afterwards.
 
-Arrays live under ``ROOT/pre-<key>/<image id>.npy`` where ``key`` hashes the preprocessing spec,
+Arrays live under ``ROOT/pre-<key>/<image id>.npy`` (a phantom slice's bleed map, cut to the
+same view, beside it as ``<image id>.mask.npy``) where ``key`` hashes the preprocessing spec,
 so a run with another image size or other windows never reads stale arrays. Writes are atomic
 (temp file + rename), so data-loader worker processes can fill the cache concurrently. Images
 that cannot be decoded get a ``.bad`` marker so later epochs skip them without retrying.
@@ -49,17 +50,30 @@ class PreprocessCache:
             return None
 
     def save(self, image_id: str, arr: np.ndarray) -> None:
-        path = self._path(image_id, ".npy")
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, arr.astype(CACHE_DTYPE))
-        tmp.replace(path)
+        _atomic_save(self._path(image_id, ".npy"), arr.astype(CACHE_DTYPE))
+
+    def load_mask(self, image_id: str) -> np.ndarray | None:
+        """The cached bleed map (uint8) of a phantom slice, or None."""
+        try:
+            return np.load(self._path(image_id, ".mask.npy"))
+        except (FileNotFoundError, ValueError, OSError):
+            return None
+
+    def save_mask(self, image_id: str, mask: np.ndarray) -> None:
+        _atomic_save(self._path(image_id, ".mask.npy"), np.asarray(mask, dtype=np.uint8))
 
     def is_bad(self, image_id: str) -> bool:
         return self._path(image_id, ".bad").exists()
 
     def mark_bad(self, image_id: str, reason: str) -> None:
         _atomic_write(self._path(image_id, ".bad"), reason.encode())
+
+
+def _atomic_save(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+    tmp.replace(path)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

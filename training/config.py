@@ -73,6 +73,15 @@ class TrainConfig:
         default=False,
         metadata=option("--weighted-loss", "Weight the loss by the competition weights."),
     )
+    seg_weight: float = field(
+        default=1.0,
+        metadata=option(
+            "--seg-weight",
+            "Weight of the per-pixel loss on the bleed maps of phantom folders "
+            "(phantom_masks/), for architectures with a segmentation head; 0 turns it off.",
+            minimum=0,
+        ),
+    )
     augment: bool = field(
         default=True,
         metadata=option(

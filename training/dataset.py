@@ -3,7 +3,10 @@
 The Kaggle download works unchanged: ``DATA/stage_2_train.csv`` (``ID,Label`` rows with IDs
 ``ID_<hex>_<subtype>``) next to ``DATA/stage_2_train/ID_<hex>.dcm``. Slices are preprocessed
 by :func:`ichnode.imaging.preprocess` with the run's spec -- the same function the node serves
-with. Unreadable images are skipped (one warning each), never fatal.
+with. Unreadable images are skipped (one warning each), never fatal. Phantom folders
+(``ichnode synth``) also hold ``DATA/phantom_masks/ID_<hex>.png``, each slice's bleed map: where
+it exists, the dataset serves it beside the slice (cut to the same view) for per-pixel
+supervision.
 """
 
 from __future__ import annotations
@@ -28,10 +31,13 @@ from ichnode.imaging import (
     PreprocessSpec,
     context_planes,
     context_positions,
+    hu_and_label_planes,
+    pixel_spacing,
     preprocess,
     preprocess_hu,
     quiet_pydicom,
     read,
+    to_hu,
 )
 from ichnode.node.selection import geometry
 from ichnode.subtypes import SUBTYPES
@@ -41,6 +47,8 @@ log = logging.getLogger(__name__)
 
 CSV_NAME = "stage_2_train.csv"
 IMAGE_DIR_NAME = "stage_2_train"
+#: Per-slice bleed maps of phantom folders (:data:`phantoms.synth.MASK_DIR`).
+MASK_DIR_NAME = "phantom_masks"
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 SPLIT_RATIOS: tuple[float, ...] = (0.8, 0.1, 0.1)
 
@@ -61,9 +69,13 @@ class Layout:
     root: Path
     csv: Path
     images: Path
+    masks: Path | None = None  # phantom bleed maps, where the folder has them
 
     def image_path(self, image_id: str) -> Path:
         return self.images / f"{image_id}.dcm"
+
+    def mask_path(self, image_id: str) -> Path | None:
+        return None if self.masks is None else self.masks / f"{image_id}.png"
 
 
 def find_layout(data: Path) -> Layout:
@@ -76,7 +88,8 @@ def find_layout(data: Path) -> Layout:
         raise DatasetError(f"{data} has no {CSV_NAME} (expected the RSNA training layout)")
     if not images.is_dir():
         raise DatasetError(f"{data} has no {IMAGE_DIR_NAME}/ folder of DICOM files")
-    return Layout(root=data, csv=csv, images=images)
+    masks = data / MASK_DIR_NAME
+    return Layout(root=data, csv=csv, images=images, masks=masks if masks.is_dir() else None)
 
 
 def load_labels(csv: Path) -> pd.DataFrame:
@@ -237,13 +250,15 @@ def read_split(path: Path) -> dict:
 
 
 class RSNADataset(Dataset):
-    """Preprocessed slices and their six labels; ``(x, y, position, ok)`` per item.
+    """Preprocessed slices and their six labels; ``(x, y, position, ok, mask)`` per item.
 
     ``x`` is the model input for a legacy spec, and the HU plane ``(1, S, S)`` of
     :func:`ichnode.imaging.preprocess_hu` for a spec with ``pixel_mm`` (the loop augments it
     in HU and windows it, :func:`training.loop.model_input`). ``ok`` is False for an image
-    whose pixels cannot be read: the loop drops it from the batch and counts it. With a cache,
-    decoded arrays are stored for later epochs.
+    whose pixels cannot be read: the loop drops it from the batch and counts it. ``mask`` is
+    the slice's bleed map over the same view (``(S, S)`` uint8, :func:`mask_of`) when
+    ``masks`` is set and the folder has bleed maps (phantoms), else an empty tensor. With a
+    cache, decoded arrays are stored for later epochs.
     """
 
     def __init__(
@@ -254,12 +269,14 @@ class RSNADataset(Dataset):
         spec: PreprocessSpec,
         cache: PreprocessCache | None = None,
         neighbours: dict[str, list[str | None]] | None = None,
+        masks: bool = False,
     ) -> None:
         self.layout, self.ids, self.spec, self.cache = layout, list(ids), spec, cache
         self.labels = np.asarray(labels, dtype=np.float32)
         if spec.context and neighbours is None:
             raise ValueError("a spec with context slices needs each image's neighbours")
         self.neighbours = neighbours or {}
+        self.masks = masks and layout.masks is not None and spec.pixel_mm is not None
 
     @classmethod
     def from_table(
@@ -270,16 +287,18 @@ class RSNADataset(Dataset):
         spec: PreprocessSpec,
         cache: PreprocessCache | None = None,
         index: pd.DataFrame | None = None,
+        masks: bool = False,
     ) -> RSNADataset:
         """The images ``ids`` of ``table``; ``index`` (:func:`header_index`) gives their
-        neighbours when ``spec`` has context slices."""
+        neighbours when ``spec`` has context slices; ``masks`` serves the bleed maps of a
+        phantom folder."""
         neighbours = None
         if spec.context:
             if index is None:
                 raise ValueError("a spec with context slices needs the header index")
             neighbours = context_ids(index, spec.context)
         labels = table.loc[ids, list(SUBTYPES)].to_numpy()
-        return cls(layout, ids, labels, spec, cache, neighbours)
+        return cls(layout, ids, labels, spec, cache, neighbours, masks)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -290,40 +309,78 @@ class RSNADataset(Dataset):
         channels = self.spec.channels if self.spec.pixel_mm is None else self.spec.planes
         return (channels, self.spec.size, self.spec.size)
 
-    def _load(self, image_id: str) -> np.ndarray | None:
+    def _decode(self, image_id: str, with_mask: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """The slice's array (and its bleed map over the same view) from the DICOM file."""
+        with quiet_pydicom():
+            ds = read(self.layout.image_path(image_id))
+            if self.spec.pixel_mm is None:
+                return preprocess(ds, self.spec), None
+            if not with_mask:
+                return preprocess_hu(ds, self.spec)[None], None
+            hu = to_hu(ds)
+        bleed = mask_of(self.layout, image_id, hu.shape)
+        plane, mask = hu_and_label_planes(hu, bleed, pixel_spacing(ds), self.spec)
+        return plane[None], mask
+
+    def _load(self, image_id: str, with_mask: bool = False) -> tuple[np.ndarray | None, ...]:
+        """``(array, mask)``: cached when possible; ``(None, None)`` when unreadable."""
         if self.cache is not None:
             if self.cache.is_bad(image_id):
-                return None
+                return None, None
             arr = self.cache.load(image_id)
-            if arr is not None:
-                return arr
+            mask = self.cache.load_mask(image_id) if with_mask else None
+            if arr is not None and (mask is not None or not with_mask):
+                return arr, mask
         try:
-            with quiet_pydicom():
-                ds = read(self.layout.image_path(image_id))
-                if self.spec.pixel_mm is None:
-                    arr = preprocess(ds, self.spec)
-                else:
-                    arr = preprocess_hu(ds, self.spec)[None]
+            arr, mask = self._decode(image_id, with_mask)
         except IchnodeError as exc:
             log.warning("skipping unreadable image %s: %s", image_id, exc)
             if self.cache is not None:
                 self.cache.mark_bad(image_id, str(exc))
-            return None
+            return None, None
         if self.cache is not None:
             self.cache.save(image_id, arr)
-        return arr
+            if mask is not None:
+                self.cache.save_mask(image_id, mask)
+        return arr, mask
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int, bool, torch.Tensor]:
         image_id = self.ids[i]
-        arr = self._load(image_id)
+        arr, mask = self._load(image_id, self.masks)
         ok = arr is not None
         if arr is None:
             arr = np.zeros(self.item_shape, np.float32)
         elif self.spec.context:
             side = self.neighbours.get(image_id) or [None] * (2 * self.spec.context)
-            planes = [None if n is None else self._load(n) for n in side]
+            planes = [None if n is None else self._load(n)[0] for n in side]
             arr = context_planes(arr[0], [None if p is None else p[0] for p in planes], self.spec)
-        return torch.from_numpy(np.asarray(arr)), torch.from_numpy(self.labels[i]), i, ok
+        if self.masks:
+            size = self.spec.size
+            mask_t = torch.from_numpy(mask if mask is not None else np.zeros((size, size), "u1"))
+        else:
+            mask_t = torch.zeros(0, dtype=torch.uint8)
+        return torch.from_numpy(np.asarray(arr)), torch.from_numpy(self.labels[i]), i, ok, mask_t
+
+
+def mask_of(layout: Layout, image_id: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The bleed map of a phantom slice (uint8, 0 or 1 + a SUBTYPES index); all zeros when
+    the folder has none for it or it does not fit the image (a missing map is no bleed: the
+    slice's labels still say what it holds)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = layout.mask_path(image_id)
+    if path is not None:
+        try:
+            with Image.open(path) as img:
+                bleed = np.asarray(img, dtype=np.uint8)
+            if bleed.shape == tuple(shape):
+                return bleed
+            log.warning("bleed map of %s is %s, not %s: ignored", image_id, bleed.shape, shape)
+        except FileNotFoundError:
+            pass
+        except (OSError, UnidentifiedImageError) as exc:
+            log.warning("bleed map of %s cannot be read (%s): ignored", image_id, exc)
+    return np.zeros(shape, dtype=np.uint8)
 
 
 def context_ids(index: pd.DataFrame, context: int) -> dict[str, list[str | None]]:

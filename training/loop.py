@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -101,7 +102,8 @@ def model_input(
     spec: PreprocessSpec,
     augment: AugmentConfig | HUAugmentConfig | None,
     g: torch.Generator | None,
-) -> torch.Tensor:
+    masks: torch.Tensor | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """A loader batch → the model's input, augmented when ``augment`` is given.
 
     For a ``pixel_mm`` spec the batch holds HU planes ``(N, P, S, S)`` (the slice, or with
@@ -109,19 +111,26 @@ def model_input(
     a sample alike (:func:`training.augment.augment_hu`) and the windows (jittered when
     training) come last, plane-major as :func:`ichnode.imaging.planes_to_input` serves them.
     For a legacy spec the batch is already windowed and only the legacy augmentation applies.
+    With ``masks`` (one-hot bleed maps ``(N, K, S, S)``) the masks get the same pose and
+    ``(input, masks)`` is returned.
     """
     if spec.pixel_mm is None:
         if isinstance(augment, AugmentConfig) and g is not None:
-            return augment_batch(x, augment, g)
-        return x
+            x = augment_batch(x, augment, g)
+        return x if masks is None else (x, masks)
     if not isinstance(augment, HUAugmentConfig) or not augment.enabled or g is None:
-        return planes_to_input(x, spec.windows)
-    hu = augment_hu(x, augment, g)
+        x = planes_to_input(x, spec.windows)
+        return x if masks is None else (x, masks)
+    if masks is None:
+        hu = augment_hu(x, augment, g)
+    else:
+        hu, masks = augment_hu(x, augment, g, masks)
     chans = [
         ((hu - (c.to(hu)[:, None] - w.to(hu)[:, None] / 2.0)) / w.to(hu)[:, None]).clamp(0.0, 1.0)
         for c, w in jitter_windows(spec.windows, len(hu), augment, g)
     ]
-    return torch.stack(chans, dim=2).flatten(1, 2)
+    x = torch.stack(chans, dim=2).flatten(1, 2)
+    return x if masks is None else (x, masks)
 
 
 # --------------------------------------------------------------------------- data
@@ -196,18 +205,22 @@ def prepare_external(folder: Path, spec: PreprocessSpec, cache_dir: Path) -> Pre
 
 
 def collate(
-    batch: list[tuple[torch.Tensor, torch.Tensor, int, bool]],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-    """Stack the readable items; return the positions of unreadable ones separately."""
+    batch: list[tuple[torch.Tensor, torch.Tensor, int, bool, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int], torch.Tensor | None]:
+    """Stack the readable items; return the positions of unreadable ones separately, and the
+    bleed maps ``(N, S, S)`` when the dataset serves them (else None)."""
     good = [b for b in batch if b[3]]
     bad = [b[2] for b in batch if not b[3]]
+    with_masks = bool(batch) and batch[0][4].numel() > 0
     if not good:
         x0, y0 = batch[0][0], batch[0][1]
-        return x0.new_zeros((0, *x0.shape)), y0.new_zeros((0, *y0.shape)), torch.zeros(0), bad
+        empty = x0.new_zeros((0, *x0.shape)), y0.new_zeros((0, *y0.shape)), torch.zeros(0)
+        return *empty, bad, (torch.zeros((0, *batch[0][4].shape)) if with_masks else None)
     x = torch.stack([b[0] for b in good])
     y = torch.stack([b[1] for b in good])
     pos = torch.tensor([b[2] for b in good], dtype=torch.long)
-    return x, y, pos, bad
+    masks = torch.stack([b[4] for b in good]) if with_masks else None
+    return x, y, pos, bad, masks
 
 
 def make_loader(
@@ -241,6 +254,37 @@ class Loss(nn.Module):
         return (self.bce(logits, y) * self.w).sum(dim=1).mean()
 
 
+class SegmentationLoss(nn.Module):
+    """BCEWithLogitsLoss of a segmentation head's maps against the bleed maps.
+
+    The head gives one map per label at a coarse grid (``(N, 6, h, w)``); a cell's target for
+    a subtype is 1 when the subtype covers at least :data:`CELL_COVER` of some input pixel in
+    it (after the pose augmentation), and ``any`` when some subtype is. Small bleeds are thus
+    whole positive cells, and every pixel of a normal slice is a negative: the network learns
+    where blood is and what the dense things that are not blood (falx, tentorium, venous
+    sinuses, calcifications) look like.
+    """
+
+    CELL_COVER = 0.5
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bce = nn.BCEWithLogitsLoss()
+
+    def forward(self, maps: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        cells = F.adaptive_max_pool2d(onehot.to(maps.dtype), maps.shape[-2:])
+        target = (cells >= self.CELL_COVER).to(maps.dtype)
+        target = torch.cat([target, target.amax(dim=1, keepdim=True)], dim=1)
+        return self.bce(maps, target)
+
+
+def onehot_masks(masks: torch.Tensor) -> torch.Tensor:
+    """Bleed maps ``(N, S, S)`` (0, or 1 + a subtype's index) → ``(N, 5, S, S)`` float one-hot
+    over the hemorrhage subtypes."""
+    n_sub = len(SUBTYPES) - 1
+    return F.one_hot(masks.long().clamp(0, n_sub), n_sub + 1)[..., 1:].permute(0, 3, 1, 2).float()
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -254,27 +298,41 @@ def train_one_epoch(
     progress: bool = True,
     scaler: torch.amp.GradScaler | None = None,
     spec: PreprocessSpec | None = None,
+    seg_weight: float = 0.0,
 ) -> tuple[float, int]:
     """One pass over the loader; returns (mean loss, images seen).
 
     With an enabled ``scaler`` (``--amp``, CUDA only) the forward pass runs in float16 autocast
-    and the loss is scaled for the backward pass.
+    and the loss is scaled for the backward pass. With ``seg_weight`` > 0, a loader that
+    serves bleed maps and a model with a segmentation head (``segments``), the
+    :class:`SegmentationLoss` of the head's maps is added with that weight.
     """
     amp = scaler is not None and scaler.is_enabled()
     model.train()
+    segments = seg_weight > 0 and getattr(_unwrap(model), "segments", False)
+    seg_loss = SegmentationLoss().to(device) if segments else None
     total, seen = 0.0, 0
     ids = loader.dataset.ids
     bar = tqdm(loader, desc=desc, leave=False, disable=None if progress else True)
-    for x, y, _, bad in bar:
+    for x, y, _, bad, masks in bar:
         skipped.update(ids[i] for i in bad)
         if len(x) == 0:
             continue
         x = x.to(device, non_blocking=True)
-        x = model_input(x, spec or loader.dataset.spec, augmentation, g)
+        if seg_loss is not None and masks is not None:
+            x, onehot = model_input(
+                x, spec or loader.dataset.spec, augmentation, g, onehot_masks(masks.to(device))
+            )
+        else:
+            x, onehot = model_input(x, spec or loader.dataset.spec, augmentation, g), None
         y = y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            loss = loss_fn(model(x).float(), y)
+            if onehot is None:
+                loss = loss_fn(model(x).float(), y)
+            else:
+                logits, maps = model(x, segment=True)
+                loss = loss_fn(logits.float(), y) + seg_weight * seg_loss(maps.float(), onehot)
         if amp:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -286,6 +344,21 @@ def train_one_epoch(
         seen += len(x)
         bar.set_postfix(loss=f"{total / max(seen, 1):.4f}")
     return total / max(seen, 1), seen
+
+
+def trained_on_masks(cfg: TrainConfig, data: Prepared, model: nn.Module) -> bool:
+    """Whether the run adds the per-pixel loss: a weight, bleed maps, a segmentation head."""
+    return bool(
+        cfg.seg_weight > 0
+        and data.layout.masks is not None
+        and data.spec.pixel_mm is not None
+        and getattr(_unwrap(model), "segments", False)
+    )
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model)."""
+    return getattr(model, "module", model)
 
 
 @torch.inference_mode()
@@ -302,7 +375,9 @@ def predict_logits(
     spec = loader.dataset.spec
     ids = loader.dataset.ids
     logits, labels, positions = [], [], []
-    for x, y, pos, bad in tqdm(loader, desc=desc, leave=False, disable=None if progress else True):
+    for x, y, pos, bad, _ in tqdm(
+        loader, desc=desc, leave=False, disable=None if progress else True
+    ):
         skipped.update(ids[i] for i in bad)
         if len(x) == 0:
             continue
@@ -441,8 +516,9 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
         data = prepare_data(cfg, spec, write=False)
     data.skipped.update(state["skipped"])
     train_ds = RSNADataset.from_table(
-        data.layout, data.table, data.split["train"], spec, data.cache, data.index
-    )
+        data.layout, data.table, data.split["train"], spec, data.cache, data.index,
+        masks=cfg.seg_weight > 0,
+    )  # fmt: skip
     val_ds = RSNADataset.from_table(
         data.layout, data.table, data.split["val"], spec, data.cache, data.index
     )
@@ -456,8 +532,9 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
     val_loader = make_loader(val_ds, cfg.batch_size, cfg.workers, None)
     if info.enabled and info.is_main:
         log.info("distributed: %d processes (%s)", info.world_size, device)
+    segmented = trained_on_masks(cfg, data, model)
     log.info(
-        "training %s on %d slices (val %d, test %d), %s, %d px, device %s",
+        "training %s on %d slices (val %d, test %d), %s, %d px, device %s%s",
         cfg.architecture,
         len(train_ds),
         len(val_ds),
@@ -465,6 +542,7 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
         "balanced" if cfg.balanced else "natural sampling",
         spec.size,
         device,
+        f", bleed maps (weight {cfg.seg_weight:g})" if segmented else "",
     )
 
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
@@ -473,7 +551,7 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
         t0 = time.perf_counter()
         train_loss, seen = train_one_epoch(
             trained, train_loader, optimizer, loss_fn, device, augmentation, g, data.skipped,
-            desc=f"epoch {epoch}/{cfg.epochs}", scaler=scaler,
+            desc=f"epoch {epoch}/{cfg.epochs}", scaler=scaler, seg_weight=cfg.seg_weight,
         )  # fmt: skip
         train_s = time.perf_counter() - t0
         scheduler.step()
@@ -649,6 +727,7 @@ def finalize(
         "normal_share": cfg.normal_share,
         "epoch_samples": cfg.epoch_samples,
         "weighted_loss": cfg.weighted_loss,
+        "seg_weight": cfg.seg_weight if trained_on_masks(cfg, data, best.model) else 0.0,
         "lr": cfg.lr,
         "lr_schedule": "cosine to 0 over the epochs",
         "amp": cfg.amp,

@@ -68,7 +68,7 @@ def embed_dataset(
     ids_all = loader.dataset.ids
     ids: list[str] = []
     embs, logits, labels = [], [], []
-    for x, y, pos, bad in tqdm(loader, desc=desc, leave=False, disable=None):
+    for x, y, pos, bad, _ in tqdm(loader, desc=desc, leave=False, disable=None):
         skipped.update(ids_all[i] for i in bad)
         if len(x) == 0:
             continue
