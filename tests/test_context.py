@@ -34,9 +34,10 @@ from ichnode.imaging import (
 from ichnode.inference import embed_and_score
 from ichnode.model import load_checkpoint
 from ichnode.predict import predict_folder
+from ichnode.report.saliency import SaliencyModel
 from ichnode.study import decode_embedding
 from ichnode.subtypes import ANY, SUBTYPES
-from ichnode.web.render import SaliencyModel, render_png
+from ichnode.web.render import render_png
 from phantoms.synth import generate, synth_study
 from training.dataset import RSNADataset, context_ids, find_layout, header_index, load_labels
 from training.loop import model_input
@@ -226,9 +227,10 @@ def test_the_node_scores_late_neighbours_again_and_matches_predict(
     finally:
         handle.stop()
     # The summary image's saliency reads the same stored neighbours of its key slice.
-    from ichnode.node.reporting import _neighbours
+    from ichnode.imaging import read_neighbours
 
-    with node.sessions() as session:
-        read_back = _neighbours(session, node.store, above.id, 1)
+    with node.sessions() as session:  # what ichnode.db.reports.inputs reads for a key slice
+        paths = context.planes(session, [above.id], 1)[above.id].neighbour_paths
+    read_back = read_neighbours([node.store.path(p) for p in paths])
     expected_uids = [str(d.SOPInstanceUID) for d in (datasets[k - 1], datasets[k + 1])]
     assert [str(d.SOPInstanceUID) for d in read_back] == expected_uids

@@ -204,3 +204,132 @@ def test_check_schema_asks_for_an_upgrade_when_the_code_is_newer(
         check_schema(engine)
     finally:
         engine.dispose()
+
+
+def _insert_0006_rows(url: str) -> None:
+    """A study reported to two destinations and resent once, as revision 0006 stored it: the
+    object columns copied into every outbox row; the sender known only to the audit table."""
+    engine = make_engine(url)
+    try:
+        with engine.begin() as c:
+            c.execute(
+                text(
+                    "INSERT INTO associations (id, calling_ae, peer_address, peer_port, "
+                    "started_at, n_received, n_failed, outcome) VALUES "
+                    "(1, 'CT1', '10.0.0.7', 4000, :early, 4, 0, 'released'), "
+                    "(2, 'CT1', '10.0.0.9', 4001, :late, 0, 0, 'rejected: unknown AE')"
+                ),
+                {"early": "2026-12-01 10:00:00", "late": "2026-12-01 10:00:30"},
+            )
+            c.execute(
+                text(
+                    "INSERT INTO studies (id, study_instance_uid, calling_ae, first_received_at, "
+                    "last_received_at, status, result_version) VALUES "
+                    "(1, '1.2.3', 'CT1', :t, :t, 'resulted', 1)"
+                ),
+                {"t": "2026-12-01 10:01:00"},
+            )
+            c.execute(
+                text(
+                    "INSERT INTO study_results (id, study_id, version, model_id, flagged, "
+                    "flagged_subtypes, n_instances, n_scored, n_failed, n_skipped, created_at, "
+                    "report_status) VALUES (1, 1, 1, 'm', FALSE, '', 4, 4, 0, 0, :t, 'done')"
+                ),
+                {"t": "2026-12-01 10:01:05"},
+            )
+            rows = [
+                (1, "pacs", "sr", "1.2.3.100", "1.2.3/1.2.3.10/1.2.3.100.dcm", "sent"),
+                (2, "pacs", "summary", "1.2.3.101", "1.2.3/1.2.3.11/1.2.3.101.dcm", "sent"),
+                (3, "return:CT1", "sr", "1.2.3.100", "1.2.3/1.2.3.10/1.2.3.100.dcm", "failed"),
+                (4, "return:CT1", "sr", "1.2.3.100", "1.2.3/1.2.3.10/1.2.3.100.dcm", "pending"),
+            ]
+            for entry_id, destination, kind, sop, path, status in rows:
+                c.execute(
+                    text(
+                        "INSERT INTO outbox (id, study_result_id, destination, ae_title, host, "
+                        "port, kind, sop_instance_uid, path, status, attempts, next_attempt_at, "
+                        "created_at) VALUES (:id, 1, :dest, 'X', 'h', 104, :kind, :sop, :path, "
+                        ":status, 1, :t, :t)"
+                    ),
+                    {
+                        "id": entry_id,
+                        "dest": destination,
+                        "kind": kind,
+                        "sop": sop,
+                        "path": path,
+                        "status": status,
+                        "t": f"2026-12-01 10:01:0{5 + entry_id}",
+                    },
+                )
+                c.execute(
+                    text(
+                        "INSERT INTO delivery_attempts (outbox_id, at, status_code) "
+                        "VALUES (:id, :t, 0)"
+                    ),
+                    {"id": entry_id, "t": "2026-12-01 10:02:00"},
+                )
+    finally:
+        engine.dispose()
+
+
+def test_0007_makes_report_objects_of_the_outbox_rows_and_keeps_the_sender(empty_db_url):
+    upgrade(empty_db_url, "0006")
+    _insert_0006_rows(empty_db_url)
+    upgrade(empty_db_url)
+
+    engine = make_engine(empty_db_url)
+    try:
+        with engine.connect() as c:
+            objects = c.execute(
+                text(
+                    "SELECT id, study_result_id, kind, sop_class_uid, series_instance_uid, "
+                    "sop_instance_uid, path FROM report_objects ORDER BY id"
+                )
+            ).all()
+            outbox = c.execute(
+                text("SELECT id, report_object_id, destination, status FROM outbox ORDER BY id")
+            ).all()
+            address = c.execute(text("SELECT calling_address FROM studies")).scalar_one()
+            attempted = c.execute(text("SELECT outbox_id FROM delivery_attempts")).scalars().all()
+    finally:
+        engine.dispose()
+    sr, summary = objects
+    assert tuple(sr)[1:] == (
+        1, "sr", "1.2.840.10008.5.1.4.1.1.88.33", "1.2.3.10", "1.2.3.100",
+        "1.2.3/1.2.3.10/1.2.3.100.dcm",
+    )  # fmt: skip
+    assert tuple(summary)[1:] == (
+        1, "summary", "1.2.840.10008.5.1.4.1.1.7", "1.2.3.11", "1.2.3.101",
+        "1.2.3/1.2.3.11/1.2.3.101.dcm",
+    )  # fmt: skip
+    assert [tuple(row) for row in outbox] == [
+        (1, sr.id, "pacs", "sent"),
+        (2, summary.id, "pacs", "sent"),
+        (3, sr.id, "return:CT1", "failed"),
+        (4, sr.id, "return:CT1", "pending"),
+    ]
+    assert address == "10.0.0.7"  # the accepted association, not the later rejected one
+    assert sorted(attempted) == [1, 2, 3, 4]  # copying the outbox table cascaded nothing
+
+
+def test_0007_downgrades_to_the_outbox_columns(empty_db_url):
+    upgrade(empty_db_url, "0006")
+    _insert_0006_rows(empty_db_url)
+    upgrade(empty_db_url)
+    migrate.downgrade(empty_db_url, "0006")
+    engine = make_engine(empty_db_url)
+    try:
+        with engine.connect() as c:
+            rows = c.execute(
+                text("SELECT id, study_result_id, kind, sop_instance_uid FROM outbox ORDER BY id")
+            ).all()
+            attempts = c.execute(text("SELECT count(*) FROM delivery_attempts")).scalar_one()
+    finally:
+        engine.dispose()
+    assert [tuple(r) for r in rows] == [
+        (1, 1, "sr", "1.2.3.100"),
+        (2, 1, "summary", "1.2.3.101"),
+        (3, 1, "sr", "1.2.3.100"),
+        (4, 1, "sr", "1.2.3.100"),
+    ]
+    assert attempts == 4

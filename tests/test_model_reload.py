@@ -60,7 +60,7 @@ def test_a_checkpoint_renamed_over_the_model_is_served_without_a_restart(
     assert new_id != old_id
     with caplog.at_level(logging.INFO, logger="ichnode.node.reload"):
         os.replace(tmp_path / "incoming.safetensors", served)  # the operator's `mv`
-        # One line says which model replaced which, once the reports' copy follows too.
+        # One line says which model replaced which.
         wait_for(
             lambda: any(new_id in r.getMessage() and old_id in r.getMessage()
                         for r in caplog.records),
@@ -75,7 +75,7 @@ def test_a_checkpoint_renamed_over_the_model_is_served_without_a_restart(
     with node.sessions() as session:
         models = set(session.scalars(select(Prediction.model_id)))
     assert models == {old_id, new_id}  # each study scored by the model served when it came
-    assert node.reporter.checkpoint.model_id == new_id  # reports follow the swap
+    assert node.reporter.checkpoint().model_id == new_id  # reports follow the swap
     assert _result_of(node, str(first[0].StudyInstanceUID)).model_id == old_id
 
 

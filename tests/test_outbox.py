@@ -31,21 +31,21 @@ from ichnode.db.models import (
     DeliveryStatus,
     Instance,
     OutboxEntry,
+    ReportKind,
+    ReportObject,
     StudyResult,
     utcnow,
 )
 from ichnode.node import outbox as outbox_module
-from ichnode.node.outbox import (
+from ichnode.node.outbox import Outbox
+from ichnode.node.scu import Outcome, check_destinations
+from ichnode.node.statuses import (
     COERCION_OF_DATA_ELEMENTS,
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     ELEMENTS_DISCARDED,
     SUCCESS,
-    DeliveryError,
-    Outbox,
-    Outcome,
-    check_destinations,
-    resend,
 )
+from ichnode.resend import DeliveryError, resend
 from ichnode.store import Store
 
 OUT_OF_RESOURCES = 0xA700
@@ -88,16 +88,21 @@ def queue_entries(session_factory, store: Store, port: int, n: int = 1) -> list[
                 ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
             )
             store.write(relative, part10(ds))
+            obj = ReportObject(
+                study_result_id=result.id,
+                kind=ReportKind.SR,
+                sop_class_uid=str(ds.SOPClassUID),
+                series_instance_uid=str(ds.SeriesInstanceUID),
+                sop_instance_uid=str(ds.SOPInstanceUID),
+                path=relative,
+            )
             entries.append(
                 OutboxEntry(
-                    study_result_id=result.id,
+                    report_object=obj,
                     destination="pacs",
                     ae_title=PACS_AE,
                     host="127.0.0.1",
                     port=port,
-                    kind="sr",
-                    sop_instance_uid=str(ds.SOPInstanceUID),
-                    path=relative,
                 )  # fmt: skip
             )
         session.add_all(entries)
@@ -137,8 +142,11 @@ def status_scp(
 
 
 def entry(session_factory, entry_id: int) -> OutboxEntry:  # noqa: ANN001
+    """The outbox row, its report object loaded (``.report_object.path``...)."""
     with session_factory() as session:
-        return session.get(OutboxEntry, entry_id)
+        row = session.get(OutboxEntry, entry_id)
+        assert row is not None and row.report_object is not None
+        return row
 
 
 def attempts(session_factory, entry_id: int) -> list[DeliveryAttempt]:  # noqa: ANN001
@@ -192,7 +200,7 @@ def test_success_and_warning_statuses_mark_the_entry_sent(session_factory, tmp_p
     assert (sent.status, sent.attempts, sent.last_error) == (DeliveryStatus.SENT, 1, None)
     assert sent.sent_at is not None
     assert [a.status_code for a in attempts(session_factory, entry_id)] == [status]
-    assert scp["stored"] == [sent.sop_instance_uid]
+    assert scp["stored"] == [sent.report_object.sop_instance_uid]
 
 
 def test_failure_status_is_recorded_and_retried(session_factory, tmp_path):
@@ -271,7 +279,7 @@ def test_missing_file_is_an_attempt_with_an_error(session_factory, tmp_path):
     store = Store(s.store)
     with status_scp(SUCCESS) as scp:
         [entry_id] = queue_entries(session_factory, store, scp["port"])
-        store.remove(entry(session_factory, entry_id).path)
+        store.remove(entry(session_factory, entry_id).report_object.path)
         Outbox(session_factory, store, s).run_once()
     failed = entry(session_factory, entry_id)
     assert failed.status == DeliveryStatus.PENDING and "missing" in failed.last_error
@@ -308,7 +316,7 @@ def test_resend_queues_the_latest_objects_again_as_new_rows(session_factory, tmp
         Outbox(session_factory, store, s).run_once()
         with session_factory.begin() as session:
             old = session.get(OutboxEntry, ids[0])
-            study_uid = old.study_result.study.study_instance_uid
+            study_uid = old.report_object.study_result.study.study_instance_uid
         with session_factory.begin() as session:
             # Both rows are kind "sr" to one destination: the newest is the one re-queued.
             assert resend(session, store, study_uid).queued == 1
@@ -316,7 +324,8 @@ def test_resend_queues_the_latest_objects_again_as_new_rows(session_factory, tmp
     with session_factory() as session:
         rows = session.scalars(select(OutboxEntry).order_by(OutboxEntry.id)).all()
     assert len(rows) == 3
-    assert rows[2].status == DeliveryStatus.SENT and rows[2].path == rows[1].path
+    assert rows[2].status == DeliveryStatus.SENT
+    assert rows[2].report_object_id == rows[1].report_object_id  # the same object again
 
 
 def test_resend_of_an_unknown_study_is_a_one_line_error(session_factory, tmp_path):
@@ -424,7 +433,7 @@ def test_destination_that_aborts_mid_store_is_retried_and_nothing_is_lost(
             row = session.get(OutboxEntry, entry_id)
             row.port, row.next_attempt_at = scp["port"], utcnow()
         Outbox(session_factory, store, s).run_once()
-        assert scp["stored"] == [pending.sop_instance_uid]
+        assert scp["stored"] == [pending.report_object.sop_instance_uid]
     assert entry(session_factory, entry_id).status == DeliveryStatus.SENT
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pydicom
@@ -22,7 +24,7 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from ichnode.cli import app
-from ichnode.db.models import DeliveryStatus, OutboxEntry, StudyResult
+from ichnode.db.models import DeliveryStatus, OutboxEntry, ReportObject, StudyResult, utcnow
 from phantoms.synth import synth_study
 
 #: Objects the tests' destinations ask for.
@@ -46,12 +48,40 @@ def destination(port: int, objects: list[str] | None = None, name: str = "scp") 
     }
 
 
-def rows(node, version: int | None = None) -> list[OutboxEntry]:  # noqa: ANN001
+@dataclass(frozen=True)
+class Row:
+    """An outbox row with the report object it sends (what the tests look at)."""
+
+    id: int
+    study_result_id: int
+    destination: str
+    ae_title: str
+    host: str
+    port: int
+    kind: str
+    sop_instance_uid: str
+    path: str
+    status: DeliveryStatus
+    attempts: int
+    last_error: str | None
+    sent_at: datetime | None
+
+
+def rows(node, version: int | None = None) -> list[Row]:  # noqa: ANN001
     with node.sessions() as session:
-        query = select(OutboxEntry).join(StudyResult).order_by(OutboxEntry.id)
+        query = (
+            select(OutboxEntry, ReportObject)
+            .join(ReportObject)
+            .join(StudyResult)
+            .order_by(OutboxEntry.id)
+        )
         if version is not None:
             query = query.where(StudyResult.version == version)
-        return session.scalars(query).all()
+        return [
+            Row(e.id, o.study_result_id, e.destination, e.ae_title, e.host, e.port, str(o.kind),
+                o.sop_instance_uid, o.path, e.status, e.attempts, e.last_error, e.sent_at)
+            for e, o in session.execute(query)
+        ]  # fmt: skip
 
 
 def all_sent(node, version: int | None = None, count: int | None = None):  # noqa: ANN001, ANN201
@@ -110,7 +140,7 @@ def test_reopened_study_gets_an_sr_that_references_the_previous_one(node_factory
         send(node.settings.port, datasets[8:])
         second = {r.kind: r for r in wait_for(lambda: all_sent(node, 2, 2), timeout=60)}
 
-    def stored(entry: OutboxEntry) -> pydicom.Dataset:
+    def stored(entry: Row) -> pydicom.Dataset:
         return pydicom.dcmread(node.store.path(entry.path), stop_before_pixels=True)
 
     old_sr, new_sr = stored(first["sr"]), stored(second["sr"])
@@ -185,6 +215,20 @@ def test_results_go_back_to_the_calling_ae_at_its_address(node_factory, tmp_path
         ("return:TESTSCU", "TESTSCU", "127.0.0.1", scp.port)
     }
     assert {r.kind for r in sent} == {"sr", "summary"}
+
+
+def test_results_go_back_to_the_sender_after_the_audit_rows_are_pruned(node_factory, tmp_path):
+    """The sender's address is kept on the study when it arrives, not looked up in the audit
+    table, whose rows the pruner deletes."""
+    from ichnode.audit import prune_associations
+
+    with StoreSCP(tmp_path / "received") as scp:
+        node = node_factory(return_to_sender={"TESTSCU": scp.port}, stable_seconds=2.0)
+        send(node.settings.port, bleed_study(seed=6, n_slices=4, size=128), calling_ae="TESTSCU")
+        with node.sessions.begin() as session:
+            assert prune_associations(session, utcnow() + timedelta(days=1)) >= 1
+        sent = wait_for(lambda: all_sent(node, count=2), timeout=60)
+    assert {(r.destination, r.host) for r in sent} == {("return:TESTSCU", "127.0.0.1")}
 
 
 def test_results_command_shows_the_delivery_state(node_factory, tmp_path, db_url):

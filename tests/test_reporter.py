@@ -25,6 +25,7 @@ from ichnode.db.models import (
     Instance,
     InstanceStatus,
     OutboxEntry,
+    ReportObject,
     ReportStatus,
     Study,
     StudyResult,
@@ -60,7 +61,7 @@ def test_a_result_a_crash_left_unreported_is_reported_at_the_next_start(node_fac
         # What a crash between the result's commit and the report transaction leaves: the
         # version is pending and has no objects (the build and the DONE mark commit together).
         with node.sessions.begin() as session:
-            session.execute(delete(OutboxEntry))
+            session.execute(delete(ReportObject))  # and, cascading, their outbox rows
             session.get(StudyResult, result_id).report_status = ReportStatus.PENDING
 
         again = node_factory(**settings)
@@ -161,7 +162,7 @@ def _study_with_versions(session_factory, versions: int) -> tuple[str, list[int]
 
 
 def test_resend_before_the_objects_are_built_says_so(session_factory, tmp_path):
-    from ichnode.node.outbox import DeliveryError, resend
+    from ichnode.resend import DeliveryError, resend
 
     uid, _ = _study_with_versions(session_factory, 1)
     with session_factory() as session, pytest.raises(DeliveryError, match="not built yet"):
@@ -195,7 +196,7 @@ def test_two_reporters_racing_for_one_version_queue_its_objects_once(node_factor
     result_id = wait_for(lambda: len(rows(node)) == 2 and rows(node)[0].study_result_id, 60)
     node.stop()
     with node.sessions.begin() as session:  # back to the state before the reporter ran
-        session.execute(delete(OutboxEntry))
+        session.execute(delete(ReportObject))
         session.get(StudyResult, result_id).report_status = ReportStatus.PENDING
 
     before = stored_files(node)
@@ -207,7 +208,7 @@ def test_two_reporters_racing_for_one_version_queue_its_objects_once(node_factor
         try:
             outcomes.append(
                 reporting.report_result(
-                    node.sessions, node.store, node.settings, node.report_checkpoint, result_id
+                    node.sessions, node.store, node.settings, node.saliency.checkpoint(), result_id
                 )
             )
         except Exception as exc:  # noqa: BLE001 - a passing failure is a legal outcome here
@@ -218,7 +219,7 @@ def test_two_reporters_racing_for_one_version_queue_its_objects_once(node_factor
         t.start()
     for t in threads:
         t.join(60)
-    # One builds it; the other finds it taken (or, on SQLite, meets the lock and would retry).
+    # One claims and builds it; the other finds it claimed.
     assert outcomes.count(ReportStatus.DONE) == 1, outcomes
     assert {rows(node)[i].kind for i in range(2)} == {"sr", "summary"} and len(rows(node)) == 2
     assert report_status(node, result_id) == (ReportStatus.DONE, None)

@@ -48,7 +48,7 @@ def test_the_worklist_reads_a_page_in_the_same_statements_however_many_rows(sess
 
     from ichnode.db.models import Study, StudyResult
     from ichnode.results import study_summary
-    from ichnode.web.queries import worklist
+    from ichnode.web.queries import Query, worklist
 
     def statements(session) -> tuple[int, list[dict]]:  # noqa: ANN001
         seen: list[str] = []
@@ -56,7 +56,7 @@ def test_the_worklist_reads_a_page_in_the_same_statements_however_many_rows(sess
         listen = lambda *args: seen.append(args[2])  # noqa: E731 - (conn, cursor, statement, ...)
         event.listen(engine, "before_cursor_execute", listen)
         try:
-            _, rows = worklist(session, limit=50)
+            _, rows = worklist(session, Query(limit=50))
         finally:
             event.remove(engine, "before_cursor_execute", listen)
         return len(seen), rows

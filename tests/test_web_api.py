@@ -22,7 +22,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from ichnode.config import HTTPSettings, load_settings
-from ichnode.db.models import DeliveryStatus, OutboxEntry, Study, StudyResult
+from ichnode.db.models import DeliveryStatus, OutboxEntry, ReportObject, Study, StudyResult
 from ichnode.errors import ConfigError
 from ichnode.subtypes import SUBTYPES
 from ichnode.web import WebContext, check_http_settings, start_http
@@ -164,16 +164,22 @@ def test_delivery_outcomes_set_the_worklist_state(served):
             study = session.query(Study).filter_by(study_instance_uid=uids[name]).one()
             result = session.query(StudyResult).filter_by(study_id=study.id, version=1).one()
             for i, status in enumerate(statuses):
+                kind = ("sr", "summary")[i]
+                obj = ReportObject(
+                    study_result_id=result.id,
+                    kind=kind,
+                    sop_class_uid="1.2.840.10008.5.1.4.1.1.7",
+                    series_instance_uid=f"1.2.3.{i}",
+                    sop_instance_uid=f"1.2.3.{i}.{result.id}",
+                    path=f"reports/{result.id}/{i}.dcm",
+                )
                 session.add(
                     OutboxEntry(
-                        study_result_id=result.id,
+                        report_object=obj,
                         destination="pacs",
                         ae_title="PACS",
                         host="127.0.0.1",
                         port=104,
-                        kind=("sr", "summary")[i],
-                        sop_instance_uid=f"1.2.3.{i}",
-                        path=f"reports/{i}.dcm",
                         status=status,
                         attempts=1,
                         last_error="association rejected" if status == "failed" else None,

@@ -10,8 +10,8 @@ from PIL import Image
 
 from ichnode.imaging import read, resize, to_hu
 from ichnode.inference import Predictor
-from ichnode.report.saliency import head_mask
-from ichnode.web.render import LETTERS_MIN_SIZE, SaliencyModel, render_png
+from ichnode.report.saliency import SaliencyModel, head_mask
+from ichnode.web.render import LETTERS_MIN_SIZE, render_png
 from phantoms.synth import synth_study
 
 SIZE = 256
