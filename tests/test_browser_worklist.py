@@ -16,17 +16,15 @@ import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, sync_playwright
-from test_web_api import (
+from web_fixtures import (
     PHANTOMS,
     TOKEN,
-    _send_with,
     send_phantoms,
+    send_with,
     serve,
     triage_key,
     wait_resulted,
 )
-
-from ichnode.db import upgrade
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -41,13 +39,6 @@ CHROMIUM_ARGS = [
 ]
 VIEWPORT = {"width": 1440, "height": 900}
 TIMEOUT_MS = 20_000
-
-
-@pytest.fixture
-def db_url(sqlite_url: str) -> str:
-    """SQLite only: the pages read the same JSON on both backends (test_web_api runs both)."""
-    upgrade(sqlite_url)
-    return sqlite_url
 
 
 @pytest.fixture(scope="module")
@@ -71,15 +62,12 @@ def page(browser: Browser) -> Iterator[Page]:
 
 
 @pytest.fixture
-def site(node_factory):
-    """A node that resulted the phantoms, served over HTTP: (handle, uids, api order)."""
-    node = node_factory()
-    uids = send_phantoms(node)
-    handle = serve(node)
+def site(seeded, web):
+    """The resulted phantoms served over HTTP: (handle, uids, api order)."""
+    handle = web(seeded)
     with httpx.Client(base_url=handle.url) as client:
-        studies = wait_resulted(client, len(uids))
-    yield handle, uids, studies
-    handle.stop()
+        studies = wait_resulted(client, len(seeded.uids))
+    return handle, seeded.uids, studies
 
 
 def assert_not_blank(page: Page, path: Path) -> None:
@@ -358,8 +346,8 @@ def test_slice_viewer_zooms_pans_windows_freely_and_resets(site, page):
 def test_worklist_shows_age_sex_and_the_study_time(node_factory, page):
     node = node_factory()
     header = {"PatientName": "DOE^JANE", "StudyDate": "20261201", "StudyTime": "143205"}
-    full = _send_with(node, 31, PatientSex="F", PatientAge="054Y", **header)
-    bare = _send_with(node, 32, PatientSex=None, PatientAge=None, **header)
+    full = send_with(node, 31, PatientSex="F", PatientAge="054Y", **header)
+    bare = send_with(node, 32, PatientSex=None, PatientAge=None, **header)
     handle = serve(node)
     try:
         with httpx.Client(base_url=handle.url) as client:

@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 from ichnode.db.models import Association
 
 
-def test_audit_lists_the_association_that_sent_a_study(node_factory, db_url):
-    node = node_factory()
+def test_audit_lists_the_association_that_sent_a_study(scp_factory, db_url):
+    node = scp_factory()
     assert send(node.settings.port, study(3, size=32), calling_ae="AUDITSCU") == [0, 0, 0]
 
     def closed() -> int:

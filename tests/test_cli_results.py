@@ -9,12 +9,12 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from db_fixtures import add_instances, sqlite_url  # noqa: F401 (fixture)
+from db_fixtures import add_instances
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
 from ichnode.cli import app
-from ichnode.db import make_engine, make_sessionmaker, upgrade
+from ichnode.db import make_engine, make_sessionmaker
 from ichnode.db.models import Instance, StudyResult, StudyStatus
 from ichnode.results_view import short_uid
 from ichnode.subtypes import SUBTYPES
@@ -25,11 +25,10 @@ RECEIVED = datetime(2020, 1, 1, 9, 30, tzinfo=timezone.utc)
 
 
 @pytest.fixture
-def db(sqlite_url: str):  # noqa: F811
-    upgrade(sqlite_url)
-    engine = make_engine(sqlite_url)
+def db(db_url: str):
+    engine = make_engine(db_url)
     try:
-        yield sqlite_url, make_sessionmaker(engine)
+        yield db_url, make_sessionmaker(engine)
     finally:
         engine.dispose()
 

@@ -17,8 +17,8 @@ import torch
 from dicom_client import send
 from helpers import wait_for
 from sqlalchemy import select
-from test_web_api import serve
 from typer.testing import CliRunner
+from web_fixtures import serve
 
 from ichnode.cli import app
 from ichnode.db import context

@@ -37,6 +37,9 @@ from ichnode.db.models import PROBABILITY_COLUMNS, clip
 from ichnode.errors import ConfigError
 from ichnode.subtypes import SUBTYPES
 
+#: The claims, locks and SQL here behave differently on the two databases.
+pytestmark = pytest.mark.every_backend
+
 UTC_PLUS_2 = timezone(timedelta(hours=2))
 
 

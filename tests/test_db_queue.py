@@ -45,6 +45,9 @@ from ichnode.db.queue import (
 )
 from ichnode.subtypes import SUBTYPES
 
+#: The claims, locks and SQL here behave differently on the two databases.
+pytestmark = pytest.mark.every_backend
+
 LEASE_S = 60.0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
+import pytest
 from db_fixtures import add_instances
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,6 +21,9 @@ from ichnode.db.models import (
     StudyResult,
     utcnow,
 )
+
+#: The claims, locks and SQL here behave differently on the two databases.
+pytestmark = pytest.mark.every_backend
 
 LEASE_S = 60.0
 

@@ -31,8 +31,8 @@ def small_disk(tmp_path: Path):  # noqa: ANN201
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_full_disk_answers_a700_leaves_nothing_and_recovers(node_factory, small_disk):
-    node = node_factory(store=small_disk / "store")
+def test_full_disk_answers_a700_leaves_nothing_and_recovers(scp_factory, small_disk):
+    node = scp_factory(store=small_disk / "store")
     filler = small_disk / "filler"
     filler.write_bytes(b"\0" * (2 * 1024 * 1024 - 150 * 1024))  # leave ~150 KiB free
     slices = study(4, size=256)  # 128 KiB of pixels each

@@ -162,10 +162,10 @@ def _rows(node) -> list[Instance]:  # noqa: ANN001
 
 @sqlite_only
 def test_every_hostile_data_set_is_refused_with_its_status_and_leaves_nothing(
-    node_factory, tmp_path, caplog
+    scp_factory, tmp_path, caplog
 ):
     caplog.set_level(logging.WARNING, logger="ichnode.node.scp")
-    node = node_factory()
+    node = scp_factory()
     outside_before = {p for p in _files(tmp_path) if not p.is_relative_to(node.store.root)}
     answers = {}
     for name in REFUSED:
@@ -186,8 +186,8 @@ def test_every_hostile_data_set_is_refused_with_its_status_and_leaves_nothing(
 
 
 @sqlite_only
-def test_huge_header_does_not_make_the_node_allocate_it(node_factory):
-    node = node_factory()
+def test_huge_header_does_not_make_the_node_allocate_it(scp_factory):
+    node = scp_factory()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     for _ in range(5):
         status = send_raw(node.settings.port, *_case("65535 x 65535 header with tiny pixel data"))
@@ -197,8 +197,8 @@ def test_huge_header_does_not_make_the_node_allocate_it(node_factory):
 
 
 @sqlite_only
-def test_private_tags_are_accepted_and_stored_as_received(node_factory):
-    node = node_factory()
+def test_private_tags_are_accepted_and_stored_as_received(scp_factory):
+    node = scp_factory()
     ds = _ct()
     block = ds.private_block(0x0011, "ICHNODE HOSTILE", create=True)
     block.add_new(0x01, "LO", "private value")
@@ -210,8 +210,8 @@ def test_private_tags_are_accepted_and_stored_as_received(node_factory):
 
 
 @sqlite_only
-def test_multi_frame_ct_is_stored_and_recorded_as_skipped(node_factory):
-    node = node_factory()
+def test_multi_frame_ct_is_stored_and_recorded_as_skipped(scp_factory):
+    node = scp_factory()
     ds = _ct(NumberOfFrames=2)
     ds.PixelData = ds.PixelData * 2
     assert send_raw(node.settings.port, encode(ds), CTImageStorage, ds.SOPInstanceUID) == SUCCESS
@@ -221,8 +221,8 @@ def test_multi_frame_ct_is_stored_and_recorded_as_skipped(node_factory):
 
 
 @sqlite_only
-def test_non_image_object_is_accepted_and_recorded_as_skipped(node_factory):
-    node = node_factory()
+def test_non_image_object_is_accepted_and_recorded_as_skipped(scp_factory):
+    node = scp_factory()
     ds = Dataset()
     ds.SOPClassUID = BASIC_TEXT_SR
     ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = (generate_uid() for _ in "abc")
@@ -237,8 +237,8 @@ def test_non_image_object_is_accepted_and_recorded_as_skipped(node_factory):
 @pytest.mark.parametrize(
     "transfer_syntax", [ExplicitVRBigEndian, HTJ2K_LOSSLESS], ids=["big-endian", "htj2k"]
 )
-def test_unsupported_transfer_syntax_context_is_rejected(node_factory, transfer_syntax):
-    node = node_factory()
+def test_unsupported_transfer_syntax_context_is_rejected(scp_factory, transfer_syntax):
+    node = scp_factory()
     for sop_class in (CTImageStorage, BASIC_TEXT_SR):
         ae = AE(ae_title="HOSTILE")
         ae.add_requested_context(sop_class, transfer_syntax)
@@ -263,8 +263,8 @@ def test_store_paths_refuse_traversal_and_non_uid_names(tmp_path):
 
 
 @sqlite_only
-def test_node_still_stores_valid_data_after_the_corpus(node_factory):
-    node = node_factory()
+def test_node_still_stores_valid_data_after_the_corpus(scp_factory):
+    node = scp_factory()
     for name in REFUSED:
         send_raw(node.settings.port, *_case(name))
     good = study(1, size=32)[0]

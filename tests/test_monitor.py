@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
+import pytest
 from db_fixtures import TEST_MODEL_ID, add_instances, drain_queue
 from helpers import wait_for
 from sqlalchemy import select
@@ -17,6 +18,9 @@ from ichnode.db.models import Instance, Study, StudyResult, utcnow
 from ichnode.node import monitor as monitor_module
 from ichnode.node.monitor import Monitor, ResultPolicy
 from ichnode.subtypes import SUBTYPES
+
+#: The claims, locks and SQL here behave differently on the two databases.
+pytestmark = pytest.mark.every_backend
 
 
 def test_a_study_is_resulted_when_it_becomes_stable_even_with_an_hour_long_poll(

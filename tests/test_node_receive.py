@@ -42,8 +42,8 @@ def _instances(node):
         return session.scalars(select(Instance).order_by(Instance.id)).all()
 
 
-def test_echo_answers_success_to_dcmtk_and_pynetdicom(node_factory):
-    node = node_factory()
+def test_echo_answers_success_to_dcmtk_and_pynetdicom(scp_factory):
+    node = scp_factory()
     done = run_dcmtk("echoscu", "-aec", "ICHNODE", "127.0.0.1", str(node.settings.port))
     assert done.returncode == 0, done.stderr
     assert echo(node.settings.port) == SUCCESS
@@ -111,6 +111,7 @@ def test_jpeg_ls_from_dcmtk_is_received_and_scored(node_factory, tmp_path):
     assert inst.transfer_syntax_uid == "1.2.840.10008.1.2.4.80"
 
 
+@pytest.mark.every_backend  # concurrent writers: locks differ
 def test_four_associations_at_once_are_all_stored_and_scored(node_factory):
     node = node_factory()
     studies = [study(5, size=64) for _ in range(4)]
@@ -130,6 +131,7 @@ def test_four_associations_at_once_are_all_stored_and_scored(node_factory):
     assert sum(i.status == InstanceStatus.DONE for i in _instances(node)) == 20
 
 
+@pytest.mark.every_backend  # concurrent writers: locks differ
 def test_same_instance_twice_is_success_and_scored_once(node_factory):
     node = node_factory()
     slices = study(2, size=64)
@@ -144,6 +146,7 @@ def test_same_instance_twice_is_success_and_scored_once(node_factory):
         assert first.times_received == 2
 
 
+@pytest.mark.every_backend  # concurrent writers: locks differ
 def test_slice_arriving_after_the_result_reopens_the_study_as_a_new_version(node_factory):
     node = node_factory()
     slices = study(3, size=64)
@@ -156,8 +159,8 @@ def test_slice_arriving_after_the_result_reopens_the_study_as_a_new_version(node
 
 
 @pytest.mark.filterwarnings(r"ignore:Invalid value for VR UI:UserWarning:pydicom\.")  # on purpose
-def test_invalid_uid_is_refused_with_a900_and_nothing_is_kept(node_factory):
-    node = node_factory()
+def test_invalid_uid_is_refused_with_a900_and_nothing_is_kept(scp_factory):
+    node = scp_factory()
     ds = study(1, size=32)[0]
     ds.StudyInstanceUID = "1.2.3.abc"
     assert send(node.settings.port, [ds]) == [DATASET_DOES_NOT_MATCH]
@@ -166,8 +169,8 @@ def test_invalid_uid_is_refused_with_a900_and_nothing_is_kept(node_factory):
     assert echo(node.settings.port) == SUCCESS  # still up
 
 
-def test_missing_sop_instance_uid_is_refused(node_factory):
-    node = node_factory()
+def test_missing_sop_instance_uid_is_refused(scp_factory):
+    node = scp_factory()
     ds = study(1, size=32)[0]
     ds.SOPInstanceUID = "1.2.3.4"
     ds2 = study(1, size=32)[0]
@@ -176,8 +179,8 @@ def test_missing_sop_instance_uid_is_refused(node_factory):
     assert _instances(node) == []
 
 
-def test_ct_without_pixel_data_is_refused(node_factory):
-    node = node_factory()
+def test_ct_without_pixel_data_is_refused(scp_factory):
+    node = scp_factory()
     ds = study(1, size=32)[0]
     del ds.PixelData
     assert send(node.settings.port, [ds]) == [DATASET_DOES_NOT_MATCH]
@@ -199,8 +202,8 @@ def test_undecodable_pixels_are_stored_then_failed_with_a_reason(node_factory):
     wait_for(lambda: _resulted(node, ds.StudyInstanceUID))
 
 
-def test_non_ct_object_is_accepted_and_recorded_as_skipped_without_a_file(node_factory):
-    node = node_factory()
+def test_non_ct_object_is_accepted_and_recorded_as_skipped_without_a_file(scp_factory):
+    node = scp_factory()
     mr = pydicom.dcmread(sample_file("MR_small.dcm"))
     assert send(node.settings.port, [mr]) == [SUCCESS]
     (inst,) = _instances(node)
@@ -208,8 +211,8 @@ def test_non_ct_object_is_accepted_and_recorded_as_skipped_without_a_file(node_f
     assert inst.path is None
 
 
-def test_non_ct_object_is_refused_when_configured(node_factory):
-    node = node_factory(accept_other_objects=False)
+def test_non_ct_object_is_refused_when_configured(scp_factory):
+    node = scp_factory(accept_other_objects=False)
     from pynetdicom import AE
 
     ae = AE(ae_title="TESTSCU")
@@ -221,8 +224,8 @@ def test_non_ct_object_is_refused_when_configured(node_factory):
         assoc.release()
 
 
-def test_undecodable_dataset_is_cannot_understand(node_factory):
-    node = node_factory()
+def test_undecodable_dataset_is_cannot_understand(scp_factory):
+    node = scp_factory()
     ds = study(1, size=32)[0]
     # A data set that is one element with an unknown VR, sent at the DIMSE level because
     # pynetdicom's SCU (rightly) refuses to encode such a thing.
@@ -234,16 +237,16 @@ def test_undecodable_dataset_is_cannot_understand(node_factory):
     assert echo(node.settings.port) == SUCCESS
 
 
-def test_truncated_native_pixel_data_is_refused(node_factory):
-    node = node_factory()
+def test_truncated_native_pixel_data_is_refused(scp_factory):
+    node = scp_factory()
     ds = study(1, size=32)[0]
     ds.PixelData = ds.PixelData[:-100]
     assert send(node.settings.port, [ds]) == [DATASET_DOES_NOT_MATCH]
     assert _instances(node) == []
 
 
-def test_hu_and_pixels_survive_storage(node_factory):
-    node = node_factory()
+def test_hu_and_pixels_survive_storage(scp_factory):
+    node = scp_factory()
     pixels = (np.arange(64 * 64).reshape(64, 64) % 2000).astype(np.uint16)
     ds = ct_dataset(pixels, StudyInstanceUID=generate_uid())
     assert send(node.settings.port, [ds]) == [SUCCESS]

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from delivery_fixtures import all_sent, bleed_study, dciodvfy_errors, latest_result, rows
 from dicom_client import send
 from helpers import free_port, wait_for
 from orthanc import ORTHANC_AE, Orthanc, StoreSCP
-from test_outbox_node import all_sent, bleed_study, dciodvfy_errors, latest_result, rows
 from typer.testing import CliRunner
 
 from ichnode.cli import app

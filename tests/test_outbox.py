@@ -48,6 +48,9 @@ from ichnode.node.statuses import (
 from ichnode.resend import DeliveryError, resend
 from ichnode.store import Store
 
+#: The claims, locks and SQL here behave differently on the two databases.
+pytestmark = pytest.mark.every_backend
+
 OUT_OF_RESOURCES = 0xA700
 PACS_AE = "PACS"
 

@@ -13,11 +13,11 @@ import threading
 
 import pytest
 from db_fixtures import add_instances
+from delivery_fixtures import all_sent, bleed_study, destination, latest_result, rows
 from dicom_client import send
 from helpers import free_port, wait_for
 from orthanc import StoreSCP
 from sqlalchemy import delete, select
-from test_outbox_node import all_sent, bleed_study, destination, latest_result, rows
 from typer.testing import CliRunner
 
 from ichnode.cli import app
@@ -169,6 +169,7 @@ def test_resend_before_the_objects_are_built_says_so(session_factory, tmp_path):
         resend(session, Store(tmp_path / "store"), uid)
 
 
+@pytest.mark.every_backend  # the claim statement differs (SKIP LOCKED)
 def test_an_overtaken_version_is_superseded_and_the_latest_is_built_once(session_factory, tmp_path):
     from ichnode.config import Settings
 
@@ -190,6 +191,7 @@ def test_an_overtaken_version_is_superseded_and_the_latest_is_built_once(session
         assert session.scalar(select(Study.result_version)) == 2
 
 
+@pytest.mark.every_backend  # the claim statement differs (SKIP LOCKED)
 def test_two_reporters_racing_for_one_version_queue_its_objects_once(node_factory, tmp_path):
     node = node_factory(destinations=[destination(free_port(), ["sr", "summary"])])
     send(node.settings.port, bleed_study(seed=14, n_slices=4, size=128))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from db_fixtures import add_instances
 from sqlalchemy import select
 from typer.testing import CliRunner
@@ -12,6 +13,9 @@ from typer.testing import CliRunner
 from ichnode.cli import app
 from ichnode.db.models import Instance
 from ichnode.results import list_studies
+
+#: The claims, locks and SQL here behave differently on the two databases.
+pytestmark = pytest.mark.every_backend
 
 
 def _study_with_accession(session_factory, accession: str | None) -> str:  # noqa: ANN001

@@ -56,9 +56,9 @@ def _rejection_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if "association rejected" in r.getMessage()]
 
 
-def test_unknown_calling_ae_is_rejected_with_reason_3_and_one_log_line(node_factory, caplog):
+def test_unknown_calling_ae_is_rejected_with_reason_3_and_one_log_line(scp_factory, caplog):
     caplog.set_level(logging.INFO, logger=SCP_LOGGER)
-    node = node_factory(calling_ae_allow=["GOODSCU"])
+    node = scp_factory(calling_ae_allow=["GOODSCU"])
     assoc = _associate(node.settings.port, "EVILSCU")
     assert _rejection(assoc) == (
         REJECTED_PERMANENT,
@@ -71,21 +71,21 @@ def test_unknown_calling_ae_is_rejected_with_reason_3_and_one_log_line(node_fact
     assert echo(node.settings.port, calling_ae="GOODSCU") == SUCCESS
 
 
-def test_wrong_called_ae_is_rejected_with_reason_7(node_factory, caplog):
+def test_wrong_called_ae_is_rejected_with_reason_7(scp_factory, caplog):
     caplog.set_level(logging.INFO, logger=SCP_LOGGER)
-    node = node_factory()
+    node = scp_factory()
     assoc = _associate(node.settings.port, "TESTSCU", called="NOTUS")
     assert _rejection(assoc) == (REJECTED_PERMANENT, SOURCE_SERVICE_USER, CALLED_AE_NOT_RECOGNISED)
     assert len(wait_for(lambda: _rejection_lines(caplog))) == 1
 
 
-def test_called_ae_is_not_checked_when_so_configured(node_factory):
-    node = node_factory(require_called_ae=False)
+def test_called_ae_is_not_checked_when_so_configured(scp_factory):
+    node = scp_factory(require_called_ae=False)
     assert echo(node.settings.port, called_ae="ANYTHING") == SUCCESS
 
 
-def test_calling_ae_tied_to_addresses_is_rejected_from_elsewhere(node_factory):
-    node = node_factory(
+def test_calling_ae_tied_to_addresses_is_rejected_from_elsewhere(scp_factory):
+    node = scp_factory(
         calling_ae_hosts={"FARPACS": ["10.9.9.9", "192.168.77.0/24"], "NEARPACS": ["127.0.0.0/8"]}
     )
     port = node.settings.port
@@ -99,8 +99,8 @@ def test_calling_ae_tied_to_addresses_is_rejected_from_elsewhere(node_factory):
     assert _rejection(_associate(port, "STRANGER"))[2] == CALLING_AE_NOT_RECOGNISED
 
 
-def test_dcmtk_echoscu_and_storescu_are_rejected_for_unknown_calling_ae(node_factory, tmp_path):
-    node = node_factory(calling_ae_allow=["GOODSCU"])
+def test_dcmtk_echoscu_and_storescu_are_rejected_for_unknown_calling_ae(scp_factory, tmp_path):
+    node = scp_factory(calling_ae_allow=["GOODSCU"])
     port = str(node.settings.port)
     done = run_dcmtk("echoscu", "-aet", "EVILSCU", "-aec", "ICHNODE", "127.0.0.1", port)
     assert done.returncode != 0
@@ -119,8 +119,8 @@ def test_dcmtk_echoscu_and_storescu_are_rejected_for_unknown_calling_ae(node_fac
     assert done.returncode == 0, done.stderr
 
 
-def test_every_association_gets_an_audit_row_rejected_ones_too(node_factory):
-    node = node_factory(calling_ae_allow=["GOODSCU"])
+def test_every_association_gets_an_audit_row_rejected_ones_too(scp_factory):
+    node = scp_factory(calling_ae_allow=["GOODSCU"])
     port = node.settings.port
     slices = study(2, size=32)
     assert send(port, slices, calling_ae="GOODSCU") == [SUCCESS, SUCCESS]
@@ -146,8 +146,8 @@ def test_every_association_gets_an_audit_row_rejected_ones_too(node_factory):
 
 
 @pytest.mark.filterwarnings(r"ignore:Invalid value for VR UI:UserWarning:pydicom\.")  # on purpose
-def test_audit_counts_failed_instances(node_factory):
-    node = node_factory()
+def test_audit_counts_failed_instances(scp_factory):
+    node = scp_factory()
     ds = study(1, size=32)[0]
     ds.SOPInstanceUID = "1.2.3.x"
     ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.x"
@@ -156,8 +156,8 @@ def test_audit_counts_failed_instances(node_factory):
     assert (row["n_received"], row["n_failed"], row["outcome"]) == (0, 1, "released")
 
 
-def test_audit_list_is_newest_first_and_limited(node_factory):
-    node = node_factory()
+def test_audit_list_is_newest_first_and_limited(scp_factory):
+    node = scp_factory()
     for _ in range(3):
         echo(node.settings.port)
     rows = wait_for(lambda: (r := _audit(node)) and len(r) == 3 and r)

@@ -62,8 +62,8 @@ def _outcomes(node) -> list[str]:  # noqa: ANN001
         return [r["outcome"] for r in list_associations(session) if r["ended_at"]]
 
 
-def test_association_beyond_max_associations_is_rejected_local_limit_exceeded(node_factory):
-    node = node_factory(max_associations=2)
+def test_association_beyond_max_associations_is_rejected_local_limit_exceeded(scp_factory):
+    node = scp_factory(max_associations=2)
     port = node.settings.port
     held = [_open(port), _open(port)]
     assert all(a.is_established for a in held)
@@ -74,8 +74,8 @@ def test_association_beyond_max_associations_is_rejected_local_limit_exceeded(no
     assert "rejected: too many associations" in wait_for(lambda: _outcomes(node))
 
 
-def test_a_peer_over_its_association_rate_is_rejected_as_temporary_congestion(node_factory):
-    node = node_factory(max_associations_per_minute=3)
+def test_a_peer_over_its_association_rate_is_rejected_as_temporary_congestion(scp_factory):
+    node = scp_factory(max_associations_per_minute=3)
     port = node.settings.port
     assert [echo(port) for _ in range(3)] == [SUCCESS] * 3
     _assert_rejected_transient(_open(port), TEMPORARY_CONGESTION)
@@ -86,24 +86,24 @@ def test_a_peer_over_its_association_rate_is_rejected_as_temporary_congestion(no
     assert outcomes.count("released") == 3
 
 
-def test_advertised_max_pdu_is_the_configured_one_and_large_instances_still_arrive(node_factory):
-    node = node_factory(max_pdu=16384)
+def test_advertised_max_pdu_is_the_configured_one_and_large_instances_still_arrive(scp_factory):
+    node = scp_factory(max_pdu=16384)
     assoc = _open(node.settings.port)
     assert assoc.acceptor.maximum_length == 16384
     assoc.release()
     assert send(node.settings.port, study(1, size=256)) == [SUCCESS]  # 128 KiB in 16 KiB PDUs
 
 
-def test_instance_over_max_instance_bytes_is_a700_and_nothing_is_kept(node_factory):
-    node = node_factory(max_instance_bytes=20_000)
+def test_instance_over_max_instance_bytes_is_a700_and_nothing_is_kept(scp_factory):
+    node = scp_factory(max_instance_bytes=20_000)
     assert send(node.settings.port, study(1, size=128)) == [OUT_OF_RESOURCES]  # 32 KiB pixels
     assert _n_instances(node) == 0 and _store_is_empty(node)
     assert send(node.settings.port, study(1, size=32)) == [SUCCESS]  # small ones still fine
 
 
-def test_a_message_far_over_the_limit_is_cut_off_before_it_is_all_in_memory(node_factory, caplog):
+def test_a_message_far_over_the_limit_is_cut_off_before_it_is_all_in_memory(scp_factory, caplog):
     caplog.set_level(logging.WARNING, logger="ichnode.node.scp")
-    node = node_factory(max_instance_bytes=20_000)
+    node = scp_factory(max_instance_bytes=20_000)
     assert node.scp.receive_cap() < 2_000_000
     # 2 MiB of pixels: pynetdicom would buffer all of it before the C-STORE handler runs.
     assert send(node.settings.port, study(1, size=1024)) == [-1]  # no answer: cut off
@@ -115,15 +115,15 @@ def test_a_message_far_over_the_limit_is_cut_off_before_it_is_all_in_memory(node
     assert send(node.settings.port, study(2, size=32)) == [SUCCESS, SUCCESS]
 
 
-def test_free_space_below_minimum_is_a700_without_a_half_written_file(node_factory):
-    node = node_factory(min_free_bytes=10**18)
+def test_free_space_below_minimum_is_a700_without_a_half_written_file(scp_factory):
+    node = scp_factory(min_free_bytes=10**18)
     assert send(node.settings.port, study(2, size=32)) == [OUT_OF_RESOURCES] * 2
     assert _n_instances(node) == 0 and _store_is_empty(node)
     assert echo(node.settings.port) == SUCCESS
 
 
-def test_idle_association_is_aborted_after_idle_timeout(node_factory):
-    node = node_factory(idle_timeout=1.0)
+def test_idle_association_is_aborted_after_idle_timeout(scp_factory):
+    node = scp_factory(idle_timeout=1.0)
     assoc = _open(node.settings.port)
     assert assoc.is_established
     started = time.monotonic()
@@ -132,8 +132,8 @@ def test_idle_association_is_aborted_after_idle_timeout(node_factory):
     assert "aborted" in wait_for(lambda: _outcomes(node))
 
 
-def test_peer_that_connects_and_sends_nothing_is_dropped_after_network_timeout(node_factory):
-    node = node_factory(network_timeout=1.0)
+def test_peer_that_connects_and_sends_nothing_is_dropped_after_network_timeout(scp_factory):
+    node = scp_factory(network_timeout=1.0)
     with socket.create_connection(("127.0.0.1", node.settings.port), timeout=15) as sock:
         started = time.monotonic()
         assert sock.recv(1024) == b""  # the node closed the connection
@@ -142,11 +142,11 @@ def test_peer_that_connects_and_sends_nothing_is_dropped_after_network_timeout(n
     assert "no association request (nothing sent within 1 s)" in wait_for(lambda: _outcomes(node))
 
 
-def test_connections_that_close_unused_take_no_association_slot(node_factory):
+def test_connections_that_close_unused_take_no_association_slot(scp_factory):
     # A load balancer's TCP health check, or a port scan: connect, then close. pynetdicom
     # kept each one as an association for network_timeout (60 s here), so a dozen of them
     # refused every sender for a minute as "too many associations".
-    node = node_factory(max_associations=2, network_timeout=60.0)
+    node = scp_factory(max_associations=2, network_timeout=60.0)
     port = node.settings.port
     for _ in range(6):
         socket.create_connection(("127.0.0.1", port)).close()
@@ -160,8 +160,8 @@ def test_connections_that_close_unused_take_no_association_slot(node_factory):
     assert probes[0] == "no association request (closed without sending anything)"
 
 
-def test_peer_that_sends_half_a_pdu_is_dropped(node_factory):
-    node = node_factory(network_timeout=1.0, idle_timeout=1.0)
+def test_peer_that_sends_half_a_pdu_is_dropped(scp_factory):
+    node = scp_factory(network_timeout=1.0, idle_timeout=1.0)
     with socket.create_connection(("127.0.0.1", node.settings.port), timeout=15) as sock:
         sock.sendall(b"\x01\x00\x00\x00\x10\x00")  # A-ASSOCIATE-RQ header, then silence
         started = time.monotonic()
@@ -175,8 +175,8 @@ def test_peer_that_sends_half_a_pdu_is_dropped(node_factory):
     assert echo(node.settings.port) == SUCCESS
 
 
-def test_stalled_peers_cannot_hold_every_association_slot(node_factory):
-    node = node_factory(max_associations=2, network_timeout=1.0, idle_timeout=1.0)
+def test_stalled_peers_cannot_hold_every_association_slot(scp_factory):
+    node = scp_factory(max_associations=2, network_timeout=1.0, idle_timeout=1.0)
     stalled = [socket.create_connection(("127.0.0.1", node.settings.port)) for _ in range(3)]
     try:
         for sock in stalled:

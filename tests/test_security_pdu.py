@@ -85,15 +85,15 @@ def _outcomes(node) -> list[str]:  # noqa: ANN001
         return [r["outcome"] for r in list_associations(session) if r["ended_at"]]
 
 
-def _node(node_factory):  # noqa: ANN001, ANN202
+def _node(factory):  # noqa: ANN001, ANN202
     # Long timeouts: if the node waited for the claimed body, the client's wait would end first.
-    return node_factory(max_pdu=16384, network_timeout=600.0, idle_timeout=600.0)
+    return factory(max_pdu=16384, network_timeout=600.0, idle_timeout=600.0)
 
 
 @sqlite_only
-def test_p_data_claiming_2_gib_after_association_is_aborted_from_its_header(node_factory, caplog):
+def test_p_data_claiming_2_gib_after_association_is_aborted_from_its_header(scp_factory, caplog):
     caplog.set_level(logging.WARNING, logger=TRANSPORT_LOGGER)
-    node = _node(node_factory)
+    node = _node(scp_factory)
     with socket.create_connection(("127.0.0.1", node.settings.port), timeout=CLIENT_TIMEOUT) as s:
         s.sendall(_associate_rq())
         assert _read_pdu(s)[0] == 0x02  # A-ASSOCIATE-AC
@@ -108,8 +108,8 @@ def test_p_data_claiming_2_gib_after_association_is_aborted_from_its_header(node
 
 
 @sqlite_only
-def test_a_p_data_one_byte_over_the_advertised_max_is_refused(node_factory):
-    node = _node(node_factory)
+def test_a_p_data_one_byte_over_the_advertised_max_is_refused(scp_factory):
+    node = _node(scp_factory)
     with socket.create_connection(("127.0.0.1", node.settings.port), timeout=CLIENT_TIMEOUT) as s:
         s.sendall(_associate_rq())
         assert _read_pdu(s)[0] == 0x02
@@ -121,9 +121,9 @@ def test_a_p_data_one_byte_over_the_advertised_max_is_refused(node_factory):
 
 
 @sqlite_only
-def test_an_absurdly_long_association_request_is_aborted_before_it_is_read(node_factory, caplog):
+def test_an_absurdly_long_association_request_is_aborted_before_it_is_read(scp_factory, caplog):
     caplog.set_level(logging.WARNING, logger=TRANSPORT_LOGGER)
-    node = _node(node_factory)
+    node = _node(scp_factory)
     request = _associate_rq()
     claimed = 0xFFFFFFFF
     with socket.create_connection(("127.0.0.1", node.settings.port), timeout=CLIENT_TIMEOUT) as s:

@@ -94,8 +94,8 @@ def _tls(pki: dict[str, Path], **overrides: object) -> dict[str, object]:
     return tls | overrides
 
 
-def _tls_node(node_factory, pki: dict[str, Path], require_client_cert: bool = True, **settings):  # noqa: ANN001, ANN003, ANN202
-    return node_factory(tls=_tls(pki, require_client_cert=require_client_cert), **settings)
+def _tls_node(factory, pki: dict[str, Path], require_client_cert: bool = True, **settings):  # noqa: ANN001, ANN003, ANN202
+    return factory(tls=_tls(pki, require_client_cert=require_client_cert), **settings)
 
 
 def _client_context(pki: dict[str, Path], cert: str | None = "client") -> ssl.SSLContext:
@@ -125,8 +125,8 @@ def _tls_echo(port: int, ctx: ssl.SSLContext | None) -> bool:
             assoc.release()
 
 
-def test_pynetdicom_with_a_client_certificate_stores_over_tls(node_factory, pki):
-    node = _tls_node(node_factory, pki)
+def test_pynetdicom_with_a_client_certificate_stores_over_tls(scp_factory, pki):
+    node = _tls_node(scp_factory, pki)
     assert _tls_echo(node.settings.port, _client_context(pki))
     ds = study(1, size=32)[0]
     ae = AE(ae_title="TESTSCU")
@@ -142,21 +142,21 @@ def test_pynetdicom_with_a_client_certificate_stores_over_tls(node_factory, pki)
     assoc.release()
 
 
-def test_plain_connection_to_the_tls_port_is_refused(node_factory, pki, tmp_path):
-    node = _tls_node(node_factory, pki)
+def test_plain_connection_to_the_tls_port_is_refused(scp_factory, pki, tmp_path):
+    node = _tls_node(scp_factory, pki)
     assert not _tls_echo(node.settings.port, None)
     done = run_dcmtk("echoscu", "-to", "5", "-aec", "ICHNODE", "127.0.0.1", str(node.settings.port))
     assert done.returncode != 0
     assert _tls_echo(node.settings.port, _client_context(pki))  # still serving
 
 
-def test_client_without_a_certificate_is_refused_when_required(node_factory, pki):
-    node = _tls_node(node_factory, pki)
+def test_client_without_a_certificate_is_refused_when_required(scp_factory, pki):
+    node = _tls_node(scp_factory, pki)
     assert not _tls_echo(node.settings.port, _client_context(pki, cert=None))
 
 
-def test_client_certificate_from_another_ca_is_refused(node_factory, pki):
-    node = _tls_node(node_factory, pki)
+def test_client_certificate_from_another_ca_is_refused(scp_factory, pki):
+    node = _tls_node(scp_factory, pki)
     assert not _tls_echo(node.settings.port, _client_context(pki, cert="rogue"))
     # The refused connection is in the audit trail, with its address and why.
 
@@ -169,12 +169,12 @@ def test_client_certificate_from_another_ca_is_refused(node_factory, pki):
     assert row["peer"].startswith("127.0.0.1:") and row["calling_ae"] is None
 
 
-def test_a_revoked_client_certificate_is_refused_when_a_crl_is_set(node_factory, pki):
-    node = node_factory(tls=_tls(pki, crl=pki["crl"]))
+def test_a_revoked_client_certificate_is_refused_when_a_crl_is_set(scp_factory, pki):
+    node = scp_factory(tls=_tls(pki, crl=pki["crl"]))
     assert not _tls_echo(node.settings.port, _client_context(pki, cert="revoked"))
     assert _tls_echo(node.settings.port, _client_context(pki))  # not revoked: served
     # Without the CRL the same revoked certificate would pass: the CRL is what refused it.
-    plain = _tls_node(node_factory, pki)
+    plain = _tls_node(scp_factory, pki)
     assert _tls_echo(plain.settings.port, _client_context(pki, cert="revoked"))
 
 
@@ -195,11 +195,11 @@ def _server_serial(port: int, pki: dict[str, Path]) -> int:
 
 
 def test_a_crl_published_while_running_refuses_without_a_restart(
-    node_factory, pki, tmp_path, caplog
+    scp_factory, pki, tmp_path, caplog
 ):
     crl = tmp_path / "ca.crl"
     _replace(crl, pki["crl_empty"])
-    node = node_factory(tls=_tls(pki, crl=crl))
+    node = scp_factory(tls=_tls(pki, crl=crl))
     port = node.settings.port
     assert _tls_echo(port, _client_context(pki, cert="revoked"))  # not revoked yet
     _replace(crl, pki["crl"])
@@ -214,11 +214,11 @@ def test_a_crl_published_while_running_refuses_without_a_restart(
     assert caplog.text.count("changed files not loaded") == 1
 
 
-def test_a_renewed_server_certificate_is_served_without_a_restart(node_factory, pki, tmp_path):
+def test_a_renewed_server_certificate_is_served_without_a_restart(scp_factory, pki, tmp_path):
     crt, key = tmp_path / "server.crt", tmp_path / "server.key"
     _replace(crt, pki["server_crt"])
     _replace(key, pki["server_key"])
-    node = node_factory(tls=_tls(pki, cert=crt, key=key))
+    node = scp_factory(tls=_tls(pki, cert=crt, key=key))
     port = node.settings.port
     old = x509.load_pem_x509_certificate(pki["server_crt"].read_bytes()).serial_number
     new = x509.load_pem_x509_certificate(pki["renewed_crt"].read_bytes()).serial_number
@@ -229,18 +229,18 @@ def test_a_renewed_server_certificate_is_served_without_a_restart(node_factory, 
     assert _tls_echo(port, _client_context(pki))
 
 
-def test_an_unreadable_crl_is_a_one_line_start_error(node_factory, pki, tmp_path):
+def test_an_unreadable_crl_is_a_one_line_start_error(scp_factory, pki, tmp_path):
     bad = tmp_path / "bad.crl"
     bad.write_text("not a CRL")
     tls = {"enabled": True, "cert": pki["server_crt"], "key": pki["server_key"], "crl": bad}
     with pytest.raises(ConfigError, match="crl needs tls.ca"):
-        node_factory(tls=tls)
+        scp_factory(tls=tls)
     with pytest.raises(ConfigError, match="cannot load the CRL"):
-        node_factory(tls={**tls, "ca": pki["ca"]})
+        scp_factory(tls={**tls, "ca": pki["ca"]})
 
 
-def test_client_without_a_certificate_is_served_when_not_required(node_factory, pki):
-    node = _tls_node(node_factory, pki, require_client_cert=False)
+def test_client_without_a_certificate_is_served_when_not_required(scp_factory, pki):
+    node = _tls_node(scp_factory, pki, require_client_cert=False)
     assert _tls_echo(node.settings.port, _client_context(pki, cert=None))
 
 
@@ -262,8 +262,8 @@ def _dcmtk_tls(tool: str, pki: dict[str, Path], cert: str, port: int, *files: st
     )
 
 
-def test_dcmtk_echoscu_and_storescu_over_tls(node_factory, pki, tmp_path):
-    node = _tls_node(node_factory, pki)
+def test_dcmtk_echoscu_and_storescu_over_tls(scp_factory, pki, tmp_path):
+    node = _tls_node(scp_factory, pki)
     done = _dcmtk_tls("echoscu", pki, "client", node.settings.port)
     assert done.returncode == 0, done.stderr
     files = write_all(study(2, size=32), tmp_path / "send")
@@ -272,26 +272,26 @@ def test_dcmtk_echoscu_and_storescu_over_tls(node_factory, pki, tmp_path):
     assert len(list(node.store.root.rglob("*.dcm"))) == 2
 
 
-def test_dcmtk_with_a_certificate_from_another_ca_is_refused(node_factory, pki):
-    node = _tls_node(node_factory, pki)
+def test_dcmtk_with_a_certificate_from_another_ca_is_refused(scp_factory, pki):
+    node = _tls_node(scp_factory, pki)
     done = _dcmtk_tls("echoscu", pki, "rogue", node.settings.port)
     assert done.returncode != 0
 
 
-def test_plain_send_still_works_without_tls(node_factory):
-    node = node_factory()
+def test_plain_send_still_works_without_tls(scp_factory):
+    node = scp_factory()
     assert send(node.settings.port, study(1, size=32)) == [SUCCESS]
 
 
-def test_tls_handshakes_without_a_request_take_no_association_slot(node_factory, pki):
+def test_tls_handshakes_without_a_request_take_no_association_slot(scp_factory, pki):
     # A TLS health check: handshake, then close. It used to hold a slot for network_timeout.
-    node = _tls_node(node_factory, pki, max_associations=2)
+    node = _tls_node(scp_factory, pki, max_associations=2)
     for _ in range(6):
         _server_serial(node.settings.port, pki)
     assert _tls_echo(node.settings.port, _client_context(pki))
 
 
-def test_silent_peer_on_the_tls_port_does_not_block_other_clients(node_factory, pki):
-    node = _tls_node(node_factory, pki)
+def test_silent_peer_on_the_tls_port_does_not_block_other_clients(scp_factory, pki):
+    node = _tls_node(scp_factory, pki)
     with socket.create_connection(("127.0.0.1", node.settings.port)):  # no ClientHello
         assert _tls_echo(node.settings.port, _client_context(pki))

@@ -1,7 +1,9 @@
-"""The HTTP API over a running node that received phantom studies over DICOM.
+"""The HTTP API over phantom studies a real node received over DICOM and resulted.
 
-Real parts only: an in-process node (``node_factory``, SQLite and PostgreSQL), studies sent with
-a pynetdicom SCU, the demo model, uvicorn on a free port and httpx as the client.
+Real parts only: the studies are sent with a pynetdicom SCU to an in-process node once per
+session (``seeded``: each test reads its own copy of that database and store, served with the
+demo model injected), uvicorn on a free port and httpx as the client. Tests of the node's own
+threads and of headers sent on purpose start a node (``node_factory``).
 """
 
 from __future__ import annotations
@@ -16,80 +18,32 @@ from types import SimpleNamespace
 import httpx
 import numpy as np
 import pytest
-from dicom_client import send
-from helpers import HOSTILE_PYDICOM_WARNINGS, project_version, wait_for
+from helpers import HOSTILE_PYDICOM_WARNINGS, project_version
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from web_fixtures import (
+    N_SLICES,
+    SIZE,
+    TOKEN,
+    send_with,
+    serve,
+    triage_key,
+    wait_resulted,
+)
 
 from ichnode.config import HTTPSettings, load_settings
 from ichnode.db.models import DeliveryStatus, OutboxEntry, ReportObject, Study, StudyResult
 from ichnode.errors import ConfigError
 from ichnode.subtypes import SUBTYPES
-from ichnode.web import WebContext, check_http_settings, start_http
-from phantoms.synth import synth_study
-
-#: Phantoms the demo model scores far apart: a large intraparenchymal bleed (flagged), an
-#: epidural one, and a normal head. Sent in this order, so the normal one is the newest.
-PHANTOMS = (
-    ("iph", 2, ("intraparenchymal",)),
-    ("edh", 4, ("epidural",)),
-    ("normal", 10, ()),
-)
-N_SLICES = 8
-SIZE = 256
-SUCCESS = 0x0000
-TOKEN = "s3cret-token"
-
-
-def send_phantoms(node, phantoms=PHANTOMS) -> dict[str, str]:
-    """Send each phantom study over DICOM; returns ``{name: StudyInstanceUID}``."""
-    uids = {}
-    for name, seed, subtypes in phantoms:
-        slices = synth_study(seed, n_slices=N_SLICES, size=SIZE, subtypes=subtypes)
-        datasets = [s.dataset for s in slices]
-        assert send(node.settings.port, datasets) == [SUCCESS] * len(datasets)
-        uids[name] = str(datasets[0].StudyInstanceUID)
-    return uids
-
-
-def serve(node, token: str | None = None, **http: object):
-    """Start the web app of ``node`` on a free loopback port."""
-    settings = SimpleNamespace(http=HTTPSettings(bind="127.0.0.1:0", token=token, **http))
-    context = dataclasses.replace(WebContext.from_node(node), settings=settings)
-    return start_http(settings, context)
-
-
-def wait_resulted(client: httpx.Client, n: int, timeout: float = 60.0) -> list[dict]:
-    """Poll the API until ``n`` studies are resulted; returns the list in triage order."""
-
-    def ready():
-        studies = client.get("/api/studies").json()["studies"]
-        done = [s for s in studies if s["status"] == "resulted"]
-        return studies if len(done) == n else None
-
-    return wait_for(ready, timeout=timeout, interval=0.2)
-
-
-def triage_key(study: dict) -> tuple:
-    """The documented sort rule: flagged first, then `any` descending, then newest first."""
-    p_any = study["probabilities"]["any"] if study["probabilities"] else -1.0
-    return (
-        not study["flagged"],
-        -p_any,
-        -datetime.fromisoformat(study["last_received_at"]).timestamp(),
-    )
+from ichnode.web import check_http_settings, start_http
 
 
 @pytest.fixture
-def served(node_factory):
-    """A node with the phantoms resulted, its HTTP server and a client: (node, uids, client)."""
-    node = node_factory()
-    uids = send_phantoms(node)
-    handle = serve(node)
+def served(seeded, web):
+    """The resulted phantoms served over HTTP, and a client: (site, uids, client)."""
+    handle = web(seeded)
     with httpx.Client(base_url=handle.url, timeout=30) as client:
-        wait_resulted(client, len(uids))
-        yield node, uids, client
-    handle.stop()
+        yield seeded, seeded.uids, client
 
 
 @pytest.fixture
@@ -261,8 +215,8 @@ def test_saliency_overlay_colours_the_key_slice(served, tmp_path):
     assert np.abs(o[..., 0] - o[..., 2]).max() > 50
 
 
-def test_unknown_study_and_instance_are_404(bare):
-    _, handle = bare
+def test_unknown_study_and_instance_are_404(empty, web):
+    handle = web(empty)
     with httpx.Client(base_url=handle.url) as client:
         assert client.get("/api/studies/1.2.3.4").status_code == 404
         assert client.get("/api/studies/not-a-uid").status_code == 404
@@ -278,9 +232,9 @@ def test_healthz_is_ok_with_queue_depth(bare):
     assert body["threads"]["worker-1"] is True
 
 
-def test_healthz_is_503_when_the_store_is_gone(bare):
-    node, handle = bare
-    shutil.rmtree(node.store.root)
+def test_healthz_is_503_when_the_store_is_gone(empty, web):
+    handle = web(empty)
+    shutil.rmtree(empty.store.root)
     response = httpx.get(f"{handle.url}/healthz")
     assert response.status_code == 503
     assert response.json()["store"]["ok"] is False and response.json()["database"]["ok"]
@@ -288,10 +242,7 @@ def test_healthz_is_503_when_the_store_is_gone(bare):
 
 def test_healthz_is_503_when_the_workers_stopped(bare):
     node, handle = bare
-    node.stop_event.set()
-    node.wake.set()
-    for thread in node.threads:
-        thread.join(timeout=30)
+    node.stop()  # every thread ends (and is joined)
     response = httpx.get(f"{handle.url}/healthz")
     assert response.status_code == 503
     assert response.json()["workers"]["ok"] is False
@@ -324,41 +275,22 @@ def test_metrics_count_instances_results_and_latency(served):
     assert m[("ichnode_deliveries_total", (("status", "sent"),))] == 0
 
 
-def test_patient_identifiers_are_hidden_when_the_setting_is_off(node_factory):
-    node = node_factory()
-    uids = send_phantoms(node, PHANTOMS[:1])
-    handle = serve(node, show_patient_identifiers=False)
-    try:
-        with httpx.Client(base_url=handle.url) as client:
-            studies = wait_resulted(client, 1)
-            assert studies[0]["patient"] is None
-            assert client.get(f"/api/studies/{uids['iph']}").json()["patient"] is None
-            assert client.get("/api/info").json()["show_patient_identifiers"] is False
-            # Nor can they be searched for.
-            assert client.get("/api/studies", params={"accession": "X"}).status_code == 400
-    finally:
-        handle.stop()
-
-
-def _send_with(node, seed: int, **header: str | None) -> str:
-    """Send a normal phantom study with ``header`` set (None: removed); its StudyInstanceUID."""
-    datasets = [s.dataset for s in synth_study(seed, n_slices=N_SLICES, size=SIZE)]
-    for ds in datasets:
-        for keyword, value in header.items():
-            if value is None:
-                if keyword in ds:
-                    delattr(ds, keyword)
-            else:
-                setattr(ds, keyword, value)
-    assert send(node.settings.port, datasets) == [SUCCESS] * len(datasets)
-    return str(datasets[0].StudyInstanceUID)
+def test_patient_identifiers_are_hidden_when_the_setting_is_off(seeded, web):
+    handle = web(seeded, show_patient_identifiers=False)
+    with httpx.Client(base_url=handle.url) as client:
+        studies = wait_resulted(client, 3)
+        assert [s["patient"] for s in studies] == [None] * 3
+        assert client.get(f"/api/studies/{seeded.uids['iph']}").json()["patient"] is None
+        assert client.get("/api/info").json()["show_patient_identifiers"] is False
+        # Nor can they be searched for.
+        assert client.get("/api/studies", params={"accession": "X"}).status_code == 400
 
 
 @pytest.mark.filterwarnings(*HOSTILE_PYDICOM_WARNINGS)  # the overlong age, sent on purpose
 def test_patient_age_sex_and_study_time_are_shown_only_with_the_identifiers(node_factory):
     node = node_factory()
-    full = _send_with(node, 21, PatientSex="F", PatientAge="054Y", StudyTime="143205.25")
-    odd = _send_with(node, 22, PatientSex=None, PatientAge="54 years, 3 months", StudyTime="0930")
+    full = send_with(node, 21, PatientSex="F", PatientAge="054Y", StudyTime="143205.25")
+    odd = send_with(node, 22, PatientSex=None, PatientAge="54 years, 3 months", StudyTime="0930")
     shown = serve(node)
     try:
         with httpx.Client(base_url=shown.url) as client:
@@ -383,36 +315,30 @@ def test_patient_age_sex_and_study_time_are_shown_only_with_the_identifiers(node
         hidden.stop()
 
 
-def test_token_is_required_everywhere_but_healthz(node_factory):
-    handle = serve(node_factory(), token=TOKEN)
-    try:
-        with httpx.Client(base_url=handle.url) as client:
-            assert client.get("/healthz").status_code == 200
-            for path in ("/", "/api/studies", "/metrics", "/openapi.json", "/static/app.css"):
-                response = client.get(path)
-                assert response.status_code == 401, path
-                assert response.headers["www-authenticate"] == "Bearer"
-            wrong = {"Authorization": "Bearer nope"}
-            assert client.get("/api/studies", headers=wrong).status_code == 401
-            right = {"Authorization": f"Bearer {TOKEN}"}
-            assert client.get("/api/studies", headers=right).status_code == 200
-            assert client.get("/metrics", headers=right).status_code == 200
-    finally:
-        handle.stop()
+def test_token_is_required_everywhere_but_healthz(empty, web):
+    handle = web(empty, token=TOKEN)
+    with httpx.Client(base_url=handle.url) as client:
+        assert client.get("/healthz").status_code == 200
+        for path in ("/", "/api/studies", "/metrics", "/openapi.json", "/static/app.css"):
+            response = client.get(path)
+            assert response.status_code == 401, path
+            assert response.headers["www-authenticate"] == "Bearer"
+        wrong = {"Authorization": "Bearer nope"}
+        assert client.get("/api/studies", headers=wrong).status_code == 401
+        right = {"Authorization": f"Bearer {TOKEN}"}
+        assert client.get("/api/studies", headers=right).status_code == 200
+        assert client.get("/metrics", headers=right).status_code == 200
 
 
-def test_query_token_sets_a_cookie_and_drops_the_token_from_the_url(node_factory):
-    handle = serve(node_factory(), token=TOKEN)
-    try:
-        with httpx.Client(base_url=handle.url) as client:
-            assert client.get("/?token=wrong").status_code == 401
-            response = client.get("/", params={"token": TOKEN, "x": "1"})
-            assert response.status_code == 303 and response.headers["location"] == "/?x=1"
-            assert "httponly" in response.headers["set-cookie"].lower()
-            assert client.get("/").status_code == 200  # the cookie now authenticates
-            assert client.get("/api/studies").status_code == 200
-    finally:
-        handle.stop()
+def test_query_token_sets_a_cookie_and_drops_the_token_from_the_url(empty, web):
+    handle = web(empty, token=TOKEN)
+    with httpx.Client(base_url=handle.url) as client:
+        assert client.get("/?token=wrong").status_code == 401
+        response = client.get("/", params={"token": TOKEN, "x": "1"})
+        assert response.status_code == 303 and response.headers["location"] == "/?x=1"
+        assert "httponly" in response.headers["set-cookie"].lower()
+        assert client.get("/").status_code == 200  # the cookie now authenticates
+        assert client.get("/api/studies").status_code == 200
 
 
 def _http(bind: str, token: str | None = None, **extra: object) -> SimpleNamespace:
@@ -429,23 +355,22 @@ def test_refuses_a_non_loopback_bind_without_a_token():
     assert check_http_settings(_http("localhost:9000")) == ("localhost", 9000)
 
 
-def test_a_bad_or_busy_bind_is_a_config_error(node_factory, tmp_path):
+def test_a_bad_or_busy_bind_is_a_config_error(empty, tmp_path):
     config = tmp_path / "bad-bind.toml"
     config.write_text('[http]\nbind = "127.0.0.1"\n')
     with pytest.raises(ConfigError, match=r"^invalid setting http\.bind: expected HOST:PORT"):
         load_settings(config)
-    node = node_factory()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         settings = _http(f"127.0.0.1:{port}")
         with pytest.raises(ConfigError, match="cannot listen"):
-            start_http(settings, dataclasses.replace(WebContext.from_node(node), settings=settings))
+            start_http(settings, dataclasses.replace(empty.context, settings=settings))
 
 
-def test_info_and_metrics_name_the_version_and_the_model(bare):
-    node, handle = bare
+def test_info_and_metrics_name_the_version_and_the_model(empty, web):
+    node, handle = empty, web(empty)
     with httpx.Client(base_url=handle.url) as client:
         info = client.get("/api/info").json()
         samples = _samples(client.get("/metrics").text)

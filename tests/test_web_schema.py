@@ -7,35 +7,21 @@ bodies).
 
 from __future__ import annotations
 
-import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import negative_data_rejection
-from test_web_api import PHANTOMS, TOKEN, send_phantoms, serve, wait_resulted
-
-from ichnode.db import upgrade
+from web_fixtures import TOKEN
 
 MAX_EXAMPLES = 25
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture
-def db_url(sqlite_url: str) -> str:
-    """SQLite only: the HTTP contract does not depend on the backend (test_web_api runs both)."""
-    upgrade(sqlite_url)
-    return sqlite_url
-
-
-@pytest.fixture
-def web_schema(node_factory):
-    node = node_factory()
-    send_phantoms(node, PHANTOMS[:1])
-    handle = serve(node, token=TOKEN)
-    with httpx.Client(base_url=handle.url, headers=AUTH) as client:
-        wait_resulted(client, 1)
-    yield schemathesis.openapi.from_url(f"{handle.url}/openapi.json", headers=AUTH, timeout=10)
-    handle.stop()
+def web_schema(seeded, web):
+    """The API served over the resulted phantoms (the schema's examples find real rows)."""
+    handle = web(seeded, token=TOKEN)
+    return schemathesis.openapi.from_url(f"{handle.url}/openapi.json", headers=AUTH, timeout=10)
 
 
 schema = schemathesis.pytest.from_fixture("web_schema")
