@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
+from ichnode.db.engine import rowcount
 from ichnode.db.models import (
     ADDRESS_LENGTH,
     AE_LENGTH,
@@ -76,11 +77,13 @@ def close_association(session: Session, record: AssociationRecord) -> int:
 
 def prune_associations(session: Session, before: datetime) -> int:
     """Delete the association rows that started before ``before``; returns how many."""
-    return session.execute(
-        delete(Association)
-        .where(Association.started_at < before)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    return rowcount(
+        session.execute(
+            delete(Association)
+            .where(Association.started_at < before)
+            .execution_options(synchronize_session=False)
+        )
+    )
 
 
 def associations(

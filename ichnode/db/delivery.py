@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
-from ichnode.db.engine import is_postgresql
+from ichnode.db.engine import is_postgresql, rowcount
 from ichnode.db.models import (
     DeliveryAttempt,
     DeliveryStatus,
@@ -152,7 +152,7 @@ def release(session: Session, claimed: Iterable[Claimed], now: datetime) -> int:
         .values(next_attempt_at=now, claim_token=None),
         execution_options={"synchronize_session": False},
     )
-    return result.rowcount
+    return rowcount(result)
 
 
 def next_due(session: Session, skip: Iterable[str] = ()) -> datetime | None:

@@ -90,7 +90,7 @@ def _migrate(
     that drop deletes every row that references the table through ON DELETE CASCADE.
     """
     owned = not isinstance(url_or_engine, Engine)
-    engine = make_engine(url_or_engine) if owned else url_or_engine
+    engine = url_or_engine if isinstance(url_or_engine, Engine) else make_engine(url_or_engine)
     try:
         with engine.connect() as connection:
             sqlite = connection.dialect.name == "sqlite"

@@ -294,7 +294,9 @@ class Instance(Base):
 
 
 class Prediction(
-    _probability_mixin("_PredictionProbabilities", nullable=False), _HasProbabilities, Base
+    _probability_mixin("_PredictionProbabilities", nullable=False),  # type: ignore[misc]
+    _HasProbabilities,
+    Base,
 ):
     """One model's output for one instance."""
 
@@ -328,7 +330,9 @@ class Prediction(
 
 
 class StudyResult(
-    _probability_mixin("_StudyResultProbabilities", nullable=True), _HasProbabilities, Base
+    _probability_mixin("_StudyResultProbabilities", nullable=True),  # type: ignore[misc]
+    _HasProbabilities,
+    Base,
 ):
     """The aggregated result of one study; a reopened study gets a new version.
 

@@ -24,7 +24,7 @@ from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
 from ichnode.db import context
-from ichnode.db.engine import is_postgresql
+from ichnode.db.engine import is_postgresql, rowcount
 from ichnode.db.models import (
     Instance,
     OutboxEntry,
@@ -142,29 +142,33 @@ def finish(
     """Set a claimed version's final state (done, failed, superseded); False when the claim
     was lost (its lease ended and another reporter took it)."""
     return bool(
-        session.execute(
-            update(StudyResult)
-            .where(_holds(claimed))
-            .values(
-                report_status=status,
-                report_error=error,
-                report_claim_token=None,
-                report_lease_expires_at=None,
-            ),
-            execution_options={"synchronize_session": False},
-        ).rowcount
+        rowcount(
+            session.execute(
+                update(StudyResult)
+                .where(_holds(claimed))
+                .values(
+                    report_status=status,
+                    report_error=error,
+                    report_claim_token=None,
+                    report_lease_expires_at=None,
+                ),
+                execution_options={"synchronize_session": False},
+            )
+        )
     )
 
 
 def retry_at(session: Session, claimed: Claimed, when: datetime) -> bool:
     """Hand a claimed version back, to be claimed again from ``when`` (a passing failure)."""
     return bool(
-        session.execute(
-            update(StudyResult)
-            .where(_holds(claimed))
-            .values(report_claim_token=None, report_lease_expires_at=when),
-            execution_options={"synchronize_session": False},
-        ).rowcount
+        rowcount(
+            session.execute(
+                update(StudyResult)
+                .where(_holds(claimed))
+                .values(report_claim_token=None, report_lease_expires_at=when),
+                execution_options={"synchronize_session": False},
+            )
+        )
     )
 
 
@@ -172,17 +176,21 @@ def rebuild(session: Session, result_id: int) -> bool:
     """Set a FAILED version back to pending, due now (``ichnode resend`` once its cause was
     put right); False when it was not failed."""
     return bool(
-        session.execute(
-            update(StudyResult)
-            .where(StudyResult.id == result_id, StudyResult.report_status == ReportStatus.FAILED)
-            .values(
-                report_status=ReportStatus.PENDING,
-                report_error=None,
-                report_claim_token=None,
-                report_lease_expires_at=None,
-            ),
-            execution_options={"synchronize_session": False},
-        ).rowcount
+        rowcount(
+            session.execute(
+                update(StudyResult)
+                .where(
+                    StudyResult.id == result_id, StudyResult.report_status == ReportStatus.FAILED
+                )
+                .values(
+                    report_status=ReportStatus.PENDING,
+                    report_error=None,
+                    report_claim_token=None,
+                    report_lease_expires_at=None,
+                ),
+                execution_options={"synchronize_session": False},
+            )
+        )
     )
 
 

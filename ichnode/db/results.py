@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
+from ichnode.db.engine import rowcount
 from ichnode.db.models import (
     Instance,
     InstanceStatus,
@@ -70,15 +71,17 @@ def receiving_study(session: Session, study_id: int) -> Study | None:
 def close_study(session: Session, study_id: int, seen_last: datetime, version: int) -> bool:
     """Mark the study resulted at ``version`` if nothing arrived since ``seen_last``."""
     return bool(
-        session.execute(
-            update(Study)
-            .where(
-                Study.id == study_id,
-                Study.last_received_at == seen_last,
-                Study.status == StudyStatus.RECEIVING,
+        rowcount(
+            session.execute(
+                update(Study)
+                .where(
+                    Study.id == study_id,
+                    Study.last_received_at == seen_last,
+                    Study.status == StudyStatus.RECEIVING,
+                )
+                .values(status=StudyStatus.RESULTED, result_version=version)
             )
-            .values(status=StudyStatus.RESULTED, result_version=version)
-        ).rowcount
+        )
     )
 
 

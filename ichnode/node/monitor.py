@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ichnode.db import context, queue, refine, results
-from ichnode.db.models import InstanceStatus, StudyResult
+from ichnode.db.models import InstanceStatus, Prediction, StudyResult
 from ichnode.node.loop import run_loop
 from ichnode.store import uid_hash
 from ichnode.study import StudyScores, decode_embedding
@@ -51,19 +51,17 @@ class ResultPolicy:
 
 
 def _study_scores(
-    scored: list[refine.StudySlice], policy: ResultPolicy
+    scored: list[tuple[refine.StudySlice, Prediction]], policy: ResultPolicy
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Slice probabilities ``(L, 6)``, study probabilities ``(6,)`` and whether the study
     model refined them."""
-    stored = np.array([[s.prediction.probabilities[n] for n in SUBTYPES] for s in scored])
-    usable = policy.scorer is not None and all(
-        s.prediction.embedding is not None and s.prediction.model_id == policy.model_id
-        for s in scored
-    )
-    if not usable:
+    stored = np.array([[p.probabilities[n] for n in SUBTYPES] for _, p in scored])
+    embeddings = [p.embedding for _, p in scored if p.model_id == policy.model_id]
+    usable = [e for e in embeddings if e is not None]
+    if policy.scorer is None or len(usable) < len(scored):
         return stored, stored.max(axis=0), False
-    embeddings = np.stack([decode_embedding(s.prediction.embedding) for s in scored])
-    scores = policy.scorer(embeddings, [s.z for s in scored])
+    stacked = np.stack([decode_embedding(e) for e in usable])
+    scores = policy.scorer(stacked, [s.z for s, _ in scored])
     return np.asarray(scores.slices), np.asarray(scores.study), scores.refined
 
 
@@ -92,14 +90,14 @@ def compute_result(session: Session, study_id: int, policy: ResultPolicy) -> Stu
     counts = dict.fromkeys(InstanceStatus, 0)
     for s in slices:
         counts[s.status] += 1
-    scored = [s for s in slices if s.prediction is not None]
+    scored = [(s, s.prediction) for s in slices if s.prediction is not None]
     version = study.result_version + 1
     key_instance: int | None = None
     decision = None
     refined = False
     if scored:
         slice_probs, study_probs, refined = _study_scores(scored, policy)
-        key_instance = scored[int(np.argmax(slice_probs[:, SUBTYPES.index(ANY)]))].instance_id
+        key_instance = scored[int(np.argmax(slice_probs[:, SUBTYPES.index(ANY)]))][0].instance_id
         probs = dict(zip(SUBTYPES, (float(v) for v in study_probs), strict=True))
         decision = decide(probs, policy.thresholds)
     result = StudyResult(
@@ -123,7 +121,7 @@ def compute_result(session: Session, study_id: int, policy: ResultPolicy) -> Stu
     if refined:
         refine.store_refined(
             session,
-            [(s.prediction.id, row) for s, row in zip(scored, slice_probs, strict=True)],
+            [(p.id, row) for (_, p), row in zip(scored, slice_probs, strict=True)],
             version,
         )
     return results.add_result(session, result)

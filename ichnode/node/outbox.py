@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -144,13 +145,13 @@ class Outbox:
             except SQLAlchemyError as exc:  # they become due when their claim lapses
                 log.error("outbox: could not release unsent entries: %s", error_reason(exc))
             return
-        exc = future.exception()
-        if isinstance(exc, SQLAlchemyError):
+        error = future.exception()
+        if isinstance(error, SQLAlchemyError):
             log.error(
-                "outbox: database error while sending to %s: %s", destination, error_reason(exc)
+                "outbox: database error while sending to %s: %s", destination, error_reason(error)
             )
-        elif exc is not None:
-            log.error("outbox: sending to %s failed", destination, exc_info=exc)
+        elif error is not None:
+            log.error("outbox: sending to %s failed", destination, exc_info=error)
         self.wake.set()  # its next entries may be waiting
 
     def dispatch(self, now: datetime | None = None) -> tuple[int, list[Future[None]]]:
@@ -169,9 +170,7 @@ class Outbox:
             with self._lock:
                 self._busy.add(target[0])
             future = self._pool.submit(self.send_group, target, entries, clock)
-            future.add_done_callback(
-                lambda f, name=target[0], held=entries: self._finish(name, held, f)
-            )
+            future.add_done_callback(partial(self._finish, target[0], entries))
             futures.append(future)
         return len(claimed), futures
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 
 from ichnode.config import Settings
@@ -82,8 +82,8 @@ def send_files(
     metas: list[tuple[str, str] | None] = []
     for path in paths:
         try:
-            meta = read_file_meta_info(path)
-            metas.append((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
+            header = read_file_meta_info(path)
+            metas.append((str(header.MediaStorageSOPClassUID), str(header.TransferSyntaxUID)))
         except (OSError, ValueError, AttributeError):
             metas.append(None)
     ae = _scu(settings, settings.network_timeout)

@@ -111,7 +111,7 @@ class Worker:
         k = ckpt.spec.context
         with self.sessions.begin() as session:
             claimed = [
-                (i.id, i.claim_token, i.path)
+                (i.id, str(i.claim_token), i.path)  # a claimed instance has its token
                 for i in queue.claim(session, self.worker_id, self.batch_size, self.lease_seconds)
             ]
             planes = context.planes(session, [c[0] for c in claimed], k) if claimed and k else {}

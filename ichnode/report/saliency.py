@@ -45,6 +45,8 @@ from ichnode.report.findings import ReportError
 from ichnode.subtypes import ANY, SUBTYPES
 
 if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
     from ichnode.inference import Predictor
 
 _ONE_AT_A_TIME = threading.Lock()
@@ -193,7 +195,7 @@ class SaliencyModel:
             return self._copy
 
     def cam(
-        self, ds: object, subtype: str = ANY, neighbour_paths: Sequence[str | None] = ()
+        self, ds: Dataset, subtype: str = ANY, neighbour_paths: Sequence[str | None] = ()
     ) -> np.ndarray:
         """Grad-CAM map of ``subtype`` over the displayed slice of ``ds`` (its padded square,
         in [0, 1]): computed on the model input (with the stored neighbours of a 2.5-D model,

@@ -12,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ichnode.db import metrics as counts
 from ichnode.web import metrics
 from ichnode.web.context import Context, WebContext
-from ichnode.web.responses import UNAUTHORIZED
+from ichnode.web.responses import UNAUTHORIZED, Responses
 from ichnode.web.schemas import Health
 
 router = APIRouter()
@@ -30,11 +30,10 @@ def healthz(ctx: Context) -> JSONResponse:
     return JSONResponse(Health.model_validate(body).model_dump(), status_code=code)
 
 
-@router.get(
-    "/metrics",
-    response_class=Response,
-    responses={200: {"content": {metrics.CONTENT_TYPE: {}}}} | UNAUTHORIZED,
-)
+METRICS_RESPONSES: Responses = {200: {"content": {metrics.CONTENT_TYPE: {}}}}
+
+
+@router.get("/metrics", response_class=Response, responses=METRICS_RESPONSES | UNAUTHORIZED)
 def get_metrics(ctx: Context) -> Response:
     """Prometheus text format, computed from the database."""
     return Response(metrics.render_metrics(ctx), media_type=metrics.CONTENT_TYPE)
@@ -42,7 +41,8 @@ def get_metrics(ctx: Context) -> Response:
 
 def health(ctx: WebContext) -> dict[str, Any]:
     """The health checks (see ``/healthz``)."""
-    database, depth = {"ok": True, "detail": None}, None
+    database: dict[str, Any] = {"ok": True, "detail": None}
+    depth = None
     try:
         with ctx.sessions() as session:
             counts.ping(session)

@@ -17,7 +17,7 @@ from ichnode.store import valid_uid
 from ichnode.subtypes import ANY, SUBTYPES
 from ichnode.web.context import Context, WebContext
 from ichnode.web.render import orientation, render_png
-from ichnode.web.responses import NOT_FOUND, UID_PATH, UNAUTHORIZED
+from ichnode.web.responses import NOT_FOUND, UID_PATH, UNAUTHORIZED, Responses
 from ichnode.web.schemas import Orientation
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 IMAGE_MAX_AGE = 300
 WindowName = Literal[tuple(WINDOWS)]  # type: ignore[valid-type]
 Subtype = Literal[SUBTYPES]  # type: ignore[valid-type]
+
+IMAGE_RESPONSES: Responses = {
+    200: {"content": {"image/png": {}}, "description": "The slice as PNG."},
+    503: {"description": "Saliency asked for but no model is loaded."},
+}
 
 router = APIRouter()
 
@@ -43,17 +48,12 @@ def _instance(ctx: WebContext, sop_uid: str) -> tuple[int, str]:
 @router.get(
     "/api/instances/{sop_uid}/image.png",
     response_class=Response,
-    responses={
-        200: {"content": {"image/png": {}}, "description": "The slice as PNG."},
-        503: {"description": "Saliency asked for but no model is loaded."},
-    }
-    | NOT_FOUND
-    | UNAUTHORIZED,
+    responses=IMAGE_RESPONSES | NOT_FOUND | UNAUTHORIZED,
 )
 def instance_image(
     ctx: Context,
     sop_uid: Annotated[str, UID_PATH],
-    window: WindowName = "brain",
+    window: WindowName = "brain",  # type: ignore[valid-type]
     center: Annotated[
         float | None,
         Query(ge=-2000, le=5000, description="Window centre in HU (overrides the named one's)."),
