@@ -14,16 +14,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from ichnode.db.engine import rowcount
-from ichnode.db.models import (
-    ADDRESS_LENGTH,
-    AE_LENGTH,
-    Association,
-    DeliveryAttempt,
-    OutboxEntry,
-    ReportObject,
-)
-
-OUTCOME_LENGTH = 256
+from ichnode.db.models import Association, DeliveryAttempt, OutboxEntry, ReportObject, clip
 
 
 @dataclass
@@ -41,20 +32,17 @@ class AssociationRecord:
     row_id: int | None = None
 
     def values(self) -> dict[str, object]:
+        """The row's values, each text cut to its column (a peer's AE title may be longer)."""
         return {
-            "calling_ae": _cut(self.calling_ae, AE_LENGTH),
-            "called_ae": _cut(self.called_ae, AE_LENGTH),
-            "peer_address": _cut(self.peer_address, ADDRESS_LENGTH),
+            "calling_ae": clip(Association.calling_ae, self.calling_ae),
+            "called_ae": clip(Association.called_ae, self.called_ae),
+            "peer_address": clip(Association.peer_address, self.peer_address),
             "peer_port": self.peer_port,
             "started_at": self.started_at,
             "n_received": self.n_received,
             "n_failed": self.n_failed,
-            "outcome": _cut(self.outcome, OUTCOME_LENGTH),
+            "outcome": clip(Association.outcome, self.outcome),
         }
-
-
-def _cut(value: str | None, length: int) -> str | None:
-    return None if value is None else value[:length]
 
 
 def open_association(session: Session, record: AssociationRecord) -> int:
