@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "node"))
 
 from helpers import free_port  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402

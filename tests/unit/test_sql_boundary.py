@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "ichnode"
+PACKAGE = Path(__file__).resolve().parents[2] / "ichnode"
 DB = PACKAGE / "db"
 #: What code outside ichnode/db may import from SQLAlchemy: errors to catch, and the types of
 #: the session and sessionmaker it passes on (it owns the transaction: begin, commit).

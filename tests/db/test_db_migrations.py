@@ -28,7 +28,7 @@ from ichnode.db import (
     upgrade,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 FUTURE_REVISION = "ffffffffffff"
 
 

@@ -11,7 +11,7 @@ import pytest
 from ichnode.subtypes import ANY, SUBTYPES
 from ichnode.triage import decide, over_threshold
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: The decision module itself applies thresholds; nothing else may.
 DECIDER = ROOT / "ichnode" / "triage.py"
 

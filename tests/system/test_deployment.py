@@ -13,7 +13,7 @@ import yaml
 
 from ichnode.config import load_settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
 DOCKERFILE = (REPO / "docker" / "Dockerfile").read_text()
 README = (REPO / "README.md").read_text()

@@ -10,7 +10,7 @@ import pytest
 from ichnode.config import Settings, load_settings
 from ichnode.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_work_on_one_machine(monkeypatch, tmp_path):
