@@ -1,4 +1,8 @@
-"""Helpers shared by the benchmark scripts (not a test module)."""
+"""Helpers shared by the benchmark scripts (not a test module).
+
+Free ports, polling and the DCMTK environment are the tests' own (``tests/helpers.py``),
+imported rather than copied.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,13 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import DCMTK_ENV, free_port, wait_for  # noqa: E402
+
+__all__ = ["DCMTK_ENV", "free_port", "wait_for"]  # and the benchmarks' own below
+
 BENCH_DIR = Path(os.environ.get("ICHNODE_BENCH_DIR", "/tmp/ichnode-bench"))
 
 
@@ -21,23 +28,6 @@ def machine() -> str:
         f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}"
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 60.0, interval: float = 0.02):  # noqa: ANN201
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(interval)
 
 
 def port_open(port: int) -> bool:

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
@@ -24,13 +23,13 @@ from sqlalchemy import create_engine, text
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, phantom_slices, python  # noqa: E402
 
+if "ICHNODE_BENCH_POSTGRES" in os.environ:  # the server to use, as the tests' variable
+    os.environ["ICHNODE_TEST_POSTGRES_URL"] = os.environ["ICHNODE_BENCH_POSTGRES"]
+from db_fixtures import create_postgres_database, drop_postgres_database  # noqa: E402
+
 from ichnode.db import make_engine, make_sessionmaker, upgrade  # noqa: E402
 from ichnode.db.ingest import Received, record_instance  # noqa: E402
 from ichnode.db.models import utcnow  # noqa: E402
-
-ADMIN = os.environ.get(
-    "ICHNODE_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 
 
 def prefill(url: str, store: Path, files: list[Path], n: int) -> None:
@@ -96,13 +95,9 @@ def main() -> None:
     files = sorted(phantom_slices(args.files).glob("*.dcm"))
     print(f"# scale-out: {args.slices} queued slices on PostgreSQL, `ichnode worker` processes")
     print(f"# {machine()}, {time.strftime('%Y-%m-%d %H:%M')}")
-    admin = create_engine(ADMIN, isolation_level="AUTOCOMMIT")
     results = {}
     for workers, threads in ((1, 1), (1, 2), (2, 1)):
-        name = f"ichnode_bench_{uuid.uuid4().hex[:8]}"
-        with admin.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{name}"'))
-        url = admin.url.set(database=name).render_as_string(hide_password=False)
+        url = create_postgres_database()
         store = Path(tempfile.mkdtemp(prefix="bench-store-"))
         try:
             prefill(url, store, files, args.slices)
@@ -132,8 +127,7 @@ def main() -> None:
                 f"steady {args.slices / steady:6.1f} slices/s (each scored once: {done})"
             )
         finally:
-            with admin.connect() as c:
-                c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            drop_postgres_database(url)
             shutil.rmtree(store, ignore_errors=True)
     one = results[(1, 1)]
     two = results[(2, 1)]

@@ -11,77 +11,23 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, insert, select, update
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ichnode.db.models import AE_LENGTH, Association, DeliveryAttempt, OutboxEntry
+from ichnode.db import audit as statements
+from ichnode.db.audit import (  # noqa: F401 - the SCP writes its rows through these names
+    AssociationRecord,
+    close_association,
+    open_association,
+    prune_associations,
+)
+from ichnode.node.loop import run_loop
 
 log = logging.getLogger(__name__)
 
 #: How often a node removes audit rows past their retention.
 PRUNE_SECONDS = 3600.0
-
-#: Width of the peer address column (``Association.peer_address``).
-ADDRESS_LENGTH = 64
-OUTCOME_LENGTH = 256
-
-
-@dataclass
-class AssociationRecord:
-    """What the SCP knows about one association when it writes the audit row."""
-
-    calling_ae: str | None
-    called_ae: str | None
-    peer_address: str | None
-    peer_port: int | None
-    started_at: datetime
-    n_received: int
-    n_failed: int
-    outcome: str
-    row_id: int | None = None
-
-    def values(self) -> dict[str, object]:
-        return {
-            "calling_ae": _cut(self.calling_ae, AE_LENGTH),
-            "called_ae": _cut(self.called_ae, AE_LENGTH),
-            "peer_address": _cut(self.peer_address, ADDRESS_LENGTH),
-            "peer_port": self.peer_port,
-            "started_at": self.started_at,
-            "n_received": self.n_received,
-            "n_failed": self.n_failed,
-            "outcome": _cut(self.outcome, OUTCOME_LENGTH),
-        }
-
-
-def _cut(value: str | None, length: int) -> str | None:
-    return None if value is None else value[:length]
-
-
-def open_association(session: Session, record: AssociationRecord) -> int:
-    """Insert the row of an accepted association (no end time yet); returns its id."""
-    return session.scalar(insert(Association).values(**record.values()).returning(Association.id))
-
-
-def close_association(session: Session, record: AssociationRecord) -> int:
-    """Finish the association's row (insert it when it has none: rejected, never requested)."""
-    values = {**record.values(), "ended_at": datetime.now(UTC)}
-    if record.row_id is not None:
-        session.execute(update(Association).where(Association.id == record.row_id).values(values))
-        return record.row_id
-    return session.scalar(insert(Association).values(**values).returning(Association.id))
-
-
-def prune_associations(session: Session, before: datetime) -> int:
-    """Delete the association rows that started before ``before``; returns how many."""
-    return session.execute(
-        delete(Association)
-        .where(Association.started_at < before)
-        .execution_options(synchronize_session=False)
-    ).rowcount
 
 
 class AuditPruner:
@@ -101,22 +47,18 @@ class AuditPruner:
             log.info("audit: removed %d association rows older than %s", removed, before.date())
         return removed
 
+    def step(self) -> float:
+        self.run_once()
+        return PRUNE_SECONDS
+
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                self.run_once()
-            except SQLAlchemyError as exc:
-                log.error("audit: old rows not removed, will retry: %s", type(exc).__name__)
-            stop.wait(PRUNE_SECONDS)
+        run_loop("audit", self.step, stop, retry_seconds=PRUNE_SECONDS)
 
 
 def list_associations(
     session: Session, since: datetime | None = None, limit: int = 100
 ) -> list[dict]:
     """The latest ``limit`` associations (newest first), optionally only those since ``since``."""
-    query = select(Association).order_by(Association.started_at.desc(), Association.id.desc())
-    if since is not None:
-        query = query.where(Association.started_at >= since)
     return [
         {
             "id": row.id,
@@ -129,7 +71,7 @@ def list_associations(
             "n_failed": row.n_failed,
             "outcome": row.outcome,
         }
-        for row in session.scalars(query.limit(limit))
+        for row in statements.associations(session, since, limit)
     ]
 
 
@@ -158,24 +100,17 @@ def list_deliveries(
     session: Session, since: datetime | None = None, limit: int = 100
 ) -> list[dict]:
     """The latest delivery attempts of report objects (newest first)."""
-    query = (
-        select(DeliveryAttempt, OutboxEntry)
-        .join(OutboxEntry, OutboxEntry.id == DeliveryAttempt.outbox_id)
-        .order_by(DeliveryAttempt.at.desc(), DeliveryAttempt.id.desc())
-    )
-    if since is not None:
-        query = query.where(DeliveryAttempt.at >= since)
     return [
         {
             "at": attempt.at,
             "destination": entry.destination,
             "peer": f"{entry.ae_title}@{entry.host}:{entry.port}",
-            "kind": entry.kind,
-            "sop_instance_uid": entry.sop_instance_uid,
+            "kind": str(obj.kind),
+            "sop_instance_uid": obj.sop_instance_uid,
             "status": "-" if attempt.status_code is None else f"0x{attempt.status_code:04X}",
             "error": attempt.error or "",
         }
-        for attempt, entry in session.execute(query.limit(limit))
+        for attempt, entry, obj in statements.delivery_attempts(session, since, limit)
     ]
 
 

@@ -366,7 +366,7 @@ def results(
 @destinations_app.command("check")
 def destinations_check(config: ConfigOpt = None) -> None:
     """C-ECHO every configured destination; exit 1 if any does not answer."""
-    from ichnode.node.outbox import check_destinations
+    from ichnode.node.scu import check_destinations
     from ichnode.results_view import show_destination_checks
 
     rows = check_destinations(_settings(config))
@@ -386,7 +386,7 @@ def resend(
 
     When building them failed, asks the running node to build them again instead.
     """
-    from ichnode.node.outbox import resend_study
+    from ichnode.resend import resend_study
 
     done = resend_study(_settings(config, db_url=db_url, store=store), study)
     if done.rebuild:

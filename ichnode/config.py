@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 from ichnode.errors import ConfigError
+from ichnode.report_kind import ReportKind
 
 #: Where ``ichnode`` looks for a config file when ``--config`` is not given.
 DEFAULT_CONFIG_FILE = Path("config/ichnode.toml")
@@ -132,9 +133,7 @@ class Destination(_Section):
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
-    objects: list[Literal["sr", "summary", "kos"]] = Field(
-        default_factory=lambda: ["sr", "summary"]
-    )
+    objects: list[ReportKind] = Field(default_factory=lambda: [ReportKind.SR, ReportKind.SUMMARY])
     tls: bool = False
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))

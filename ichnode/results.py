@@ -1,6 +1,7 @@
-"""The query layer shared by ``ichnode results`` and the HTTP API.
+"""The results contract shared by ``ichnode results`` and the HTTP API.
 
-Returns plain dicts in the documented JSON contract (see README, "Results JSON").
+Returns plain dicts in the documented JSON contract (see README, "Results JSON"); the
+statements are :mod:`ichnode.db.results`'.
 """
 
 from __future__ import annotations
@@ -8,20 +9,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
-from ichnode.db.models import Instance, OutboxEntry, Prediction, Study, StudyResult
-
-
-def _latest_result(session: Session, study: Study) -> StudyResult | None:
-    if not study.result_version:
-        return None
-    return session.scalar(
-        select(StudyResult).where(
-            StudyResult.study_id == study.id, StudyResult.version == study.result_version
-        )
-    )
+from ichnode.db import results as rows
+from ichnode.db.models import Prediction, Study, StudyResult
 
 
 def _probs(obj: Any) -> dict[str, float] | None:
@@ -33,16 +24,11 @@ def _probs(obj: Any) -> dict[str, float] | None:
 
 def study_summary(session: Session, study: Study) -> dict[str, Any]:
     """One study in the list contract."""
-    result = _latest_result(session, study)
-    n_instances = session.scalar(
-        select(func.count()).select_from(Instance).where(Instance.study_id == study.id)
-    )
+    result = rows.latest_result(session, study)
     key_uid = None
     if result is not None and result.key_instance_id is not None:
-        key_uid = session.scalar(
-            select(Instance.sop_instance_uid).where(Instance.id == result.key_instance_id)
-        )
-    return summary_of(study, result, n_instances or 0, key_uid)
+        key_uid = rows.sop_uid_of(session, result.key_instance_id)
+    return summary_of(study, result, rows.instance_count(session, study.id), key_uid)
 
 
 def summary_of(
@@ -81,48 +67,24 @@ def list_studies(
     ``accession`` keeps the studies with that accession number (what the RIS and the PACS
     administrator know a study by); the rows themselves carry no patient data.
     """
-    query = select(Study).order_by(Study.last_received_at.desc(), Study.id.desc())
-    if since is not None:
-        query = query.where(Study.last_received_at >= since)
-    if accession is not None:
-        query = query.where(Study.accession_number == accession.strip())
-    if flagged is not None:
-        query = query.join(
-            StudyResult,
-            (StudyResult.study_id == Study.id) & (StudyResult.version == Study.result_version),
-        ).where(StudyResult.flagged.is_(flagged))
-    query = query.offset(offset)
-    if limit is not None:
-        query = query.limit(limit)
-    return [study_summary(session, s) for s in session.scalars(query)]
+    found = rows.studies(session, rows.StudyQuery(flagged, since, accession, limit, offset))
+    return [study_summary(session, s) for s in found]
 
 
 def accession_numbers(session: Session, study_uids: list[str]) -> dict[str, str | None]:
     """The accession number of each study (for the table an administrator reads; the JSON
     rows carry no patient data)."""
-    if not study_uids:
-        return {}
-    rows = session.execute(
-        select(Study.study_instance_uid, Study.accession_number).where(
-            Study.study_instance_uid.in_(study_uids)
-        )
-    ).all()
-    return {uid: accession for uid, accession in rows}
+    return rows.accession_numbers(session, study_uids)
 
 
 def study_detail(session: Session, study_uid: str) -> dict[str, Any] | None:
     """One study with every instance ordered by z (then instance number), and all versions."""
-    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+    study = rows.study_by_uid(session, study_uid)
     if study is None:
         return None
     out = study_summary(session, study)
-    instances = session.scalars(
-        select(Instance)
-        .where(Instance.study_id == study.id)
-        .options(selectinload(Instance.predictions), selectinload(Instance.series))
-    ).all()
     instances = sorted(
-        instances,
+        rows.instances(session, study.id),
         key=lambda i: (i.z is None, i.z if i.z is not None else 0.0, i.instance_number or 0, i.id),
     )
     out["instances"] = [
@@ -149,11 +111,7 @@ def study_detail(session: Session, study_uid: str) -> dict[str, Any] | None:
             "reports": None if r.report_status is None else str(r.report_status),
             "report_error": r.report_error,
         }
-        for r in session.scalars(
-            select(StudyResult)
-            .where(StudyResult.study_id == study.id)
-            .order_by(StudyResult.version)
-        )
+        for r in rows.versions(session, study.id)
     ]
     out["deliveries"] = deliveries(session, study.id)
     return out
@@ -161,23 +119,17 @@ def study_detail(session: Session, study_uid: str) -> dict[str, Any] | None:
 
 def deliveries(session: Session, study_id: int) -> list[dict[str, Any]]:
     """Every report object queued for the study (all versions, oldest first) and its state."""
-    rows = session.execute(
-        select(OutboxEntry, StudyResult.version)
-        .join(StudyResult, StudyResult.id == OutboxEntry.study_result_id)
-        .where(StudyResult.study_id == study_id)
-        .order_by(OutboxEntry.id)
-    ).all()
     return [
         {
             "version": version,
-            "kind": e.kind,
+            "kind": str(obj.kind),
             "destination": e.destination,
             "status": str(e.status),
             "attempts": e.attempts,
             "last_error": e.last_error,
             "sent_at": e.sent_at.isoformat() if e.sent_at else None,
         }
-        for e, version in rows
+        for e, obj, version in rows.deliveries(session, study_id)
     ]
 
 

@@ -252,7 +252,7 @@ def _deliveries(console: Any, rows: list[dict[str, Any]]) -> None:
 
 
 def show_destination_checks(rows: list[Any]) -> None:
-    """The table of ``ichnode destinations check`` (rows: outbox.EchoResult)."""
+    """The table of ``ichnode destinations check`` (rows: scu.EchoResult)."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text

@@ -73,6 +73,10 @@ def run_migrations_online() -> None:
     engine = make_engine(_url())
     try:
         with engine.connect() as connection:
+            if connection.dialect.name == "sqlite":
+                # As ichnode.db.migrate does: a batch migration's table copy must not cascade.
+                connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                connection.commit()  # ends the autobegun transaction: alembic begins its own
             _run(connection)
     finally:
         engine.dispose()

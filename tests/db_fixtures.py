@@ -5,9 +5,13 @@ register this module once in the root conftest (``pytest_plugins = ["db_fixtures
 
 - ``sqlite_url`` / ``postgres_url``: an *empty* database (no schema), for migration tests;
   ``empty_db_url`` is either, parametrised over both backends.
-- ``db_url``: parametrised over both backends, upgraded to head; ``engine`` and
-  ``session_factory`` build on it.
+- ``db_url``: a database at head, on SQLite; on both backends for a test (or module) marked
+  ``every_backend``, where the databases behave differently (claims, locks, SQL dialects).
+  ``engine`` and ``session_factory`` build on it.
 
+The schema is migrated once per session into a template (:func:`sqlite_template`,
+:func:`postgres_template`); each test's database is a copy of it (a file copy on SQLite,
+``CREATE DATABASE ... TEMPLATE`` on PostgreSQL), so Alembic runs once, not once per test.
 Each PostgreSQL test gets its own database (``ichnode_test_<uuid8>``), created through the
 server's ``test`` database and dropped afterwards (``WITH (FORCE)`` ends leftover sessions).
 """
@@ -15,6 +19,7 @@ server's ``test`` database and dropped afterwards (``WITH (FORCE)`` ends leftove
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -48,13 +53,15 @@ def _admin_engine() -> Engine:
     return create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
 
 
-def create_postgres_database() -> str:
-    """Create an empty database on the test server; returns its URL."""
+def create_postgres_database(template: str | None = None) -> str:
+    """Create a database on the test server (empty, or a copy of the ``template`` database);
+    returns its URL."""
     name = f"ichnode_test_{uuid.uuid4().hex[:8]}"
+    copy = f' TEMPLATE "{template}"' if template else ""
     admin = _admin_engine()
     try:
         with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
+            connection.execute(text(f'CREATE DATABASE "{name}"{copy}'))
     finally:
         admin.dispose()
     return admin.url.set(database=name).render_as_string(hide_password=False)
@@ -88,6 +95,8 @@ def postgres_url() -> Iterator[str]:
 
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+#: Marks a test (or a module) whose ``db_url`` must be tried on PostgreSQL too.
+EVERY_BACKEND = "every_backend"
 
 
 @pytest.fixture(params=BACKENDS)
@@ -96,12 +105,53 @@ def empty_db_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue(f"{request.param}_url")
 
 
-@pytest.fixture(params=BACKENDS)
-def db_url(request: pytest.FixtureRequest) -> str:
-    """A database on each backend, upgraded to head."""
-    url = request.getfixturevalue(f"{request.param}_url")
-    upgrade(url)
-    return url
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``db_url`` on SQLite, or on both backends where the test is marked ``every_backend``
+    (a test that parametrises ``db_url`` itself keeps its own)."""
+    if "db_url" not in metafunc.fixturenames:
+        return
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0]
+        if "db_url" in (names.replace(" ", "").split(",") if isinstance(names, str) else names):
+            return
+    every = metafunc.definition.get_closest_marker(EVERY_BACKEND) is not None
+    metafunc.parametrize("db_url", BACKENDS if every else ["sqlite"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head, once per session (copied for each test)."""
+    path = tmp_path_factory.mktemp("template") / "ichnode.db"
+    upgrade(f"sqlite:///{path}")  # its engine is disposed: the file is complete on disk
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[str]:
+    """The name of a PostgreSQL database migrated to head, once per session."""
+    url = create_postgres_database()
+    try:
+        upgrade(url)
+        yield str(make_url(url).database)
+    finally:
+        drop_postgres_database(url)
+
+
+@pytest.fixture
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database upgraded to head: SQLite unless parametrised (see ``every_backend``)."""
+    backend = getattr(request, "param", "sqlite")
+    if backend == "sqlite":
+        path = tmp_path / "db" / "ichnode.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
+        return
+    url = create_postgres_database(template=request.getfixturevalue("postgres_template"))
+    try:
+        yield url
+    finally:
+        drop_postgres_database(url)
 
 
 @pytest.fixture

@@ -21,11 +21,12 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "node"))
 
 from helpers import free_port  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 from test_browser_worklist import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
-from test_web_api import send_phantoms, serve, wait_resulted  # noqa: E402
+from web_fixtures import send_phantoms, serve, wait_resulted  # noqa: E402
 
 from ichnode.config import Settings  # noqa: E402
 from ichnode.node.server import Node  # noqa: E402

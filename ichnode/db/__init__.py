@@ -1,4 +1,4 @@
-"""The database: models, engine setup, the inference queue and schema migrations.
+"""The database: models, engine setup, every statement the node runs, and schema migrations.
 
 Typical start-up: ``engine = make_engine(settings.db_url)`` (once per process),
 ``upgrade(engine)`` when ``auto_upgrade`` is on, else ``check_schema(engine)``, then
@@ -16,6 +16,8 @@ from ichnode.db.models import (
     InstanceStatus,
     OutboxEntry,
     Prediction,
+    ReportKind,
+    ReportObject,
     ReportStatus,
     Series,
     Study,
@@ -33,6 +35,8 @@ __all__ = [
     "InstanceStatus",
     "OutboxEntry",
     "Prediction",
+    "ReportKind",
+    "ReportObject",
     "ReportStatus",
     "SchemaError",
     "Series",

@@ -77,8 +77,8 @@ def _series_rows(session: Session, series_ids: set[int]) -> dict[int, list[tuple
         .order_by(Instance.series_id, Instance.z, Instance.id)
     ).all()
     out: dict[int, list[tuple[int, str]]] = {}
-    for series_id, instance_id, path in rows:
-        out.setdefault(series_id, []).append((instance_id, path))
+    for series_id, instance_id, path in rows:  # the path is not NULL (the WHERE above)
+        out.setdefault(series_id, []).append((instance_id, str(path)))
     return out
 
 

@@ -17,8 +17,15 @@ from datetime import datetime, timedelta
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
-from ichnode.db.engine import is_postgresql
-from ichnode.db.models import DeliveryAttempt, DeliveryStatus, OutboxEntry, utcnow
+from ichnode.db.engine import is_postgresql, rowcount
+from ichnode.db.models import (
+    DeliveryAttempt,
+    DeliveryStatus,
+    OutboxEntry,
+    ReportKind,
+    ReportObject,
+    utcnow,
+)
 
 
 @dataclass(frozen=True)
@@ -64,12 +71,27 @@ def claim(
             OutboxEntry.ae_title,
             OutboxEntry.host,
             OutboxEntry.port,
-            OutboxEntry.path,
-            OutboxEntry.sop_instance_uid,
+            OutboxEntry.report_object_id,
         ),
         execution_options={"synchronize_session": False},
     ).all()
-    return sorted((Claimed(*row, claim_token=token) for row in rows), key=lambda c: c.id)
+    files = _files(session, {row.report_object_id for row in rows})
+    return sorted(
+        (Claimed(*row[:5], *files[row.report_object_id], claim_token=token) for row in rows),
+        key=lambda c: c.id,
+    )
+
+
+def _files(session: Session, object_ids: set[int]) -> dict[int, tuple[str, str]]:
+    """(stored path, SOP Instance UID) of each report object."""
+    if not object_ids:
+        return {}
+    rows = session.execute(
+        select(ReportObject.id, ReportObject.path, ReportObject.sop_instance_uid).where(
+            ReportObject.id.in_(sorted(object_ids))
+        )
+    )
+    return {object_id: (path, uid) for object_id, path, uid in rows}
 
 
 def record(
@@ -130,7 +152,7 @@ def release(session: Session, claimed: Iterable[Claimed], now: datetime) -> int:
         .values(next_attempt_at=now, claim_token=None),
         execution_options={"synchronize_session": False},
     )
-    return result.rowcount
+    return rowcount(result)
 
 
 def next_due(session: Session, skip: Iterable[str] = ()) -> datetime | None:
@@ -142,3 +164,63 @@ def next_due(session: Session, skip: Iterable[str] = ()) -> datetime | None:
     if skip:
         query = query.where(OutboxEntry.destination.not_in(skip))
     return session.scalar(query)
+
+
+@dataclass(frozen=True)
+class Queued:
+    """The newest outbox row of one (destination, object kind) of a result version."""
+
+    destination: str
+    ae_title: str
+    host: str
+    port: int
+    report_object_id: int
+    kind: ReportKind
+    path: str
+
+
+def latest_queued(session: Session, result_id: int) -> list[Queued]:
+    """The newest outbox row of each (destination, kind) of the version, oldest row first."""
+    rows = session.execute(
+        select(OutboxEntry, ReportObject)
+        .join(ReportObject, ReportObject.id == OutboxEntry.report_object_id)
+        .where(ReportObject.study_result_id == result_id)
+        .order_by(OutboxEntry.id.desc())
+    ).all()
+    latest: dict[tuple[str, ReportKind], tuple[int, Queued]] = {}
+    for entry, obj in rows:
+        latest.setdefault(
+            (entry.destination, obj.kind),
+            (
+                entry.id,
+                Queued(
+                    entry.destination,
+                    entry.ae_title,
+                    entry.host,
+                    entry.port,
+                    obj.id,
+                    obj.kind,
+                    obj.path,
+                ),
+            ),
+        )
+    return [queued for _, queued in sorted(latest.values(), key=lambda pair: pair[0])]
+
+
+def enqueue(session: Session, rows: Iterable[Queued], now: datetime) -> int:
+    """New PENDING outbox rows, due ``now``, sending the same objects to the same addresses."""
+    entries = [
+        OutboxEntry(
+            report_object_id=q.report_object_id,
+            destination=q.destination,
+            ae_title=q.ae_title,
+            host=q.host,
+            port=q.port,
+            next_attempt_at=now,
+            created_at=now,
+        )
+        for q in rows
+    ]
+    session.add_all(entries)
+    session.flush()
+    return len(entries)

@@ -21,9 +21,9 @@ import logging
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
@@ -127,6 +127,12 @@ def _set_journal_mode(cursor: Any, mode: str) -> None:
 def error_reason(exc: BaseException) -> str:
     """The first line of the driver's message of a database error (for one log line)."""
     return str(getattr(exc, "orig", None) or exc).splitlines()[0]
+
+
+def rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE changed (``session.execute`` returns a cursor result for
+    them, typed as the general ``Result``)."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -78,6 +78,8 @@ class Received:
     transfer_syntax_uid: str
     received_at: datetime
     calling_ae: str | None = None
+    #: The peer address of the association (return-to-sender sends the results there).
+    calling_address: str | None = None
     modality: str | None = None
     series_description: str | None = None
     body_part: str | None = None
@@ -105,6 +107,7 @@ class Received:
         transfer_syntax: str,
         z: float | None,
         received_at: datetime,
+        calling_address: str | None = None,
     ) -> Received:
         return cls(
             study_uid=str(ds.StudyInstanceUID),
@@ -114,6 +117,7 @@ class Received:
             transfer_syntax_uid=transfer_syntax,
             received_at=received_at,
             calling_ae=calling_ae,
+            calling_address=clip(Study.calling_address, calling_address),
             modality=_text(ds, "Modality", 16),
             series_description=_text(ds, "SeriesDescription"),
             body_part=_text(ds, "BodyPartExamined", 16),
@@ -205,6 +209,7 @@ def record_instance(
                 patient_age=r.patient_age,
                 study_description=r.study_description,
                 calling_ae=r.calling_ae,
+                calling_address=r.calling_address,
                 first_received_at=r.received_at,
                 last_received_at=r.received_at,
                 status=StudyStatus.RECEIVING,

@@ -9,6 +9,7 @@ behind the code or newer than it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
@@ -67,24 +68,62 @@ def upgrade(url_or_engine: str | URL | Engine, revision: str = "head") -> None:
     The whole upgrade is one transaction: SQLite takes the write lock first
     (``BEGIN IMMEDIATE``), PostgreSQL a transaction-scoped advisory lock.
     """
+    _migrate(url_or_engine, revision, command.upgrade, check_known=True)
+
+
+def downgrade(url_or_engine: str | URL | Engine, revision: str) -> None:
+    """Take the database back to ``revision`` (for tests of a revision's downgrade)."""
+    _migrate(url_or_engine, revision, command.downgrade, check_known=False)
+
+
+def _migrate(
+    url_or_engine: str | URL | Engine,
+    revision: str,
+    run: Callable[[Config, str], None],
+    *,
+    check_known: bool,
+) -> None:
+    """Run an Alembic command in one locked transaction.
+
+    On SQLite, foreign keys are off while it runs (and checked before the commit): a batch
+    migration copies a table into a new one and drops the old, and with foreign keys on
+    that drop deletes every row that references the table through ON DELETE CASCADE.
+    """
     owned = not isinstance(url_or_engine, Engine)
-    engine = make_engine(url_or_engine) if owned else url_or_engine
+    engine = url_or_engine if isinstance(url_or_engine, Engine) else make_engine(url_or_engine)
     try:
         with engine.connect() as connection:
-            if connection.dialect.name == "sqlite":
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys=OFF")  # outside a transaction
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
             else:
                 connection.execute(select(func.pg_advisory_xact_lock(UPGRADE_LOCK_KEY)))
-            before = MigrationContext.configure(connection).get_current_revision()
-            _require_known(before)
-            command.upgrade(alembic_config(connection), revision)
-            after = MigrationContext.configure(connection).get_current_revision()
-            connection.commit()
+            try:
+                before = MigrationContext.configure(connection).get_current_revision()
+                if check_known:
+                    _require_known(before)
+                run(alembic_config(connection), revision)
+                after = MigrationContext.configure(connection).get_current_revision()
+                if sqlite:
+                    _check_foreign_keys(connection)
+                connection.commit()
+            finally:
+                if sqlite:
+                    connection.rollback()
+                    connection.exec_driver_sql("PRAGMA foreign_keys=ON")
         if before != after:
-            log.info("database schema upgraded from %s to %s", before, after)
+            log.info("database schema migrated from %s to %s", before, after)
     finally:
         if owned:
             engine.dispose()
+
+
+def _check_foreign_keys(connection: Connection) -> None:
+    """SchemaError when a migration left a row pointing at nothing (SQLite)."""
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if broken:
+        raise SchemaError(f"migration left {len(broken)} rows with a broken foreign key")
 
 
 def current_revision(bind: Engine | Connection) -> str | None:

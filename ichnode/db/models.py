@@ -38,6 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from ichnode.report_kind import ReportKind as ReportKind  # re-exported: a column type
 from ichnode.subtypes import SUBTYPES
 
 if sys.version_info >= (3, 11):
@@ -57,6 +58,8 @@ STATUS_LENGTH = 16
 UID_LENGTH = 64
 #: DICOM AE titles are at most 16 characters (PS3.5 6.2, AE).
 AE_LENGTH = 16
+#: A peer's network address (IPv6 text included).
+ADDRESS_LENGTH = 64
 
 #: Name of the probability column of each subtype, in SUBTYPES order.
 PROBABILITY_COLUMNS: tuple[str, ...] = tuple(f"p_{name}" for name in SUBTYPES)
@@ -222,6 +225,9 @@ class Study(Base):
     patient_age: Mapped[str | None] = mapped_column(String(16))
     study_description: Mapped[str | None] = mapped_column(String(256))
     calling_ae: Mapped[str | None] = mapped_column(String(AE_LENGTH))
+    #: The network address the study's first instance came from (with ``calling_ae``: where
+    #: return-to-sender sends the results); NULL when unknown.
+    calling_address: Mapped[str | None] = mapped_column(String(ADDRESS_LENGTH))
     first_received_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     status: Mapped[StudyStatus] = mapped_column(_status(StudyStatus), default=StudyStatus.RECEIVING)
@@ -288,7 +294,9 @@ class Instance(Base):
 
 
 class Prediction(
-    _probability_mixin("_PredictionProbabilities", nullable=False), _HasProbabilities, Base
+    _probability_mixin("_PredictionProbabilities", nullable=False),  # type: ignore[misc]
+    _HasProbabilities,
+    Base,
 ):
     """One model's output for one instance."""
 
@@ -322,7 +330,9 @@ class Prediction(
 
 
 class StudyResult(
-    _probability_mixin("_StudyResultProbabilities", nullable=True), _HasProbabilities, Base
+    _probability_mixin("_StudyResultProbabilities", nullable=True),  # type: ignore[misc]
+    _HasProbabilities,
+    Base,
 ):
     """The aggregated result of one study; a reopened study gets a new version.
 
@@ -352,15 +362,46 @@ class StudyResult(
         _status(ReportStatus), default=ReportStatus.PENDING, index=True
     )
     report_error: Mapped[str | None] = mapped_column(Text)
+    #: The reporter's claim on a pending version (:mod:`ichnode.db.reports`): its token, and
+    #: until when no other reporter may take it (also the earliest retry after a failure).
+    report_claim_token: Mapped[str | None] = mapped_column(String(32))
+    report_lease_expires_at: Mapped[datetime | None]
 
     study: Mapped[Study] = relationship(back_populates="results")
     key_instance: Mapped[Instance | None] = relationship()
-    outbox: Mapped[list[OutboxEntry]] = relationship(back_populates="study_result")
+    report_objects: Mapped[list[ReportObject]] = relationship(
+        back_populates="study_result", order_by="ReportObject.id"
+    )
 
     @property
     def flagged_subtype_list(self) -> list[str]:
         """:attr:`flagged_subtypes` as a list (in SUBTYPES order when written so)."""
         return [name for name in self.flagged_subtypes.split(",") if name]
+
+
+class ReportObject(Base):
+    """One report object built for a result version, as written into the store.
+
+    The record of what was built: the outbox rows point at it, a reopened study's new SR names
+    the newest earlier SR as its predecessor from it, and ``ichnode resend`` queues it again.
+    """
+
+    __tablename__ = "report_objects"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_result_id: Mapped[int] = mapped_column(
+        ForeignKey("study_results.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[ReportKind] = mapped_column(_status(ReportKind))
+    sop_class_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    series_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    sop_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), unique=True)
+    #: Relative to the store root.
+    path: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    study_result: Mapped[StudyResult] = relationship(back_populates="report_objects")
+    outbox: Mapped[list[OutboxEntry]] = relationship(back_populates="report_object")
 
 
 class OutboxEntry(Base):
@@ -370,18 +411,13 @@ class OutboxEntry(Base):
     __table_args__ = (Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    study_result_id: Mapped[int] = mapped_column(
-        ForeignKey("study_results.id", ondelete="CASCADE"), index=True
+    report_object_id: Mapped[int] = mapped_column(
+        ForeignKey("report_objects.id", ondelete="CASCADE"), index=True
     )
     destination: Mapped[str] = mapped_column(String(64))
     ae_title: Mapped[str] = mapped_column(String(AE_LENGTH))
     host: Mapped[str] = mapped_column(String(255))
     port: Mapped[int]
-    #: "sr", "summary" or "kos".
-    kind: Mapped[str] = mapped_column(String(16))
-    sop_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
-    #: Relative to the store root.
-    path: Mapped[str] = mapped_column(String(512))
     status: Mapped[DeliveryStatus] = mapped_column(
         _status(DeliveryStatus), default=DeliveryStatus.PENDING
     )
@@ -393,7 +429,7 @@ class OutboxEntry(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]
 
-    study_result: Mapped[StudyResult] = relationship(back_populates="outbox")
+    report_object: Mapped[ReportObject] = relationship(back_populates="outbox")
     delivery_attempts: Mapped[list[DeliveryAttempt]] = relationship(
         back_populates="outbox", order_by="DeliveryAttempt.id"
     )
@@ -420,7 +456,7 @@ class Association(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     calling_ae: Mapped[str | None] = mapped_column(String(AE_LENGTH))
     called_ae: Mapped[str | None] = mapped_column(String(AE_LENGTH))
-    peer_address: Mapped[str | None] = mapped_column(String(64))
+    peer_address: Mapped[str | None] = mapped_column(String(ADDRESS_LENGTH))
     peer_port: Mapped[int | None]
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     ended_at: Mapped[datetime | None]

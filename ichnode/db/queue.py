@@ -28,7 +28,7 @@ from sqlalchemy import ColumnElement, String, and_, cast, func, literal, or_, se
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from ichnode.db.engine import is_postgresql
+from ichnode.db.engine import is_postgresql, rowcount
 from ichnode.db.models import (
     Instance,
     InstanceStatus,
@@ -234,7 +234,7 @@ def fail(session: Session, instance_id: int, claim_token: str, reason: str) -> b
         ),
         execution_options={"synchronize_session": False},
     )
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def release(session: Session, worker_id: str) -> int:
@@ -256,7 +256,7 @@ def release(session: Session, worker_id: str) -> int:
         ),
         execution_options={"synchronize_session": False},
     )
-    return result.rowcount
+    return rowcount(result)
 
 
 def requeue(session: Session, instance_ids: Sequence[int]) -> int:
@@ -276,7 +276,7 @@ def requeue(session: Session, instance_ids: Sequence[int]) -> int:
         ),
         execution_options={"synchronize_session": False},
     )
-    return result.rowcount
+    return rowcount(result)
 
 
 def depth(session: Session) -> dict[InstanceStatus, int]:

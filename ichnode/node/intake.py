@@ -110,6 +110,7 @@ def describe(
     received = ingest.Received.from_dataset(
         ds,
         calling_ae=event.assoc.requestor.ae_title,
+        calling_address=event.assoc.requestor.address,
         transfer_syntax=str(event.context.transfer_syntax),
         z=geo.z,
         received_at=now,

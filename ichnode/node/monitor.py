@@ -17,27 +17,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from sqlalchemy import exists, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ichnode.db import context, queue, refine
-from ichnode.db.engine import error_reason
-from ichnode.db.models import (
-    Instance,
-    InstanceStatus,
-    Study,
-    StudyResult,
-    StudyStatus,
-)
+from ichnode.db import context, queue, refine, results
+from ichnode.db.models import InstanceStatus, Prediction, StudyResult
+from ichnode.node.loop import run_loop
 from ichnode.store import uid_hash
 from ichnode.study import StudyScores, decode_embedding
 from ichnode.subtypes import ANY, SUBTYPES
 from ichnode.triage import decide
 
 log = logging.getLogger(__name__)
-
-PENDING = (InstanceStatus.QUEUED, InstanceStatus.CLAIMED)
 
 
 @dataclass(frozen=True)
@@ -59,34 +50,18 @@ class ResultPolicy:
     context: int = 0
 
 
-def stable_studies(session: Session, before: datetime) -> list[int]:
-    """Ids of receiving studies quiet since ``before`` with no instance left to score."""
-    pending = exists().where(Instance.study_id == Study.id, Instance.status.in_(PENDING))
-    return list(
-        session.scalars(
-            select(Study.id).where(
-                Study.status == StudyStatus.RECEIVING,
-                Study.last_received_at <= before,
-                ~pending,
-            )
-        )
-    )
-
-
 def _study_scores(
-    scored: list[refine.StudySlice], policy: ResultPolicy
+    scored: list[tuple[refine.StudySlice, Prediction]], policy: ResultPolicy
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Slice probabilities ``(L, 6)``, study probabilities ``(6,)`` and whether the study
     model refined them."""
-    stored = np.array([[s.prediction.probabilities[n] for n in SUBTYPES] for s in scored])
-    usable = policy.scorer is not None and all(
-        s.prediction.embedding is not None and s.prediction.model_id == policy.model_id
-        for s in scored
-    )
-    if not usable:
+    stored = np.array([[p.probabilities[n] for n in SUBTYPES] for _, p in scored])
+    embeddings = [p.embedding for _, p in scored if p.model_id == policy.model_id]
+    usable = [e for e in embeddings if e is not None]
+    if policy.scorer is None or len(usable) < len(scored):
         return stored, stored.max(axis=0), False
-    embeddings = np.stack([decode_embedding(s.prediction.embedding) for s in scored])
-    scores = policy.scorer(embeddings, [s.z for s in scored])
+    stacked = np.stack([decode_embedding(e) for e in usable])
+    scores = policy.scorer(stacked, [s.z for s, _ in scored])
     return np.asarray(scores.slices), np.asarray(scores.study), scores.refined
 
 
@@ -97,8 +72,8 @@ def compute_result(session: Session, study_id: int, policy: ResultPolicy) -> Stu
     stored as the slice results of this version; the flag and the subtypes it names come from
     :func:`ichnode.triage.decide` on the study's probabilities.
     """
-    study = session.get(Study, study_id)
-    if study is None or study.status != StudyStatus.RECEIVING:
+    study = results.receiving_study(session, study_id)
+    if study is None:
         return None
     if policy.context:
         outdated = context.stale(session, study_id, policy.model_id, policy.context)
@@ -115,14 +90,14 @@ def compute_result(session: Session, study_id: int, policy: ResultPolicy) -> Stu
     counts = dict.fromkeys(InstanceStatus, 0)
     for s in slices:
         counts[s.status] += 1
-    scored = [s for s in slices if s.prediction is not None]
+    scored = [(s, s.prediction) for s in slices if s.prediction is not None]
     version = study.result_version + 1
     key_instance: int | None = None
     decision = None
     refined = False
     if scored:
         slice_probs, study_probs, refined = _study_scores(scored, policy)
-        key_instance = scored[int(np.argmax(slice_probs[:, SUBTYPES.index(ANY)]))].instance_id
+        key_instance = scored[int(np.argmax(slice_probs[:, SUBTYPES.index(ANY)]))][0].instance_id
         probs = dict(zip(SUBTYPES, (float(v) for v in study_probs), strict=True))
         decision = decide(probs, policy.thresholds)
     result = StudyResult(
@@ -141,23 +116,15 @@ def compute_result(session: Session, study_id: int, policy: ResultPolicy) -> Stu
     if scored:  # with no scored slice the probabilities stay NULL
         result.set_probabilities([probs[n] for n in SUBTYPES])
     # Optimistic guard: if a slice arrived since we read the study, leave it receiving.
-    changed = session.execute(
-        update(Study)
-        .where(Study.id == study_id, Study.last_received_at == seen_last)
-        .where(Study.status == StudyStatus.RECEIVING)
-        .values(status=StudyStatus.RESULTED, result_version=version)
-    ).rowcount
-    if not changed:
+    if not results.close_study(session, study_id, seen_last, version):
         return None
     if refined:
         refine.store_refined(
             session,
-            [(s.prediction.id, row) for s, row in zip(scored, slice_probs, strict=True)],
+            [(p.id, row) for (_, p), row in zip(scored, slice_probs, strict=True)],
             version,
         )
-    session.add(result)
-    session.flush()
-    return result
+    return results.add_result(session, result)
 
 
 class Monitor:
@@ -189,12 +156,9 @@ class Monitor:
         now = now or datetime.now(UTC)
         before = now - timedelta(seconds=self.stable_seconds)
         with self.sessions.begin() as session:
-            candidates = stable_studies(session, before)
+            candidates = results.stable_studies(session, before)
             if self._failed:  # forget the failed studies that received more since
-                query = select(Study.id, Study.last_received_at).where(
-                    Study.id.in_(list(self._failed))
-                )
-                seen = {study_id: last for study_id, last in session.execute(query)}
+                seen = results.last_received(session, list(self._failed))
                 self._failed = {k: v for k, v in self._failed.items() if seen.get(k) == v}
         done: list[int] = []
         for study_id in candidates:
@@ -207,7 +171,9 @@ class Monitor:
             except Exception:  # noqa: BLE001 - one bad study must not stop the others
                 log.exception("monitor: study %d could not be resulted; skipped", study_id)
                 with self.sessions() as session:
-                    self._failed[study_id] = session.get(Study, study_id).last_received_at
+                    last = results.last_received(session, [study_id]).get(study_id)
+                if last is not None:
+                    self._failed[study_id] = last
                 continue
             if result_id is not None:
                 done.append(result_id)
@@ -220,7 +186,7 @@ class Monitor:
             result = compute_result(session, study_id, self.policy())
             if result is None:
                 return None
-            uid = session.get(Study, study_id).study_instance_uid
+            uid = results.study_uid(session, study_id) or ""
             result_id = result.id
             log.info(
                 "study %s resulted v%d: %d scored, %d failed, %d skipped, flagged: %s",
@@ -236,29 +202,15 @@ class Monitor:
     def seconds_to_next(self, now: datetime) -> float | None:
         """Seconds until the next receiving study has been quiet for ``stable_seconds``."""
         with self.sessions() as session:
-            latest_quiet = session.scalar(
-                select(func.min(Study.last_received_at)).where(
-                    Study.status == StudyStatus.RECEIVING,
-                    Study.last_received_at > now - timedelta(seconds=self.stable_seconds),
-                )
-            )
-        if latest_quiet is None:
-            return None
-        due = latest_quiet + timedelta(seconds=self.stable_seconds)
-        return max(0.0, (due - now).total_seconds())
+            due = results.next_stable_at(session, now, self.stable_seconds)
+        return None if due is None else max(0.0, (due - now).total_seconds())
+
+    def step(self) -> float:
+        """One pass; waits ``interval``, or less when the next study becomes stable sooner."""
+        self.run_once()
+        due = self.seconds_to_next(datetime.now(UTC))
+        return self.interval if due is None else min(self.interval, due + 0.001)
 
     def run(self, stop: threading.Event) -> None:
         """Poll every ``interval``, and wake exactly when the next study becomes stable."""
-        while not stop.is_set():
-            pause = self.interval
-            try:
-                self.run_once()
-                due = self.seconds_to_next(datetime.now(UTC))
-                if due is not None:
-                    pause = min(pause, due + 0.001)
-            except SQLAlchemyError as exc:
-                reason = error_reason(exc)
-                log.error("monitor: database error, retrying: %s", reason)
-            except Exception:  # noqa: BLE001 - the monitor must outlive any one bad poll
-                log.exception("monitor: unexpected error, retrying")
-            stop.wait(pause)
+        run_loop("monitor", self.step, stop, retry_seconds=self.interval)

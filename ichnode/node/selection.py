@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 from pydicom.dataset import Dataset
 
@@ -25,14 +27,16 @@ class Geometry:
 
 
 _IOP, _IPP = "ImageOrientationPatient", "ImagePositionPatient"
+#: Where an Enhanced CT holds them (per frame, or shared).
+_IOP_SEQUENCE, _IPP_SEQUENCE = "PlaneOrientationSequence", "PlanePositionSequence"
 
 
 def geometry(ds: Dataset) -> Geometry:
     """z = ImagePositionPatient projected on the slice normal (InstanceNumber may run the
     other way); tilt = angle between the normal and the patient z axis."""
     try:
-        iop = [float(v) for v in first_frame_value(ds, _IOP, "PlaneOrientationSequence")]
-        ipp = [float(v) for v in first_frame_value(ds, _IPP, "PlanePositionSequence")]
+        iop = [float(v) for v in cast(Iterable, first_frame_value(ds, _IOP, _IOP_SEQUENCE))]
+        ipp = [float(v) for v in cast(Iterable, first_frame_value(ds, _IPP, _IPP_SEQUENCE))]
     except (AttributeError, TypeError, ValueError):  # absent (None) or malformed
         return Geometry(None, None)
     if len(iop) != 6 or len(ipp) != 3:

@@ -18,7 +18,6 @@ from ichnode.db import queue
 from ichnode.db.session import display_url, open_database
 from ichnode.errors import ConfigError
 from ichnode.inference import Predictor, score_study
-from ichnode.model import Checkpoint, demo_model_path, load_checkpoint
 from ichnode.node.monitor import Monitor, ResultPolicy
 from ichnode.node.outbox import Outbox
 from ichnode.node.reload import ModelWatcher
@@ -26,6 +25,7 @@ from ichnode.node.reporting import Reporter
 from ichnode.node.scp import StorageSCP
 from ichnode.node.tls import ReloadingContext
 from ichnode.node.worker import Worker
+from ichnode.report.saliency import SaliencyModel
 from ichnode.store import Store
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,9 @@ class Node:
         if swept:
             log.info("removed %d unfinished temp files from the store (never acknowledged)", swept)
         self.predictor = Predictor(s.model, s.device, amp=s.amp)
-        # Grad-CAM hooks and toggles the model: the reports get their own copy, on the CPU.
-        self.report_checkpoint = load_checkpoint(s.model or demo_model_path(), "cpu")
+        # Grad-CAM hooks and toggles the model: the reports and the web's overlay share one
+        # private CPU copy, which follows a reloaded model.
+        self.saliency = SaliencyModel(self.predictor)
         tls = ReloadingContext(s.tls) if s.tls.enabled else None
         with self.sessions.begin() as session:
             for wid in self.worker_ids():
@@ -89,7 +90,7 @@ class Node:
         # Builds the report objects of every pending result version, starting with any that
         # a previous run committed but never reported.
         self.reporter = Reporter(
-            self.sessions, self.store, s, self.report_checkpoint, on_done=self._on_reported
+            self.sessions, self.store, s, self.saliency.checkpoint, on_done=self._on_reported
         )
         self._spawn(self.reporter.run, "reporter")
         self.monitor = Monitor(
@@ -100,7 +101,7 @@ class Node:
         )
         self._spawn(self.monitor.run, "monitor")
         if s.model is not None and s.model_reload:
-            watcher = ModelWatcher(s.model, self.predictor, on_swap=self._on_model_swap)
+            watcher = ModelWatcher(s.model, self.predictor)
             self._spawn(watcher.run, "model-watcher")
         if s.audit_retention_days:
             self._spawn(AuditPruner(self.sessions, s.audit_retention_days).run, "audit-prune")
@@ -129,13 +130,6 @@ class Node:
         return ResultPolicy(
             ckpt.decision_thresholds, ckpt.model_id, partial(score_study, ckpt), ckpt.spec.context
         )
-
-    def _on_model_swap(self, ckpt: Checkpoint) -> None:
-        """A reloaded model: the reports' own CPU copy follows it (unless the file was
-        replaced again meanwhile: the next swap brings both)."""
-        copy = load_checkpoint(self.settings.model, "cpu")
-        if copy.model_id == ckpt.model_id:
-            self.report_checkpoint = self.reporter.checkpoint = copy
 
     def _on_reported(self, result_id: int, status: object) -> None:
         """Reporter callback: wake the outbox for the new rows, then the ``on_result`` hook."""

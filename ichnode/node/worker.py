@@ -20,10 +20,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
 from ichnode.db import context, queue
-from ichnode.db.engine import error_reason
 from ichnode.errors import IchnodeError
 from ichnode.imaging import PreprocessSpec, context_input, preprocess, preprocess_hu, read
 from ichnode.inference import Predictor
+from ichnode.node.loop import run_loop
 from ichnode.store import Store
 from ichnode.study import encode_embedding
 
@@ -111,7 +111,7 @@ class Worker:
         k = ckpt.spec.context
         with self.sessions.begin() as session:
             claimed = [
-                (i.id, i.claim_token, i.path)
+                (i.id, str(i.claim_token), i.path)  # a claimed instance has its token
                 for i in queue.claim(session, self.worker_id, self.batch_size, self.lease_seconds)
             ]
             planes = context.planes(session, [c[0] for c in claimed], k) if claimed and k else {}
@@ -158,26 +158,29 @@ class Worker:
                     self.failed += 1
         return len(claimed)
 
+    def step(self) -> float:
+        """One batch for :func:`~ichnode.node.loop.run_loop`: 0 after a batch (more may be
+        queued), ``idle_wait`` when the queue was empty."""
+        try:
+            return 0.0 if self.run_once() else self.idle_wait
+        except SQLAlchemyError:
+            raise  # the loop logs it and retries
+        except Exception:  # noqa: BLE001 - a failed batch (GPU out of memory...) must not end the worker
+            # The batch's claims stay until their lease ends; each claim counts as an
+            # attempt, so a batch that always fails ends FAILED ("gave up after N attempts").
+            log.exception("worker %s: batch failed, retrying later", self.worker_id)
+            return DB_RETRY_SECONDS
+
     def run(self, stop: threading.Event) -> None:
         """Loop until ``stop`` is set; sleeps on ``wake`` when the queue is empty."""
         log.info("worker %s started (model %s)", self.worker_id, self.predictor.model_id)
-        while not stop.is_set():
-            try:
-                if self.run_once():
-                    continue
-            except SQLAlchemyError as exc:
-                reason = error_reason(exc)
-                log.error("worker %s: database error, retrying: %s", self.worker_id, reason)
-                stop.wait(DB_RETRY_SECONDS)
-                continue
-            except Exception:  # noqa: BLE001 - a failed batch (GPU out of memory...) must not end the worker
-                # The batch's claims stay until their lease ends; each claim counts as an
-                # attempt, so a batch that always fails ends FAILED ("gave up after N attempts").
-                log.exception("worker %s: batch failed, retrying later", self.worker_id)
-                stop.wait(DB_RETRY_SECONDS)
-                continue
-            self.wake.wait(self.idle_wait)
-            self.wake.clear()
+        run_loop(
+            f"worker {self.worker_id}",
+            self.step,
+            stop,
+            wake=self.wake,
+            retry_seconds=DB_RETRY_SECONDS,
+        )
         self.release()
         self._pool.shutdown(wait=True)
         log.info(

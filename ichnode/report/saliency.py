@@ -19,7 +19,11 @@ nothing and hides the outline of the head.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,10 +31,23 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
-from ichnode.imaging import BODY_HU, resize
+from ichnode.imaging import (
+    BODY_HU,
+    input_to_display,
+    pixel_spacing,
+    preprocess_planes,
+    read_neighbours,
+    resize,
+    to_hu,
+)
 from ichnode.model import Checkpoint
 from ichnode.report.findings import ReportError
 from ichnode.subtypes import ANY, SUBTYPES
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from ichnode.inference import Predictor
 
 _ONE_AT_A_TIME = threading.Lock()
 
@@ -141,3 +158,49 @@ def mask_to_head(heat: np.ndarray, hu: np.ndarray) -> np.ndarray:
         raise ReportError(f"heat must be a square 2-D map, got shape {heat.shape}")
     mask = resize(head_mask(hu).astype(np.float32)[None], heat.shape[0])[0]
     return heat * mask
+
+
+class SaliencyModel:
+    """The node's one private CPU copy of the served checkpoint, for Grad-CAM.
+
+    Grad-CAM hooks the model and switches it to eval mode, which must not race the workers'
+    forward passes on the served one; the reports and the web's overlay share this copy (the
+    Grad-CAMs of a process run one at a time anyway). It is made on first use and again when
+    the served model was swapped (:mod:`ichnode.node.reload`).
+    """
+
+    def __init__(self, predictor: Predictor | None) -> None:
+        self._predictor = predictor
+        self._copy: Checkpoint | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def available(self) -> bool:
+        return self._predictor is not None
+
+    @property
+    def context(self) -> int:
+        """Neighbouring slices on each side the model reads (0: 2-D)."""
+        return self._predictor.checkpoint.spec.context if self._predictor else 0
+
+    def checkpoint(self) -> Checkpoint:
+        """The CPU copy of the checkpoint served now."""
+        if self._predictor is None:
+            raise ReportError("no model loaded: saliency is not available")
+        with self._lock:
+            served = self._predictor.checkpoint
+            if self._copy is None or self._copy.model_id != served.model_id:
+                model = copy.deepcopy(served.model).to("cpu")
+                self._copy = dataclasses.replace(served, model=model)
+            return self._copy
+
+    def cam(
+        self, ds: Dataset, subtype: str = ANY, neighbour_paths: Sequence[str | None] = ()
+    ) -> np.ndarray:
+        """Grad-CAM map of ``subtype`` over the displayed slice of ``ds`` (its padded square,
+        in [0, 1]): computed on the model input (with the stored neighbours of a 2.5-D model,
+        lowest z first), mapped back to the slice's pixels."""
+        ckpt = self.checkpoint()
+        neighbours = read_neighbours(neighbour_paths)
+        cam = grad_cam(ckpt, preprocess_planes(ds, neighbours, ckpt.spec), subtype)
+        return input_to_display(cam, to_hu(ds), pixel_spacing(ds), ckpt.spec)

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Depends, Request
 from sqlalchemy.orm import sessionmaker
 
 from ichnode.inference import Predictor
+from ichnode.report.saliency import SaliencyModel
 from ichnode.store import Store
-
-#: ``settings.http.show_patient_identifiers`` when the settings do not have the field (yet).
 
 
 @dataclass
 class WebContext:
     """The parts of a node the HTTP layer needs; build one with :meth:`from_node`.
 
-    ``predictor`` may be None (no saliency then); ``threads`` are the node's in-process ones
-    (workers, monitor, outbox...: the health check's liveness).
+    ``predictor`` may be None (no saliency then); ``saliency`` is the node's private Grad-CAM
+    copy of the model (made from ``predictor`` when not given); ``threads`` are the node's
+    in-process ones (workers, monitor, outbox...: the health check's liveness).
     """
 
     sessions: sessionmaker
@@ -27,6 +28,11 @@ class WebContext:
     settings: Any
     predictor: Predictor | None = None
     threads: list[threading.Thread] = field(default_factory=list)
+    saliency: SaliencyModel | None = None
+
+    def __post_init__(self) -> None:
+        if self.saliency is None:
+            self.saliency = SaliencyModel(self.predictor)
 
     @classmethod
     def from_node(cls, node: Any) -> WebContext:
@@ -42,6 +48,7 @@ class WebContext:
             settings=node.settings,
             predictor=getattr(node, "predictor", None),
             threads=list(getattr(node, "threads", [])),
+            saliency=getattr(node, "saliency", None),
         )
 
     @property
@@ -51,3 +58,12 @@ class WebContext:
     @property
     def token(self) -> str | None:
         return self.settings.http.token or None
+
+
+def current(request: Request) -> WebContext:
+    """The app's context (a FastAPI dependency)."""
+    return request.app.state.context
+
+
+#: A route's parameter that receives the app's :class:`WebContext`.
+Context = Annotated[WebContext, Depends(current)]

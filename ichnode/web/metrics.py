@@ -19,20 +19,11 @@ from prometheus_client.core import (
     InfoMetricFamily,
 )
 from prometheus_client.registry import Collector
-from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from ichnode import __version__
-from ichnode.db.models import (
-    DeliveryAttempt,
-    DeliveryStatus,
-    Instance,
-    InstanceStatus,
-    OutboxEntry,
-    Study,
-    StudyResult,
-    StudyStatus,
-)
+from ichnode.db import metrics as counts
+from ichnode.db.models import DeliveryStatus, InstanceStatus, StudyStatus
 from ichnode.web.context import WebContext
 
 log = logging.getLogger(__name__)
@@ -40,18 +31,6 @@ log = logging.getLogger(__name__)
 #: Upper bounds (seconds) of the inference latency histogram buckets.
 LATENCY_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def _seconds_between(session: Session, start: Any, end: Any) -> Any:
-    """SQL for ``end - start`` in seconds on this session's backend."""
-    if session.get_bind().dialect.name == "sqlite":
-        return (func.julianday(end) - func.julianday(start)) * 86400.0
-    return func.extract("epoch", end - start)
-
-
-def _count_by(session: Session, column: Any) -> dict[str, int]:
-    rows = session.execute(select(column, func.count()).group_by(column)).all()
-    return {str(key): int(n) for key, n in rows}
 
 
 class DatabaseCollector(Collector):
@@ -74,7 +53,7 @@ class DatabaseCollector(Collector):
         yield workers
 
     def _instances(self, session: Session) -> Iterator[Any]:
-        by_status = _count_by(session, Instance.status)
+        by_status = counts.instances_by_status(session)
         received = CounterMetricFamily(
             "ichnode_instances_received", "SOP instances received and stored."
         )
@@ -100,15 +79,8 @@ class DatabaseCollector(Collector):
         yield depth
 
     def _latency(self, session: Session) -> Iterator[Any]:
-        latency = _seconds_between(session, Instance.received_at, Instance.completed_at)
-        columns = [func.sum(case((latency <= b, 1), else_=0)) for b in LATENCY_BUCKETS]
-        row = session.execute(
-            select(func.count(), func.sum(latency), *columns).where(
-                Instance.status == InstanceStatus.DONE, Instance.completed_at.is_not(None)
-            )
-        ).one()
-        count, total = int(row[0] or 0), float(row[1] or 0.0)
-        buckets = [(f"{b:g}", int(n or 0)) for b, n in zip(LATENCY_BUCKETS, row[2:], strict=True)]
+        count, total, within = counts.latency(session, LATENCY_BUCKETS)
+        buckets = [(f"{b:g}", n) for b, n in zip(LATENCY_BUCKETS, within, strict=True)]
         buckets.append(("+Inf", count))
         hist = HistogramMetricFamily(
             "ichnode_inference_latency_seconds",
@@ -119,7 +91,7 @@ class DatabaseCollector(Collector):
 
     def _studies(self, session: Session) -> Iterator[Any]:
         studies = GaugeMetricFamily("ichnode_studies", "Studies by status.", labels=["status"])
-        by_status = _count_by(session, Study.status)
+        by_status = counts.studies_by_status(session)
         for status in StudyStatus:
             studies.add_metric([status.value], by_status.get(status.value, 0))
         yield studies
@@ -128,17 +100,13 @@ class DatabaseCollector(Collector):
             "Study results written (every version), by whether they were flagged.",
             labels=["flagged"],
         )
-        flagged = dict(
-            session.execute(
-                select(StudyResult.flagged, func.count()).group_by(StudyResult.flagged)
-            ).all()
-        )
+        flagged = counts.results_by_flag(session)
         results.add_metric(["true"], int(flagged.get(True, 0)))
         results.add_metric(["false"], int(flagged.get(False, 0)))
         yield results
 
     def _deliveries(self, session: Session) -> Iterator[Any]:
-        by_status = _count_by(session, OutboxEntry.status)
+        by_status = counts.deliveries_by_status(session)
         deliveries = CounterMetricFamily(
             "ichnode_deliveries",
             "Report objects to deliver, by state (sent, failed for good, pending).",
@@ -150,7 +118,7 @@ class DatabaseCollector(Collector):
         attempts = CounterMetricFamily(
             "ichnode_delivery_attempts", "C-STORE attempts made to deliver report objects."
         )
-        attempts.add_metric([], session.scalar(select(func.count(DeliveryAttempt.id))) or 0)
+        attempts.add_metric([], counts.delivery_attempts(session))
         yield attempts
 
 

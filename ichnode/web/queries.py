@@ -1,4 +1,5 @@
-"""Worklist queries on top of :mod:`ichnode.results`: triage order, states, patient block.
+"""The worklist's rows on top of :mod:`ichnode.results`: triage order, states, patient block
+(the statements are :mod:`ichnode.db.worklist`'s).
 
 The study dicts are :func:`ichnode.results.summary_of` / :func:`~ichnode.results.study_detail`
 (the documented results contract) plus three keys of the web layer: ``state`` (the worklist
@@ -8,66 +9,17 @@ detail, ``series`` and ``deliveries`` (unless the results layer already provides
 
 from __future__ import annotations
 
-from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
-from ichnode.db.models import (
-    DeliveryStatus,
-    Instance,
-    OutboxEntry,
-    Series,
-    Study,
-    StudyResult,
-    StudyStatus,
-)
+from ichnode.db import results as result_rows
+from ichnode.db import worklist as statements
+from ichnode.db.models import Study
+from ichnode.db.worklist import Order, Query, WorklistState
 from ichnode.results import study_detail, summary_of
 
-
-class WorklistState(StrEnum):
-    """What the worklist shows in its status column."""
-
-    RECEIVING = "receiving"
-    SCORED = "scored"
-    REPORTED = "reported"
-    DELIVERY_FAILED = "delivery_failed"
-
-
-class Order(StrEnum):
-    """``triage``: flagged first, then by ``any`` descending, newest first; ``newest``: by time."""
-
-    TRIAGE = "triage"
-    NEWEST = "newest"
-
-
-def _outbox_has(status: DeliveryStatus) -> Any:
-    return exists().where(
-        OutboxEntry.study_result_id == StudyResult.id, OutboxEntry.status == status
-    )
-
-
-def _state_expression() -> Any:
-    """SQL for the :class:`WorklistState` of a study joined to its latest result."""
-    return case(
-        (Study.status == StudyStatus.RECEIVING, WorklistState.RECEIVING.value),
-        (StudyResult.id.is_(None), WorklistState.RECEIVING.value),
-        (_outbox_has(DeliveryStatus.FAILED), WorklistState.DELIVERY_FAILED.value),
-        (
-            and_(
-                _outbox_has(DeliveryStatus.SENT),
-                ~_outbox_has(DeliveryStatus.PENDING),
-            ),
-            WorklistState.REPORTED.value,
-        ),
-        else_=WorklistState.SCORED.value,
-    )
-
-
-def _latest_join() -> Any:
-    return (StudyResult.study_id == Study.id) & (StudyResult.version == Study.result_version)
+__all__ = ["Order", "Query", "WorklistState", "detail", "patient_block", "worklist"]
 
 
 def patient_block(study: Study, show: bool) -> dict[str, Any] | None:
@@ -87,69 +39,18 @@ def patient_block(study: Study, show: bool) -> dict[str, Any] | None:
 
 
 def worklist(
-    session: Session,
-    *,
-    flagged: bool | None = None,
-    since: datetime | None = None,
-    state: WorklistState | None = None,
-    accession: str | None = None,
-    order: Order = Order.TRIAGE,
-    limit: int = 50,
-    offset: int = 0,
-    show_patient_identifiers: bool = True,
+    session: Session, query: Query | None = None, *, show_patient_identifiers: bool = True
 ) -> tuple[int, list[dict[str, Any]]]:
-    """``(total matching, one page of study summaries)`` in ``order``."""
-    state_sql = _state_expression().label("state")
-    n_instances = (
-        select(func.count())
-        .select_from(Instance)
-        .where(Instance.study_id == Study.id)
-        .correlate(Study)
-        .scalar_subquery()
-    )
-    key = aliased(Instance)
-    query = (
-        select(Study, state_sql, StudyResult, n_instances, key.sop_instance_uid)
-        .outerjoin(StudyResult, _latest_join())
-        .outerjoin(key, key.id == StudyResult.key_instance_id)
-    )
-    if since is not None:
-        query = query.where(Study.last_received_at >= since)
-    if accession is not None:
-        query = query.where(Study.accession_number == accession.strip())
-    if flagged is not None:
-        query = query.where(StudyResult.flagged.is_(flagged))
-    if state is not None:
-        query = query.where(state_sql == state.value)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    if order is Order.TRIAGE:
-        flagged_first = case((StudyResult.flagged.is_(True), 0), else_=1)
-        query = query.order_by(
-            flagged_first,
-            StudyResult.p_any.desc().nulls_last(),
-            Study.last_received_at.desc(),
-            Study.id.desc(),
-        )
-    else:
-        query = query.order_by(Study.last_received_at.desc(), Study.id.desc())
-    rows = session.execute(query.offset(offset).limit(limit)).all()
+    """``(total matching, one page of study summaries)`` in the query's order (the default
+    query: the first page in triage order)."""
+    total, rows = statements.page(session, query or Query())
     out = []
-    for study, study_state, result, count, key_uid in rows:  # one statement for the page
-        summary = summary_of(study, result, count or 0, key_uid)
-        summary["state"] = study_state
-        summary["patient"] = patient_block(study, show_patient_identifiers)
+    for row in rows:  # one statement for the page
+        summary = summary_of(row.study, row.result, row.n_instances, row.key_uid)
+        summary["state"] = row.state
+        summary["patient"] = patient_block(row.study, show_patient_identifiers)
         out.append(summary)
     return total, out
-
-
-def state_of(session: Session, study_uid: str) -> str | None:
-    row = session.execute(
-        select(_state_expression())
-        .select_from(Study)
-        .outerjoin(StudyResult, _latest_join())
-        .where(Study.study_instance_uid == study_uid)
-    ).first()
-    return row[0] if row else None
 
 
 def detail(
@@ -159,27 +60,18 @@ def detail(
     out = study_detail(session, study_uid)
     if out is None:
         return None
-    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+    study = result_rows.study_by_uid(session, study_uid)
     assert study is not None
-    out["state"] = state_of(session, study_uid)
+    out["state"] = statements.state_of(session, study_uid)
     out["patient"] = patient_block(study, show_patient_identifiers)
-    counts = dict(
-        session.execute(
-            select(Instance.series_id, func.count())
-            .where(Instance.study_id == study.id)
-            .group_by(Instance.series_id)
-        ).all()
-    )
     out["series"] = [
         {
             "series_instance_uid": s.series_instance_uid,
             "modality": s.modality,
             "series_description": s.series_description if show_patient_identifiers else None,
-            "n_instances": counts.get(s.id, 0),
+            "n_instances": count,
         }
-        for s in session.scalars(
-            select(Series).where(Series.study_id == study.id).order_by(Series.id)
-        )
+        for s, count in result_rows.series_of(session, study.id)
     ]
     out.setdefault("deliveries", [])  # the results layer lists them (ichnode.results)
     return out

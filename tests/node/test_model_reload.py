@@ -1,0 +1,99 @@
+"""Swap the served model without a restart: a checkpoint renamed over the configured path is
+loaded and served from the next batch; a file that does not load leaves the old model serving.
+
+A real node (real DICOM associations, real database, the real demo checkpoint and a second
+real checkpoint with other weights).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from dicom_client import send
+from helpers import wait_for
+from sqlalchemy import select
+
+from ichnode.db.models import Prediction, Study, StudyResult
+from ichnode.model import load_checkpoint, save_checkpoint
+from ichnode.node.reload import ModelWatcher
+from phantoms.synth import synth_study
+
+pytestmark = pytest.mark.slow
+
+
+def _other_model(source: Path, out: Path) -> str:
+    """A copy of ``source`` with one weight changed: another model id."""
+    ckpt = load_checkpoint(source)
+    with torch.no_grad():
+        next(ckpt.model.parameters()).add_(0.01)
+    save_checkpoint(out, ckpt)
+    return load_checkpoint(out).model_id
+
+
+def _result_of(node, study_uid: str) -> StudyResult | None:
+    with node.sessions() as session:
+        return session.scalar(
+            select(StudyResult).join(Study).where(Study.study_instance_uid == study_uid)
+        )
+
+
+def test_a_checkpoint_renamed_over_the_model_is_served_without_a_restart(
+    node_factory, model_path: Path, tmp_path: Path, monkeypatch, caplog
+):
+    monkeypatch.setattr("ichnode.node.reload.POLL_SECONDS", 0.2)
+    served = tmp_path / "model.safetensors"
+    shutil.copy(model_path, served)
+    node = node_factory(model=served)
+    old_id = node.predictor.model_id
+
+    first = [s.dataset for s in synth_study(3, n_slices=4, size=64)]
+    assert send(node.settings.port, first) == [0] * len(first)
+    before = wait_for(lambda: _result_of(node, str(first[0].StudyInstanceUID)), timeout=60)
+    assert before.model_id == old_id
+
+    new_id = _other_model(model_path, tmp_path / "incoming.safetensors")
+    assert new_id != old_id
+    with caplog.at_level(logging.INFO, logger="ichnode.node.reload"):
+        os.replace(tmp_path / "incoming.safetensors", served)  # the operator's `mv`
+        # One line says which model replaced which.
+        wait_for(
+            lambda: any(new_id in r.getMessage() and old_id in r.getMessage()
+                        for r in caplog.records),
+            timeout=30,
+        )  # fmt: skip
+    assert node.predictor.model_id == new_id
+
+    second = [s.dataset for s in synth_study(4, n_slices=4, size=64)]
+    assert send(node.settings.port, second) == [0] * len(second)
+    after = wait_for(lambda: _result_of(node, str(second[0].StudyInstanceUID)), timeout=60)
+    assert after.model_id == new_id
+    with node.sessions() as session:
+        models = set(session.scalars(select(Prediction.model_id)))
+    assert models == {old_id, new_id}  # each study scored by the model served when it came
+    assert node.reporter.checkpoint().model_id == new_id  # reports follow the swap
+    assert _result_of(node, str(first[0].StudyInstanceUID)).model_id == old_id
+
+
+def test_a_file_that_does_not_load_leaves_the_old_model_serving(
+    model_path: Path, tmp_path: Path, caplog
+):
+    from ichnode.inference import Predictor
+
+    served = tmp_path / "model.safetensors"
+    shutil.copy(model_path, served)
+    predictor = Predictor(served, "cpu")
+    watcher = ModelWatcher(served, predictor)
+    broken = tmp_path / "half.safetensors"
+    broken.write_bytes(model_path.read_bytes()[:5000])  # a copy cut short
+    os.replace(broken, served)
+    with caplog.at_level(logging.ERROR, logger="ichnode.node.reload"):
+        assert watcher.check() is False
+        assert watcher.check() is False  # reported once, not at every look
+    assert predictor.model_id == load_checkpoint(model_path).model_id
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "cannot be loaded" in line and predictor.model_id in line and "\n" not in line
