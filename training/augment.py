@@ -37,20 +37,38 @@ def _uniform(n: int, half_width: float, g: torch.Generator) -> torch.Tensor:
     return (torch.rand(n, generator=g) * 2.0 - 1.0) * half_width
 
 
+#: Control points per side of the elastic displacement field (smooth over ~a quarter head).
+ELASTIC_GRID = 5
+
+
 def _warp(
-    x: torch.Tensor, rotate_deg: float, scale: float, hflip: float, g: torch.Generator
+    x: torch.Tensor,
+    rotate_deg: float,
+    scale: float,
+    hflip: float,
+    g: torch.Generator,
+    aspect: float = 0.0,
+    elastic: float = 0.0,
 ) -> torch.Tensor:
     """``x`` ``(N, C, H, W)`` flipped (probability ``hflip``), rotated and zoomed per sample
-    (one affine warp, bilinear; zero outside)."""
+    (one warp, bilinear; zero outside). ``aspect`` stretches one axis against the other by up
+    to that fraction (a longer or wider head), ``elastic`` adds a smooth random displacement
+    of up to that fraction of the half width (other anatomy, other bleed outlines); both are
+    drawn only when non-zero, so the legacy warp's draws are unchanged."""
     n = x.shape[0]
     angle = _uniform(n, math.radians(rotate_deg), g)
     zoom = 1.0 + _uniform(n, scale, g)
     flip = torch.where(torch.rand(n, generator=g) < hflip, -1.0, 1.0)
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    stretch = 1.0 + _uniform(n, aspect, g) if aspect > 0 else torch.ones(n)
+    zx, zy = zoom * stretch, zoom / stretch
     theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1] = cos * flip, -sin
-    theta[:, 1, 0], theta[:, 1, 1] = sin * flip, cos
+    theta[:, 0, 0], theta[:, 0, 1] = torch.cos(angle) / zx * flip, -torch.sin(angle) / zy
+    theta[:, 1, 0], theta[:, 1, 1] = torch.sin(angle) / zx * flip, torch.cos(angle) / zy
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    if elastic > 0:
+        coarse = (torch.rand(n, 2, ELASTIC_GRID, ELASTIC_GRID, generator=g) * 2.0 - 1.0) * elastic
+        field = F.interpolate(coarse, size=x.shape[-2:], mode="bicubic", align_corners=True)
+        grid = grid + field.permute(0, 2, 3, 1).to(grid)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -79,14 +97,17 @@ class HUAugmentConfig:
     Soft-tissue densities (blood, grey and white matter, CSF) shift and stretch around
     :data:`SOFT_CENTRE` (a different scanner calibration, a different haematocrit), the noise
     level and the reconstruction kernel change (Gaussian noise, then blur or sharpening), and
-    the windows' centre and width jitter; then the geometric warp of :class:`AugmentConfig`
-    (flip, rotation, scale), with air outside. ``enabled=False`` makes it the identity.
+    the windows' centre and width jitter; then one geometric warp (flip, rotation, scale, an
+    aspect stretch and a smooth elastic displacement: other head shapes, other bleed
+    outlines), with air outside. ``enabled=False`` makes it the identity.
     """
 
     enabled: bool = True
     hflip: float = 0.5
     rotate_deg: float = 15.0
     scale: float = 0.2  # head size: zoom uniform in [1 - x, 1 + x]
+    aspect: float = 0.1  # head shape: one axis x (1 + u), the other / (1 + u), |u| <= x
+    elastic: float = 0.03  # smooth displacement up to x of the half width (~3.5 mm at 256 px)
     soft_offset_hu: float = 8.0  # soft tissue + uniform in [-x, x] HU
     soft_stretch: float = 0.25  # soft tissue contrast x uniform in [1 - x, 1 + x]
     noise_hu: float = 12.0  # Gaussian noise sd uniform in [0, x] HU
@@ -166,11 +187,11 @@ def augment_hu(
         k = kernel.view(n, 1, 1, 1).to(dev)
         out = torch.where(k == 1, blurred, torch.where(k == 2, out + amount * (out - blurred), out))
     # Geometric warp with air outside: warp (HU - AIR), whose padding zero is air.
+    pose = (cfg.rotate_deg, cfg.scale, cfg.hflip, g, cfg.aspect, cfg.elastic)
     if masks is None:
-        return _warp(out - AIR, cfg.rotate_deg, cfg.scale, cfg.hflip, g) + AIR
+        return _warp(out - AIR, *pose) + AIR
     planes = out.shape[1]
-    both = _warp(torch.cat([out - AIR, masks.to(dt)], dim=1), cfg.rotate_deg, cfg.scale,
-                 cfg.hflip, g)  # fmt: skip
+    both = _warp(torch.cat([out - AIR, masks.to(dt)], dim=1), *pose)
     return both[:, :planes] + AIR, both[:, planes:]
 
 
