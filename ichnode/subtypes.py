@@ -102,12 +102,54 @@ SNOMED_CT: dict[str, SnomedConcept | None] = {
         "Cerebral hemorrhage",
         "tx.fhir.org expansion, SNOMED CT Intl 2025-02-01 (tecnomod-um/SK-FHIR-IG)",
     ),
-    # NOT CONFIRMED: 35486000 appears for subdural hemorrhage in two public repositories
-    # (no terminology-server page or DICOM/HL7 publication found); left out until verified.
-    SUBDURAL: None,
-    # NOT CONFIRMED: no published source found for epidural (extradural) hemorrhage.
+    # 35486000 |Subdural intracranial hemorrhage (disorder)|: NLM VSAC "Active Bleeding
+    # Excluding Menses or Bleeding Diathesis" (2.16.840.1.113883.3.3157.4036, SNOMED 2023-09),
+    # cqframework/ecqm-content-qicore-2024@9ebd48ff, lines 1206-1207; SNOMED International IPS
+    # free set (HL7/fhir-ips@57c3299f, ProblemsSnomedCtIpsFreeSet.fsh, lines 14292-14293,
+    # "Subdural hemorrhage"); the GPS subset (HL7/fhir-ips@86ef1ac5). Not 95453001 (hematoma).
+    SUBDURAL: SnomedConcept(
+        "35486000",
+        "Subdural hemorrhage",
+        "NLM VSAC 2.16.840.1.113883.3.3157.4036; SNOMED IPS free set; SNOMED GPS",
+    ),
+    # NOT CONFIRMED: the one generic code found (428268007 "Extradural intracranial hematoma")
+    # has a single vendor source; reports keep the local code plus the RadElement code
+    # (EPIDURAL_RADELEMENT) until a terminology server confirms one.
     EPIDURAL: None,
-    # NOT CONFIRMED: sources disagree for intraventricular hemorrhage (274110009 in one
-    # repository; 71186008, also seen, is croup); left out.
-    INTRAVENTRICULAR: None,
+    # 23276006 |Ventricular hemorrhage (disorder)|: NLM VSAC "Hemorrhagic Stroke"
+    # (2.16.840.1.113883.3.117.1.7.1.212, SNOMED 2023-09), cqframework/ecqm-content-qicore-2024
+    # @9ebd48ff, lines 226-227, and VSAC "Closed Head and Facial Trauma" (...3157.4026, lines
+    # 726-727): intracranial value sets, so the brain-ventricle concept. (71186008 is croup.)
+    INTRAVENTRICULAR: SnomedConcept(
+        "23276006",
+        "Ventricular hemorrhage",
+        "NLM VSAC 2.16.840.1.113883.3.117.1.7.1.212 and 2.16.840.1.113883.3.3157.4026",
+    ),
+}
+
+
+class RadElementCode:
+    """A RadElement (ACR/RSNA common data element) code a receiver can map a label by."""
+
+    __slots__ = ("code", "meaning", "source")
+
+    def __init__(self, code: str, meaning: str, source: str) -> None:
+        self.code = code
+        self.meaning = meaning
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"RadElementCode({self.code!r}, {self.meaning!r})"
+
+
+#: Coding scheme designator of RadElement codes (the one the finding models use).
+RADELEMENT_SCHEME = "RADELEMENT"
+
+#: RadElement codes carried next to a local code where no SNOMED CT code is confirmed.
+#: RDES89 "epidural hematoma": openimagingdata/findingmodels@4475ac1b,
+#: conflicts/brain_shared_ids/epidural_hematoma.fm.json (index code RADELEMENT RDES89).
+RADELEMENT: dict[str, RadElementCode] = {
+    EPIDURAL: RadElementCode(
+        "RDES89", "epidural hematoma", "openimagingdata/findingmodels epidural_hematoma.fm.json"
+    ),
 }
