@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from ichnode.db import audit as statements
+from ichnode.db import notifications
 from ichnode.db.audit import (  # noqa: F401 - the SCP writes its rows through these names
     AssociationRecord,
     close_association,
@@ -99,12 +101,13 @@ def render(rows: list[dict]) -> str:
 def list_deliveries(
     session: Session, since: datetime | None = None, limit: int = 100
 ) -> list[dict]:
-    """The latest delivery attempts of report objects (newest first)."""
-    return [
+    """The latest delivery attempts of report objects and of result notifications (HL7 v2,
+    FHIR; ``kind`` says which, ``status`` is the receiver's answer), newest first."""
+    objects: list[dict[str, Any]] = [
         {
             "at": attempt.at,
             "destination": entry.destination,
-            "peer": f"{entry.ae_title}@{entry.host}:{entry.port}",
+            "peer": entry.url or f"{entry.ae_title}@{entry.host}:{entry.port}",
             "kind": str(obj.kind),
             "sop_instance_uid": obj.sop_instance_uid,
             "status": "-" if attempt.status_code is None else f"0x{attempt.status_code:04X}",
@@ -112,6 +115,19 @@ def list_deliveries(
         }
         for attempt, entry, obj in statements.delivery_attempts(session, since, limit)
     ]
+    messages: list[dict[str, Any]] = [
+        {
+            "at": attempt.at,
+            "destination": note.target,
+            "peer": "-",
+            "kind": str(note.kind),
+            "sop_instance_uid": "-",
+            "status": attempt.response or "-",
+            "error": attempt.error or "",
+        }
+        for attempt, note in notifications.attempts(session, since, limit)
+    ]
+    return sorted(objects + messages, key=lambda r: r["at"], reverse=True)[:limit]
 
 
 def render_deliveries(rows: list[dict]) -> str:

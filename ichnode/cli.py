@@ -395,7 +395,10 @@ def resend(
             f"running node (last attempt failed: {done.error})"
         )
     else:
-        typer.echo(f"queued {done.queued} report object(s) of study {study} again")
+        typer.echo(
+            f"queued {done.queued} report object(s) and {done.notified} notification(s) "
+            f"of study {study} again"
+        )
 
 
 @app.command()

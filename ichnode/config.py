@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -104,6 +111,9 @@ class HTTPSettings(_Section):
     allow_remote_without_token: bool = Field(
         False, description="Allow a non-loopback bind without a token (not recommended)."
     )
+    max_stow_bytes: int = Field(
+        1024 * 1024 * 1024, ge=1, description="Largest STOW-RS request body (413 past it)."
+    )
 
     @field_validator("bind")
     @classmethod
@@ -127,16 +137,80 @@ class TLSSettings(_Section):
 
 
 class Destination(_Section):
-    """A DICOM node that receives ichnode's report objects."""
+    """A node that receives ichnode's report objects: over DIMSE (C-STORE to ``ae_title`` at
+    ``host``:``port``, the default) or over DICOMweb (``kind = "dicomweb"``: STOW-RS to
+    ``url``, with an optional bearer ``token`` or ``username``/``password``; an ``https`` URL
+    is verified against ``tls.ca`` or the system CAs)."""
 
     name: str
-    ae_title: str
-    host: str
-    port: int = Field(ge=1, le=65535)
+    kind: Literal["dimse", "dicomweb"] = "dimse"
+    ae_title: str = ""
+    host: str = ""
+    port: int = Field(0, ge=0, le=65535)
+    url: str | None = None
+    token: str | None = None
+    username: str | None = None
+    password: str | None = None
     objects: list[ReportKind] = Field(default_factory=lambda: [ReportKind.SR, ReportKind.SUMMARY])
     tls: bool = False
 
-    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, value: str) -> str:
+        return _check_ae_title(value) if value else value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return _check_http_url(value) if value is not None else None
+
+    @model_validator(mode="after")
+    def _address(self) -> Destination:
+        if self.kind == "dicomweb":
+            if not self.url:
+                raise ValueError(f"destination {self.name!r}: a dicomweb destination needs url")
+            if self.token and self.username:
+                raise ValueError(f"destination {self.name!r}: token or username, not both")
+        elif not (self.ae_title and self.host and self.port):
+            raise ValueError(f"destination {self.name!r}: needs ae_title, host and port")
+        return self
+
+
+def _check_http_url(value: str) -> str:
+    value = value.strip()
+    if not re.match(r"^https?://[^\s/]+", value):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+class NotifyTarget(_Section):
+    """A receiver of result notifications: an HL7 v2 ORU^R01 over MLLP (``kind = "hl7v2"``:
+    ``host``, ``port``, ``sending_application``, ``receiving_application``) or a FHIR R4
+    DiagnosticReport POSTed as JSON (``kind = "fhir"``: ``url``, optional bearer ``token``).
+    ``when``: every result version (``always``) or flagged ones only (``flagged``)."""
+
+    name: str = Field(min_length=1, max_length=64)
+    kind: Literal["hl7v2", "fhir"]
+    when: Literal["flagged", "always"] = "flagged"
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    sending_application: str = "ICHNODE"
+    receiving_application: str = "RIS"
+    url: str | None = None
+    token: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return _check_http_url(value) if value is not None else None
+
+    @model_validator(mode="after")
+    def _address(self) -> NotifyTarget:
+        if self.kind == "hl7v2" and not (self.host and self.port):
+            raise ValueError(f"notify {self.name!r}: an hl7v2 receiver needs host and port")
+        if self.kind == "fhir" and not self.url:
+            raise ValueError(f"notify {self.name!r}: a fhir receiver needs url")
+        return self
 
 
 class Settings(BaseSettings):
@@ -203,6 +277,8 @@ class Settings(BaseSettings):
     return_to_sender: dict[str, int] = Field(default_factory=dict)
     delivery_max_attempts: int = Field(10, ge=1)
     delivery_backoff_seconds: float = Field(5.0, gt=0)
+    #: Receivers of result notifications (HL7 v2, FHIR), ``[[notify]]`` tables.
+    notify: list[NotifyTarget] = Field(default_factory=list)
 
     selection: SelectionSettings = Field(default_factory=SelectionSettings)
     http: HTTPSettings = Field(default_factory=HTTPSettings)

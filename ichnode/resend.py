@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from ichnode.config import Settings
-from ichnode.db import delivery, reports, results
+from ichnode.db import delivery, notifications, reports, results
 from ichnode.db.models import ReportStatus, utcnow
 from ichnode.errors import IchnodeError
 from ichnode.store import Store
@@ -28,6 +28,8 @@ class Resent:
 
     version: int
     queued: int = 0
+    #: Result notifications (HL7 v2, FHIR) queued again.
+    notified: int = 0
     #: True when the version had no objects and is now pending: the running node builds them.
     rebuild: bool = False
     #: Why the last build failed (when ``rebuild``).
@@ -35,7 +37,8 @@ class Resent:
 
 
 def resend(session: Session, store: Store, study_uid: str) -> Resent:
-    """Queue the latest result version's report objects again, as new PENDING rows.
+    """Queue the latest result version's report objects and notifications again, as new
+    PENDING rows.
 
     One new row per (destination, object) of that version, with the address it had. When that
     version has no objects because building them failed, it is set back to pending so the
@@ -50,6 +53,9 @@ def resend(session: Session, store: Store, study_uid: str) -> Resent:
     if result is None:
         raise DeliveryError(f"study {study_uid} has no result yet")
     latest = delivery.latest_queued(session, result.id)
+    notified = notifications.resend(session, result.id, utcnow())
+    if not latest and notified:
+        return Resent(result.version, notified=notified)
     if not latest:
         if result.report_status == ReportStatus.FAILED:
             error = result.report_error
@@ -64,7 +70,8 @@ def resend(session: Session, store: Store, study_uid: str) -> Resent:
     for row in latest:
         if not store.path(row.path).is_file():
             raise DeliveryError(f"report file {row.path} is missing from the store")
-    return Resent(result.version, queued=delivery.enqueue(session, latest, utcnow()))
+    queued = delivery.enqueue(session, latest, utcnow())
+    return Resent(result.version, queued=queued, notified=notified)
 
 
 def resend_study(settings: Settings, study_uid: str) -> Resent:

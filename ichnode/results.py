@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from ichnode.db import notifications
 from ichnode.db import results as rows
 from ichnode.db.models import Prediction, Study, StudyResult
 
@@ -118,8 +119,9 @@ def study_detail(session: Session, study_uid: str) -> dict[str, Any] | None:
 
 
 def deliveries(session: Session, study_id: int) -> list[dict[str, Any]]:
-    """Every report object queued for the study (all versions, oldest first) and its state."""
-    return [
+    """Every report object queued for the study (all versions, oldest first) and its state,
+    then every notification (``kind``: ``hl7v2`` or ``fhir``, ``destination``: the receiver)."""
+    objects = [
         {
             "version": version,
             "kind": str(obj.kind),
@@ -130,6 +132,18 @@ def deliveries(session: Session, study_id: int) -> list[dict[str, Any]]:
             "sent_at": e.sent_at.isoformat() if e.sent_at else None,
         }
         for e, obj, version in rows.deliveries(session, study_id)
+    ]
+    return objects + [
+        {
+            "version": version,
+            "kind": str(n.kind),
+            "destination": n.target,
+            "status": str(n.status),
+            "attempts": n.attempts,
+            "last_error": n.last_error,
+            "sent_at": n.sent_at.isoformat() if n.sent_at else None,
+        }
+        for n, version in notifications.of_study(session, study_id)
     ]
 
 

@@ -423,6 +423,9 @@ class OutboxEntry(Base):
     )
     attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: A DICOMweb destination's STOW-RS URL (then ``ae_title``, ``host``, ``port`` are empty);
+    #: NULL for a DIMSE destination.
+    url: Mapped[str | None] = mapped_column(String(1024))
     #: The claim of the send in flight (:mod:`ichnode.db.delivery`); NULL when none is.
     claim_token: Mapped[str | None] = mapped_column(String(32))
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -446,6 +449,66 @@ class DeliveryAttempt(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
     outbox: Mapped[OutboxEntry] = relationship(back_populates="delivery_attempts")
+
+
+class NotifyKind(StrEnum):
+    """The message a ``[[notify]]`` receiver gets (see :mod:`ichnode.notify`)."""
+
+    HL7V2 = "hl7v2"
+    FHIR = "fhir"
+
+
+class Notification(Base):
+    """One result version to announce to one ``[[notify]]`` receiver (the notification outbox).
+
+    Written in the transaction that writes the result version, so none is lost; the notifier
+    (:mod:`ichnode.node.notifier`) sends it with the outbox's discipline: claimed under a lease
+    and a token, every attempt recorded, retried with backoff until ``delivery_max_attempts``.
+    The receiver's address is read from the config by ``target`` at send time.
+    """
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        Index("ix_notifications_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_result_id: Mapped[int] = mapped_column(
+        ForeignKey("study_results.id", ondelete="CASCADE"), index=True
+    )
+    target: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[NotifyKind] = mapped_column(_status(NotifyKind))
+    status: Mapped[DeliveryStatus] = mapped_column(
+        _status(DeliveryStatus), default=DeliveryStatus.PENDING
+    )
+    attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+
+    study_result: Mapped[StudyResult] = relationship()
+    notification_attempts: Mapped[list[NotificationAttempt]] = relationship(
+        back_populates="notification", order_by="NotificationAttempt.id"
+    )
+
+
+class NotificationAttempt(Base):
+    """One try to deliver a notification: the receiver's answer (ACK code, HTTP status)."""
+
+    __tablename__ = "notification_attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    notification_id: Mapped[int] = mapped_column(
+        ForeignKey("notifications.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: "AA", "AE", "HTTP 201"...; None when there was no answer.
+    response: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+
+    notification: Mapped[Notification] = relationship(back_populates="notification_attempts")
 
 
 class Association(Base):

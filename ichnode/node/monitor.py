@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -20,7 +20,7 @@ import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ichnode.db import context, queue, refine, results
+from ichnode.db import context, notifications, queue, refine, results
 from ichnode.db.models import InstanceStatus, Prediction, StudyResult
 from ichnode.node.loop import run_loop
 from ichnode.store import uid_hash
@@ -137,6 +137,7 @@ class Monitor:
         stable_seconds: float,
         on_result: Callable[[int], None] | None = None,
         interval: float = 0.25,
+        receivers: Sequence[notifications.Wanted] = (),
     ) -> None:
         self.sessions = sessions
         #: The policy now (a callable: the node's model may be reloaded while it runs).
@@ -144,6 +145,8 @@ class Monitor:
         self.stable_seconds = stable_seconds
         self.on_result = on_result or (lambda result_id: None)
         self.interval = interval
+        #: ``[[notify]]`` receivers: each new version queues their notifications with it.
+        self.receivers = tuple(receivers)
         #: study id -> its last_received_at when resulting it raised: skipped until it changes
         self._failed: dict[int, datetime] = {}
 
@@ -186,6 +189,7 @@ class Monitor:
             result = compute_result(session, study_id, self.policy())
             if result is None:
                 return None
+            notifications.enqueue(session, result, self.receivers, result.created_at)
             uid = results.study_uid(session, study_id) or ""
             result_id = result.id
             log.info(

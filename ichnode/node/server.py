@@ -19,6 +19,7 @@ from ichnode.db.session import display_url, open_database
 from ichnode.errors import ConfigError
 from ichnode.inference import Predictor, score_study
 from ichnode.node.monitor import Monitor, ResultPolicy
+from ichnode.node.notifier import Notifier, receivers
 from ichnode.node.outbox import Outbox
 from ichnode.node.reload import ModelWatcher
 from ichnode.node.reporting import Reporter
@@ -93,11 +94,14 @@ class Node:
             self.sessions, self.store, s, self.saliency.checkpoint, on_done=self._on_reported
         )
         self._spawn(self.reporter.run, "reporter")
+        self.notifier = Notifier(self.sessions, s)
+        self._spawn(self.notifier.run, "notifier")
         self.monitor = Monitor(
             self.sessions,
             self.result_policy,
             s.stable_seconds,
-            on_result=lambda result_id: self.reporter.wake.set(),
+            on_result=self._on_resulted,
+            receivers=receivers(s),
         )
         self._spawn(self.monitor.run, "monitor")
         if s.model is not None and s.model_reload:
@@ -131,6 +135,11 @@ class Node:
             ckpt.decision_thresholds, ckpt.model_id, partial(score_study, ckpt), ckpt.spec.context
         )
 
+    def _on_resulted(self, result_id: int) -> None:
+        """Monitor callback: build the new version's objects, send its notifications."""
+        self.reporter.wake.set()
+        self.notifier.wake.set()
+
     def _on_reported(self, result_id: int, status: object) -> None:
         """Reporter callback: wake the outbox for the new rows, then the ``on_result`` hook."""
         self.outbox.wake.set()
@@ -149,7 +158,7 @@ class Node:
             scp.shutdown()
         self.stop_event.set()
         self.wake.set()
-        for part in ("outbox", "reporter"):
+        for part in ("outbox", "reporter", "notifier"):
             waiting = getattr(self, part, None)
             if waiting is not None:
                 waiting.wake.set()
