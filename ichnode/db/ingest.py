@@ -103,7 +103,7 @@ class Received:
         cls,
         ds: Dataset,
         *,
-        calling_ae: str,
+        calling_ae: str | None,
         transfer_syntax: str,
         z: float | None,
         received_at: datetime,

@@ -1,7 +1,8 @@
 """What a received C-STORE must pass before it is stored: header read, checks, selection.
 
-:func:`admit` reads the data set's header, checks its identifiers against the request and its
-pixel description against the header, and describes the row to be (scored, or skipped with
+:func:`admit` reads a C-STORE's data set, and :func:`check` -- shared with STOW-RS
+(:mod:`ichnode.node.stow`) -- checks its identifiers against the request and its pixel
+description against the header, and describes the row to be (scored, or skipped with
 the reason). A failure raises one :class:`Refusal` (status, reason); the SCP turns it into
 the answer and the log line. The DIMSE C-STORE statuses are named here, once.
 """
@@ -55,10 +56,40 @@ class Admitted:
         return r.study_uid, r.series_uid, r.sop_uid
 
 
+@dataclass(frozen=True)
+class Request:
+    """What the sender says about one instance: the C-STORE request's identifiers and the
+    association's, or a STOW-RS part's File Meta Information and the HTTP client's."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    calling_ae: str | None
+    calling_address: str | None
+
+
 def admit(event: evt.Event, rules: SelectionRules, now: datetime) -> Admitted:
     """Check one C-STORE's data set; raises :class:`Refusal` if it cannot be stored."""
     try:
         ds: Dataset = event.dataset
+    except Exception as exc:  # noqa: BLE001 - any decode failure is "cannot understand"
+        raise Refusal(
+            CANNOT_UNDERSTAND, f"dataset cannot be decoded ({type(exc).__name__})"
+        ) from None
+    request = Request(
+        sop_instance_uid=str(event.request.AffectedSOPInstanceUID),
+        sop_class_uid=str(event.request.AffectedSOPClassUID),
+        transfer_syntax=str(event.context.transfer_syntax),
+        calling_ae=event.assoc.requestor.ae_title,
+        calling_address=event.assoc.requestor.address,
+    )
+    return check(ds, request, rules, now)
+
+
+def check(ds: Dataset, request: Request, rules: SelectionRules, now: datetime) -> Admitted:
+    """Check a received data set against its request (C-STORE or STOW-RS alike); raises
+    :class:`Refusal` if it cannot be stored."""
+    try:
         ids = (
             str(ds.get("StudyInstanceUID", "")),
             str(ds.get("SeriesInstanceUID", "")),
@@ -75,12 +106,12 @@ def admit(event: evt.Event, rules: SelectionRules, now: datetime) -> Admitted:
     ]
     if bad:
         raise Refusal(DATASET_DOES_NOT_MATCH, f"missing or invalid {' and '.join(bad)} UID")
-    if sop_uid != str(event.request.AffectedSOPInstanceUID):
+    if sop_uid != request.sop_instance_uid:
         raise Refusal(
             DATASET_DOES_NOT_MATCH,
             f"SOP Instance UID {uid_hash(sop_uid)} differs from the request's",
         )
-    if sop_class != str(event.request.AffectedSOPClassUID):
+    if sop_class != request.sop_class_uid:
         raise Refusal(
             DATASET_DOES_NOT_MATCH,
             f"SOP Class UID differs from the request's ({uid_hash(sop_uid)})",
@@ -89,9 +120,9 @@ def admit(event: evt.Event, rules: SelectionRules, now: datetime) -> Admitted:
     try:
         # pydicom decodes an element when it is first read: a malformed one (an unknown VR,
         # a bad length) raises here, in the header checks or the metadata read.
-        problem = pixel_problem(ds, event.context.transfer_syntax) if is_ct else None
+        problem = pixel_problem(ds, request.transfer_syntax) if is_ct else None
         if not problem:
-            received = describe(event, ds, rules, sop_class, now)
+            received = describe(request, ds, rules, sop_class, now)
     except Exception as exc:  # noqa: BLE001 - any decode failure is "cannot understand"
         raise Refusal(
             CANNOT_UNDERSTAND,
@@ -103,15 +134,15 @@ def admit(event: evt.Event, rules: SelectionRules, now: datetime) -> Admitted:
 
 
 def describe(
-    event: evt.Event, ds: Dataset, rules: SelectionRules, sop_class: str, now: datetime
+    request: Request, ds: Dataset, rules: SelectionRules, sop_class: str, now: datetime
 ) -> ingest.Received:
     """The instance's row to be: header fields, z, and SKIPPED with a reason if so."""
     geo = geometry(ds)
     received = ingest.Received.from_dataset(
         ds,
-        calling_ae=event.assoc.requestor.ae_title,
-        calling_address=event.assoc.requestor.address,
-        transfer_syntax=str(event.context.transfer_syntax),
+        calling_ae=request.calling_ae,
+        calling_address=request.calling_address,
+        transfer_syntax=request.transfer_syntax,
         z=geo.z,
         received_at=now,
     )

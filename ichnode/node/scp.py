@@ -35,16 +35,15 @@ from pynetdicom import AE, evt
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
 from ichnode import audit
 from ichnode.config import Settings
 from ichnode.db import ingest
-from ichnode.db.engine import error_reason
 from ichnode.db.models import InstanceStatus
 from ichnode.imaging import CT_SOP_CLASSES
-from ichnode.node import intake
+from ichnode.node import intake, storing
 from ichnode.node.intake import Refusal
 from ichnode.node.selection import SelectionRules
 from ichnode.node.statuses import (  # noqa: F401 - the statuses, importable from here as before
@@ -55,7 +54,7 @@ from ichnode.node.statuses import (  # noqa: F401 - the statuses, importable fro
 )
 from ichnode.node.tls import ReloadingContext
 from ichnode.node.transport import GuardedServer, start_server
-from ichnode.store import Store, StoreError, uid_hash
+from ichnode.store import Store, uid_hash
 
 log = logging.getLogger(__name__)
 
@@ -435,65 +434,24 @@ class StorageSCP:
             return OUT_OF_RESOURCES
 
     def _store(self, event: evt.Event, admitted: intake.Admitted, now: datetime) -> int:
-        """Write the file (CT only) and the row; Success only once both are durable."""
-        received = admitted.received
-        study_uid, series_uid, sop_uid = admitted.uids
-        tag = uid_hash(sop_uid)
-        try:
-            # One session per C-STORE: the duplicate check is a plain SELECT (no write lock on
-            # SQLite), the file is written, then the rows are inserted and committed at once.
-            with self.sessions() as session:
-                if ingest.mark_duplicate(session, sop_uid, now):
-                    session.commit()
-                    log.info("instance %s received again: kept the first copy", tag)
-                    self._count(event, "stored", study_uid)
-                    return SUCCESS
-                relative = None
-                if admitted.is_ct:
-                    stream = event.request.DataSet.getvalue()
-                    if len(stream) > self.settings.max_instance_bytes:
-                        raise Refusal(
-                            OUT_OF_RESOURCES, f"instance {tag} is larger than max_instance_bytes"
-                        )
-                    relative = self.store.relative_path(study_uid, series_uid, sop_uid)
-                    # Built only here: pynetdicom makes a new one on every event.file_meta read.
-                    # The bytes are event.encoded_dataset()'s, without joining a copy of them.
-                    header = PREAMBLE + encode_file_meta(event.file_meta)
-                    received.size_bytes = self.store.write(relative, [header, stream])
-                    received.path = relative
-                try:
-                    status = ingest.record_instance(
-                        session,
-                        received,
-                        self.rules.settings.skip_duplicate_positions,
-                        self.known_ids,
-                    ).status
-                    session.commit()
-                except IntegrityError:
-                    # The same SOP Instance arrived on another association at the same moment:
-                    # its row won; our identical bytes went to the same path.
-                    session.rollback()
-                    self.known_ids.clear()
-                    if not ingest.mark_duplicate(session, sop_uid, now):
-                        # Not a duplicate: a real constraint failure (answer 0xA700).
-                        if relative:
-                            self.store.remove(relative)
-                        raise
-                    session.commit()
-                    self._count(event, "stored", study_uid)
-                    return SUCCESS
-                except SQLAlchemyError:
-                    session.rollback()
-                    self.known_ids.clear()
-                    if relative:
-                        self.store.remove(relative)
-                    raise
-        except StoreError as exc:
-            raise Refusal(OUT_OF_RESOURCES, f"out of resources for instance {tag}: {exc}") from None
-        except SQLAlchemyError as exc:
-            raise Refusal(
-                OUT_OF_RESOURCES, f"database failure for instance {tag}: {error_reason(exc)}"
-            ) from None
+        """Write the file (CT only) and the row (:func:`storing.keep`); Success only once both
+        are durable."""
+        study_uid = admitted.received.study_uid
+        parts: list[bytes] = []
+        if admitted.is_ct:
+            # The bytes are event.encoded_dataset()'s, without joining a copy of them; the
+            # header is built only here (pynetdicom makes a new one on every file_meta read).
+            parts = [PREAMBLE + encode_file_meta(event.file_meta), event.request.DataSet.getvalue()]
+        status = storing.keep(
+            self.sessions,
+            self.store,
+            admitted,
+            parts,
+            max_instance_bytes=self.settings.max_instance_bytes,
+            skip_duplicate_positions=self.rules.settings.skip_duplicate_positions,
+            known_ids=self.known_ids,
+            now=now,
+        )
         self._count(event, "skipped" if status == InstanceStatus.SKIPPED else "stored", study_uid)
         if status == InstanceStatus.QUEUED:
             self.on_stored()

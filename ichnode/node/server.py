@@ -24,6 +24,7 @@ from ichnode.node.outbox import Outbox
 from ichnode.node.reload import ModelWatcher
 from ichnode.node.reporting import Reporter
 from ichnode.node.scp import StorageSCP
+from ichnode.node.stow import StowReceiver
 from ichnode.node.tls import ReloadingContext
 from ichnode.node.worker import Worker
 from ichnode.report.saliency import SaliencyModel
@@ -110,6 +111,7 @@ class Node:
         if s.audit_retention_days:
             self._spawn(AuditPruner(self.sessions, s.audit_retention_days).run, "audit-prune")
         self.scp = StorageSCP(s, self.store, self.sessions, on_stored=self.wake.set)
+        self.stow = StowReceiver(s, self.store, self.sessions, on_stored=self.wake.set)
         try:
             self.scp.start(tls)
         except OSError as exc:

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import sessionmaker
 
 from ichnode.inference import Predictor
+from ichnode.node.stow import StowReceiver
 from ichnode.report.saliency import SaliencyModel
 from ichnode.store import Store
 
@@ -29,10 +30,14 @@ class WebContext:
     predictor: Predictor | None = None
     threads: list[threading.Thread] = field(default_factory=list)
     saliency: SaliencyModel | None = None
+    #: The node's STOW-RS intake (made here over the same database and store when not given).
+    stow: StowReceiver | None = None
 
     def __post_init__(self) -> None:
         if self.saliency is None:
             self.saliency = SaliencyModel(self.predictor)
+        if self.stow is None and hasattr(self.settings, "selection"):
+            self.stow = StowReceiver(self.settings, self.store, self.sessions)
 
     @classmethod
     def from_node(cls, node: Any) -> WebContext:
@@ -49,6 +54,7 @@ class WebContext:
             predictor=getattr(node, "predictor", None),
             threads=list(getattr(node, "threads", [])),
             saliency=getattr(node, "saliency", None),
+            stow=getattr(node, "stow", None),
         )
 
     @property

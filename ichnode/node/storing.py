@@ -1,0 +1,91 @@
+"""Keep an admitted instance: file written durably, then its row committed -- then the answer.
+
+The one path of every received instance, C-STORE (:mod:`ichnode.node.scp`) and STOW-RS
+(:mod:`ichnode.node.stow`) alike. A repeat of a recorded SOP instance is counted and the first
+copy kept. Storage or database trouble raises :class:`~ichnode.node.intake.Refusal` with
+0xA700 and leaves neither an orphan file nor an orphan row.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import sessionmaker
+
+from ichnode.db import ingest
+from ichnode.db.engine import error_reason
+from ichnode.db.models import InstanceStatus
+from ichnode.node.intake import Admitted, Refusal
+from ichnode.node.statuses import OUT_OF_RESOURCES
+from ichnode.store import Store, StoreError, uid_hash
+
+log = logging.getLogger(__name__)
+
+
+def keep(
+    sessions: sessionmaker,
+    store: Store,
+    admitted: Admitted,
+    parts: Sequence[bytes],
+    *,
+    max_instance_bytes: int,
+    skip_duplicate_positions: bool,
+    known_ids: ingest.KnownIds,
+    now: datetime,
+) -> InstanceStatus | None:
+    """Write the file (CT only: ``parts`` joined are the Part 10 file, the data set last) and
+    the row; returns the row's status (None: a repeat, the first copy kept). Raises
+    :class:`Refusal` (0xA700) when either cannot be made durable."""
+    received = admitted.received
+    study_uid, series_uid, sop_uid = admitted.uids
+    tag = uid_hash(sop_uid)
+    try:
+        # One session per instance: the duplicate check is a plain SELECT (no write lock on
+        # SQLite), the file is written, then the rows are inserted and committed at once.
+        with sessions() as session:
+            if ingest.mark_duplicate(session, sop_uid, now):
+                session.commit()
+                log.info("instance %s received again: kept the first copy", tag)
+                return None
+            relative = None
+            if admitted.is_ct:
+                if len(parts[-1]) > max_instance_bytes:
+                    raise Refusal(
+                        OUT_OF_RESOURCES, f"instance {tag} is larger than max_instance_bytes"
+                    )
+                relative = store.relative_path(study_uid, series_uid, sop_uid)
+                received.size_bytes = store.write(relative, list(parts))
+                received.path = relative
+            try:
+                status = ingest.record_instance(
+                    session, received, skip_duplicate_positions, known_ids
+                ).status
+                session.commit()
+            except IntegrityError:
+                # The same SOP Instance arrived on another association at the same moment:
+                # its row won; our identical bytes went to the same path.
+                session.rollback()
+                known_ids.clear()
+                if not ingest.mark_duplicate(session, sop_uid, now):
+                    # Not a duplicate: a real constraint failure (answer 0xA700).
+                    if relative:
+                        store.remove(relative)
+                    raise
+                session.commit()
+                return None
+            except SQLAlchemyError:
+                session.rollback()
+                known_ids.clear()
+                if relative:
+                    store.remove(relative)
+                raise
+    except StoreError as exc:
+        raise Refusal(OUT_OF_RESOURCES, f"out of resources for instance {tag}: {exc}") from None
+    except SQLAlchemyError as exc:
+        raise Refusal(
+            OUT_OF_RESOURCES, f"database failure for instance {tag}: {error_reason(exc)}"
+        ) from None
+    return status

@@ -1,0 +1,245 @@
+"""STOW-RS in: a ``multipart/related; type="application/dicom"`` request, part by part,
+through the same intake as a C-STORE.
+
+Each part is a DICOM Part 10 file. Its File Meta Information plays the C-STORE request
+(SOP class and instance, transfer syntax); :func:`ichnode.node.intake.check` admits it with
+the same checks and selection, :func:`ichnode.node.storing.keep` writes the file and commits
+the row before the answer -- the one path of C-STORE. The request is recorded as an
+association audit row (peer address, instances received and failed).
+
+The answer (PS3.18 10.5.3): a ``application/dicom+json`` data set with a Referenced SOP
+Sequence of the stored instances and a Failed SOP Sequence (Failure Reason: the C-STORE status
+the SCP would have answered) of the others; HTTP 200 when all were stored, 202 when some were,
+409 when none was. A body that is not such a multipart is answered 415 (wrong media type) or
+400 (malformed) by the web layer, before any part is read.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from io import BytesIO
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import sessionmaker
+
+from ichnode import audit
+from ichnode.config import Settings
+from ichnode.db import ingest
+from ichnode.db.models import InstanceStatus
+from ichnode.imaging import CT_SOP_CLASSES
+from ichnode.node import intake, storing
+from ichnode.node.intake import Refusal
+from ichnode.node.scp import CT_TRANSFER_SYNTAXES, OTHER_TRANSFER_SYNTAXES
+from ichnode.node.selection import SelectionRules
+from ichnode.node.statuses import CANNOT_UNDERSTAND, OUT_OF_RESOURCES
+from ichnode.store import Store, uid_hash
+
+log = logging.getLogger(__name__)
+
+DICOM = "application/dicom"
+DICOM_JSON = "application/dicom+json"
+#: PS3.18 Table 10.5.3-2 failure reasons beyond the C-STORE statuses.
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
+#: HTTP statuses of a STOW-RS answer (PS3.18 10.5.3).
+ALL_STORED, SOME_STORED, NONE_STORED = 200, 202, 409
+#: Outcome text of the audit row of a STOW-RS request (the association column it fills).
+AUDIT_OUTCOME = "stow-rs"
+
+
+class StowRequestError(ValueError):
+    """The request is not a STOW-RS multipart (``status``: 415 or 400)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def dicom_parts(content_type: str, body: bytes) -> Iterator[tuple[str, bytes]]:
+    """The (media type, bytes) of each part of a ``multipart/related`` body, parsed by the
+    standard library's MIME parser (boundaries of any length: Orthanc sends 73 characters)."""
+    head = EmailMessage(policy=policy.HTTP)
+    head["Content-Type"] = content_type
+    if head.get_content_type() != "multipart/related":
+        raise StowRequestError(415, "expected Content-Type multipart/related")
+    kind = head.get_param("type")
+    if kind is not None and str(kind).lower() != DICOM:
+        raise StowRequestError(415, f'expected multipart/related; type="{DICOM}"')
+    if not head.get_boundary():
+        raise StowRequestError(400, "multipart/related without a boundary")
+    raw = b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    message = BytesParser(policy=policy.HTTP).parsebytes(raw)
+    if not message.is_multipart():
+        raise StowRequestError(400, "the body holds no multipart parts")
+    for part in message.iter_parts():
+        payload = part.get_payload(decode=True)
+        yield part.get_content_type(), payload if isinstance(payload, bytes) else b""
+
+
+@dataclass
+class StowResult:
+    """What one STOW-RS request stored and refused; :meth:`answer` is the response body."""
+
+    study_uid: str | None = None
+    stored: list[tuple[str, str]] = field(default_factory=list)  # (SOP class, SOP instance)
+    failed: list[tuple[str, str, int]] = field(default_factory=list)  # (+ failure reason)
+    skipped: int = 0
+
+    @property
+    def http_status(self) -> int:
+        if not self.failed:
+            return ALL_STORED
+        return SOME_STORED if self.stored else NONE_STORED
+
+    def answer(self, base_url: str) -> dict[str, Any]:
+        """The response data set as DICOM JSON (PS3.18 F.2)."""
+        ds = Dataset()
+        if self.study_uid:
+            ds.RetrieveURL = f"{base_url}/studies/{self.study_uid}"
+        ds.ReferencedSOPSequence = [_item(cls, uid) for cls, uid in self.stored]
+        if self.failed:
+            ds.FailedSOPSequence = [_item(cls, uid, reason) for cls, uid, reason in self.failed]
+        return ds.to_json_dict()
+
+
+def _item(sop_class: str, sop_uid: str, reason: int | None = None) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = sop_class
+    item.ReferencedSOPInstanceUID = sop_uid
+    if reason is not None:
+        item.FailureReason = reason
+    return item
+
+
+class StowReceiver:
+    """The node's STOW-RS intake: the same rules, store, database and wake-up as its SCP."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        sessions: sessionmaker,
+        on_stored: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.sessions = sessions
+        self.on_stored = on_stored or (lambda: None)
+        self.rules = SelectionRules(settings.selection)
+        self.known_ids = ingest.KnownIds()
+
+    def receive(self, content_type: str, body: bytes, client: str | None) -> StowResult:
+        """Store every part of one request; raises :class:`StowRequestError` for a body that
+        is not a STOW-RS multipart (nothing is stored then)."""
+        parts = list(dicom_parts(content_type, body))
+        started = datetime.now(UTC)
+        result = StowResult()
+        queued = False
+        for media_type, payload in parts:
+            status, ids = self._one(media_type, payload, client)
+            if ids is None:
+                result.failed.append(("", "", status))
+                continue
+            sop_class, sop_uid, study_uid = ids
+            if status in (InstanceStatus.QUEUED, InstanceStatus.SKIPPED, None):
+                result.stored.append((sop_class, sop_uid))
+                result.study_uid = result.study_uid or study_uid
+                result.skipped += status == InstanceStatus.SKIPPED
+                queued = queued or status == InstanceStatus.QUEUED
+            else:
+                result.failed.append((sop_class, sop_uid, int(status)))
+        if queued:
+            self.on_stored()
+        self._audit(client, started, result)
+        log.info(
+            "STOW-RS: %d stored (%d skipped), %d failed",
+            len(result.stored),
+            result.skipped,
+            len(result.failed),
+        )
+        return result
+
+    def _one(
+        self, media_type: str, payload: bytes, client: str | None
+    ) -> tuple[Any, tuple[str, str, str] | None]:
+        """Admit and keep one part: (row status or None for a repeat, or the failure reason;
+        its SOP class, SOP instance and study UIDs, None when unreadable)."""
+        now = datetime.now(UTC)
+        if media_type != DICOM or payload[128:132] != b"DICM":
+            log.warning("STOW-RS part refused: not a DICOM Part 10 file (%s)", media_type)
+            return CANNOT_UNDERSTAND, None
+        try:
+            ds = pydicom.dcmread(BytesIO(payload))
+            meta = ds.file_meta
+            request = intake.Request(
+                sop_instance_uid=str(meta.MediaStorageSOPInstanceUID),
+                sop_class_uid=str(meta.MediaStorageSOPClassUID),
+                transfer_syntax=str(meta.TransferSyntaxUID),
+                calling_ae=None,
+                calling_address=client,
+            )
+        except Exception as exc:  # noqa: BLE001 - any decode failure is "cannot understand"
+            log.warning("STOW-RS part refused: cannot be decoded (%s)", type(exc).__name__)
+            return CANNOT_UNDERSTAND, None
+        ids = (request.sop_class_uid, request.sop_instance_uid, str(ds.get("StudyInstanceUID", "")))
+        refused = self._unsupported(request)
+        if refused:
+            log.warning("STOW-RS part refused: %s", refused[1])
+            return refused[0], ids
+        try:
+            admitted = intake.check(ds, request, self.rules, now)
+            return storing.keep(
+                self.sessions,
+                self.store,
+                admitted,
+                [payload],
+                max_instance_bytes=self.settings.max_instance_bytes,
+                skip_duplicate_positions=self.rules.settings.skip_duplicate_positions,
+                known_ids=self.known_ids,
+                now=now,
+            ), ids
+        except Refusal as refusal:
+            level = logging.ERROR if refusal.status == OUT_OF_RESOURCES else logging.WARNING
+            log.log(level, "STOW-RS part refused: %s", refusal.reason)
+            return refusal.status, ids
+        except Exception:  # noqa: BLE001 - never let a bug answer "stored"
+            log.exception("STOW-RS failed unexpectedly for %s", uid_hash(request.sop_instance_uid))
+            return OUT_OF_RESOURCES, ids
+
+    def _unsupported(self, request: intake.Request) -> tuple[int, str] | None:
+        """What the SCP's presentation contexts would not accept, as a failure reason."""
+        is_ct = request.sop_class_uid in CT_SOP_CLASSES
+        if not is_ct and not self.settings.accept_other_objects:
+            return SOP_CLASS_NOT_SUPPORTED, "not a CT image (accept_other_objects is off)"
+        syntaxes = CT_TRANSFER_SYNTAXES if is_ct else OTHER_TRANSFER_SYNTAXES
+        if request.transfer_syntax not in syntaxes:
+            return TRANSFER_SYNTAX_NOT_SUPPORTED, "transfer syntax not supported"
+        return None
+
+    def _audit(self, client: str | None, started: datetime, result: StowResult) -> None:
+        """The request's audit row, as an association's; a database failure is only logged."""
+        record = audit.AssociationRecord(
+            row_id=None,
+            calling_ae=None,
+            called_ae=self.settings.ae_title,
+            peer_address=client,
+            peer_port=None,
+            started_at=started,
+            n_received=len(result.stored),
+            n_failed=len(result.failed),
+            outcome=f"{AUDIT_OUTCOME}: {len(result.stored)} stored, {len(result.failed)} failed",
+        )
+        try:
+            with self.sessions.begin() as session:
+                audit.close_association(session, record)
+        except SQLAlchemyError as exc:
+            log.error("STOW-RS audit row not written: %s", type(exc).__name__)

@@ -1,0 +1,123 @@
+"""DICOMweb on the node's HTTP port: STOW-RS in, a minimal QIDO-RS over ichnode's results.
+
+``POST /dicom-web/studies`` hands the request to the node's STOW-RS intake
+(:class:`ichnode.node.stow.StowReceiver`, the same path as a C-STORE), reading at most
+``http.max_stow_bytes`` (413 past it). ``GET /dicom-web/studies`` and
+``GET /dicom-web/studies/{uid}/series`` find the studies ichnode produced results for and
+their SR / summary / KOS series (PS3.18 10.6, ``application/dicom+json``), so a DICOMweb
+viewer can find them. Token auth is the rest of the API's (:mod:`ichnode.web.auth`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydicom.dataset import Dataset
+from starlette.concurrency import run_in_threadpool
+
+from ichnode.db import dicomweb as produced
+from ichnode.db.models import ReportKind, Study
+from ichnode.node.stow import DICOM_JSON, StowRequestError
+from ichnode.store import valid_uid
+from ichnode.web.context import Context
+
+router = APIRouter(prefix="/dicom-web", tags=["DICOMweb"])
+
+#: The Modality of each kind of report series.
+MODALITY = {ReportKind.SR: "SR", ReportKind.SUMMARY: "OT", ReportKind.KOS: "KO"}
+MAX_LIMIT = 500
+
+
+def _error(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+async def _body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None once it grows past ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post("/studies", summary="STOW-RS: store instances (multipart/related DICOM)")
+async def stow(request: Request, ctx: Context) -> Response:
+    receiver = ctx.stow
+    if receiver is None:
+        return _error(503, "this server does not receive instances")
+    body = await _body(request, receiver.settings.http.max_stow_bytes)
+    if body is None:
+        return _error(413, "request larger than http.max_stow_bytes")
+    client = request.client.host if request.client else None
+    try:
+        result = await run_in_threadpool(
+            receiver.receive, request.headers.get("content-type", ""), body, client
+        )
+    except StowRequestError as exc:
+        return _error(exc.status, str(exc))
+    base = str(request.base_url).rstrip("/") + router.prefix
+    return JSONResponse(result.answer(base), status_code=result.http_status, media_type=DICOM_JSON)
+
+
+def _study_json(study: Study, n_series: int, identifiers: bool) -> dict[str, Any]:
+    ds = Dataset()
+    ds.StudyInstanceUID = study.study_instance_uid
+    ds.StudyDate = study.study_date or ""
+    ds.StudyTime = study.study_time or ""
+    ds.ModalitiesInStudy = "SR"
+    ds.NumberOfStudyRelatedSeries = n_series
+    if identifiers:
+        ds.PatientID = study.patient_id or ""
+        ds.PatientName = study.patient_name or ""
+        ds.AccessionNumber = study.accession_number or ""
+    return ds.to_json_dict()
+
+
+@router.get("/studies", summary="QIDO-RS: studies with ichnode results")
+def search_studies(
+    ctx: Context,
+    study_uid: Annotated[str | None, Query(alias="StudyInstanceUID")] = None,
+    patient_id: Annotated[str | None, Query(alias="PatientID")] = None,
+    accession: Annotated[str | None, Query(alias="AccessionNumber")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Response:
+    identifiers = ctx.show_patient_identifiers
+    if not identifiers and (patient_id or accession):
+        return _error(403, "patient identifiers are hidden on this server")
+    with ctx.sessions() as session:
+        rows = produced.produced_studies(
+            session,
+            study_uid=study_uid,
+            patient_id=patient_id,
+            accession_number=accession,
+            limit=limit,
+            offset=offset,
+        )
+        found = [_study_json(study, n, identifiers) for study, n in rows]
+    return JSONResponse(found, media_type=DICOM_JSON)
+
+
+@router.get("/studies/{study_uid}/series", summary="QIDO-RS: ichnode's series of a study")
+def search_series(study_uid: str, ctx: Context) -> Response:
+    if not valid_uid(study_uid):
+        return _error(400, "not a valid StudyInstanceUID")
+    with ctx.sessions() as session:
+        series = produced.produced_series(session, study_uid)
+    found = []
+    for s in series:
+        ds = Dataset()
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = s.series_instance_uid
+        ds.Modality = MODALITY[s.kind]
+        ds.NumberOfSeriesRelatedInstances = s.instances
+        found.append(ds.to_json_dict())
+    return JSONResponse(found, media_type=DICOM_JSON)

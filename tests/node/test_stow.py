@@ -1,0 +1,147 @@
+"""STOW-RS in on its own: the web route over a real database and store, without a node.
+
+Each request goes through the C-STORE intake (checks, durable file, row before the answer);
+the answers are PS3.18's: 200 all stored, 202 partial with a Failed SOP Sequence, 409 none,
+415 a wrong media type, 400 a malformed body, 413 too large, 401 without the token.
+"""
+
+from __future__ import annotations
+
+import uuid
+from io import BytesIO
+from types import SimpleNamespace
+
+import pydicom
+import pytest
+from fastapi.testclient import TestClient
+from helpers import study
+from sqlalchemy import select
+
+from ichnode.config import HTTPSettings, Settings
+from ichnode.db.models import Association, Instance, InstanceStatus
+from ichnode.node.statuses import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH
+from ichnode.node.stow import StowReceiver
+from ichnode.store import Store
+from ichnode.web import WebContext
+from ichnode.web.app import create_app
+
+TOKEN = "stow-token"
+FAILED_SOP_SEQUENCE = "00081198"
+REFERENCED_SOP_SEQUENCE = "00081199"
+FAILURE_REASON = "00081197"
+
+
+@pytest.fixture
+def app(tmp_path, session_factory):  # noqa: ANN001, ANN201
+    settings = Settings(
+        db_url="sqlite:///unused.db",
+        store=tmp_path / "store",
+        min_free_bytes=0,
+        http=HTTPSettings(token=TOKEN, max_stow_bytes=2_000_000),
+    )
+    store = Store(settings.store, 0)
+    woken = SimpleNamespace(count=0)
+    receiver = StowReceiver(
+        settings, store, session_factory, on_stored=lambda: setattr(woken, "count", woken.count + 1)
+    )
+    ctx = WebContext(session_factory, store, settings, stow=receiver)
+    client = TestClient(create_app(ctx), headers={"Authorization": f"Bearer {TOKEN}"})
+    client.woken = woken
+    return client
+
+
+def part10(ds: pydicom.Dataset) -> bytes:
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def multipart(parts: list[bytes], media_type: str = "application/dicom") -> tuple[bytes, str]:
+    """A multipart/related body with a 73-character boundary, as Orthanc sends."""
+    boundary = uuid.uuid4().hex * 2 + "abcdefghi"
+    assert len(boundary) == 73
+    body = b"".join(
+        b"--" + boundary.encode() + f"\r\nContent-Type: {media_type}\r\n\r\n".encode() + p + b"\r\n"
+        for p in parts
+    )
+    body += b"--" + boundary.encode() + b"--\r\n"
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def post(client: TestClient, parts: list[bytes], **kw: str):  # noqa: ANN201
+    body, content_type = multipart(parts, **kw)
+    return client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+
+
+def test_all_instances_stored_answers_200_and_queues_them(app, session_factory, tmp_path):
+    datasets = study(2, size=16)
+    answer = post(app, [part10(ds) for ds in datasets])
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("application/dicom+json")
+    refs = answer.json()[REFERENCED_SOP_SEQUENCE]["Value"]
+    assert len(refs) == 2 and FAILED_SOP_SEQUENCE not in answer.json()
+    with session_factory() as session:
+        rows = session.scalars(select(Instance)).all()
+        assert {r.status for r in rows} == {InstanceStatus.QUEUED}
+        assert all((tmp_path / "store" / r.path).is_file() for r in rows)
+        [audit] = session.scalars(select(Association)).all()
+        assert audit.n_received == 2 and audit.outcome.startswith("stow-rs")
+    assert app.woken.count == 1
+
+
+def test_a_bad_part_among_good_ones_answers_202_with_its_failure_reason(app):
+    good, bad = study(2, size=16)
+    bad.SOPInstanceUID = "not a uid"
+    answer = post(app, [part10(good), part10(bad)])
+    assert answer.status_code == 202
+    [failed] = answer.json()[FAILED_SOP_SEQUENCE]["Value"]
+    assert failed[FAILURE_REASON]["Value"] == [DATASET_DOES_NOT_MATCH]
+
+
+def test_nothing_stored_answers_409(app):
+    answer = post(app, [b"\x00" * 300])
+    assert answer.status_code == 409
+    [failed] = answer.json()[FAILED_SOP_SEQUENCE]["Value"]
+    assert failed[FAILURE_REASON]["Value"] == [CANNOT_UNDERSTAND]
+
+
+def test_a_repeat_is_stored_once_and_answered_as_stored(app, session_factory):
+    [ds] = study(1, size=16)
+    assert post(app, [part10(ds)]).status_code == 200
+    assert post(app, [part10(ds)]).status_code == 200
+    with session_factory() as session:
+        [row] = session.scalars(select(Instance)).all()
+        assert row.times_received == 2
+
+
+def test_wrong_media_type_answers_415_and_stores_nothing(app, session_factory):
+    answer = app.post(
+        "/dicom-web/studies", content=b"{}", headers={"Content-Type": "application/json"}
+    )
+    assert answer.status_code == 415
+    with session_factory() as session:
+        assert session.scalars(select(Instance)).all() == []
+
+
+def test_multipart_without_boundary_answers_400(app):
+    answer = app.post(
+        "/dicom-web/studies",
+        content=b"x",
+        headers={"Content-Type": 'multipart/related; type="application/dicom"'},
+    )
+    assert answer.status_code == 400
+
+
+def test_body_over_the_limit_answers_413(app):
+    answer = post(app, [b"\x00" * 2_100_000])
+    assert answer.status_code == 413
+
+
+def test_without_the_token_answers_401(app):
+    body, content_type = multipart([part10(study(1, size=16)[0])])
+    answer = app.post(
+        "/dicom-web/studies",
+        content=body,
+        headers={"Content-Type": content_type, "Authorization": "Bearer wrong"},
+    )
+    assert answer.status_code == 401
