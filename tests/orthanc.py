@@ -23,6 +23,8 @@ from helpers import DCMTK_ENV, dcmtk, free_port, wait_for
 from pydicom.dataset import Dataset
 
 ORTHANC = Path("/usr/sbin/Orthanc")
+#: The DICOMweb plugin (Debian package ``orthanc-dicomweb``).
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 ORTHANC_AE = "ORTHANC"
 #: Seconds to wait for Orthanc's REST API after the process starts.
 START_TIMEOUT = 30.0
@@ -43,12 +45,16 @@ class Orthanc:
         *,
         dicom_port: int | None = None,
         http_port: int | None = None,
+        dicomweb_servers: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.modalities = modalities or {}
         self.dicom_port = dicom_port or free_port()
         self.http_port = http_port or free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
+        #: With the DICOMweb plugin: its server at ``url + "/dicom-web"``, and the DICOMweb
+        #: servers it may send to (``{name: {"Url": ..., "HttpHeaders": {...}}}``).
+        self.dicomweb_servers = dicomweb_servers
         self.process: subprocess.Popen[bytes] | None = None
 
     # ------------------------------------------------------------------ process
@@ -70,7 +76,12 @@ class Orthanc:
             "DicomModalities": {
                 name: [ae, host, port] for name, (ae, host, port) in self.modalities.items()
             },
-            "Plugins": [],
+            "Plugins": [str(DICOMWEB_PLUGIN)] if self.dicomweb_servers is not None else [],
+            "DicomWeb": {
+                "Enable": self.dicomweb_servers is not None,
+                "Root": "/dicom-web/",
+                "Servers": self.dicomweb_servers or {},
+            },
             "HttpServerEnabled": True,
             "StableAge": 1,
             "SaveJobs": False,

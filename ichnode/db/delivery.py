@@ -40,6 +40,8 @@ class Claimed:
     path: str
     sop_instance_uid: str
     claim_token: str
+    #: A DICOMweb destination's STOW-RS URL; None for DIMSE.
+    url: str | None = None
 
 
 def _due(now: datetime, skip: Iterable[str]) -> Select:
@@ -72,12 +74,16 @@ def claim(
             OutboxEntry.host,
             OutboxEntry.port,
             OutboxEntry.report_object_id,
+            OutboxEntry.url,
         ),
         execution_options={"synchronize_session": False},
     ).all()
     files = _files(session, {row.report_object_id for row in rows})
     return sorted(
-        (Claimed(*row[:5], *files[row.report_object_id], claim_token=token) for row in rows),
+        (
+            Claimed(*row[:5], *files[row.report_object_id], claim_token=token, url=row.url)
+            for row in rows
+        ),
         key=lambda c: c.id,
     )
 
@@ -177,6 +183,7 @@ class Queued:
     report_object_id: int
     kind: ReportKind
     path: str
+    url: str | None = None
 
 
 def latest_queued(session: Session, result_id: int) -> list[Queued]:
@@ -201,6 +208,7 @@ def latest_queued(session: Session, result_id: int) -> list[Queued]:
                     obj.id,
                     obj.kind,
                     obj.path,
+                    entry.url,
                 ),
             ),
         )
@@ -216,6 +224,7 @@ def enqueue(session: Session, rows: Iterable[Queued], now: datetime) -> int:
             ae_title=q.ae_title,
             host=q.host,
             port=q.port,
+            url=q.url,
             next_attempt_at=now,
             created_at=now,
         )

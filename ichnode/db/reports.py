@@ -87,6 +87,8 @@ class Address:
     host: str
     port: int
     kinds: tuple[ReportKind, ...]
+    #: A DICOMweb destination's STOW-RS URL; None for DIMSE.
+    url: str | None = None
 
 
 def _claimable(now: datetime) -> ColumnElement[bool]:
@@ -282,6 +284,7 @@ def record(
             ae_title=a.ae_title,
             host=a.host,
             port=a.port,
+            url=a.url,
         )
         for a in addresses
         for kind in ReportKind

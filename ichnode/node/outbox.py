@@ -1,4 +1,5 @@
-"""The outbox: C-STORE report objects to their destinations, with retries, from the database.
+"""The outbox: report objects to their destinations (C-STORE, or STOW-RS for a DICOMweb one),
+with retries, from the database.
 
 Every (object, destination) pair is an :class:`OutboxEntry` row; the row is the state, so a
 destination that is down loses nothing and a restart resumes where the last run stopped.
@@ -28,13 +29,14 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ichnode.config import Settings
+from ichnode.config import Destination, Settings
 from ichnode.db import delivery
 from ichnode.db.delivery import Claimed
 from ichnode.db.engine import error_reason
 from ichnode.db.models import DeliveryStatus, utcnow
 from ichnode.node.loop import run_loop
 from ichnode.node.scu import Outcome, send_files
+from ichnode.node.stow_client import stow_files
 from ichnode.store import Store
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,9 @@ class Outbox:
     def _tls(self, destination: str) -> bool:
         return any(d.name == destination and d.tls for d in self.settings.destinations)
 
+    def _destination(self, name: str) -> Destination | None:
+        return next((d for d in self.settings.destinations if d.name == name), None)
+
     def busy(self) -> set[str]:
         """Names of the destinations being sent to right now."""
         with self._lock:
@@ -103,12 +108,12 @@ class Outbox:
 
     def send_group(
         self,
-        target: tuple[str, str, str, int],
+        target: tuple[str, str, str, int, str | None],
         entries: list[Claimed],
         clock: Callable[[], datetime],
     ) -> None:
         """Send one destination's claimed entries on one association and record each attempt."""
-        destination, ae_title, host, port = target
+        destination, ae_title, host, port, url = target
         paths = []
         for c in entries:
             try:
@@ -116,9 +121,12 @@ class Outbox:
             except ValueError:
                 paths.append(Path("/nonexistent"))
         started = time.monotonic()
-        outcomes = send_files(
-            self.settings, ae_title, host, port, paths, tls=self._tls(destination)
-        )
+        if url is not None:  # a DICOMweb destination: STOW-RS, the same records
+            outcomes = stow_files(self.settings, self._destination(destination), url, paths)
+        else:
+            outcomes = send_files(
+                self.settings, ae_title, host, port, paths, tls=self._tls(destination)
+            )
         states = [self.record(c, o, clock()) for c, o in zip(entries, outcomes, strict=True)]
         sent = sum(state == DeliveryStatus.SENT for state in states)
         errors = {o.error for o in outcomes if not o.delivered}
@@ -162,9 +170,9 @@ class Outbox:
         """
         clock: Callable[[], datetime] = (lambda: now) if now is not None else utcnow
         claimed = self.claim(clock(), skip=self.busy())
-        groups: dict[tuple[str, str, str, int], list[Claimed]] = {}
+        groups: dict[tuple[str, str, str, int, str | None], list[Claimed]] = {}
         for c in claimed:
-            groups.setdefault((c.destination, c.ae_title, c.host, c.port), []).append(c)
+            groups.setdefault((c.destination, c.ae_title, c.host, c.port, c.url), []).append(c)
         futures = []
         for target, entries in groups.items():
             with self._lock:

@@ -149,7 +149,9 @@ def build_and_record(
         store.write(relative, to_bytes(ds))
         written.append(relative)
         objects.append(reports.StoredObject(kind, str(ds.SOPClassUID), series, sop, relative))
-    addresses = [reports.Address(t.name, t.ae_title, t.host, t.port, t.objects) for t in targets]
+    addresses = [
+        reports.Address(t.name, t.ae_title, t.host, t.port, t.objects, t.url) for t in targets
+    ]
     with sessions.begin() as session:
         entries = reports.record(session, claimed, objects, addresses)
         if entries is None:

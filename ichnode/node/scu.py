@@ -164,6 +164,9 @@ def check_destinations(settings: Settings) -> list[EchoResult]:
     """C-ECHO every configured destination, with the round-trip time of the ones that answer."""
     rows = []
     for d in settings.destinations:
+        if d.kind == "dicomweb":  # no C-ECHO over HTTP; its first STOW-RS tells
+            rows.append(EchoResult(d.name, "", d.url or "", 0, True, "DICOMweb (not echoed)", None))
+            continue
         started = time.monotonic()
         status = echo(settings, d.ae_title, d.host, d.port, d.tls)
         ms = 1000 * (time.monotonic() - started)

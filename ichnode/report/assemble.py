@@ -51,6 +51,8 @@ class Target:
     host: str
     port: int
     objects: tuple[ReportKind, ...]
+    #: A DICOMweb destination's URL (STOW-RS); None for DIMSE.
+    url: str | None = None
 
 
 def delivery_targets(
@@ -59,7 +61,14 @@ def delivery_targets(
     """The configured destinations, plus the sender when ``return_to_sender`` names its AE
     and its address is known (``study_tag``: the study's UID hash, for the log line)."""
     targets = [
-        Target(d.name, d.ae_title, d.host, d.port, tuple(ReportKind(k) for k in d.objects))
+        Target(
+            d.name,
+            d.ae_title,
+            d.host,
+            d.port,
+            tuple(ReportKind(k) for k in d.objects),
+            d.url if d.kind == "dicomweb" else None,
+        )
         for d in settings.destinations
     ]
     port = settings.return_to_sender.get(calling_ae or "")
