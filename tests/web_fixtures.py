@@ -163,8 +163,9 @@ class Site:
 
 def _site(db: Path, store: Path, uids: dict[str, str], predictor: Predictor) -> Iterator[Site]:
     engine = make_engine(f"sqlite:///{db}")
-    settings = SimpleNamespace(http=HTTPSettings(bind="127.0.0.1:0"))
-    context = WebContext(make_sessionmaker(engine), Store(store), settings, predictor)
+    # Full settings: the STOW-RS intake (POST /dicom-web/studies) reads its rules from them.
+    settings = Settings(store=store, min_free_bytes=0, http=HTTPSettings(bind="127.0.0.1:0"))
+    context = WebContext(make_sessionmaker(engine), Store(store, 0), settings, predictor)
     try:
         yield Site(context, uids)
     finally:

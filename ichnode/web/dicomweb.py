@@ -20,14 +20,39 @@ from starlette.concurrency import run_in_threadpool
 from ichnode.db import dicomweb as produced
 from ichnode.db.models import ReportKind, Study
 from ichnode.node.stow import DICOM_JSON, StowRequestError
-from ichnode.store import valid_uid
 from ichnode.web.context import Context
+from ichnode.web.responses import IDENTIFIERS_HIDDEN, UID_PATH, UNAUTHORIZED, Responses
 
 router = APIRouter(prefix="/dicom-web", tags=["DICOMweb"])
+
+
+class DicomJSONResponse(JSONResponse):
+    """A DICOM JSON answer (PS3.18 F.2)."""
+
+    media_type = DICOM_JSON
+
+
+def _described(text: str) -> dict[str, Any]:
+    return {"description": text, "content": {"application/json": {}}}
+
+
+STOW_RESPONSES: Responses = UNAUTHORIZED | {
+    200: {"description": "Every instance stored (Referenced SOP Sequence)."},
+    202: {
+        "description": "Some instances stored, the others in the Failed SOP Sequence.",
+        "content": {DICOM_JSON: {}},
+    },
+    409: {"description": "No instance stored (Failed SOP Sequence).", "content": {DICOM_JSON: {}}},
+    400: _described("A malformed multipart body."),
+    413: _described("A body larger than http.max_stow_bytes."),
+    415: _described('Not multipart/related; type="application/dicom".'),
+    503: _described("This server does not receive instances."),
+}
 
 #: The Modality of each kind of report series.
 MODALITY = {ReportKind.SR: "SR", ReportKind.SUMMARY: "OT", ReportKind.KOS: "KO"}
 MAX_LIMIT = 500
+MAX_OFFSET = 1_000_000
 
 
 def _error(status: int, detail: str) -> JSONResponse:
@@ -48,7 +73,22 @@ async def _body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-@router.post("/studies", summary="STOW-RS: store instances (multipart/related DICOM)")
+@router.post(
+    "/studies",
+    summary="STOW-RS: store instances (multipart/related DICOM)",
+    response_class=DicomJSONResponse,
+    responses=STOW_RESPONSES,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                'multipart/related; type="application/dicom"': {
+                    "schema": {"type": "string", "format": "binary"}
+                }
+            },
+        }
+    },
+)
 async def stow(request: Request, ctx: Context) -> Response:
     receiver = ctx.stow
     if receiver is None:
@@ -81,18 +121,31 @@ def _study_json(study: Study, n_series: int, identifiers: bool) -> dict[str, Any
     return ds.to_json_dict()
 
 
-@router.get("/studies", summary="QIDO-RS: studies with ichnode results")
+@router.options("/studies", include_in_schema=False)
+def studies_options() -> Response:
+    """The methods of ``/dicom-web/studies`` (two routes share the path: STOW-RS and QIDO-RS)."""
+    return Response(status_code=204, headers={"Allow": "GET, POST, OPTIONS"})
+
+
+@router.get(
+    "/studies",
+    summary="QIDO-RS: studies with ichnode results",
+    response_class=DicomJSONResponse,
+    responses=UNAUTHORIZED | IDENTIFIERS_HIDDEN,
+)
 def search_studies(
     ctx: Context,
-    study_uid: Annotated[str | None, Query(alias="StudyInstanceUID")] = None,
-    patient_id: Annotated[str | None, Query(alias="PatientID")] = None,
-    accession: Annotated[str | None, Query(alias="AccessionNumber")] = None,
+    study_uid: Annotated[str | None, Query(alias="StudyInstanceUID", max_length=64)] = None,
+    patient_id: Annotated[str | None, Query(alias="PatientID", max_length=64)] = None,
+    accession: Annotated[str | None, Query(alias="AccessionNumber", max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> Response:
     identifiers = ctx.show_patient_identifiers
+    if any("\x00" in (v or "") for v in (study_uid, patient_id, accession)):
+        return DicomJSONResponse([])  # no DICOM value holds NUL (and PostgreSQL refuses it)
     if not identifiers and (patient_id or accession):
-        return _error(403, "patient identifiers are hidden on this server")
+        return _error(400, "patient identifiers are hidden on this server")
     with ctx.sessions() as session:
         rows = produced.produced_studies(
             session,
@@ -103,13 +156,17 @@ def search_studies(
             offset=offset,
         )
         found = [_study_json(study, n, identifiers) for study, n in rows]
-    return JSONResponse(found, media_type=DICOM_JSON)
+    return DicomJSONResponse(found)
 
 
-@router.get("/studies/{study_uid}/series", summary="QIDO-RS: ichnode's series of a study")
-def search_series(study_uid: str, ctx: Context) -> Response:
-    if not valid_uid(study_uid):
-        return _error(400, "not a valid StudyInstanceUID")
+@router.get(
+    "/studies/{study_uid}/series",
+    summary="QIDO-RS: ichnode's series of a study",
+    response_class=DicomJSONResponse,
+    responses=UNAUTHORIZED,
+)
+def search_series(study_uid: Annotated[str, UID_PATH], ctx: Context) -> Response:
+    """The series of a study ichnode has none for (or not a UID) is an empty list."""
     with ctx.sessions() as session:
         series = produced.produced_series(session, study_uid)
     found = []
@@ -120,4 +177,4 @@ def search_series(study_uid: str, ctx: Context) -> Response:
         ds.Modality = MODALITY[s.kind]
         ds.NumberOfSeriesRelatedInstances = s.instances
         found.append(ds.to_json_dict())
-    return JSONResponse(found, media_type=DICOM_JSON)
+    return DicomJSONResponse(found)

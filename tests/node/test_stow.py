@@ -145,3 +145,12 @@ def test_without_the_token_answers_401(app):
         headers={"Content-Type": content_type, "Authorization": "Bearer wrong"},
     )
     assert answer.status_code == 401
+
+
+def test_qido_refuses_a_search_by_patient_while_identifiers_are_hidden(tmp_path, session_factory):
+    settings = Settings(store=tmp_path / "store", http=HTTPSettings(show_patient_identifiers=False))
+    ctx = WebContext(session_factory, Store(settings.store, 0), settings)
+    client = TestClient(create_app(ctx))
+    assert client.get("/dicom-web/studies", params={"PatientID": "P1"}).status_code == 400
+    answer = client.get("/dicom-web/studies")
+    assert answer.status_code == 200 and answer.json() == []

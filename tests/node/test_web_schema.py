@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.specs.openapi.checks import negative_data_rejection
+from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 from web_fixtures import TOKEN
 
 MAX_EXAMPLES = 25
@@ -27,6 +27,12 @@ def web_schema(seeded, web):
 schema = schemathesis.pytest.from_fixture("web_schema")
 
 
+@schemathesis.serializer('multipart/related; type="application/dicom"')
+def _stow_body(ctx, value) -> bytes:  # noqa: ANN001
+    """STOW-RS bodies as generated (bytes or text): never a valid multipart, always answered."""
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
 @schema.parametrize()
 @settings(
     max_examples=MAX_EXAMPLES,
@@ -38,4 +44,10 @@ def test_api_conforms_to_its_openapi_schema(case):
     # though this test adds the header, and the API ignores unknown query parameters on
     # purpose (a lenient reader); every other check (server errors, status codes, content
     # types, response bodies against the schema) applies.
-    case.call_and_validate(headers=AUTH, excluded_checks=[negative_data_rejection])
+    excluded = [negative_data_rejection]
+    if (case.method, case.path) == ("POST", "/dicom-web/studies"):
+        # A STOW-RS body is a binary multipart of DICOM files, which a generator cannot build
+        # from a schema: its rejections (400/415) are expected; status codes, content types
+        # and no server error are still checked. tests/node/test_stow.py sends real ones.
+        excluded.append(positive_data_acceptance)
+    case.call_and_validate(headers=AUTH, excluded_checks=excluded)
