@@ -308,6 +308,15 @@ class Settings(BaseSettings):
             out[_check_ae_title(title)] = list(networks)
         return out
 
+    @field_validator("notify", "destinations")
+    @classmethod
+    def _unique_names(cls, value: list[Any]) -> list[Any]:
+        names = [item.name for item in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"names must be unique; repeated: {', '.join(twice)}")
+        return value
+
     @field_validator("db_url")
     @classmethod
     def _db_url(cls, value: str) -> str:

@@ -233,9 +233,9 @@ def _deliveries(console: Any, rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     if not rows:
-        console.print("report objects: none queued")
+        console.print("report objects and notifications: none queued")
         return
-    table = Table(title="report objects sent to the PACS")
+    table = Table(title="report objects sent to the PACS, notifications (hl7v2, fhir)")
     for col in ("version", "object", "destination", "status", "attempts", "sent at", "last error"):
         table.add_column(col)
     for d in rows:

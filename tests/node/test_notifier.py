@@ -21,6 +21,7 @@ from notify_peers import FHIRListener, MLLPListener
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
+from ichnode.audit import list_deliveries
 from ichnode.config import Settings
 from ichnode.db import notifications
 from ichnode.db.models import (
@@ -32,7 +33,9 @@ from ichnode.db.models import (
     utcnow,
 )
 from ichnode.node.notifier import Notifier, receivers
+from ichnode.resend import resend
 from ichnode.results import study_detail
+from ichnode.store import Store
 from ichnode.subtypes import SUBTYPES
 
 pytestmark = pytest.mark.every_backend
@@ -175,3 +178,26 @@ def test_notifications_show_in_the_study_detail_and_resend_queues_them_again(
     shown = [d for d in detail["deliveries"] if d["kind"] == "hl7v2"]
     assert [d["status"] for d in shown] == ["sent", "sent"]
     assert shown[0]["destination"] == "ris"
+
+
+def test_resend_queues_the_notifications_of_a_version_without_report_objects(
+    tmp_path, session_factory
+):
+    s = settings(tmp_path, [hl7_target(free_port())])
+    result_id = add_result(session_factory, s)
+    with session_factory.begin() as session:
+        uid = session.get(StudyResult, result_id).study.study_instance_uid
+        done = resend(session, Store(tmp_path / "store", 0), uid)
+    assert done.notified == 1 and done.queued == 0
+    assert [r.status for r in rows(session_factory)] == [DeliveryStatus.PENDING] * 2
+
+
+def test_audit_lists_notification_attempts_with_the_receivers_answer(tmp_path, session_factory):
+    with MLLPListener(ack_code="AR") as ris:
+        s = settings(tmp_path, [hl7_target(ris.port)])
+        add_result(session_factory, s)
+        Notifier(session_factory, s).run_once()
+    with session_factory() as session:
+        [row] = list_deliveries(session)
+    assert (row["destination"], row["kind"], row["status"]) == ("ris", "hl7v2", "AR")
+    assert "ACK AR" in row["error"]

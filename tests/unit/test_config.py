@@ -89,3 +89,38 @@ def test_shipped_config_mentions_every_setting():
         sub = getattr(field.annotation, "model_fields", None)
         for subname in sub or {}:
             assert re.search(rf"^#?\s*{subname}\b", text, re.M), f"{name}.{subname} missing"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[[notify]]\nname = "ris"\nkind = "hl7v2"\n', "an hl7v2 receiver needs host and port"),
+        ('[[notify]]\nname = "ehr"\nkind = "fhir"\n', "a fhir receiver needs url"),
+        ('[[notify]]\nname = "x"\nkind = "smtp"\nurl = "http://a"\n', "notify.0.kind"),
+        ('[[notify]]\nname = "ehr"\nkind = "fhir"\nurl = "ftp://a"\n', "expected an http"),
+        (
+            '[[notify]]\nname = "a"\nkind = "fhir"\nurl = "http://a"\n'
+            '[[notify]]\nname = "a"\nkind = "fhir"\nurl = "http://b"\n',
+            "repeated: a",
+        ),
+        ('[[destinations]]\nname = "web"\nkind = "dicomweb"\n', "a dicomweb destination needs url"),
+        ('[[destinations]]\nname = "pacs"\nhost = "h"\nport = 104\n', "needs ae_title, host"),
+    ],
+)
+def test_notify_and_dicomweb_settings_are_checked(tmp_path, text, message):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(cfg)
+
+
+def test_a_dicomweb_destination_and_notify_receivers_load(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[[destinations]]\nname = "web"\nkind = "dicomweb"\nurl = "https://pacs/dicom-web/"\n'
+        'token = "t"\n'
+        '[[notify]]\nname = "ris"\nkind = "hl7v2"\nhost = "10.0.0.7"\nport = 2575\n'
+    )
+    s = load_settings(cfg)
+    assert s.destinations[0].url == "https://pacs/dicom-web"
+    assert s.notify[0].when == "flagged" and s.notify[0].receiving_application == "RIS"
