@@ -261,15 +261,15 @@ def show_destination_checks(rows: list[Any]) -> None:
     if not rows:
         console.print("no destinations configured")
         return
-    table = Table(title="destinations (C-ECHO)")
-    for col in ("name", "AE title", "host:port", "status"):
+    table = Table(title="destinations (C-ECHO; QIDO-RS for DICOMweb)")
+    for col in ("name", "AE title", "address", "status"):
         table.add_column(col)
     table.add_column("round trip", justify="right")
     for r in rows:
         table.add_row(
             r.name,
             r.ae_title,
-            f"{r.host}:{r.port}",
+            f"{r.host}:{r.port}" if r.port else r.host,
             Text("OK", style="green") if r.ok else Text(r.status, style="red"),
             "-" if r.round_trip_ms is None else f"{r.round_trip_ms:.0f} ms",
         )

@@ -161,13 +161,19 @@ def echo(settings: Settings, ae_title: str, host: str, port: int, tls: bool = Fa
 
 
 def check_destinations(settings: Settings) -> list[EchoResult]:
-    """C-ECHO every configured destination, with the round-trip time of the ones that answer."""
+    """C-ECHO every configured destination (a QIDO-RS search for a DICOMweb one), with the
+    round-trip time of the ones that answer."""
     rows = []
     for d in settings.destinations:
-        if d.kind == "dicomweb":  # no C-ECHO over HTTP; its first STOW-RS tells
-            rows.append(EchoResult(d.name, "", d.url or "", 0, True, "DICOMweb (not echoed)", None))
-            continue
         started = time.monotonic()
+        if d.kind == "dicomweb":  # a QIDO-RS search instead of a C-ECHO
+            from ichnode.node.stow_client import check
+
+            status = check(settings, d)
+            ms = 1000 * (time.monotonic() - started)
+            ok = status == "OK"
+            rows.append(EchoResult(d.name, "", d.url or "", 0, ok, status, ms if ok else None))
+            continue
         status = echo(settings, d.ae_title, d.host, d.port, d.tls)
         ms = 1000 * (time.monotonic() - started)
         ok = status == "OK"

@@ -100,11 +100,10 @@ class StowResult:
             return ALL_STORED
         return SOME_STORED if self.stored else NONE_STORED
 
-    def answer(self, base_url: str) -> dict[str, Any]:
-        """The response data set as DICOM JSON (PS3.18 F.2)."""
+    def answer(self) -> dict[str, Any]:
+        """The response data set as DICOM JSON (PS3.18 F.2); no Retrieve URL: ichnode serves
+        no WADO-RS."""
         ds = Dataset()
-        if self.study_uid:
-            ds.RetrieveURL = f"{base_url}/studies/{self.study_uid}"
         ds.ReferencedSOPSequence = [_item(cls, uid) for cls, uid in self.stored]
         if self.failed:
             ds.FailedSOPSequence = [_item(cls, uid, reason) for cls, uid, reason in self.failed]

@@ -22,6 +22,28 @@ from ichnode.node.scu import Outcome
 from ichnode.node.statuses import SUCCESS
 
 
+def _headers(destination: Destination | None) -> dict[str, str]:
+    if destination is not None and destination.token:
+        return {"Authorization": f"Bearer {destination.token}"}
+    return {}
+
+
+def check(settings: Settings, destination: Destination) -> str:
+    """``OK`` when the DICOMweb server answers a QIDO-RS search (``destinations check``),
+    else why not."""
+    assert destination.url is not None
+    try:
+        answer = _session(settings, destination).get(
+            f"{destination.url}/studies",
+            params={"limit": "1"},
+            headers={"Accept": "application/dicom+json", **_headers(destination)},
+            timeout=settings.network_timeout,
+        )
+    except requests.RequestException as exc:
+        return f"no answer ({type(exc).__name__})"
+    return "OK" if answer.status_code in (200, 204) else f"HTTP {answer.status_code}"
+
+
 def _session(settings: Settings, destination: Destination | None) -> requests.Session:
     session = requests.Session()
     session.verify = str(settings.tls.ca) if settings.tls.ca else True
@@ -43,13 +65,10 @@ def stow_files(
         except (OSError, pydicom.errors.InvalidDicomError) as exc:
             outcomes[i] = Outcome(None, f"stored file unreadable ({type(exc).__name__})")
     if datasets:
-        headers = {}
-        if destination is not None and destination.token:
-            headers["Authorization"] = f"Bearer {destination.token}"
         client = DICOMwebClient(
             url,
             session=_session(settings, destination),
-            headers=headers,
+            headers=_headers(destination),
             timeout=settings.network_timeout,
         )
         try:
@@ -68,7 +87,7 @@ def stow_files(
             code = exc.response.status_code if exc.response is not None else "?"
             for i in index:
                 outcomes[i] = Outcome(None, f"STOW-RS answered HTTP {code}")
-        except (requests.RequestException, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - no answer, or one that cannot be read
             for i in index:
                 outcomes[i] = Outcome(None, f"STOW-RS failed ({type(exc).__name__})")
     return [o if o is not None else Outcome(None, "not sent") for o in outcomes]

@@ -167,7 +167,7 @@ def send(message: str, host: str, port: int, timeout: float) -> str:
     the receiver cannot be reached, does not answer in ``timeout`` or does not accept it."""
     try:
         ack = asyncio.run(_exchange(message, host, port, timeout))
-    except TimeoutError:
+    except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
         raise NotifyError(f"no ACK from {host}:{port} within {timeout:g} s") from None
     except OSError as exc:
         raise NotifyError(f"MLLP {host}:{port}: {exc.strerror or type(exc).__name__}") from None

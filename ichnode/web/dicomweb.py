@@ -103,8 +103,7 @@ async def stow(request: Request, ctx: Context) -> Response:
         )
     except StowRequestError as exc:
         return _error(exc.status, str(exc))
-    base = str(request.base_url).rstrip("/") + router.prefix
-    return JSONResponse(result.answer(base), status_code=result.http_status, media_type=DICOM_JSON)
+    return DicomJSONResponse(result.answer(), status_code=result.http_status)
 
 
 def _study_json(study: Study, n_series: int, identifiers: bool) -> dict[str, Any]:

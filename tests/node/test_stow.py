@@ -20,6 +20,7 @@ from web_fixtures import serve
 
 from ichnode.config import HTTPSettings, Settings
 from ichnode.db.models import Association, Instance, InstanceStatus
+from ichnode.node.scu import check_destinations
 from ichnode.node.statuses import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH
 from ichnode.node.stow import StowReceiver
 from ichnode.store import Store
@@ -166,3 +167,16 @@ def test_qido_refuses_a_search_by_patient_while_identifiers_are_hidden(tmp_path,
             assert answer.status_code == 200 and answer.json() == []
     finally:
         handle.stop()
+
+
+def test_destinations_check_searches_a_dicomweb_destination(app, tmp_path):
+    def destination(token: str) -> dict:
+        url = f"{app.base_url}".rstrip("/") + "/dicom-web"
+        return {"name": "web", "kind": "dicomweb", "url": url, "token": token}
+
+    s = Settings(store=tmp_path / "store", destinations=[destination(TOKEN)])
+    [row] = check_destinations(s)
+    assert row.ok and row.status == "OK" and row.round_trip_ms is not None
+    s = Settings(store=tmp_path / "store", destinations=[destination("wrong")])
+    [row] = check_destinations(s)
+    assert not row.ok and row.status == "HTTP 401"
