@@ -3,13 +3,15 @@
 ``MLLPListener``: an HL7 v2 MLLP server built on the ``hl7`` package's asyncio stream server
 (``hl7.mllp.start_hl7_server``) in its own thread; it keeps every message it receives and
 answers each with an ACK whose code the test chooses (``AA`` by default).
-``FHIRListener``: a ``http.server`` that keeps every POSTed body and answers a chosen status.
+``FHIRListener``: a ``http.server`` (HTTPS with an ``ssl_context``) that keeps every POSTed
+body and answers a chosen status.
 """
 
 from __future__ import annotations
 
 import asyncio
 import http.server
+import ssl
 import threading
 from typing import Any
 
@@ -70,11 +72,14 @@ class MLLPListener:
 
 
 class FHIRListener:
-    def __init__(self, port: int | None = None, status: int = 201) -> None:
+    def __init__(
+        self, port: int | None = None, status: int = 201, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.port = port or free_port()
         self.status = status
         self.posts: list[tuple[str, dict[str, str], bytes]] = []
-        self.url = f"http://127.0.0.1:{self.port}/fhir"
+        scheme = "https" if ssl_context else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}/fhir"
         listener = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -89,6 +94,8 @@ class FHIRListener:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        if ssl_context is not None:
+            self.server.socket = ssl_context.wrap_socket(self.server.socket, server_side=True)
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> FHIRListener:

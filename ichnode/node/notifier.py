@@ -41,14 +41,15 @@ def receivers(settings: Settings) -> list[notifications.Wanted]:
     ]
 
 
-def deliver(target: NotifyTarget, facts: ResultFacts, timeout: float) -> str:
-    """Build and send one message to ``target``; the receiver's answer, or :class:`NotifyError`."""
+def deliver(target: NotifyTarget, facts: ResultFacts, timeout: float, ca: str | None = None) -> str:
+    """Build and send one message to ``target``; the receiver's answer, or :class:`NotifyError`.
+    An ``https`` FHIR server is verified against ``ca`` (``tls.ca``) or the system CAs."""
     if target.kind == NotifyKind.HL7V2:
         assert target.host is not None and target.port is not None  # validated in config
         message = hl7v2.build_oru(facts, target.sending_application, target.receiving_application)
         return hl7v2.send(message, target.host, target.port, timeout)
     assert target.url is not None
-    return fhir.send(fhir.build_report(facts), target.url, target.token, timeout)
+    return fhir.send(fhir.build_report(facts), target.url, target.token, timeout, ca or True)
 
 
 class Notifier:
@@ -78,7 +79,8 @@ class Notifier:
             error = f"study result {claimed.study_result_id} is gone"
         else:
             try:
-                response = deliver(target, facts, self.settings.network_timeout)
+                ca = str(self.settings.tls.ca) if self.settings.tls.ca else None
+                response = deliver(target, facts, self.settings.network_timeout, ca)
             except NotifyError as exc:
                 error, response = str(exc), exc.response
         s = self.settings

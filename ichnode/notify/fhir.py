@@ -126,16 +126,27 @@ def build_report(facts: ResultFacts) -> dict[str, Any]:
     return report
 
 
-def send(report: dict[str, Any], url: str, token: str | None, timeout: float) -> str:
+def send(
+    report: dict[str, Any],
+    url: str,
+    token: str | None,
+    timeout: float,
+    verify: str | bool = True,
+) -> str:
     """POST the report to ``url`` (its ``DiagnosticReport`` endpoint); returns ``HTTP <code>``,
-    or raises :class:`NotifyError` when it was not accepted."""
+    or raises :class:`NotifyError` when it was not accepted. ``verify``: the CA file an
+    ``https`` server is verified against (True: the system CAs)."""
     headers = {"Content-Type": MEDIA_TYPE, "Accept": MEDIA_TYPE}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     target = url if url.endswith("/DiagnosticReport") else f"{url}/DiagnosticReport"
     try:
         answer = requests.post(
-            target, data=json.dumps(report).encode(), headers=headers, timeout=timeout
+            target,
+            data=json.dumps(report).encode(),
+            headers=headers,
+            timeout=timeout,
+            verify=verify,
         )
     except requests.RequestException as exc:
         raise NotifyError(f"FHIR POST: {type(exc).__name__}") from None

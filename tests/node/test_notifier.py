@@ -8,16 +8,19 @@ Real sockets and real databases (SQLite and PostgreSQL through ``db_url``).
 from __future__ import annotations
 
 import json
+import ssl
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from db_fixtures import add_instances
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from helpers import free_port
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 from notify_peers import FHIRListener, MLLPListener
+from pki import certificate, write_pem
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
@@ -201,3 +204,27 @@ def test_audit_lists_notification_attempts_with_the_receivers_answer(tmp_path, s
         [row] = list_deliveries(session)
     assert (row["destination"], row["kind"], row["status"]) == ("ris", "hl7v2", "AR")
     assert "ACK AR" in row["error"]
+
+
+def test_https_fhir_receiver_is_verified_against_the_configured_ca(tmp_path, session_factory):
+    folder = tmp_path / "pki"
+    folder.mkdir()
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = certificate("notify test CA", ca_key, "notify test CA", ca_key, ca=True)
+    ca_file = write_pem(folder, "ca", ca)[0]
+    cert_file, key_file = write_pem(folder, "ehr", certificate("127.0.0.1", key, "notify test CA",
+                                                               ca_key, ca=False), key)  # fmt: skip
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(str(cert_file), str(key_file))
+    with FHIRListener(ssl_context=server) as ehr:
+        target = [{"name": "ehr", "kind": "fhir", "url": ehr.url}]
+        untrusted = settings(tmp_path, target, delivery_max_attempts=1)
+        add_result(session_factory, untrusted)
+        Notifier(session_factory, untrusted).run_once()  # system CAs: refused
+        trusted = settings(tmp_path, target, tls={"ca": ca_file})
+        add_result(session_factory, trusted)
+        Notifier(session_factory, trusted).run_once()
+    first, second = rows(session_factory)
+    assert first.status == DeliveryStatus.FAILED and "SSLError" in first.last_error
+    assert second.status == DeliveryStatus.SENT
+    assert len(ehr.posts) == 1
