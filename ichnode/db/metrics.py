@@ -16,6 +16,7 @@ from ichnode.db.models import (
     DeliveryAttempt,
     Instance,
     InstanceStatus,
+    Notification,
     OutboxEntry,
     Study,
     StudyResult,
@@ -54,6 +55,10 @@ def studies_by_status(session: Session) -> dict[str, int]:
 
 def deliveries_by_status(session: Session) -> dict[str, int]:
     return _count_by(session, OutboxEntry.status)
+
+
+def notifications_by_status(session: Session) -> dict[str, int]:
+    return _count_by(session, Notification.status)
 
 
 def results_by_flag(session: Session) -> dict[bool, int]:

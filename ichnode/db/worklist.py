@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, case, exists, func, select
+from sqlalchemy import and_, case, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from ichnode.db.models import (
     DeliveryStatus,
     Instance,
+    Notification,
     OutboxEntry,
     ReportObject,
     StrEnum,
@@ -73,12 +74,22 @@ def _outbox_has(status: DeliveryStatus) -> Any:
     )
 
 
+def _notification_failed() -> Any:
+    return exists().where(
+        Notification.study_result_id == StudyResult.id,
+        Notification.status == DeliveryStatus.FAILED,
+    )
+
+
 def _state_expression() -> Any:
     """SQL for the :class:`WorklistState` of a study joined to its latest result."""
     return case(
         (Study.status == StudyStatus.RECEIVING, WorklistState.RECEIVING.value),
         (StudyResult.id.is_(None), WorklistState.RECEIVING.value),
-        (_outbox_has(DeliveryStatus.FAILED), WorklistState.DELIVERY_FAILED.value),
+        (
+            or_(_outbox_has(DeliveryStatus.FAILED), _notification_failed()),
+            WorklistState.DELIVERY_FAILED.value,
+        ),
         (
             and_(
                 _outbox_has(DeliveryStatus.SENT),

@@ -120,6 +120,15 @@ class DatabaseCollector(Collector):
         )
         attempts.add_metric([], counts.delivery_attempts(session))
         yield attempts
+        by_status = counts.notifications_by_status(session)
+        notifications = CounterMetricFamily(
+            "ichnode_notifications",
+            "Result notifications (HL7 v2, FHIR) to deliver, by state.",
+            labels=["status"],
+        )
+        for status in DeliveryStatus:
+            notifications.add_metric([status.value], by_status.get(status.value, 0))
+        yield notifications
 
 
 def build_info(context: WebContext) -> InfoMetricFamily:

@@ -26,13 +26,14 @@ from sqlalchemy.orm import sessionmaker
 
 from ichnode.audit import list_deliveries
 from ichnode.config import Settings
-from ichnode.db import notifications
+from ichnode.db import metrics, notifications, worklist
 from ichnode.db.models import (
     DeliveryStatus,
     Instance,
     Notification,
     NotificationAttempt,
     StudyResult,
+    StudyStatus,
     utcnow,
 )
 from ichnode.node.notifier import Notifier, receivers
@@ -68,7 +69,7 @@ def add_result(session_factory, s: Settings, flagged: bool = True) -> int:  # no
         study = session.get(Instance, instance_id).study
         study.patient_id, study.patient_name, study.accession_number = "P1", "Doe^Jane", "A1"
         study.study_date, study.patient_sex = "20261205", "F"
-        study.result_version = 1
+        study.result_version, study.status = 1, StudyStatus.RESULTED
         result = StudyResult(
             study_id=study.id, version=1, model_id="0" * 64, flagged=flagged,
             flagged_subtypes="subdural,any" if flagged else "",
@@ -228,3 +229,15 @@ def test_https_fhir_receiver_is_verified_against_the_configured_ca(tmp_path, ses
     assert first.status == DeliveryStatus.FAILED and "SSLError" in first.last_error
     assert second.status == DeliveryStatus.SENT
     assert len(ehr.posts) == 1
+
+
+def test_a_failed_notification_marks_the_study_delivery_failed_and_counts_in_metrics(
+    tmp_path, session_factory
+):
+    s = settings(tmp_path, [hl7_target(free_port())], delivery_max_attempts=1)
+    result_id = add_result(session_factory, s)
+    Notifier(session_factory, s).run_once()
+    with session_factory() as session:
+        uid = session.get(StudyResult, result_id).study.study_instance_uid
+        assert worklist.state_of(session, uid) == worklist.WorklistState.DELIVERY_FAILED
+        assert metrics.notifications_by_status(session) == {"failed": 1}
