@@ -41,12 +41,22 @@ def receivers(settings: Settings) -> list[notifications.Wanted]:
     ]
 
 
-def deliver(target: NotifyTarget, facts: ResultFacts, timeout: float, ca: str | None = None) -> str:
+def deliver(
+    target: NotifyTarget,
+    facts: ResultFacts,
+    timeout: float,
+    ca: str | None = None,
+    message_id: str | None = None,
+) -> str:
     """Build and send one message to ``target``; the receiver's answer, or :class:`NotifyError`.
-    An ``https`` FHIR server is verified against ``ca`` (``tls.ca``) or the system CAs."""
+    An ``https`` FHIR server is verified against ``ca`` (``tls.ca``) or the system CAs.
+    ``message_id`` (the HL7 message control ID) is the same on every retry of a notification,
+    so a receiver that got a message whose ACK was lost can tell the repeat."""
     if target.kind == NotifyKind.HL7V2:
         assert target.host is not None and target.port is not None  # validated in config
-        message = hl7v2.build_oru(facts, target.sending_application, target.receiving_application)
+        message = hl7v2.build_oru(
+            facts, target.sending_application, target.receiving_application, message_id
+        )
         return hl7v2.send(message, target.host, target.port, timeout)
     assert target.url is not None
     return fhir.send(fhir.build_report(facts), target.url, target.token, timeout, ca or True)
@@ -80,7 +90,9 @@ class Notifier:
         else:
             try:
                 ca = str(self.settings.tls.ca) if self.settings.tls.ca else None
-                response = deliver(target, facts, self.settings.network_timeout, ca)
+                response = deliver(
+                    target, facts, self.settings.network_timeout, ca, f"ICHNODE{claimed.id}"
+                )
             except NotifyError as exc:
                 error, response = str(exc), exc.response
         s = self.settings

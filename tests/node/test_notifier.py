@@ -153,6 +153,7 @@ def test_receiver_that_is_down_gets_the_message_after_a_restart(tmp_path, engine
     assert len(ris.messages) == 1
     [row] = rows(second)
     assert row.status == DeliveryStatus.SENT and row.attempts == 2
+    assert ris.messages[0].split("\r")[0].split("|")[9] == f"ICHNODE{row.id}"  # MSH-10
 
 
 def test_application_error_ack_is_a_failed_attempt(tmp_path, session_factory):
