@@ -85,14 +85,25 @@ def dicom_parts(content_type: str, body: bytes) -> Iterator[tuple[str, bytes]]:
         yield part.get_content_type(), payload if isinstance(payload, bytes) else b""
 
 
+@dataclass(frozen=True)
+class Part:
+    """The outcome of one part: stored (its row's status; None: a repeat, the first copy
+    kept) or not (``failure``: the C-STORE status the SCP would have answered)."""
+
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
+    status: InstanceStatus | None = None
+    failure: int | None = None
+
+
 @dataclass
 class StowResult:
     """What one STOW-RS request stored and refused; :meth:`answer` is the response body."""
 
-    study_uid: str | None = None
     stored: list[tuple[str, str]] = field(default_factory=list)  # (SOP class, SOP instance)
     failed: list[tuple[str, str, int]] = field(default_factory=list)  # (+ failure reason)
     skipped: int = 0
+    queued: int = 0
 
     @property
     def http_status(self) -> int:
@@ -142,21 +153,15 @@ class StowReceiver:
         parts = list(dicom_parts(content_type, body))
         started = datetime.now(UTC)
         result = StowResult()
-        queued = False
         for media_type, payload in parts:
-            status, ids = self._one(media_type, payload, client)
-            if ids is None:
-                result.failed.append(("", "", status))
-                continue
-            sop_class, sop_uid, study_uid = ids
-            if status in (InstanceStatus.QUEUED, InstanceStatus.SKIPPED, None):
-                result.stored.append((sop_class, sop_uid))
-                result.study_uid = result.study_uid or study_uid
-                result.skipped += status == InstanceStatus.SKIPPED
-                queued = queued or status == InstanceStatus.QUEUED
+            part = self._one(media_type, payload, client)
+            if part.failure is not None:
+                result.failed.append((part.sop_class_uid, part.sop_instance_uid, part.failure))
             else:
-                result.failed.append((sop_class, sop_uid, int(status)))
-        if queued:
+                result.stored.append((part.sop_class_uid, part.sop_instance_uid))
+                result.skipped += part.status == InstanceStatus.SKIPPED
+                result.queued += part.status == InstanceStatus.QUEUED
+        if result.queued:
             self.on_stored()
         self._audit(client, started, result)
         log.info(
@@ -167,15 +172,12 @@ class StowReceiver:
         )
         return result
 
-    def _one(
-        self, media_type: str, payload: bytes, client: str | None
-    ) -> tuple[Any, tuple[str, str, str] | None]:
-        """Admit and keep one part: (row status or None for a repeat, or the failure reason;
-        its SOP class, SOP instance and study UIDs, None when unreadable)."""
+    def _one(self, media_type: str, payload: bytes, client: str | None) -> Part:
+        """Admit and keep one part (the C-STORE path); its outcome."""
         now = datetime.now(UTC)
         if media_type != DICOM or payload[128:132] != b"DICM":
             log.warning("STOW-RS part refused: not a DICOM Part 10 file (%s)", media_type)
-            return CANNOT_UNDERSTAND, None
+            return Part(failure=CANNOT_UNDERSTAND)
         try:
             ds = pydicom.dcmread(BytesIO(payload))
             meta = ds.file_meta
@@ -188,15 +190,15 @@ class StowReceiver:
             )
         except Exception as exc:  # noqa: BLE001 - any decode failure is "cannot understand"
             log.warning("STOW-RS part refused: cannot be decoded (%s)", type(exc).__name__)
-            return CANNOT_UNDERSTAND, None
-        ids = (request.sop_class_uid, request.sop_instance_uid, str(ds.get("StudyInstanceUID", "")))
+            return Part(failure=CANNOT_UNDERSTAND)
+        ids = (request.sop_class_uid, request.sop_instance_uid)
         refused = self._unsupported(request)
         if refused:
             log.warning("STOW-RS part refused: %s", refused[1])
-            return refused[0], ids
+            return Part(*ids, failure=refused[0])
         try:
             admitted = intake.check(ds, request, self.rules, now)
-            return storing.keep(
+            status = storing.keep(
                 self.sessions,
                 self.store,
                 admitted,
@@ -205,14 +207,15 @@ class StowReceiver:
                 skip_duplicate_positions=self.rules.settings.skip_duplicate_positions,
                 known_ids=self.known_ids,
                 now=now,
-            ), ids
+            )
         except Refusal as refusal:
             level = logging.ERROR if refusal.status == OUT_OF_RESOURCES else logging.WARNING
             log.log(level, "STOW-RS part refused: %s", refusal.reason)
-            return refusal.status, ids
+            return Part(*ids, failure=refusal.status)
         except Exception:  # noqa: BLE001 - never let a bug answer "stored"
             log.exception("STOW-RS failed unexpectedly for %s", uid_hash(request.sop_instance_uid))
-            return OUT_OF_RESOURCES, ids
+            return Part(*ids, failure=OUT_OF_RESOURCES)
+        return Part(*ids, status=status)
 
     def _unsupported(self, request: intake.Request) -> tuple[int, str] | None:
         """What the SCP's presentation contexts would not accept, as a failure reason."""
