@@ -228,12 +228,12 @@ def predict(
     if len(files) == 1 and files[0].is_dir():
         if png is not None:
             raise typer.BadParameter("--png takes files, not a study folder", param_hint="--png")
-        studies, errors = predict_folder(files[0], model=model, device=device)
+        scores = predict_folder(files[0], model=model, device=device)
         if as_json:
-            typer.echo(render_studies_json(studies, errors))
+            typer.echo(render_studies_json(scores))
         else:
-            render_studies(studies, errors)
-        if not studies:
+            render_studies(scores)
+        if not scores.studies:
             raise IchnodeError(f"{files[0]}: no CT slice could be scored")
         return
     if png is not None:
