@@ -28,6 +28,11 @@ destinations_app = typer.Typer(
     help="The DICOM nodes that receive report objects.", no_args_is_help=True
 )
 app.add_typer(destinations_app, name="destinations")
+review_app = typer.Typer(
+    help="Review a study's result (confirmed, rejected, missed), or see the agreement.",
+    invoke_without_command=True,
+)
+app.add_typer(review_app, name="review")
 
 _state = {"debug": False}
 
@@ -420,6 +425,78 @@ def audit(
             )
     finally:
         engine.dispose()
+
+
+@review_app.callback()
+def review(
+    ctx: typer.Context,
+    study: Annotated[
+        str | None, typer.Option("--study", help="StudyInstanceUID of the study reviewed.")
+    ] = None,
+    verdict: Annotated[
+        str | None,
+        typer.Option(
+            "--verdict",
+            help="confirmed (the result is right), rejected (a false alarm) or missed "
+            "(a hemorrhage it did not report).",
+        ),
+    ] = None,
+    subtypes: Annotated[
+        str | None,
+        typer.Option(
+            "--subtypes",
+            help="Subtypes present, comma-separated ('' for none); default: the result's.",
+        ),
+    ] = None,
+    slices: Annotated[
+        str | None,
+        typer.Option("--slices", help="SOP instance UIDs of the slices that show them."),
+    ] = None,
+    note: Annotated[str | None, typer.Option("--note", help="A free-text note.")] = None,
+    reviewer: Annotated[
+        str | None, typer.Option("--reviewer", help="Who reviews (default: $USER).")
+    ] = None,
+    version: Annotated[
+        int | None, typer.Option("--version", min=1, help="Result version (default: latest).")
+    ] = None,
+    config: ConfigOpt = None,
+    db_url: DbUrlOpt = None,
+) -> None:
+    """Record a review of a study's latest result; a newer review supersedes, none is lost."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if study is None or verdict is None:
+        raise typer.BadParameter("give --study and --verdict", param_hint="'--study'")
+    from ichnode.review_view import record_review
+
+    done = record_review(
+        _settings(config, db_url=db_url),
+        study,
+        verdict,
+        reviewer=reviewer or os.environ.get("USER") or "cli",
+        subtypes=None if subtypes is None else subtypes.split(","),
+        slices=None if slices is None else [s for s in slices.split(",") if s.strip()],
+        note=note,
+        version=version,
+    )
+    typer.echo(f"review {done['id']}: {done['verdict']} on version {done['version']}")
+
+
+@review_app.command("stats")
+def review_stats(
+    config: ConfigOpt = None,
+    db_url: DbUrlOpt = None,
+    since: SinceOpt = None,
+    overall: Annotated[
+        bool, typer.Option("--overall", help="One row per model id, not per month.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Flagged studies confirmed vs rejected, sensitivity and specificity against reviews."""
+    from ichnode.review_view import read_agreement, render_agreement
+
+    rows = read_agreement(_settings(config, db_url=db_url), _since(since), by_month=not overall)
+    typer.echo(render_agreement(rows, as_json))
 
 
 @db_app.command("upgrade")

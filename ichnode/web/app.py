@@ -15,7 +15,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from ichnode.web import api, health, images
+from ichnode.web import api, health, images, reviews
 from ichnode.web.auth import install_auth, publish_security
 from ichnode.web.context import WebContext
 
@@ -51,6 +51,6 @@ def create_app(node_or_context: Any) -> FastAPI:
         install_auth(app, ctx.token)
     publish_security(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for router in (api.router, images.router, health.router, pages):
+    for router in (api.router, reviews.router, images.router, health.router, pages):
         app.include_router(router)
     return app

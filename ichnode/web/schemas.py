@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ichnode.db.models import Verdict
 from ichnode.web.queries import Order, WorklistState
 
 Probabilities = dict[str, float]
@@ -128,3 +129,45 @@ class Orientation(BaseModel):
     right: str
     top: str
     bottom: str
+
+
+class ReviewIn(BaseModel):
+    """A radiologist's review of a study's result (the latest version unless ``version``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    verdict: Verdict = Field(
+        description="confirmed (the result is right), rejected (a false alarm) or missed "
+        "(a hemorrhage the result did not report)."
+    )
+    subtypes: list[str] | None = Field(
+        None,
+        max_length=5,
+        description="The hemorrhage subtypes present (not 'any'); leave out to keep the "
+        "result's own.",
+    )
+    slices: list[str] | None = Field(
+        None, max_length=2000, description="SOP instance UIDs of the slices that show them."
+    )
+    reviewer: str | None = Field(
+        None, max_length=128, description="Who reviews (default: the token's label, 'token')."
+    )
+    note: str | None = Field(None, max_length=4000)
+    version: int | None = Field(None, ge=1, description="The result version reviewed.")
+
+
+class ReviewOut(BaseModel):
+    id: int
+    verdict: Verdict
+    subtypes: list[str] | None
+    slices: list[str] | None
+    reviewer: str
+    note: str | None
+    version: int = Field(description="The result version reviewed.")
+    model_id: str = Field(description="The model that made that result.")
+    created_at: str
+
+
+class ReviewList(BaseModel):
+    study_instance_uid: str
+    reviews: list[ReviewOut] = Field(description="Oldest first; the last one counts.")
