@@ -104,8 +104,17 @@ def test_a_review_of_a_study_without_a_result_is_refused(sessions):
 def test_the_cli_records_a_review_and_prints_the_stats(db_url, sessions):
     uid = _resulted(sessions, True)
     runner = CliRunner()
-    done = runner.invoke(app, ["review", "--db-url", db_url, "--study", uid, "--verdict",
-                               "rejected", "--reviewer", "Dr Who", "--note", "calcification"])  # fmt: skip
+    args = [
+        "--study",
+        uid,
+        "--verdict",
+        "rejected",
+        "--reviewer",
+        "Dr Who",
+        "--note",
+        "calcification",
+    ]
+    done = runner.invoke(app, ["review", "--db-url", db_url, *args])
     assert done.exit_code == 0, done.output
     assert "rejected on version 1" in done.output
     with sessions() as session:
