@@ -121,3 +121,28 @@ def test_metrics_carry_the_agreement_with_the_reviews(served):
         "ichnode_review_sensitivity" not in families
         or not families["ichnode_review_sensitivity"].samples
     )  # no reviewed study had a hemorrhage
+
+
+def test_the_worklist_shows_the_verdict_and_filters_on_reviewed(served):
+    _, uids, client = served
+    url = f"/api/studies/{uids['edh']}/reviews"
+    assert client.post(url, json={"verdict": "missed", "subtypes": ["epidural"]}).is_success
+    rows = {
+        s["study_instance_uid"]: s["review"] for s in client.get("/api/studies").json()["studies"]
+    }
+    assert rows == {uids["iph"]: None, uids["edh"]: "missed", uids["normal"]: None}
+    done = client.get("/api/studies", params={"reviewed": "true"}).json()
+    assert [s["study_instance_uid"] for s in done["studies"]] == [uids["edh"]]
+    assert done["total"] == 1
+    todo = client.get("/api/studies", params={"reviewed": "false"}).json()
+    assert {s["study_instance_uid"] for s in todo["studies"]} == {uids["iph"], uids["normal"]}
+    detail = _detail(client, uids["edh"])
+    assert detail["review"] == "missed"
+    assert [r["verdict"] for r in detail["reviews"]] == ["missed"]
+
+
+def test_an_unsupported_method_is_answered_with_both_methods_allowed(served):
+    _, uids, client = served
+    response = client.request("DELETE", f"/api/studies/{uids['iph']}/reviews")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, POST"
