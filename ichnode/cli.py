@@ -499,6 +499,30 @@ def review_stats(
     typer.echo(render_agreement(rows, as_json))
 
 
+@app.command("export-reviewed")
+def export_reviewed(
+    out: Annotated[Path, typer.Option("--out", help="A new folder (RSNA training layout).")],
+    config: ConfigOpt = None,
+    db_url: DbUrlOpt = None,
+    store: StoreOpt = None,
+    since: SinceOpt = None,
+    deidentify: Annotated[
+        bool,
+        typer.Option("--deidentify", help="Apply the DICOM PS3.15 basic profile to every copy."),
+    ] = False,
+) -> None:
+    """Write the reviewed studies, labelled from their reviews, for 'ichnode train'."""
+    from ichnode.export import export_reviewed as run_export
+
+    summary = run_export(
+        _settings(config, db_url=db_url, store=store),
+        out,
+        since=_since(since),
+        deidentify=deidentify,
+    )
+    typer.echo(str(summary))
+
+
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOpt = None, db_url: DbUrlOpt = None) -> None:
     """Bring the database schema up to date (Alembic migrations)."""
