@@ -189,9 +189,26 @@ def evaluate(
     ] = None,
     device: Annotated[str, typer.Option("--device")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    compare_with: Annotated[
+        Path | None,
+        typer.Option(
+            "--compare",
+            help="A second checkpoint (e.g. fine-tuned from --model): both on the same "
+            "images, side by side (OUT/old, OUT/new, OUT/compare.md).",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a checkpoint: per-subtype metrics, weighted log loss, plots."""
     from training.evaluate import evaluate as run_evaluation
+
+    if compare_with is not None:
+        from training.compare import compare
+
+        result = compare(
+            data, model, compare_with, out, split=split, device=device, batch_size=batch_size
+        )
+        typer.echo(result.text())
+        return
 
     report = run_evaluation(
         data=data, model=model, out=out, split=split, device=device, batch_size=batch_size
