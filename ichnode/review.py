@@ -10,6 +10,7 @@ and month, the site's real-world performance. The statements are :mod:`ichnode.d
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -21,7 +22,10 @@ from ichnode.db import results as result_rows
 from ichnode.db import reviews as rows
 from ichnode.db.models import Review, StudyResult, Verdict
 from ichnode.errors import IchnodeError
-from ichnode.subtypes import HEMORRHAGE_SUBTYPES
+from ichnode.store import uid_hash
+from ichnode.subtypes import ANY, HEMORRHAGE_SUBTYPES
+
+log = logging.getLogger(__name__)
 
 #: Longest reviewer name and note kept (the column lengths).
 MAX_REVIEWER = 128
@@ -56,8 +60,9 @@ def parse_verdict(value: str) -> Verdict:
 
 
 def parse_subtypes(values: Iterable[str]) -> tuple[str, ...]:
-    """Hemorrhage subtype names (``any`` is implied, not given) in SUBTYPES order."""
-    names = {v.strip().lower() for v in values if v.strip()}
+    """Hemorrhage subtype names in SUBTYPES order (``any`` is implied by any of them: it is
+    accepted and left out)."""
+    names = {v.strip().lower() for v in values if v.strip()} - {ANY}
     unknown = sorted(names - set(HEMORRHAGE_SUBTYPES))
     if unknown:
         raise ReviewError(
@@ -116,6 +121,10 @@ def submit(
             note=note.strip() if note and note.strip() else None,
         ),
     )
+    log.info(
+        "review %d of study %s v%d: %s by reviewer #%s",
+        review.id, uid_hash(study_uid), result.version, chosen, uid_hash(who),
+    )  # fmt: skip
     return as_dict(review, result.version, result.model_id)
 
 

@@ -45,9 +45,9 @@ class ReviewIn(BaseModel):
     )
     subtypes: list[str] | None = Field(
         None,
-        max_length=5,
-        description="The hemorrhage subtypes present (not 'any'); leave out to keep the "
-        "result's own.",
+        max_length=6,
+        description="The hemorrhage subtypes present ('any' is implied); leave out to keep "
+        "the result's own.",
     )
     slices: list[str] | None = Field(
         None, max_length=2000, description="SOP instance UIDs of the slices that show them."

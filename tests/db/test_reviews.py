@@ -72,6 +72,7 @@ def test_a_verdict_turns_into_the_truth_of_the_study(
     assert (found.hemorrhage, found.subtypes, found.slices) == (hemorrhage, names, None)
 
 
+@pytest.mark.every_backend
 def test_agreement_counts_the_latest_review_per_model_and_month(sessions):
     tp, fp, fn, tn = (_resulted(sessions, f) for f in (True, True, False, False))
     other = _resulted(sessions, True, model_id="model-b")
@@ -139,3 +140,43 @@ def test_the_cli_refuses_an_unknown_verdict_in_one_line(db_url, sessions, capsys
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.strip() == "error: unknown verdict 'perhaps': expected confirmed, rejected, missed"
+
+
+@pytest.mark.every_backend
+def test_the_worklist_reads_the_newest_verdict_and_filters_on_reviewed(sessions):
+    from ichnode.db.worklist import Query, page
+
+    reviewed, waiting = _resulted(sessions, True), _resulted(sessions, False)
+    with sessions.begin() as session:
+        submit(session, reviewed, "rejected", reviewer="a")
+        submit(session, reviewed, "confirmed", reviewer="b")  # the newest counts
+    with sessions() as session:
+        _, rows = page(session, Query())
+        verdicts = {r.study.study_instance_uid: r.verdict for r in rows}
+        assert verdicts == {reviewed: "confirmed", waiting: None}
+        total, rows = page(session, Query(reviewed=True))
+        assert total == 1 and [r.study.study_instance_uid for r in rows] == [reviewed]
+        total, rows = page(session, Query(reviewed=False))
+        assert total == 1 and [r.study.study_instance_uid for r in rows] == [waiting]
+
+
+def test_since_keeps_the_reviews_written_from_then_on(sessions):
+    from datetime import timedelta
+
+    old, new = _resulted(sessions, True), _resulted(sessions, True)
+    with sessions.begin() as session:
+        submit(session, old, "confirmed", reviewer="a")
+        submit(session, new, "rejected", reviewer="a")
+        first = session.query(Review).order_by(Review.id).first()
+        first.created_at = first.created_at - timedelta(days=40)
+    cut = datetime.now(timezone.utc) - timedelta(days=1)
+    with sessions() as session:
+        [row] = agreement(session, cut, by_month=False)
+    assert (row.reviewed, row.rejected, row.month) == (1, 1, "all")
+
+
+def test_any_is_implied_and_accepted_among_the_subtypes(sessions):
+    uid = _resulted(sessions, False)
+    with sessions.begin() as session:
+        made = submit(session, uid, "missed", reviewer="dr", subtypes=["any", "subdural"])
+    assert made["subtypes"] == ["subdural"]
