@@ -98,6 +98,8 @@ def export_reviewed(
     out = Path(out)
     if (out / CSV_NAME).exists():
         raise IchnodeError(f"{out / CSV_NAME} exists: export into a new folder")
+    if not Path(settings.store).is_dir():
+        raise IchnodeError(f"no store folder at {settings.store} (check store)")
     store = Store(settings.store)
     engine, sessions = open_database(settings, create=False)
     try:

@@ -36,8 +36,12 @@ class ReviewError(IchnodeError):
     """A review that cannot be recorded (bad value, no such study or result version)."""
 
 
-class NotFoundError(ReviewError):
-    """The study, or the result version, does not exist."""
+class UnknownStudyError(ReviewError):
+    """No study has that StudyInstanceUID."""
+
+
+class NoResultError(ReviewError):
+    """The study has no result yet, or not the version asked for."""
 
 
 @dataclass(frozen=True)
@@ -85,8 +89,8 @@ def submit(
     """Record a review of a study's result ``version`` (default: its latest) and return it.
 
     ``subtypes`` None leaves the result's own subtypes standing; ``slices`` must be SOP
-    instance UIDs of the study. Raises :class:`ReviewError` (:class:`NotFoundError` for a
-    missing study or version).
+    instance UIDs of the study. Raises :class:`ReviewError` (:class:`UnknownStudyError`,
+    :class:`NoResultError` for a missing study or version).
     """
     chosen = verdict if isinstance(verdict, Verdict) else parse_verdict(verdict)
     names = None if subtypes is None else parse_subtypes(subtypes)
@@ -97,11 +101,11 @@ def submit(
         raise ReviewError(f"note must be at most {MAX_NOTE} characters")
     study = result_rows.study_by_uid(session, study_uid)
     if study is None:
-        raise NotFoundError("no such study")
+        raise UnknownStudyError("no such study")
     wanted = study.result_version if version is None else version
     result = rows.result_version(session, study.id, wanted) if wanted else None
     if result is None:
-        raise NotFoundError(
+        raise NoResultError(
             "the study has no result yet" if version is None else f"no result version {version}"
         )
     marked = None

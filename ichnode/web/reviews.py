@@ -68,8 +68,9 @@ def add_review(ctx: Context, study_uid: Annotated[str, UID_PATH], body: ReviewIn
                 note=body.note,
                 version=body.version,
             )
-    except review.NotFoundError as exc:
-        status = 404 if str(exc) == "no such study" else 409
-        raise HTTPException(status, str(exc)) from None
+    except review.UnknownStudyError as exc:
+        raise HTTPException(404, str(exc)) from None
+    except review.NoResultError as exc:
+        raise HTTPException(409, str(exc)) from None
     except review.ReviewError as exc:
         raise HTTPException(400, str(exc)) from None
