@@ -28,6 +28,11 @@ destinations_app = typer.Typer(
     help="The DICOM nodes that receive report objects.", no_args_is_help=True
 )
 app.add_typer(destinations_app, name="destinations")
+review_app = typer.Typer(
+    help="Review a study's result (confirmed, rejected, missed), or see the agreement.",
+    invoke_without_command=True,
+)
+app.add_typer(review_app, name="review")
 
 _state = {"debug": False}
 
@@ -184,9 +189,26 @@ def evaluate(
     ] = None,
     device: Annotated[str, typer.Option("--device")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    compare_with: Annotated[
+        Path | None,
+        typer.Option(
+            "--compare",
+            help="A second checkpoint (e.g. fine-tuned from --model): both on the same "
+            "images, side by side (OUT/old, OUT/new, OUT/compare.md).",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a checkpoint: per-subtype metrics, weighted log loss, plots."""
     from training.evaluate import evaluate as run_evaluation
+
+    if compare_with is not None:
+        from training.compare import compare
+
+        result = compare(
+            data, model, compare_with, out, split=split, device=device, batch_size=batch_size
+        )
+        typer.echo(result.text())
+        return
 
     report = run_evaluation(
         data=data, model=model, out=out, split=split, device=device, batch_size=batch_size
@@ -228,12 +250,12 @@ def predict(
     if len(files) == 1 and files[0].is_dir():
         if png is not None:
             raise typer.BadParameter("--png takes files, not a study folder", param_hint="--png")
-        studies, errors = predict_folder(files[0], model=model, device=device)
+        scores = predict_folder(files[0], model=model, device=device)
         if as_json:
-            typer.echo(render_studies_json(studies, errors))
+            typer.echo(render_studies_json(scores))
         else:
-            render_studies(studies, errors)
-        if not studies:
+            render_studies(scores)
+        if not scores.studies:
             raise IchnodeError(f"{files[0]}: no CT slice could be scored")
         return
     if png is not None:
@@ -423,6 +445,102 @@ def audit(
             )
     finally:
         engine.dispose()
+
+
+@review_app.callback()
+def review(
+    ctx: typer.Context,
+    study: Annotated[
+        str | None, typer.Option("--study", help="StudyInstanceUID of the study reviewed.")
+    ] = None,
+    verdict: Annotated[
+        str | None,
+        typer.Option(
+            "--verdict",
+            help="confirmed (the result is right), rejected (a false alarm) or missed "
+            "(a hemorrhage it did not report).",
+        ),
+    ] = None,
+    subtypes: Annotated[
+        str | None,
+        typer.Option(
+            "--subtypes",
+            help="Subtypes present, comma-separated ('' for none); default: the result's.",
+        ),
+    ] = None,
+    slices: Annotated[
+        str | None,
+        typer.Option("--slices", help="SOP instance UIDs of the slices that show them."),
+    ] = None,
+    note: Annotated[str | None, typer.Option("--note", help="A free-text note.")] = None,
+    reviewer: Annotated[
+        str | None, typer.Option("--reviewer", help="Who reviews (default: $USER).")
+    ] = None,
+    version: Annotated[
+        int | None, typer.Option("--version", min=1, help="Result version (default: latest).")
+    ] = None,
+    config: ConfigOpt = None,
+    db_url: DbUrlOpt = None,
+) -> None:
+    """Record a review of a study's latest result; a newer review supersedes, none is lost."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if study is None or verdict is None:
+        raise typer.BadParameter("give --study and --verdict", param_hint="'--study'")
+    from ichnode.review_view import record_review
+
+    done = record_review(
+        _settings(config, db_url=db_url),
+        study,
+        verdict,
+        reviewer=reviewer or os.environ.get("USER") or "cli",
+        subtypes=None if subtypes is None else subtypes.split(","),
+        slices=None if slices is None else [s for s in slices.split(",") if s.strip()],
+        note=note,
+        version=version,
+    )
+    typer.echo(f"review {done['id']}: {done['verdict']} on version {done['version']}")
+
+
+@review_app.command("stats")
+def review_stats(
+    config: ConfigOpt = None,
+    db_url: DbUrlOpt = None,
+    since: SinceOpt = None,
+    overall: Annotated[
+        bool, typer.Option("--overall", help="One row per model id, not per month.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Flagged studies confirmed vs rejected, sensitivity and specificity against reviews."""
+    from ichnode.review_view import read_agreement, render_agreement
+
+    rows = read_agreement(_settings(config, db_url=db_url), _since(since), by_month=not overall)
+    typer.echo(render_agreement(rows, as_json))
+
+
+@app.command("export-reviewed")
+def export_reviewed(
+    out: Annotated[Path, typer.Option("--out", help="A new folder (RSNA training layout).")],
+    config: ConfigOpt = None,
+    db_url: DbUrlOpt = None,
+    store: StoreOpt = None,
+    since: SinceOpt = None,
+    deidentify: Annotated[
+        bool,
+        typer.Option("--deidentify", help="Apply the DICOM PS3.15 basic profile to every copy."),
+    ] = False,
+) -> None:
+    """Write the reviewed studies, labelled from their reviews, for 'ichnode train'."""
+    from ichnode.export import export_reviewed as run_export
+
+    summary = run_export(
+        _settings(config, db_url=db_url, store=store),
+        out,
+        since=_since(since),
+        deidentify=deidentify,
+    )
+    typer.echo(str(summary))
 
 
 @db_app.command("upgrade")

@@ -15,6 +15,10 @@ class ImagingError(IchnodeError):
     """A dataset cannot be turned into model input (no pixels, undecodable, not CT...)."""
 
 
+class NotDicomError(ImagingError):
+    """The file is not DICOM at all (neither a preamble nor a "DICM" prefix)."""
+
+
 class CheckpointError(IchnodeError):
     """A checkpoint cannot be loaded: wrong format, unknown architecture, wrong labels."""
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from ichnode.errors import ImagingError
+from ichnode.errors import ImagingError, NotDicomError
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def read(path: str | Path, stop_before_pixels: bool = False) -> Dataset:
     try:
         return pydicom.dcmread(str(path), force=False, stop_before_pixels=stop_before_pixels)
     except pydicom.errors.InvalidDicomError:  # no preamble and "DICM" prefix
-        raise ImagingError("not a DICOM file") from None
+        raise NotDicomError("not a DICOM file") from None
     except OSError as exc:  # missing, a folder, unreadable: the reason without the path again
         raise ImagingError(f"cannot read: {exc.strerror or type(exc).__name__}") from None
     except (EOFError, ValueError) as exc:

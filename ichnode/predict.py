@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
 
-from ichnode.errors import IchnodeError
+from ichnode.errors import IchnodeError, NotDicomError
 from ichnode.imaging import (
     WINDOWS,
     PreprocessSpec,
@@ -220,23 +220,35 @@ class StudyRow:
         }
 
 
-def predict_folder(
-    folder: Path, model: Path | None = None, device: str = "auto"
-) -> tuple[list[StudyRow], list[PredictRow]]:
-    """Score every study in ``folder`` (all files below it); returns the studies and the
-    files that could not be scored (with their one-line errors)."""
+@dataclass
+class FolderScores:
+    """The answer for a folder: its studies, the DICOM files that could not be scored (with
+    their one-line errors), and how many files were skipped for not being DICOM at all (the
+    CSV and bleed maps beside an ``ichnode synth`` or RSNA-layout folder's images)."""
+
+    studies: list[StudyRow]
+    errors: list[PredictRow]
+    not_dicom: int = 0
+
+
+def predict_folder(folder: Path, model: Path | None = None, device: str = "auto") -> FolderScores:
+    """Score every study in ``folder`` (all DICOM files below it)."""
     with quiet_pydicom():  # RSNA files store ID_... strings in UID elements
         return _predict_folder(folder, Predictor(model, device))
 
 
-def _predict_folder(folder: Path, predictor: Predictor) -> tuple[list[StudyRow], list[PredictRow]]:
+def _predict_folder(folder: Path, predictor: Predictor) -> FolderScores:
     ckpt = predictor.checkpoint
     groups: dict[str, list[tuple[Path, Dataset, float | None]]] = {}
     errors: list[PredictRow] = []
+    not_dicom = 0
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
         try:
             ds = read(path)
             to_hu(ds)  # the same checks the node makes (CT, pixels, size)
+        except NotDicomError:
+            not_dicom += 1
+            continue
         except IchnodeError as exc:
             errors.append(PredictRow(file=path, error=str(exc)))
             continue
@@ -269,7 +281,7 @@ def _predict_folder(folder: Path, predictor: Predictor) -> tuple[list[StudyRow],
                 slices=[rows[i] for i in order],
             )
         )
-    return studies, errors
+    return FolderScores(studies, errors, not_dicom)
 
 
 def _inputs(
@@ -299,19 +311,26 @@ def _inputs(
     return out
 
 
-def render_studies_json(studies: Sequence[StudyRow], errors: Sequence[PredictRow]) -> str:
-    """``--json`` for a folder: ``{"studies": [...], "errors": [...]}``."""
+def render_studies_json(scores: FolderScores) -> str:
+    """``--json`` for a folder: ``{"studies": [...], "errors": [...], "not_dicom": N}``."""
     return json.dumps(
-        {"studies": [s.to_json() for s in studies], "errors": [e.to_json() for e in errors]},
+        {
+            "studies": [s.to_json() for s in scores.studies],
+            "errors": [e.to_json() for e in scores.errors],
+            "not_dicom": scores.not_dicom,
+        },
         indent=2,
     )
 
 
-def render_studies(studies: Sequence[StudyRow], errors: Sequence[PredictRow]) -> None:
+def render_studies(scores: FolderScores) -> None:
     """One line per study (flag, subtypes, study probabilities), then its slices' table."""
     from rich.console import Console
 
+    studies, errors = scores.studies, scores.errors
     out = Console(width=None if sys.stdout.isatty() else 160, highlight=False)
+    if scores.not_dicom:
+        out.print(f"skipped {scores.not_dicom} files that are not DICOM", markup=False)
     for st in studies:
         call = "FLAGGED: " + ", ".join(st.flagged_subtypes) if st.flagged else "not flagged"
         probs = "  ".join(f"{SHORT_NAMES[n]} {st.probabilities[n]:.3f}" for n in SUBTYPES)

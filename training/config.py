@@ -123,6 +123,22 @@ class TrainConfig:
     study_epochs: int = field(
         default=40, metadata=option("--study-epochs", "Study-model epochs.", minimum=1)
     )
+    init: Path | None = field(
+        default=None,
+        metadata=option(
+            "--init",
+            "Fine-tune: start from this checkpoint's slice weights (the same --arch and "
+            "preprocessing options, refused otherwise).",
+        ),
+    )
+    mix: str | None = field(
+        default=None,
+        metadata=option(
+            "--mix",
+            "DIR:FRACTION: add slices of another RSNA-layout folder (a phantom set) to the "
+            "training split, FRACTION of it (0 < FRACTION < 1).",
+        ),
+    )
     calibration_data: Path | None = field(
         default=None,
         metadata=option(

@@ -9,6 +9,7 @@ with ``weights_only=True``), and finally fits calibration and thresholds on the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -53,6 +54,7 @@ from training.dataset import (
     split_by_patient,
     write_split,
 )
+from training.finetune import MIXED_DIR, Mix, build_mixed, init_from, split_with_mix
 from training.sampling import build_sampler
 
 log = logging.getLogger(__name__)
@@ -167,7 +169,7 @@ def prepare_data(cfg: TrainConfig, spec: PreprocessSpec, write: bool = True) -> 
     index = index[index["readable"].astype(bool)]
     if len(index) == 0:
         raise TrainError("no readable images in the data folder")
-    split = split_by_patient(index, cfg.seed)
+    split = split_with_mix(index, cfg.seed) if cfg.mix else split_by_patient(index, cfg.seed)
     if not split["train"] or not split["val"]:
         raise TrainError(f"too few patients ({index['patient'].nunique()}) to split 80/10/10")
     if write:
@@ -473,6 +475,11 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
     if cfg.amp and resolve_device(cfg.device).type != "cuda":  # before anything is read
         raise TrainError(f"--amp (mixed precision) needs a CUDA device; not {cfg.device}")
     find_layout(cfg.data)  # a missing or malformed data folder fails before OUT is made
+    mix = Mix.parse(cfg.mix) if cfg.mix else None
+    own_data = Path(cfg.data)
+    if mix is not None:  # the site's data and the mixed-in slices, read as one folder
+        find_layout(mix.folder)
+        cfg = dataclasses.replace(cfg, data=out / MIXED_DIR)
     info, device = distributed.init(cfg.device)
     if cfg.amp and device.type != "cuda":
         raise TrainError(f"--amp (mixed precision) needs a CUDA device; this run is on {device}")
@@ -484,6 +491,8 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
         model = build(cfg.architecture, in_channels=spec.channels).to(device)
     except IchnodeError as exc:
         raise TrainError(str(exc)) from None
+    if cfg.init is not None:
+        init_from(model, Path(cfg.init), cfg.architecture, spec)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     # Cosine decay of the learning rate over the run: the late epochs settle instead of
     # swinging (seen on phantoms: validation AUC of rare subtypes jumped between epochs).
@@ -510,6 +519,8 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
     # cached index and compute the same (seeded) split without writing it.
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)  # only once the options and data are checked
+        if mix is not None:
+            build_mixed(own_data, mix, out, cfg.seed)
         data = prepare_data(cfg, spec)
     distributed.barrier(info)
     if not info.is_main:

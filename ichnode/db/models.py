@@ -166,6 +166,14 @@ def _probability_mixin(name: str, *, nullable: bool) -> type:
     return type(name, (), columns)
 
 
+class Verdict(StrEnum):
+    """A radiologist's reading of a study result (:mod:`ichnode.review`)."""
+
+    CONFIRMED = "confirmed"  # the result is right (a flag is a bleed, no flag is none)
+    REJECTED = "rejected"  # a false alarm: flagged, and no bleed
+    MISSED = "missed"  # a bleed the result did not report
+
+
 class _HasProbabilities:
     """Access to the ``p_<subtype>`` columns in :data:`SUBTYPES` order."""
 
@@ -377,6 +385,33 @@ class StudyResult(
     def flagged_subtype_list(self) -> list[str]:
         """:attr:`flagged_subtypes` as a list (in SUBTYPES order when written so)."""
         return [name for name in self.flagged_subtypes.split(",") if name]
+
+
+class Review(Base):
+    """One radiologist's review of one result version; never updated (a newer one supersedes).
+
+    ``subtypes`` are the hemorrhage subtypes the reviewer says are present (comma-separated,
+    SUBTYPES order; NULL: not corrected, the result's own stand), ``slices`` the SOP instance
+    UIDs of the slices that show them (comma-separated; NULL: none marked).
+    """
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    study_result_id: Mapped[int] = mapped_column(
+        ForeignKey("study_results.id", ondelete="CASCADE"), index=True
+    )
+    verdict: Mapped[Verdict] = mapped_column(_status(Verdict))
+    subtypes: Mapped[str | None] = mapped_column(String(256))
+    slices: Mapped[str | None] = mapped_column(Text)
+    #: The name the reviewer typed, or the label of the way they came in ("token", "cli").
+    reviewer: Mapped[str] = mapped_column(String(128))
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+    study: Mapped[Study] = relationship()
+    study_result: Mapped[StudyResult] = relationship()
 
 
 class ReportObject(Base):

@@ -20,6 +20,7 @@ from ichnode.db.models import (
     Notification,
     OutboxEntry,
     ReportObject,
+    Review,
     StrEnum,
     Study,
     StudyResult,
@@ -51,6 +52,8 @@ class Query:
     since: datetime | None = None
     state: WorklistState | None = None
     accession: str | None = None
+    #: True: only reviewed studies; False: only those not reviewed yet.
+    reviewed: bool | None = None
     order: Order = Order.TRIAGE
     limit: int = 50
     offset: int = 0
@@ -64,6 +67,7 @@ class Row(NamedTuple):
     result: StudyResult | None
     n_instances: int
     key_uid: str | None
+    verdict: str | None
 
 
 def _outbox_has(status: DeliveryStatus) -> Any:
@@ -105,6 +109,18 @@ def _latest_join() -> Any:
     return (StudyResult.study_id == Study.id) & (StudyResult.version == Study.result_version)
 
 
+def latest_verdict() -> Any:
+    """SQL: the verdict of the study's newest review (NULL: not reviewed)."""
+    return (
+        select(Review.verdict)
+        .where(Review.study_id == Study.id)
+        .order_by(Review.id.desc())
+        .limit(1)
+        .correlate(Study)
+        .scalar_subquery()
+    )
+
+
 def page(session: Session, q: Query) -> tuple[int, list[Row]]:
     """``(total matching, one page of rows)`` in the query's order."""
     state_sql = _state_expression().label("state")
@@ -116,8 +132,9 @@ def page(session: Session, q: Query) -> tuple[int, list[Row]]:
         .scalar_subquery()
     )
     key = aliased(Instance)
+    verdict = latest_verdict()
     query = (
-        select(Study, state_sql, StudyResult, n_instances, key.sop_instance_uid)
+        select(Study, state_sql, StudyResult, n_instances, key.sop_instance_uid, verdict)
         .outerjoin(StudyResult, _latest_join())
         .outerjoin(key, key.id == StudyResult.key_instance_id)
     )
@@ -129,6 +146,9 @@ def page(session: Session, q: Query) -> tuple[int, list[Row]]:
         query = query.where(StudyResult.flagged.is_(q.flagged))
     if q.state is not None:
         query = query.where(state_sql == q.state.value)
+    if q.reviewed is not None:
+        reviewed = exists().where(Review.study_id == Study.id)
+        query = query.where(reviewed if q.reviewed else ~reviewed)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     if q.order is Order.TRIAGE:
         flagged_first = case((StudyResult.flagged.is_(True), 0), else_=1)
@@ -141,7 +161,10 @@ def page(session: Session, q: Query) -> tuple[int, list[Row]]:
     else:
         query = query.order_by(Study.last_received_at.desc(), Study.id.desc())
     rows = session.execute(query.offset(q.offset).limit(q.limit)).all()
-    return total, [Row(s, st, r, count or 0, uid) for s, st, r, count, uid in rows]
+    return total, [
+        Row(s, st, r, count or 0, uid, None if v is None else str(v))
+        for s, st, r, count, uid, v in rows
+    ]
 
 
 def state_of(session: Session, study_uid: str) -> str | None:

@@ -64,6 +64,9 @@ def list_studies(
         ),
     ] = None,
     status: queries.WorklistState | None = None,
+    reviewed: Annotated[
+        bool | None, Query(description="true: reviewed studies only; false: not reviewed yet.")
+    ] = None,
     accession: Annotated[
         str | None,
         Query(max_length=64, description="Only studies with this accession number."),
@@ -78,7 +81,9 @@ def list_studies(
         # Hidden identifiers are not searchable either: that would tell them apart.
         raise HTTPException(400, "accession search is off while identifiers are hidden")
     with ctx.sessions() as session:
-        query = queries.Query(flagged, _since(since), status, accession, order, limit, offset)
+        query = queries.Query(
+            flagged, _since(since), status, accession, reviewed, order, limit, offset
+        )
         total, studies = queries.worklist(session, query, show_patient_identifiers=show)
     return {"total": total, "limit": limit, "offset": offset, "order": order, "studies": studies}
 

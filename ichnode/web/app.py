@@ -11,11 +11,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
-from ichnode.web import api, dicomweb, health, images
+from ichnode.web import api, dicomweb, health, images, reviews
 from ichnode.web.auth import install_auth, publish_security
 from ichnode.web.context import WebContext
 
@@ -51,6 +54,26 @@ def create_app(node_or_context: Any) -> FastAPI:
         install_auth(app, ctx.token)
     publish_security(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for router in (api.router, dicomweb.router, images.router, health.router, pages):
+    routers = (api.router, reviews.router, dicomweb.router, images.router, health.router, pages)
+    for router in routers:
         app.include_router(router)
+    app.add_exception_handler(StarletteHTTPException, _allow_every_method)
     return app
+
+
+async def _allow_every_method(request: Request, exc: Exception) -> Response:
+    """FastAPI's answer, with a 405's ``Allow`` naming every documented method of the path.
+
+    Starlette answers 405 from the first route whose path matches, so a path served by two
+    routes (``GET`` and ``POST`` of ``/api/studies/{uid}/reviews``) would allow only one.
+    """
+    response = await http_exception_handler(request, exc)  # type: ignore[arg-type]
+    if getattr(exc, "status_code", None) == 405:
+        methods: set[str] = set()
+        for path, operations in request.app.openapi()["paths"].items():
+            pattern, _, _ = compile_path(path)
+            if pattern.match(request.url.path):
+                methods |= {method.upper() for method in operations}
+        if methods:
+            response.headers["Allow"] = ", ".join(sorted(methods))
+    return response

@@ -120,12 +120,6 @@ def _study_json(study: Study, n_series: int, identifiers: bool) -> dict[str, Any
     return ds.to_json_dict()
 
 
-@router.options("/studies", include_in_schema=False)
-def studies_options() -> Response:
-    """The methods of ``/dicom-web/studies`` (two routes share the path: STOW-RS and QIDO-RS)."""
-    return Response(status_code=204, headers={"Allow": "GET, POST, OPTIONS"})
-
-
 @router.get(
     "/studies",
     summary="QIDO-RS: studies with ichnode results",

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from ichnode import __version__
 from ichnode.db import metrics as counts
 from ichnode.db.models import DeliveryStatus, InstanceStatus, StudyStatus
+from ichnode.review import agreement
 from ichnode.web.context import WebContext
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class DatabaseCollector(Collector):
             yield from self._latency(session)
             yield from self._studies(session)
             yield from self._deliveries(session)
+            yield from self._reviews(session)
         workers = GaugeMetricFamily(
             "ichnode_workers_alive", "In-process worker threads of this node that are running."
         )
@@ -129,6 +131,43 @@ class DatabaseCollector(Collector):
         for status in DeliveryStatus:
             notifications.add_metric([status.value], by_status.get(status.value, 0))
         yield notifications
+
+    def _reviews(self, session: Session) -> Iterator[Any]:
+        """The radiologists' agreement with the model (:func:`ichnode.review.agreement`)."""
+        rows = agreement(session)
+        labels = ["model_id", "month"]
+        flagged = GaugeMetricFamily(
+            "ichnode_review_flagged_studies",
+            "Reviewed flagged studies by their latest verdict, per model id and month.",
+            labels=[*labels, "verdict"],
+        )
+        reviewed = GaugeMetricFamily(
+            "ichnode_reviewed_studies",
+            "Reviewed studies by outcome against the review (tp, fp, tn, fn).",
+            labels=[*labels, "outcome"],
+        )
+        shares = {
+            name: GaugeMetricFamily(
+                f"ichnode_review_{name}",
+                f"The model's {name} against the reviews, per model id and month.",
+                labels=labels,
+            )
+            for name in ("sensitivity", "specificity")
+        }
+        for row in rows:
+            key = [row.model_id, row.month]
+            flagged.add_metric([*key, "confirmed"], row.confirmed)
+            flagged.add_metric([*key, "rejected"], row.rejected)
+            for outcome, n in (("tp", row.true_positive), ("fp", row.false_positive),
+                               ("tn", row.true_negative), ("fn", row.false_negative)):  # fmt: skip
+                reviewed.add_metric([*key, outcome], n)
+            for name, family in shares.items():
+                value = getattr(row, name)
+                if value is not None:
+                    family.add_metric(key, value)
+        yield flagged
+        yield reviewed
+        yield from shares.values()
 
 
 def build_info(context: WebContext) -> InfoMetricFamily:

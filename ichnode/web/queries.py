@@ -18,6 +18,7 @@ from ichnode.db import worklist as statements
 from ichnode.db.models import Study
 from ichnode.db.worklist import Order, Query, WorklistState
 from ichnode.results import study_detail, summary_of
+from ichnode.review import reviews_of
 
 __all__ = ["Order", "Query", "WorklistState", "detail", "patient_block", "worklist"]
 
@@ -48,6 +49,7 @@ def worklist(
     for row in rows:  # one statement for the page
         summary = summary_of(row.study, row.result, row.n_instances, row.key_uid)
         summary["state"] = row.state
+        summary["review"] = row.verdict
         summary["patient"] = patient_block(row.study, show_patient_identifiers)
         out.append(summary)
     return total, out
@@ -73,5 +75,7 @@ def detail(
         }
         for s, count in result_rows.series_of(session, study.id)
     ]
+    out["reviews"] = reviews_of(session, study_uid) or []
+    out["review"] = out["reviews"][-1]["verdict"] if out["reviews"] else None
     out.setdefault("deliveries", [])  # the results layer lists them (ichnode.results)
     return out

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ichnode.db.models import Verdict
 from ichnode.web.queries import Order, WorklistState
 
 Probabilities = dict[str, float]
@@ -33,6 +34,48 @@ class Patient(BaseModel):
     study_description: str | None
 
 
+class ReviewIn(BaseModel):
+    """A radiologist's review of a study's result (the latest version unless ``version``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    verdict: Verdict = Field(
+        description="confirmed (the result is right), rejected (a false alarm) or missed "
+        "(a hemorrhage the result did not report)."
+    )
+    subtypes: list[str] | None = Field(
+        None,
+        max_length=6,
+        description="The hemorrhage subtypes present ('any' is implied); leave out to keep "
+        "the result's own.",
+    )
+    slices: list[str] | None = Field(
+        None, max_length=2000, description="SOP instance UIDs of the slices that show them."
+    )
+    reviewer: str | None = Field(
+        None, max_length=128, description="Who reviews (default: the token's label, 'token')."
+    )
+    note: str | None = Field(None, max_length=4000)
+    version: int | None = Field(None, ge=1, description="The result version reviewed.")
+
+
+class ReviewOut(BaseModel):
+    id: int
+    verdict: Verdict
+    subtypes: list[str] | None
+    slices: list[str] | None
+    reviewer: str
+    note: str | None
+    version: int = Field(description="The result version reviewed.")
+    model_id: str = Field(description="The model that made that result.")
+    created_at: str
+
+
+class ReviewList(BaseModel):
+    study_instance_uid: str
+    reviews: list[ReviewOut] = Field(description="Oldest first; the last one counts.")
+
+
 class StudySummary(_Open):
     study_instance_uid: str
     status: str = Field(description="Database status: receiving or resulted.")
@@ -49,6 +92,9 @@ class StudySummary(_Open):
     last_received_at: str
     resulted_at: str | None
     patient: Patient | None = None
+    review: Verdict | None = Field(
+        None, description="The verdict of the study's newest review (null: not reviewed)."
+    )
 
 
 class StudyList(BaseModel):
@@ -91,6 +137,9 @@ class StudyDetail(StudySummary):
     series: list[SeriesOut]
     deliveries: list[dict[str, Any]] = Field(
         description="Report objects queued for every result version, and their state."
+    )
+    reviews: list[ReviewOut] = Field(
+        default_factory=list, description="Every review of the study, oldest first."
     )
 
 

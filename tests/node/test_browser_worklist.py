@@ -366,3 +366,37 @@ def test_worklist_shows_age_sex_and_the_study_time(node_factory, page):
     finally:
         handle.stop()
     assert page.evaluate("ICH.age('003M')") == "3 M" and page.evaluate("ICH.age('')") == ""
+
+
+@pytest.mark.slow
+def test_a_review_saved_on_the_study_page_shows_on_the_worklist_and_filters_it(site, page):
+    handle, uids, _ = site
+    page.goto(f"{handle.url}/studies/{uids['edh']}")
+    page.wait_for_selector("body[data-loaded=true]")
+    assert page.is_hidden("#reviews")  # no review yet
+    page.check("input[name=verdict][value=missed]")
+    page.check("input[name=subtype][value=epidural]")
+    for nth in (2, 3):  # show two slices and mark each
+        page.click(f"#strip button.thumb >> nth={nth}")
+        page.click("#mark-slice")
+    assert page.locator("#strip button.thumb.marked").count() == 2
+    assert page.inner_text("#marked-count") == "2 slices marked"
+    page.fill("#reviewer", "Dr Browser")
+    page.fill("#review-note", "small left epidural")
+    page.click("#review-form button[type=submit]")
+    page.wait_for_function("document.getElementById('review-status').textContent === 'Saved'")
+    assert "Dr Browser" in page.inner_text("#reviews")
+    saved = httpx.get(f"{handle.url}/api/studies/{uids['edh']}/reviews").json()["reviews"]
+    [review] = saved
+    assert (review["verdict"], review["subtypes"], review["reviewer"]) == (
+        "missed", ["epidural"], "Dr Browser")  # fmt: skip
+    assert len(review["slices"]) == 2 and review["note"] == "small left epidural"
+
+    page.goto(handle.url)
+    page.wait_for_selector(f"#worklist tbody tr[data-uid='{uids['edh']}'] .review.missed")
+    page.select_option("#reviewed", "false")
+    page.wait_for_function(f"!document.querySelector(\"tr[data-uid='{uids['edh']}']\")")
+    assert set(row_uids(page)) == {uids["iph"], uids["normal"]}
+    page.select_option("#reviewed", "true")
+    page.wait_for_function("document.querySelectorAll('#worklist tbody tr').length === 1")
+    assert row_uids(page) == [uids["edh"]]

@@ -207,7 +207,8 @@ def test_the_node_scores_late_neighbours_again_and_matches_predict(
     x = preprocess_planes(datasets[k], [datasets[k - 1], datasets[k + 1]], ckpt.spec)
     emb, _ = embed_and_score(ckpt, x[None])
     np.testing.assert_allclose(stored[str(rest[0].SOPInstanceUID)], emb[0], rtol=1e-4, atol=1e-5)
-    [study], errors = predict_folder(tmp_path / "study", trained, "cpu")
+    scores = predict_folder(tmp_path / "study", trained, "cpu")
+    [study], errors = scores.studies, scores.errors
     assert not errors
     got = [resulted.probabilities[n] for n in SUBTYPES]
     np.testing.assert_allclose(got, [study.probabilities[n] for n in SUBTYPES], atol=1e-4)

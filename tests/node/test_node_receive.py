@@ -62,7 +62,8 @@ def test_dcmtk_storescu_study_is_stored_scored_and_resulted(node_factory, tmp_pa
     # Every slice is on disk, done, and scored exactly as `ichnode predict FOLDER` scores the
     # study: the study model over the slices in z order (refined slice probabilities), and the
     # study's own probabilities.
-    [expected_study], errors = predict_folder(tmp_path / "send", model=model_path, device="cpu")
+    scores = predict_folder(tmp_path / "send", model=model_path, device="cpu")
+    [expected_study], errors = scores.studies, scores.errors
     assert errors == [] and expected_study.refined
     expected = {r.sop_instance_uid: r.prediction.probabilities for r in expected_study.slices}
     for inst in detail["instances"]:

@@ -231,3 +231,23 @@ def test_png_into_an_existing_folder_writes_one_per_file(tmp_path):
     done = _run("predict", *files, "--png", str(tmp_path))
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["693_UNCR.png", "CT_small.png"]
+
+
+def test_predict_a_synth_folder_scores_its_study_and_skips_the_files_beside_it(tmp_path):
+    # An `ichnode synth` folder holds two CSVs and a bleed map per slice beside the images:
+    # not DICOM, so skipped and counted, not reported as one error each.
+    from phantoms.synth import generate
+
+    generate(tmp_path / "demo", studies=1, size=64, seed=3, progress=False)
+    n_slices = len(list((tmp_path / "demo" / "stage_2_train").iterdir()))
+    done = _run("predict", "--json", str(tmp_path / "demo"))
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["errors"] == []
+    assert answer["not_dicom"] == n_slices + 2
+    [only] = answer["studies"]
+    assert len(only["slices"]) == n_slices
+    table = _run("predict", str(tmp_path / "demo"))
+    assert table.returncode == 0, table.stderr
+    assert f"skipped {n_slices + 2} files that are not DICOM" in table.stdout
+    assert "error" not in table.stdout

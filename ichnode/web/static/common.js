@@ -14,6 +14,8 @@ const ICH = {
   WINDOW_LEVELS: {
     brain: [40, 80], subdural: [80, 200], soft: [40, 380], bone: [600, 2800],
   },
+  /** A review's verdict as the pages show it. */
+  VERDICTS: { confirmed: "✓ confirmed", rejected: "✗ false alarm", missed: "! missed finding" },
   STATES: {
     receiving: "Receiving", scored: "Scored", reported: "Reported",
     delivery_failed: "Delivery failed",

@@ -1,4 +1,4 @@
-/* The study page: key slice with saliency, findings, z-plot, slice strip, versions, deliveries. */
+/* The study page: key slice with saliency, findings, z-plot, slice strip, review, versions, deliveries. */
 "use strict";
 (function () {
   const h = ICH.h;
@@ -216,6 +216,7 @@
     for (const b of document.querySelectorAll("#strip button")) {
       b.setAttribute("aria-pressed", String(b.dataset.sop === sop));
     }
+    markThumbs();
     drawPlot();
   }
 
@@ -284,6 +285,60 @@
       h("td", { class: "mono" }, (v.model_id || "").slice(0, 12)))));
   }
 
+  /* --- review: verdict, subtypes, marked slices, who, note -------------------------- */
+
+  const marked = new Set();
+
+  function markThumbs() {
+    for (const b of document.querySelectorAll("#strip button")) {
+      b.classList.toggle("marked", marked.has(b.dataset.sop));
+    }
+    $("marked-count").textContent = marked.size ? `${marked.size} slice${marked.size > 1 ? "s" : ""} marked` : "No slice marked";
+    $("mark-slice").setAttribute("aria-pressed", String(marked.has(view.sop)));
+  }
+
+  function reviews() {
+    const list = [...(study.reviews || [])].reverse();
+    $("reviews").hidden = list.length === 0;
+    $("reviews").tBodies[0].replaceChildren(...list.map((r) => h("tr", {},
+      h("td", {}, ICH.time(r.created_at)),
+      h("td", {}, h("span", { class: `review ${r.verdict}` }, ICH.VERDICTS[r.verdict] || r.verdict)),
+      h("td", {}, r.subtypes === null ? "(the result's)" : r.subtypes.map((s) => ICH.ABBREV[s]).join(", ") || "none"),
+      h("td", { class: "num" }, r.slices ? r.slices.length : 0),
+      h("td", {}, r.reviewer), h("td", {}, `v${r.version}`), h("td", {}, r.note || ""))));
+  }
+
+  function reviewForm() {
+    $("review-subtypes").append(...info.subtypes.filter((s) => s !== "any").map((s) =>
+      h("label", {}, h("input", { type: "checkbox", name: "subtype", value: s }), ` ${info.display_names[s]}`)));
+    $("mark-slice").onclick = () => {
+      if (!view.sop) return;
+      if (marked.has(view.sop)) marked.delete(view.sop); else marked.add(view.sop);
+      markThumbs();
+    };
+    $("review-form").addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const verdict = (document.querySelector("input[name=verdict]:checked") || {}).value;
+      const ticked = [...document.querySelectorAll("input[name=subtype]:checked")].map((i) => i.value);
+      const body = { verdict, slices: marked.size ? [...marked] : null,
+        subtypes: ticked.length ? ticked : null,
+        reviewer: $("reviewer").value.trim() || null, note: $("review-note").value.trim() || null };
+      const r = await fetch(`/api/studies/${encodeURIComponent(uid)}/reviews`, {
+        method: "POST", credentials: "same-origin",
+        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: JSON.stringify(body) });
+      if (!r.ok) {
+        const detail = await r.json().catch(() => ({}));
+        $("review-status").textContent = `Not saved: ${typeof detail.detail === "string" ? detail.detail : `HTTP ${r.status}`}`;
+        return;
+      }
+      study.reviews = [...(study.reviews || []), await r.json()];
+      $("review-status").textContent = "Saved";
+      reviews();
+    });
+    reviews();
+  }
+
   function deliveries() {
     const list = study.deliveries || [];
     const latest = (study.versions || []).slice(-1)[0];
@@ -313,7 +368,7 @@
 
   async function main() {
     [info, study] = await Promise.all([ICH.json("/api/info"), ICH.json(`/api/studies/${encodeURIComponent(uid)}`)]);
-    facts(); findings(); controls(); viewer(); strip(); versions(); deliveries();
+    facts(); findings(); controls(); viewer(); strip(); versions(); deliveries(); reviewForm();
     const first = study.key_sop_instance_uid ||
       (study.instances[Math.floor(study.instances.length / 2)] || {}).sop_instance_uid;
     if (first) show(first); else drawPlot();

@@ -81,7 +81,9 @@
         date ? h("span", { class: "sub" }, date) : null),
       h("td", { class: "arrived" }, h("time", { datetime: study.last_received_at, title: ICH.time(study.last_received_at) },
         ICH.ago(study.last_received_at))),
-      h("td", {}, h("span", { class: `state ${study.state}` }, ICH.STATES[study.state] || study.state)));
+      h("td", {}, h("span", { class: `state ${study.state}` }, ICH.STATES[study.state] || study.state),
+        study.review ? h("span", { class: `review ${study.review}`, title: `Reviewed: ${study.review}` },
+          ICH.VERDICTS[study.review] || study.review) : null));
     for (const s of order) {
       const prob = study.probabilities ? study.probabilities[s] : null;
       cells.push(h("td", { class: "prob", "data-subtype": s },
@@ -182,6 +184,7 @@
     const params = new URLSearchParams({ limit: PAGE, order: "triage" });
     if ($("flagged-only").checked) params.set("flagged", "true");
     if ($("state").value) params.set("status", $("state").value);
+    if ($("reviewed").value) params.set("reviewed", $("reviewed").value);
     try {
       const body = await ICH.json(`/api/studies?${params}`);
       $("error").hidden = true;
@@ -216,7 +219,7 @@
       localStorage.setItem("ichnode.sound", $("sound").checked ? "on" : "off");
       if ($("sound").checked) { audio = audio || new AudioContext(); audio.resume(); }
     });
-    for (const id of ["flagged-only", "state"]) $(id).addEventListener("change", () => { lastBody = ""; refresh(); });
+    for (const id of ["flagged-only", "state", "reviewed"]) $(id).addEventListener("change", () => { lastBody = ""; refresh(); });
     await refresh();
     setInterval(refresh, info.refresh_seconds * 1000);
   }

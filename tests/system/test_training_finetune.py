@@ -1,0 +1,115 @@
+"""Fine-tuning: ``ichnode train --init`` starts from a checkpoint (and refuses one of another
+architecture or preprocessing), ``--mix`` adds a phantom set to the training split only, and
+``ichnode evaluate --compare`` puts two checkpoints side by side on the same studies. Real
+training runs on tiny phantoms."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ichnode.cli import app
+from ichnode.model import demo_model_path, load_checkpoint
+from phantoms.synth import generate
+from training.finetune import MIX_PREFIX, FineTuneError, Mix
+
+pytestmark = pytest.mark.slow
+
+runner = CliRunner()
+TINY = [
+    *("--image-size", "64", "--pixel-mm", "3.6", "--batch-size", "16", "--device", "cpu"),
+    *("--limit", "120", "--study-model", "none", "--epochs", "1"),
+]
+
+
+def _train(*args: str) -> Path:
+    result = runner.invoke(app, ["train", *args, *TINY])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return Path(args[args.index("--out") + 1]) / "best.safetensors"
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A "site" set and a phantom set to mix in."""
+    site, mix = tmp_path_factory.mktemp("site"), tmp_path_factory.mktemp("mix")
+    generate(site, studies=10, seed=21, size=64, progress=False)
+    generate(mix, studies=4, seed=22, size=64, progress=False)
+    return site, mix
+
+
+@pytest.fixture(scope="module")
+def base(sets, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _train("--data", str(sets[0]), "--out", str(tmp_path_factory.mktemp("base")))
+
+
+def _weights(path: Path) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in load_checkpoint(path).model.parameters()]
+
+
+def test_init_starts_from_the_checkpoints_weights(sets, base, tmp_path):
+    # With a zero learning rate nothing moves: the run's weights are the checkpoint's.
+    tuned = _train("--data", str(sets[0]), "--out", str(tmp_path / "run"), "--init", str(base),
+                   "--lr", "0")  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(_weights(tuned), _weights(base), strict=True))
+    scratch = _train("--data", str(sets[0]), "--out", str(tmp_path / "scratch"), "--lr", "0",
+                     "--seed", "5")  # fmt: skip
+    assert not all(
+        torch.equal(a, b) for a, b in zip(_weights(scratch), _weights(base), strict=True)
+    )
+
+
+def test_init_refuses_a_checkpoint_of_another_preprocessing_in_one_line(sets, tmp_path):
+    from ichnode.cli import main
+
+    argv = ["ichnode", "train", "--data", str(sets[0]), "--out", str(tmp_path / "run"),
+            "--init", str(demo_model_path()), *TINY]  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(SystemExit) as stop:
+        mp.setattr("sys.argv", argv)
+        main()
+    assert stop.value.code == 2
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_the_refusal_names_both_specs(sets, tmp_path):
+    result = runner.invoke(app, ["train", "--data", str(sets[0]), "--out", str(tmp_path),
+                                 "--init", str(demo_model_path()), *TINY])  # fmt: skip
+    message = str(result.exception)
+    assert isinstance(result.exception, FineTuneError)
+    assert "256 px" in message and "64 px" in message and "\n" not in message
+
+
+def test_mix_adds_the_phantom_set_to_the_training_split_only(sets, tmp_path):
+    site, mix = sets
+    _train("--data", str(site), "--out", str(tmp_path / "run"), "--mix", f"{mix}:0.25")
+    split = json.loads((tmp_path / "run" / "split.json").read_text())["ids"]
+    mixed = [i for i in split["train"] if i.startswith(MIX_PREFIX)]
+    own = [i for i in split["train"] if not i.startswith(MIX_PREFIX)]
+    assert mixed and own
+    assert not any(i.startswith(MIX_PREFIX) for i in split["val"] + split["test"])
+    assert split["val"] and split["test"]
+
+
+@pytest.mark.parametrize("text", ["phantoms", "phantoms:1.5", "phantoms:0", ":0.5", "x:half"])
+def test_a_mix_without_a_fraction_between_0_and_1_is_refused(text):
+    with pytest.raises(FineTuneError, match="DIR:FRACTION"):
+        Mix.parse(text)
+
+
+def test_evaluate_compare_puts_both_models_side_by_side_on_the_same_studies(sets, base, tmp_path):
+    tuned = _train("--data", str(sets[0]), "--out", str(tmp_path / "run"), "--init", str(base))
+    out = tmp_path / "compare"
+    result = runner.invoke(app, ["evaluate", "--data", str(sets[0]), "--model", str(base),
+                                 "--compare", str(tuned), "--split",
+                                 str(tmp_path / "run" / "split.json"), "--out", str(out),
+                                 "--device", "cpu"])  # fmt: skip
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    old_id, new_id = load_checkpoint(base).model_id, load_checkpoint(tuned).model_id
+    assert old_id in result.output and new_id in result.output
+    rows = {r["figure"]: r for r in json.loads((out / "compare.json").read_text())}
+    assert rows["studies"]["old"] == rows["studies"]["new"] > 0
+    assert rows["slices"]["old"] == rows["slices"]["new"]
+    assert (out / "old" / "report.json").is_file() and (out / "new" / "report.json").is_file()

@@ -1,0 +1,129 @@
+"""Fine-tuning: start from a served checkpoint (``--init``), mix in a phantom set (``--mix``).
+
+``--init`` loads the slice network's weights of a checkpoint into the run's model, and only
+when it is the same architecture with the same preprocessing spec: weights learnt on other
+inputs would be served with the wrong eval preset. The study model (second stage) is trained
+anew on the run's embeddings, as in any run.
+
+``--mix DIR:FRACTION`` adds slices of another RSNA-layout folder (a phantom set) to the
+training split only, so that FRACTION of the training slices come from it: the site's reviewed
+studies stay the only validation and test data. The two folders are joined in
+``RUN/mixed/`` (the CSV rewritten, the images linked, the mixed ones' ids prefixed with
+:data:`MIX_PREFIX`), which the rest of the run reads as one folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from torch import nn
+
+from ichnode.errors import IchnodeError
+from ichnode.imaging import PreprocessSpec
+from ichnode.model import load_checkpoint
+from ichnode.subtypes import SUBTYPES
+from training.dataset import (
+    CSV_NAME,
+    IMAGE_DIR_NAME,
+    find_layout,
+    load_labels,
+    split_by_patient,
+)
+
+log = logging.getLogger(__name__)
+
+#: Prefix of the ids of the mixed-in slices in ``RUN/mixed/``.
+MIX_PREFIX = "MIX_"
+MIXED_DIR = "mixed"
+
+
+class FineTuneError(IchnodeError):
+    """A checkpoint or mix that this run cannot start from."""
+
+
+@dataclass(frozen=True)
+class Mix:
+    """``--mix DIR:FRACTION``."""
+
+    folder: Path
+    fraction: float
+
+    @classmethod
+    def parse(cls, text: str) -> Mix:
+        """``DIR:FRACTION`` with 0 < FRACTION < 1 (the last colon splits)."""
+        folder, sep, share = text.rpartition(":")
+        try:
+            fraction = float(share) if sep and folder else -1.0
+        except ValueError:
+            fraction = -1.0
+        if not 0.0 < fraction < 1.0:
+            raise FineTuneError(f"--mix {text!r}: expected DIR:FRACTION, 0 < FRACTION < 1")
+        return cls(Path(folder), fraction)
+
+
+def init_from(model: nn.Module, checkpoint: Path, architecture: str, spec: PreprocessSpec) -> str:
+    """Load ``checkpoint``'s slice weights into ``model``; its model id. Refused (one line)
+    unless it has this run's architecture and preprocessing spec."""
+    try:
+        ckpt = load_checkpoint(checkpoint, "cpu")
+    except (IchnodeError, OSError) as exc:
+        raise FineTuneError(f"--init {checkpoint}: {str(exc).splitlines()[0]}") from None
+    if ckpt.architecture != architecture:
+        raise FineTuneError(
+            f"--init: {ckpt.model_id} is a {ckpt.architecture}, this run trains {architecture} "
+            "(give the same --arch)"
+        )
+    if ckpt.spec.to_dict() != spec.to_dict():
+        raise FineTuneError(
+            f"--init: {ckpt.model_id} was trained on {_spec_text(ckpt.spec)}, this run on "
+            f"{_spec_text(spec)} (give the same --image-size, --pixel-mm, --windows, --context)"
+        )
+    model.load_state_dict(ckpt.model.state_dict())
+    log.info("fine-tuning from %s", ckpt.model_id)
+    return ckpt.model_id
+
+
+def _spec_text(spec: PreprocessSpec) -> str:
+    d = spec.to_dict()
+    windows = ",".join(f"{w[0]}" for w in d.get("windows", []))
+    text = f"{d.get('size')} px, {d.get('pixel_mm') or 'whole matrix'} mm/px, windows {windows}"
+    return text + (f", context {d['context']}" if d.get("context") else "")
+
+
+def build_mixed(data: Path, mix: Mix, out: Path, seed: int) -> Path:
+    """``RUN/mixed/``: ``data`` and a seeded sample of ``mix.folder`` as one RSNA folder."""
+    own, other = find_layout(data), find_layout(mix.folder)
+    own_labels, other_labels = load_labels(own.csv), load_labels(other.csv)
+    wanted = round(len(own_labels) * mix.fraction / (1.0 - mix.fraction))
+    pool = list(other_labels.index)
+    chosen = sorted(random.Random(seed).sample(pool, min(wanted, len(pool))))
+    target = Path(out) / MIXED_DIR
+    images = target / IMAGE_DIR_NAME
+    images.mkdir(parents=True, exist_ok=True)
+    lines = ["ID,Label"]
+    for layout, table, ids, prefix in (
+        (own, own_labels, list(own_labels.index), ""),
+        (other, other_labels, chosen, MIX_PREFIX),
+    ):
+        for image_id in ids:
+            link = images / f"{prefix}{image_id}.dcm"
+            if not link.exists():
+                os.symlink(layout.image_path(image_id).resolve(), link)
+            row = table.loc[image_id]
+            lines.extend(f"{prefix}{image_id}_{name},{int(row[name])}" for name in SUBTYPES)
+    (target / CSV_NAME).write_text("\n".join(lines) + "\n", encoding="ascii")
+    log.info("mix: %d slices of %s with %d of %s", len(own_labels), data, len(chosen), mix.folder)
+    return target
+
+
+def split_with_mix(index: pd.DataFrame, seed: int) -> dict[str, list[str]]:
+    """The patient split of the site's own slices, with every mixed-in slice added to train
+    (validation and test stay the site's own)."""
+    mixed = index["id"].str.startswith(MIX_PREFIX)
+    split = split_by_patient(index[~mixed], seed)
+    return split | {"train": sorted(split["train"] + index.loc[mixed, "id"].tolist())}
