@@ -19,11 +19,12 @@ synth cal --preset heldout --seed 21 --studies 120
 synth heldout --preset heldout --seed 22 --studies 150
 synth infamily --preset train --seed 2 --studies 100
 
-train() {  # NAME ARGS...: train once, then evaluate on both evaluation sets
+train() {  # NAME ARGS...: train once, then evaluate on the calibration studies (to choose
+  # between runs before the evaluation sets are looked at) and on both evaluation sets
   local name=$1; shift
   [ -f "runs/$name/best.safetensors" ] \
     || ichnode train --data train --out "runs/$name" --calibration-data cal --device cpu "$@"
-  for set in heldout infamily; do
+  for set in cal heldout infamily; do
     ichnode evaluate --data "$set" --model "runs/$name/best.safetensors" \
       --out "runs/$name/eval-$set" --device cpu
   done
@@ -35,6 +36,10 @@ train demo --epochs 12
 train demo128 --epochs 12 --image-size 128 --pixel-mm 1.8
 # The same with 2.5-D input: each slice with the slice below and above it (9 channels).
 train ctx1 --epochs 12 --context 1
+# Bleed maps as per-pixel supervision: ichseg (ichnet2's trunk, a stride-8 feature pyramid, a
+# segmentation head trained on phantom_masks/), at 128 px to compare with demo128 at a quarter
+# of the 256 px run's cost.
+train seg128 --arch ichseg --epochs 12 --image-size 128 --pixel-mm 1.8
 # The seed's recipe: SimpleCNN, 5 epochs, balanced sampling (one group in six), 128 px matrix
 # resize, no study model (the study probability is the maximum over slices).
 train seed --arch simplecnn --epochs 5 --image-size 128 --pixel-mm none --normal-share none \
