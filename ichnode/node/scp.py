@@ -32,7 +32,6 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
-from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 from sqlalchemy.exc import SQLAlchemyError
@@ -57,9 +56,6 @@ from ichnode.node.transport import GuardedServer, start_server
 from ichnode.store import Store, uid_hash
 
 log = logging.getLogger(__name__)
-
-PREAMBLE = b"\x00" * 128 + b"DICM"
-
 
 #: P-DATA bytes one message may reach before the association is cut off: pynetdicom holds a
 #: whole message in memory before the C-STORE handler sees it, so past this point a peer
@@ -437,11 +433,8 @@ class StorageSCP:
         """Write the file (CT only) and the row (:func:`storing.keep`); Success only once both
         are durable."""
         study_uid = admitted.received.study_uid
-        parts: list[bytes] = []
-        if admitted.is_ct:
-            # The bytes are event.encoded_dataset()'s, without joining a copy of them; the
-            # header is built only here (pynetdicom makes a new one on every file_meta read).
-            parts = [PREAMBLE + encode_file_meta(event.file_meta), event.request.DataSet.getvalue()]
+        # The Part 10 file as received (pynetdicom adds the File Meta Information).
+        parts = [event.encoded_dataset()] if admitted.is_ct else []
         status = storing.keep(
             self.sessions,
             self.store,
