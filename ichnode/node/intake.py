@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
@@ -21,6 +21,7 @@ from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
 
 from ichnode.db import ingest
 from ichnode.db.models import InstanceStatus
@@ -67,7 +68,9 @@ HEADER_KEYWORDS = (
     "NumberOfFrames",
     "PixelData",
 )
-HEADER_TAGS: list[BaseTag | int] = sorted(Tag(tag_for_keyword(k)) for k in HEADER_KEYWORDS)
+HEADER_TAGS: list[BaseTag | int] = sorted(
+    Tag(cast(int, tag_for_keyword(k))) for k in HEADER_KEYWORDS
+)
 
 #: BitsAllocated values a CT image can have (PS3.3 C.8.2.1.1.4 allows 16 only; we decode these).
 BITS_ALLOCATED = (8, 16, 32)
@@ -114,17 +117,18 @@ class Request:
 def admit(event: evt.Event, rules: SelectionRules, now: datetime) -> Admitted:
     """Check one C-STORE's data set; raises :class:`Refusal` if it cannot be stored."""
     syntax = event.context.transfer_syntax
+    message = cast(C_STORE, event.request)
     try:
         # A deflated data set is inflated (and decoded) by pynetdicom.
         deflated = syntax == DeflatedExplicitVRLittleEndian
-        ds = event.dataset if deflated else read_header(event.request.DataSet, syntax)
+        ds = event.dataset if deflated else read_header(cast(BinaryIO, message.DataSet), syntax)
     except Exception as exc:  # noqa: BLE001 - any decode failure is "cannot understand"
         raise Refusal(
             CANNOT_UNDERSTAND, f"dataset cannot be decoded ({type(exc).__name__})"
         ) from None
     request = Request(
-        sop_instance_uid=str(event.request.AffectedSOPInstanceUID),
-        sop_class_uid=str(event.request.AffectedSOPClassUID),
+        sop_instance_uid=str(message.AffectedSOPInstanceUID),
+        sop_class_uid=str(message.AffectedSOPClassUID),
         transfer_syntax=str(event.context.transfer_syntax),
         calling_ae=event.assoc.requestor.ae_title,
         calling_address=event.assoc.requestor.address,
