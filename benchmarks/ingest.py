@@ -2,7 +2,8 @@
 
 Receivers: DCMTK ``storescp`` writing files, Orthanc (its defaults, loopback only, temporary
 storage), pynetdicom's bundled ``storescp`` app writing files, and ``ichnode serve`` with its
-defaults (inference on: one worker), optionally also with inference off (``ichnode-off``).
+defaults (inference on: one worker), optionally also with inference off (``ichnode-off``) or
+with its worker in a child process (``ichnode-proc``: ``inference_process = true``).
 ``--parallel 1,4`` measures each receiver with 1 and with 4 ``storescu`` processes, each
 sending its share of the files on its own association. Median of ``--runs`` runs each, printed
 as instances/s, MB/s and the ratios ichnode/Orthanc and ichnode/storescp measured in the same
@@ -37,7 +38,7 @@ from common import (  # noqa: E402
 )
 
 ORTHANC = "/usr/sbin/Orthanc"
-RECEIVERS = ("dcmtk", "orthanc", "pynetdicom", "ichnode", "ichnode-off")
+RECEIVERS = ("dcmtk", "orthanc", "pynetdicom", "ichnode", "ichnode-off", "ichnode-proc")
 
 
 def _orthanc(port: int, out: Path) -> subprocess.Popen:
@@ -106,6 +107,8 @@ def _receiver(kind: str, port: int, out: Path) -> subprocess.Popen:
         cmd += ["--workers", "0"]
     # Its HTTP side on a free port too, so that a node already running here does not clash.
     env = {**os.environ, "ICHNODE_HTTP__BIND": f"127.0.0.1:{free_port()}"}
+    if kind == "ichnode-proc":
+        env["ICHNODE_INFERENCE_PROCESS"] = "true"
     return subprocess.Popen(
         cmd, cwd=out, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -144,7 +147,7 @@ def _queue_left(out: Path) -> int:
 
 def measure(kind: str, files: list[Path], runs: int, warmup: list[Path], parallel: int) -> dict:
     times, drains = [], []
-    inference = kind == "ichnode"
+    inference = kind in ("ichnode", "ichnode-proc")
     for _ in range(runs):
         out = Path(tempfile.mkdtemp(prefix=f"ingest-{kind}-"))
         port = free_port()
@@ -185,7 +188,7 @@ def report(results: dict[str, dict], n: int, mb: float, parallel: int) -> None:
             d = r["drained_seconds"]
             verdict = "keeps up" if d <= s * 1.05 else "backlog: inference slower than ingest"
             print(f"{'':<14}queue drained after {d:.2f} s: {n / d:.1f} slices/s scored ({verdict})")
-    for ours in ("ichnode", "ichnode-off"):
+    for ours in ("ichnode", "ichnode-off", "ichnode-proc"):
         if ours not in results:
             continue
         for peer in ("orthanc", "dcmtk"):

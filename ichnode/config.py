@@ -264,6 +264,11 @@ class Settings(BaseSettings):
     )
     device: str = "auto"
     workers: int = Field(1, ge=0)
+    inference_process: bool = Field(
+        False,
+        description="Run the workers in a child process of `serve`, so scoring never "
+        "competes with the DICOM receiver for the GIL.",
+    )
     batch_size: int = Field(16, ge=1, le=1024)
     lease_seconds: float = Field(120.0, gt=0)
     torch_threads: int = Field(0, ge=0, description="0 = torch's default.")

@@ -1,6 +1,8 @@
 """What a received C-STORE must pass before it is stored: header read, checks, selection.
 
-:func:`admit` reads a C-STORE's data set, and :func:`check` -- shared with STOW-RS
+:func:`admit` reads, from a C-STORE's received bytes, only the elements the checks and the
+rows need (:data:`HEADER_KEYWORDS`: pydicom skips every other value without building an
+element for it), and :func:`check` -- shared with STOW-RS
 (:mod:`ichnode.node.stow`) -- checks its identifiers against the request and its pixel
 description against the header, and describes the row to be (scored, or skipped with
 the reason). A failure raises one :class:`Refusal` (status, reason); the SCP turns it into
@@ -11,10 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import BinaryIO, cast
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
 
 from ichnode.db import ingest
 from ichnode.db.models import InstanceStatus
@@ -25,6 +32,45 @@ from ichnode.node.statuses import (
     DATASET_DOES_NOT_MATCH,
 )
 from ichnode.store import uid_hash, valid_uid
+
+#: The elements a received data set is read for: identifiers, the pixel description and
+#: PixelData (its length is checked; its bytes are sliced from the buffer, not decoded), the
+#: selection rules' inputs, slice geometry (top level or Enhanced CT's functional groups) and
+#: the study/series/instance row fields (:meth:`ingest.Received.from_dataset`). The Specific
+#: Character Set is always read (pydicom adds it).
+HEADER_KEYWORDS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "SeriesDescription",
+    "BodyPartExamined",
+    "ProtocolName",
+    "ImageType",
+    "PatientID",
+    "PatientName",
+    "PatientSex",
+    "PatientAge",
+    "AccessionNumber",
+    "StudyDate",
+    "StudyTime",
+    "StudyDescription",
+    "InstanceNumber",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "SharedFunctionalGroupsSequence",
+    "PerFrameFunctionalGroupsSequence",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "SamplesPerPixel",
+    "NumberOfFrames",
+    "PixelData",
+)
+HEADER_TAGS: list[BaseTag | int] = sorted(
+    Tag(cast(int, tag_for_keyword(k))) for k in HEADER_KEYWORDS
+)
 
 #: BitsAllocated values a CT image can have (PS3.3 C.8.2.1.1.4 allows 16 only; we decode these).
 BITS_ALLOCATED = (8, 16, 32)
@@ -70,20 +116,36 @@ class Request:
 
 def admit(event: evt.Event, rules: SelectionRules, now: datetime) -> Admitted:
     """Check one C-STORE's data set; raises :class:`Refusal` if it cannot be stored."""
+    syntax = event.context.transfer_syntax
+    message = cast(C_STORE, event.request)
     try:
-        ds: Dataset = event.dataset
+        # A deflated data set is inflated (and decoded) by pynetdicom.
+        deflated = syntax == DeflatedExplicitVRLittleEndian
+        ds = event.dataset if deflated else read_header(cast(BinaryIO, message.DataSet), syntax)
     except Exception as exc:  # noqa: BLE001 - any decode failure is "cannot understand"
         raise Refusal(
             CANNOT_UNDERSTAND, f"dataset cannot be decoded ({type(exc).__name__})"
         ) from None
     request = Request(
-        sop_instance_uid=str(event.request.AffectedSOPInstanceUID),
-        sop_class_uid=str(event.request.AffectedSOPClassUID),
+        sop_instance_uid=str(message.AffectedSOPInstanceUID),
+        sop_class_uid=str(message.AffectedSOPClassUID),
         transfer_syntax=str(event.context.transfer_syntax),
         calling_ae=event.assoc.requestor.ae_title,
         calling_address=event.assoc.requestor.address,
     )
     return check(ds, request, rules, now)
+
+
+def read_header(received: BinaryIO, transfer_syntax: UID) -> Dataset:
+    """The :data:`HEADER_KEYWORDS` of a data set encoded in ``transfer_syntax`` (not deflated),
+    read from its bytes as received; every other value is skipped unread."""
+    received.seek(0)
+    return read_dataset(
+        received,
+        transfer_syntax.is_implicit_VR,
+        transfer_syntax.is_little_endian,
+        specific_tags=HEADER_TAGS,
+    )
 
 
 def check(ds: Dataset, request: Request, rules: SelectionRules, now: datetime) -> Admitted:

@@ -18,6 +18,7 @@ from ichnode.db import queue
 from ichnode.db.session import display_url, open_database
 from ichnode.errors import ConfigError
 from ichnode.inference import Predictor, score_study
+from ichnode.node.inference_process import InferenceProcess
 from ichnode.node.monitor import Monitor, ResultPolicy
 from ichnode.node.notifier import Notifier, receivers
 from ichnode.node.outbox import Outbox
@@ -43,6 +44,8 @@ class Node:
         self.wake = threading.Event()
         self.threads: list[threading.Thread] = []
         self.workers: list[Worker] = []
+        #: The workers' child process (``inference_process``); None: they are threads here.
+        self.inference: InferenceProcess | None = None
 
     def worker_ids(self) -> list[str]:
         """Stable ids for this node's in-process workers, so a restart can reclaim their leases."""
@@ -75,7 +78,10 @@ class Node:
                 released = queue.release(session, wid)
                 if released:
                     log.info("released %d instances held before a restart by %s", released, wid)
-        for wid in self.worker_ids():
+        if s.inference_process and s.workers:
+            self.inference = InferenceProcess(s, self.worker_ids())
+            self.inference.start()
+        for wid in [] if self.inference is not None else self.worker_ids():
             worker = Worker(
                 self.sessions,
                 self.store,
@@ -110,8 +116,8 @@ class Node:
             self._spawn(watcher.run, "model-watcher")
         if s.audit_retention_days:
             self._spawn(AuditPruner(self.sessions, s.audit_retention_days).run, "audit-prune")
-        self.scp = StorageSCP(s, self.store, self.sessions, on_stored=self.wake.set)
-        self.stow = StowReceiver(s, self.store, self.sessions, on_stored=self.wake.set)
+        self.scp = StorageSCP(s, self.store, self.sessions, on_stored=self._on_stored)
+        self.stow = StowReceiver(s, self.store, self.sessions, on_stored=self._on_stored)
         try:
             self.scp.start(tls)
         except OSError as exc:
@@ -137,6 +143,12 @@ class Node:
             ckpt.decision_thresholds, ckpt.model_id, partial(score_study, ckpt), ckpt.spec.context
         )
 
+    def _on_stored(self) -> None:
+        """An instance was queued: wake the workers (threads or the inference process)."""
+        self.wake.set()
+        if self.inference is not None:
+            self.inference.notify()
+
     def _on_resulted(self, result_id: int) -> None:
         """Monitor callback: build the new version's objects, send its notifications."""
         self.reporter.wake.set()
@@ -160,6 +172,8 @@ class Node:
             scp.shutdown()
         self.stop_event.set()
         self.wake.set()
+        if self.inference is not None:
+            self.inference.stop()
         for part in ("outbox", "reporter", "notifier"):
             waiting = getattr(self, part, None)
             if waiting is not None:

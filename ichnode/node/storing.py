@@ -36,9 +36,9 @@ def keep(
     known_ids: ingest.KnownIds,
     now: datetime,
 ) -> InstanceStatus | None:
-    """Write the file (CT only: ``parts`` joined are the Part 10 file, the data set last) and
-    the row; returns the row's status (None: a repeat, the first copy kept). Raises
-    :class:`Refusal` (0xA700) when either cannot be made durable."""
+    """Write the file (CT only: ``parts`` joined are the Part 10 file, at most
+    ``max_instance_bytes``) and the row; returns the row's status (None: a repeat, the first
+    copy kept). Raises :class:`Refusal` (0xA700) when either cannot be made durable."""
     received = admitted.received
     study_uid, series_uid, sop_uid = admitted.uids
     tag = uid_hash(sop_uid)
@@ -52,7 +52,7 @@ def keep(
                 return None
             relative = None
             if admitted.is_ct:
-                if len(parts[-1]) > max_instance_bytes:
+                if sum(len(p) for p in parts) > max_instance_bytes:
                     raise Refusal(
                         OUT_OF_RESOURCES, f"instance {tag} is larger than max_instance_bytes"
                     )

@@ -24,15 +24,15 @@ from ichnode.audit import (
 )
 from ichnode.config import Settings
 from ichnode.db.session import open_database
-from ichnode.node.scp import (
+from ichnode.node.associations import (
     CALLED_AE_NOT_RECOGNISED,
     CALLING_AE_NOT_RECOGNISED,
     REJECTED_PERMANENT,
     SOURCE_SERVICE_USER,
-    SUCCESS,
 )
+from ichnode.node.statuses import SUCCESS
 
-SCP_LOGGER = "ichnode.node.scp"
+SCP_LOGGER = "ichnode.node.associations"  # association policy and audit
 
 
 def _associate(port: int, calling: str, called: str = "ICHNODE"):  # noqa: ANN202

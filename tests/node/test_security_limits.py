@@ -19,12 +19,8 @@ from sqlalchemy import func, select
 
 from ichnode.audit import list_associations
 from ichnode.db.models import Instance
-from ichnode.node.scp import (
-    LOCAL_LIMIT_EXCEEDED,
-    OUT_OF_RESOURCES,
-    SUCCESS,
-    TEMPORARY_CONGESTION,
-)
+from ichnode.node.associations import LOCAL_LIMIT_EXCEEDED, TEMPORARY_CONGESTION
+from ichnode.node.statuses import OUT_OF_RESOURCES, SUCCESS
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
@@ -102,7 +98,7 @@ def test_instance_over_max_instance_bytes_is_a700_and_nothing_is_kept(scp_factor
 
 
 def test_a_message_far_over_the_limit_is_cut_off_before_it_is_all_in_memory(scp_factory, caplog):
-    caplog.set_level(logging.WARNING, logger="ichnode.node.scp")
+    caplog.set_level(logging.WARNING, logger="ichnode.node.associations")
     node = scp_factory(max_instance_bytes=20_000)
     assert node.scp.receive_cap() < 2_000_000
     # 2 MiB of pixels: pynetdicom would buffer all of it before the C-STORE handler runs.

@@ -343,3 +343,40 @@ def test_a_store_that_cannot_be_created_names_the_setting(tmp_path):
         env={"ICHNODE_HTTP__ENABLED": "false"},
     )
     assert "(setting store)" in line and "Not a directory" in line
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        return ""
+
+
+def test_serve_scores_in_its_inference_process_and_stops_it_on_sigterm(tmp_path):
+    port = free_port()
+    config = tmp_path / "ichnode.toml"
+    config.write_text("inference_process = true\n")
+    node = ServeProcess(
+        tmp_path, "--config", str(config), "--port", str(port), "--stable-seconds", "30"
+    )
+    spawned = [p for p in _children(node.proc.pid) if "spawn_main" in _cmdline(p)]
+    assert spawned, "no inference process under ichnode serve"
+    assert send(port, study(4, size=64)) == [0] * 4
+    engine = create_engine(f"sqlite:///{tmp_path / 'var' / 'ichnode.db'}")
+
+    def done() -> int:
+        with engine.connect() as conn:
+            return conn.execute(text("select count(*) from instances where status='done'")).scalar()
+
+    try:
+        assert wait_for(lambda: done() == 4, timeout=120)
+    finally:
+        engine.dispose()
+    assert node.stop(signal.SIGTERM) == 0
+    assert not any(_cmdline(p) for p in spawned)  # the child is gone with the node

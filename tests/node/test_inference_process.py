@@ -1,0 +1,43 @@
+"""``inference_process = true``: the node's workers run in a child process with their own
+model, score what the receiver queued (woken across the process boundary), and stop with
+the node; a child that dies is restarted. Real associations, the demo model, SQLite."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from dicom_client import send
+from helpers import study, wait_for
+from sqlalchemy import select
+
+from ichnode.db.models import Instance, InstanceStatus
+from ichnode.node.statuses import SUCCESS
+
+pytestmark = [pytest.mark.parametrize("db_url", ["sqlite"], indirect=True), pytest.mark.slow]
+
+
+def _statuses(node) -> list[InstanceStatus]:  # noqa: ANN001
+    with node.sessions() as session:
+        return list(session.scalars(select(Instance.status)))
+
+
+def test_a_child_process_scores_what_the_receiver_queued_and_stops_with_the_node(node_factory):
+    node = node_factory(inference_process=True, workers=1)
+    child = node.inference.process
+    assert child.pid != os.getpid() and child.is_alive()
+    assert not [t for t in node.threads if t.name.startswith("worker-")]  # no worker thread here
+    assert send(node.settings.port, study(3, size=32)) == [SUCCESS] * 3
+    assert wait_for(lambda: _statuses(node) == [InstanceStatus.DONE] * 3, timeout=120)
+    node.stop()
+    assert not child.is_alive() and child.exitcode == 0
+
+
+def test_a_child_process_that_dies_is_restarted_and_scores(node_factory):
+    node = node_factory(inference_process=True, workers=1)
+    first = node.inference.process
+    first.kill()
+    first.join()
+    wait_for(lambda: node.inference.process is not first, timeout=30)
+    assert send(node.settings.port, study(2, size=32)) == [SUCCESS] * 2
+    assert wait_for(lambda: _statuses(node) == [InstanceStatus.DONE] * 2, timeout=120)
