@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli
 from typer.testing import CliRunner
 
 from ichnode.cli import app
@@ -175,7 +176,8 @@ def test_study_metrics_count_flags_at_the_operating_point_and_say_n_a_without_po
 
 
 def _ichnode(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["ichnode", *args], capture_output=True, text=True, timeout=120)
+    """An error path of the entry point, in process (no second torch import)."""
+    return run_cli(*args)
 
 
 def test_train_with_a_missing_data_folder_fails_with_one_line(tmp_path: Path):
