@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import run_cli
+from training_fixtures import TINY_TRAIN_ARGS
 from typer.testing import CliRunner
 
 from ichnode.cli import app
@@ -22,28 +23,18 @@ from phantoms.synth import generate
 pytestmark = pytest.mark.slow
 
 runner = CliRunner()
-TRAIN_ARGS = [
-    *("--image-size", "64", "--pixel-mm", "3.6", "--batch-size", "16", "--device", "cpu"),
-    *("--limit", "160", "--study-epochs", "3"),
-]
+TRAIN_ARGS = TINY_TRAIN_ARGS
 
 
-@pytest.fixture(scope="module")
-def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("phantoms")
-    generate(out, studies=12, seed=14, size=64, progress=False)  # val and test hold bleeds
-    return out
+@pytest.fixture
+def phantoms(tiny_phantoms: Path) -> Path:
+    return tiny_phantoms
 
 
-@pytest.fixture(scope="module")
-def trained(phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 1-epoch run (module-scoped: several tests read it, none modify it)."""
-    run = tmp_path_factory.mktemp("run")
-    result = runner.invoke(
-        app, ["train", "--data", str(phantoms), "--out", str(run), "--epochs", "1", *TRAIN_ARGS]
-    )
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return run
+@pytest.fixture
+def trained(tiny_run: Path) -> Path:
+    """A 1-epoch run, shared by the session (several tests read it, none modify it)."""
+    return tiny_run
 
 
 def test_train_writes_a_checkpoint_that_loads_with_its_spec_calibration_and_thresholds(
