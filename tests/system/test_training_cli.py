@@ -216,7 +216,9 @@ def test_unreadable_images_are_skipped_and_counted_in_the_summary(tmp_path: Path
         f.write_bytes(f.read_bytes()[:-1500])
     run = tmp_path / "run"
     args = ["train", "--data", str(data), "--out", str(run), "--epochs", "1", "--no-balanced"]
-    result = runner.invoke(app, [*args, "--image-size", "64", "--device", "cpu"])
+    result = runner.invoke(
+        app, [*args, "--image-size", "64", "--device", "cpu", "--study-epochs", "3"]
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     ids = json.loads((run / "split.json").read_text())["ids"]
     read_in_training = broken & (set(ids["train"]) | set(ids["val"]))  # test is never read
