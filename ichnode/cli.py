@@ -301,7 +301,7 @@ def serve(
     ] = None,
 ) -> None:
     """Run the DICOM node: receive CT, score every slice, result every study."""
-    from ichnode.node.server import serve as run_node
+    from ichnode.node.preflight import preflight
 
     settings = _settings(
         config,
@@ -316,7 +316,10 @@ def serve(
         stable_seconds=stable_seconds,
     )
     logging.getLogger().setLevel(settings.log_level)
-    run_node(settings)
+    http_sock = preflight(settings)  # before torch: a failing start is quick
+    from ichnode.node.server import serve as run_node
+
+    run_node(settings, http_sock)
 
 
 @app.command()

@@ -259,14 +259,15 @@ class Calibration:
     bias: list[float] = field(default_factory=lambda: [0.0] * len(SUBTYPES))
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated probabilities for ``(..., 6)`` logits, on their device and dtype: the
+        one place the formula is written."""
         scale = torch.tensor(self.scale, dtype=logits.dtype, device=logits.device)
         bias = torch.tensor(self.bias, dtype=logits.dtype, device=logits.device)
         return torch.sigmoid(logits * scale + bias)
 
     def apply_numpy(self, logits: np.ndarray) -> np.ndarray:
-        """:meth:`apply` for a numpy array (float64)."""
-        z = np.asarray(logits, dtype=np.float64) * np.asarray(self.scale) + np.asarray(self.bias)
-        return 1.0 / (1.0 + np.exp(-z))
+        """:meth:`apply` for a numpy array (computed in float64)."""
+        return self.apply(torch.from_numpy(np.asarray(logits, dtype=np.float64))).numpy()
 
     def to_dict(self) -> dict[str, list[float]]:
         return {"scale": list(self.scale), "bias": list(self.bias)}

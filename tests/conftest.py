@@ -22,7 +22,7 @@ from ichnode.model import demo_model_path
 from ichnode.node.scp import StorageSCP
 from ichnode.store import Store
 
-pytest_plugins = ["db_fixtures", "web_fixtures"]
+pytest_plugins = ["db_fixtures", "web_fixtures", "training_fixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -168,3 +168,37 @@ def which(tool: str) -> str:
     path = shutil.which(tool)
     assert path, f"{tool} is not installed: .ci/run installs it"
     return path
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``ichnode ARGS`` in this process, through the console entry point
+    (:func:`ichnode.cli.main`: its one-line errors and exit codes), under typer's
+    ``CliRunner`` isolation. For error paths and help: no new interpreter and no second torch
+    import; the main paths stay real subprocesses.
+    """
+    import sys
+
+    from typer.testing import CliRunner
+
+    from ichnode import cli
+
+    code = 0
+    saved_argv, saved_cwd = sys.argv, os.getcwd()
+    with CliRunner().isolation(env=env) as (out, err, _):
+        sys.argv = ["ichnode", *args]
+        try:
+            if cwd is not None:
+                os.chdir(cwd)
+            cli.main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            sys.argv = saved_argv
+            os.chdir(saved_cwd)
+            cli._state["debug"] = False
+            sys.stdout.flush()  # the isolation's text wrappers buffer
+            sys.stderr.flush()
+        stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
+    return subprocess.CompletedProcess(["ichnode", *args], code, stdout, stderr)

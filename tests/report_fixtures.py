@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from helpers import ct_dataset
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from ichnode.report.findings import StudyFindings
 from ichnode.subtypes import SUBTYPES
@@ -24,7 +25,9 @@ SHA = "ab" * 32
 
 
 def synth_ct_study(n_slices: int = 4, size: int = 64, *, seed: int = 0) -> list[Dataset]:
-    """``n_slices`` CT slices (int16, HU = stored - 1024) of one study and one series."""
+    """``n_slices`` CT slices (int16, HU = stored - 1024) of one study and one series: a skull,
+    brain and a small "bleed", built by :func:`helpers.ct_dataset` with the patient, study and
+    equipment attributes a PACS sends (what the report objects copy and dciodvfy checks)."""
     rng = np.random.default_rng(seed)
     study_uid, series_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
     yy, xx = np.mgrid[:size, :size]
@@ -36,37 +39,39 @@ def synth_ct_study(n_slices: int = 4, size: int = 64, *, seed: int = 0) -> list[
         hu[r < size * 0.40] = 35.0  # brain
         hu[(r < size * 0.1) & (xx > size / 2)] = 70.0  # a "bleed"
         hu += rng.normal(0, 3, hu.shape)
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        sop_uid = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop_uid
-        ds.PatientName, ds.PatientID = "Test^Patient", "PAT-0001"
-        ds.PatientBirthDate, ds.PatientSex = "19600101", "F"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-        ds.FrameOfReferenceUID = frame_uid
-        ds.StudyDate, ds.StudyTime, ds.StudyID = "20240102", "101500", "S1"
-        ds.AccessionNumber, ds.ReferringPhysicianName = "ACC123", "Ref^Doctor"
-        ds.SeriesDate, ds.SeriesTime = "20240102", "101600"
-        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 2, i + 1
-        ds.Manufacturer = "Synthetic"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.PatientPosition = "HFS"
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [-120.0, -120.0, 5.0 * i]
-        ds.SliceThickness, ds.PixelSpacing = 5.0, [0.5, 0.5]
-        ds.PositionReferenceIndicator = ""
-        ds.KVP, ds.AcquisitionNumber = 120, 1
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.Rows = ds.Columns = size
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
-        ds.WindowCenter, ds.WindowWidth = 40, 80
-        ds.PixelData = (hu + 1024).astype(np.int16).tobytes()
-        out.append(ds)
+        out.append(
+            ct_dataset(
+                (hu + 1024).astype(np.int16),
+                signed=True,
+                study_uid=study_uid,
+                series_uid=series_uid,
+                SpecificCharacterSet="ISO_IR 100",
+                PatientName="Test^Patient",
+                PatientID="PAT-0001",
+                PatientBirthDate="19600101",
+                PatientSex="F",
+                FrameOfReferenceUID=frame_uid,
+                StudyDate="20240102",
+                StudyTime="101500",
+                StudyID="S1",
+                AccessionNumber="ACC123",
+                ReferringPhysicianName="Ref^Doctor",
+                SeriesDate="20240102",
+                SeriesTime="101600",
+                SeriesNumber=2,
+                InstanceNumber=i + 1,
+                Manufacturer="Synthetic",
+                PatientPosition="HFS",
+                ImagePositionPatient=[-120.0, -120.0, 5.0 * i],
+                SliceThickness=5.0,
+                PositionReferenceIndicator="",
+                KVP=120,
+                AcquisitionNumber=1,
+                RescaleType="HU",
+                WindowCenter=40,
+                WindowWidth=80,
+            )
+        )
     return out
 
 

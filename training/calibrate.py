@@ -59,11 +59,6 @@ def fit_platt(logits: np.ndarray, y: np.ndarray) -> Calibration:
     return Calibration(scale=scale, bias=bias)
 
 
-def apply_calibration(calibration: Calibration, logits: np.ndarray) -> np.ndarray:
-    """Calibrated probabilities for ``(N, 6)`` logits (``Calibration.apply_numpy``)."""
-    return calibration.apply_numpy(logits)
-
-
 def max_f1_threshold(y: np.ndarray, p: np.ndarray) -> float:
     """The threshold with the highest F1 (ties: the higher threshold)."""
     precision, recall, thresholds = precision_recall_curve(y, p)

@@ -409,7 +409,7 @@ def _calibrated_val_loss(
     epoch is chosen by the loss of what will be shipped (12 fitted numbers: little optimism,
     the same for every epoch).
     """
-    probs = calibrate.apply_calibration(calibrate.fit_platt(logits, y), logits)
+    probs = calibrate.fit_platt(logits, y).apply_numpy(logits)
     z = np.log(np.clip(probs, 1e-7, 1 - 1e-7)) - np.log(np.clip(1 - probs, 1e-7, 1))
     return _val_loss(loss_fn, z, y, device)
 
@@ -660,7 +660,7 @@ def finalize(
     for j, name in enumerate(SUBTYPES):
         if len(y) == 0 or y[:, j].min() == y[:, j].max():
             log.warning("%s has a single class in calibration: uncalibrated, threshold 0.5", name)
-    probs = calibrate.apply_calibration(calibration, logits)
+    probs = calibration.apply_numpy(logits)
     thresholds = calibrate.pick_thresholds(y, probs)
 
     study_head: StudyHead | None = None
@@ -684,7 +684,7 @@ def finalize(
         slice_cal = calibrate.fit_platt(np.concatenate(refined), y)
         study_y = calib_set.study_labels()
         study_cal = calibrate.fit_platt(study_logits, study_y)
-        study_probs = calibrate.apply_calibration(study_cal, study_logits)
+        study_probs = study_cal.apply_numpy(study_logits)
         study_summary = {
             "architecture": cfg.study_model,
             "epochs": cfg.study_epochs,
@@ -702,12 +702,10 @@ def finalize(
             study_calibration=study_cal,
             summary=study_summary,
         )
-        probs = calibrate.apply_calibration(slice_cal, np.concatenate(refined))
+        probs = slice_cal.apply_numpy(np.concatenate(refined))
     else:
         study_y = calib_set.study_labels()
-        study_probs = np.stack(
-            [calibrate.apply_calibration(calibration, lg).max(axis=0) for lg in calib_set.logits]
-        )
+        study_probs = np.stack([calibration.apply_numpy(lg).max(axis=0) for lg in calib_set.logits])
     study_thresholds = calibrate.pick_thresholds(study_y, study_probs)
 
     train_labels = data.table.loc[data.split["train"], list(SUBTYPES)].to_numpy()

@@ -240,6 +240,10 @@ class Study(Base):
     last_received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     status: Mapped[StudyStatus] = mapped_column(_status(StudyStatus), default=StudyStatus.RECEIVING)
     result_version: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    #: A monitor's claim on the stable study (:mod:`ichnode.db.results`): its token, and until
+    #: when no other monitor may take it (also the earliest retry after a failure).
+    result_claim_token: Mapped[str | None] = mapped_column(String(32))
+    result_lease_expires_at: Mapped[datetime | None]
 
     series: Mapped[list[Series]] = relationship(back_populates="study")
     instances: Mapped[list[Instance]] = relationship(back_populates="study")

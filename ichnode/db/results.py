@@ -4,22 +4,28 @@ Callers own the transaction (as in :mod:`ichnode.db.queue`). The monitor
 (:mod:`ichnode.node.monitor`) decides *what* a result is; this module holds the statements it
 runs, and those of ``ichnode results`` and the HTTP API (:mod:`ichnode.results`).
 
-A version is written under an optimistic guard (:func:`close_study`): the study becomes
-``resulted`` only if it is still receiving and its ``last_received_at`` did not move since the
-monitor read it, so a slice arriving meanwhile leaves it open for the next version, and of two
-monitors on one database only one results it.
+A monitor claims a stable study as the worker claims instances (:mod:`ichnode.db.queue`): one
+statement, ``UPDATE studies SET result_claim_token=..., result_lease_expires_at=<lease end>
+WHERE id IN (SELECT id ... FOR UPDATE SKIP LOCKED LIMIT n) RETURNING``, so two monitors on one
+database never compute the same study, and a study whose monitor died is taken by another once
+the lease ends. The version is written under the claim and an optimistic guard
+(:func:`close_study`): the study becomes ``resulted`` only if the claim still holds, it is still
+receiving and its ``last_received_at`` did not move since the monitor read it, so a slice
+arriving meanwhile leaves it open for the next version and a monitor whose lease lapsed writes
+nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from ichnode.db.engine import rowcount
+from ichnode.db.engine import is_postgresql, rowcount
 from ichnode.db.models import (
     Instance,
     InstanceStatus,
@@ -29,6 +35,7 @@ from ichnode.db.models import (
     Study,
     StudyResult,
     StudyStatus,
+    utcnow,
 )
 
 #: Instance states that keep a study from being stable.
@@ -38,15 +45,77 @@ PENDING = (InstanceStatus.QUEUED, InstanceStatus.CLAIMED)
 # --------------------------------------------------------------------------- the monitor
 
 
-def stable_studies(session: Session, before: datetime) -> list[int]:
-    """Ids of receiving studies quiet since ``before`` with no instance left to score."""
+@dataclass(frozen=True)
+class ClaimedStudy:
+    """A stable study this monitor may result, and the token that lets it write the version."""
+
+    study_id: int
+    claim_token: str
+
+
+def _stable(before: datetime, now: datetime) -> ColumnElement[bool]:
+    """Receiving, quiet since ``before``, no instance left to score, and no monitor's lease."""
     pending = exists().where(Instance.study_id == Study.id, Instance.status.in_(PENDING))
-    return list(
-        session.scalars(
-            select(Study.id).where(
-                Study.status == StudyStatus.RECEIVING,
-                Study.last_received_at <= before,
-                ~pending,
+    return and_(
+        Study.status == StudyStatus.RECEIVING,
+        Study.last_received_at <= before,
+        ~pending,
+        or_(Study.result_lease_expires_at.is_(None), Study.result_lease_expires_at <= now),
+    )
+
+
+def stable_studies(session: Session, before: datetime, now: datetime | None = None) -> list[int]:
+    """Ids of the studies :func:`claim_stable` would take now (a read: no lock, no write)."""
+    return list(session.scalars(select(Study.id).where(_stable(before, now or utcnow()))))
+
+
+def claim_stable(
+    session: Session,
+    before: datetime,
+    lease_seconds: float,
+    *,
+    limit: int = 1,
+    skip: Collection[int] = (),
+    now: datetime | None = None,
+) -> list[ClaimedStudy]:
+    """Claim up to ``limit`` stable studies (quietest first; none in ``skip``) for
+    ``lease_seconds``. Commit before computing their results."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    now = now or utcnow()
+    candidates = select(Study.id).where(_stable(before, now))
+    if skip:
+        candidates = candidates.where(Study.id.not_in(list(skip)))
+    candidates = candidates.order_by(Study.last_received_at, Study.id).limit(limit)
+    if is_postgresql(session):
+        candidates = candidates.with_for_update(skip_locked=True)
+    token = uuid.uuid4().hex
+    ids = session.scalars(
+        update(Study)
+        .where(Study.id.in_(candidates))
+        .values(
+            result_claim_token=token,
+            result_lease_expires_at=now + timedelta(seconds=lease_seconds),
+        )
+        .returning(Study.id),
+        execution_options={"synchronize_session": False},
+    ).all()
+    return [ClaimedStudy(i, token) for i in sorted(ids)]
+
+
+def _holds(claimed: ClaimedStudy) -> ColumnElement[bool]:
+    return (Study.id == claimed.study_id) & (Study.result_claim_token == claimed.claim_token)
+
+
+def release_study(session: Session, claimed: ClaimedStudy) -> bool:
+    """Give a claimed study back (its result was not written); False when it was not ours."""
+    return bool(
+        rowcount(
+            session.execute(
+                update(Study)
+                .where(_holds(claimed))
+                .values(result_claim_token=None, result_lease_expires_at=None),
+                execution_options={"synchronize_session": False},
             )
         )
     )
@@ -68,18 +137,24 @@ def receiving_study(session: Session, study_id: int) -> Study | None:
     return study if study is not None and study.status == StudyStatus.RECEIVING else None
 
 
-def close_study(session: Session, study_id: int, seen_last: datetime, version: int) -> bool:
-    """Mark the study resulted at ``version`` if nothing arrived since ``seen_last``."""
+def close_study(session: Session, claimed: ClaimedStudy, seen_last: datetime, version: int) -> bool:
+    """Mark the study resulted at ``version`` if the claim still holds and nothing arrived
+    since ``seen_last``; the claim ends with it."""
     return bool(
         rowcount(
             session.execute(
                 update(Study)
                 .where(
-                    Study.id == study_id,
+                    _holds(claimed),
                     Study.last_received_at == seen_last,
                     Study.status == StudyStatus.RECEIVING,
                 )
-                .values(status=StudyStatus.RESULTED, result_version=version)
+                .values(
+                    status=StudyStatus.RESULTED,
+                    result_version=version,
+                    result_claim_token=None,
+                    result_lease_expires_at=None,
+                )
             )
         )
     )

@@ -1,7 +1,11 @@
 """The one shape of the node's background loops: run a step, wait, retry, wake.
 
-The worker, the monitor, the reporter, the outbox sender and the audit pruner each run
-:func:`run_loop` in a thread. A step does one pass of work and says how long to wait before
+The worker, the monitor, the reporter, the outbox sender, the notifier, the audit pruner and
+the model watcher each run :func:`run_loop` in a thread; each loop that takes work from the
+database claims it with one ``FOR UPDATE SKIP LOCKED`` statement under a lease and a token
+(:mod:`ichnode.db.queue`, :mod:`~ichnode.db.results`, :mod:`~ichnode.db.reports`,
+:mod:`~ichnode.db.delivery`, :mod:`~ichnode.db.notifications`; the pruner's ``DELETE`` needs
+no claim). A step does one pass of work and says how long to wait before
 the next (0: go again at once, more may be waiting). A database error is one log line and a
 pause, anything else is logged with its traceback and a pause: no failure ends a loop, so a
 database restart or one bad item never stops the node. Setting ``wake`` cuts a wait short

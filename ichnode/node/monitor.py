@@ -1,11 +1,13 @@
 """The study monitor: when a study has stopped arriving and every slice is done, result it.
 
 A study is stable when nothing arrived for ``stable_seconds`` and none of its instances is
-queued or claimed. Its result (the study model's probabilities over the slices in z order, or
-the maximum per subtype over the scored slices for a slice-only checkpoint; the key slice with
-the highest ``any``; the flag from :func:`ichnode.triage.decide` at the study-level
-thresholds) is stored as a new version; instances arriving later reopen the study and a later
-pass writes the next version.
+queued or claimed. The monitor claims each stable study under a lease
+(:func:`ichnode.db.results.claim_stable`) before computing it, so monitors of several nodes on
+one database share the studies, and a study whose monitor died is resulted by another. Its
+result (the study model's probabilities over the slices in z order, or the maximum per subtype
+over the scored slices for a slice-only checkpoint; the key slice with the highest ``any``; the
+flag from :func:`ichnode.triage.decide` at the study-level thresholds) is stored as a new
+version; instances arriving later reopen the study and a later pass writes the next version.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ from ichnode.subtypes import ANY, SUBTYPES
 from ichnode.triage import decide
 
 log = logging.getLogger(__name__)
+
+#: How long a claimed study stays with its monitor (a result takes well under a second; a
+#: monitor that died mid-result leaves the study to another after this).
+LEASE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -65,13 +71,17 @@ def _study_scores(
     return np.asarray(scores.slices), np.asarray(scores.study), scores.refined
 
 
-def compute_result(session: Session, study_id: int, policy: ResultPolicy) -> StudyResult | None:
-    """Write the next result version of a stable study; None if it changed meanwhile.
+def compute_result(
+    session: Session, claimed: results.ClaimedStudy, policy: ResultPolicy
+) -> StudyResult | None:
+    """Write the next result version of a claimed stable study; None if it changed meanwhile
+    (or the claim lapsed and another monitor took it).
 
     The study model (when the policy has one) refines the slices' probabilities, which are
     stored as the slice results of this version; the flag and the subtypes it names come from
     :func:`ichnode.triage.decide` on the study's probabilities.
     """
+    study_id = claimed.study_id
     study = results.receiving_study(session, study_id)
     if study is None:
         return None
@@ -116,7 +126,7 @@ def compute_result(session: Session, study_id: int, policy: ResultPolicy) -> Stu
     if scored:  # with no scored slice the probabilities stay NULL
         result.set_probabilities([probs[n] for n in SUBTYPES])
     # Optimistic guard: if a slice arrived since we read the study, leave it receiving.
-    if not results.close_study(session, study_id, seen_last, version):
+    if not results.close_study(session, claimed, seen_last, version):
         return None
     if refined:
         refine.store_refined(
@@ -128,7 +138,7 @@ def compute_result(session: Session, study_id: int, policy: ResultPolicy) -> Stu
 
 
 class Monitor:
-    """Polls for stable studies and results them; calls ``on_result`` after each commit."""
+    """Claims stable studies and results them; calls ``on_result`` after each commit."""
 
     def __init__(
         self,
@@ -151,43 +161,66 @@ class Monitor:
         self._failed: dict[int, datetime] = {}
 
     def run_once(self, now: datetime | None = None) -> list[int]:
-        """Result every study that is stable now; returns the new result ids.
+        """Claim and result every study that is stable now, one at a time; returns the new
+        result ids.
 
-        A study whose result cannot be computed (an unexpected error) is logged once and
-        skipped until more of it arrives, so it holds up no other study.
+        A study whose result cannot be computed (an unexpected error) is logged once, handed
+        back and skipped until more of it arrives, so it holds up no other study. Each pass
+        first looks without writing, so an idle node takes no write lock every poll.
         """
         now = now or datetime.now(UTC)
         before = now - timedelta(seconds=self.stable_seconds)
-        with self.sessions.begin() as session:
-            candidates = results.stable_studies(session, before)
+        with self.sessions() as session:
             if self._failed:  # forget the failed studies that received more since
                 seen = results.last_received(session, list(self._failed))
                 self._failed = {k: v for k, v in self._failed.items() if seen.get(k) == v}
+            waiting = set(results.stable_studies(session, before, now)) - set(self._failed)
         done: list[int] = []
-        for study_id in candidates:
-            if study_id in self._failed:
-                continue
-            try:
-                result_id = self._result(study_id)
-            except SQLAlchemyError:
-                raise  # the database, not the study: run() retries
-            except Exception:  # noqa: BLE001 - one bad study must not stop the others
-                log.exception("monitor: study %d could not be resulted; skipped", study_id)
-                with self.sessions() as session:
-                    last = results.last_received(session, [study_id]).get(study_id)
-                if last is not None:
-                    self._failed[study_id] = last
-                continue
+        tried: set[int] = set(self._failed)
+        while waiting:
+            with self.sessions.begin() as session:
+                claimed = results.claim_stable(session, before, LEASE_SECONDS, skip=tried, now=now)
+            if not claimed:
+                break
+            [item] = claimed
+            tried.add(item.study_id)
+            result_id = self._attempt(item)
             if result_id is not None:
                 done.append(result_id)
                 self.on_result(result_id)
         return done
 
-    def _result(self, study_id: int) -> int | None:
-        """Compute and commit the study's next result version; its id, or None."""
+    def _attempt(self, item: results.ClaimedStudy) -> int | None:
+        """Result one claimed study; on an unexpected error hand it back and skip it."""
+        try:
+            return self._result(item)
+        except SQLAlchemyError:
+            self._release(item)
+            raise  # the database, not the study: run() retries
+        except Exception:  # noqa: BLE001 - one bad study must not stop the others
+            log.exception("monitor: study %d could not be resulted; skipped", item.study_id)
+            with self.sessions() as session:
+                last = results.last_received(session, [item.study_id]).get(item.study_id)
+            if last is not None:
+                self._failed[item.study_id] = last
+            self._release(item)
+            return None
+
+    def _release(self, item: results.ClaimedStudy) -> None:
+        try:
+            with self.sessions.begin() as session:
+                results.release_study(session, item)
+        except SQLAlchemyError:  # the claim lapses by itself
+            log.warning("monitor: claim on study %d not handed back", item.study_id)
+
+    def _result(self, item: results.ClaimedStudy) -> int | None:
+        """Compute and commit the study's next result version; its id, or None (the study
+        changed meanwhile: handed back for a later pass)."""
+        study_id = item.study_id
         with self.sessions.begin() as session:
-            result = compute_result(session, study_id, self.policy())
+            result = compute_result(session, item, self.policy())
             if result is None:
+                results.release_study(session, item)
                 return None
             notifications.enqueue(session, result, self.receivers, result.created_at)
             uid = results.study_uid(session, study_id) or ""

@@ -20,6 +20,7 @@ from pathlib import Path
 from ichnode.errors import IchnodeError
 from ichnode.inference import Predictor
 from ichnode.model import Checkpoint, load_checkpoint
+from ichnode.node.loop import run_loop
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +81,11 @@ class ModelWatcher:
         log.info("model reloaded from %s: %s replaces %s", self.path.name, ckpt.model_id, old)
         return True
 
+    def step(self) -> float:
+        """One look for :func:`~ichnode.node.loop.run_loop`; the next in ``interval``."""
+        self.check()
+        return self.interval
+
     def run(self, stop: threading.Event) -> None:
         """Check every ``interval`` until ``stop`` is set; no failure ends the loop."""
-        while not stop.wait(self.interval):
-            try:
-                self.check()
-            except Exception:  # noqa: BLE001 - the watcher must outlive any one bad file
-                log.exception("model watcher: unexpected error")
+        run_loop("model watcher", self.step, stop, retry_seconds=self.interval)

@@ -22,6 +22,7 @@ from ichnode.node.inference_process import InferenceProcess
 from ichnode.node.monitor import Monitor, ResultPolicy
 from ichnode.node.notifier import Notifier, receivers
 from ichnode.node.outbox import Outbox
+from ichnode.node.preflight import preflight
 from ichnode.node.reload import ModelWatcher
 from ichnode.node.reporting import Reporter
 from ichnode.node.scp import StorageSCP
@@ -185,46 +186,15 @@ class Node:
             engine.dispose()
 
 
-def check_dicom_port(settings: Settings) -> None:
-    """ConfigError naming the setting when the DICOM address cannot be bound (in use, bad)."""
-    host, port = settings.bind, settings.port
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host.strip("[]"), port))
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {host}:{port} (settings bind and port): {exc.strerror or exc}"
-            ) from None
-
-
-def preflight(settings: Settings) -> socket.socket | None:
-    """What can fail without touching anything, checked before the database or the model.
-
-    The HTTP settings and address (bound, and held for the server), then the DICOM port.
-    Returns the bound HTTP socket (None when HTTP is off).
-    """
-    http_sock = None
-    if settings.http.enabled:
-        from ichnode.web.http import bind_http
-
-        http_sock = bind_http(settings)
-    try:
-        check_dicom_port(settings)
-    except ConfigError:
-        if http_sock is not None:
-            http_sock.close()
-        raise
-    return http_sock
-
-
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, http_sock: socket.socket | None = None) -> None:
     """Run a node until SIGTERM or SIGINT; exit cleanly.
 
-    The ready line is printed (and logged) once, when both DICOM and HTTP listen.
+    ``http_sock``: the HTTP address :func:`~ichnode.node.preflight.preflight` bound already
+    (``ichnode serve`` checks before it imports this module); checked here when None and HTTP
+    is on. The ready line is printed (and logged) once, when both DICOM and HTTP listen.
     """
-    http_sock = preflight(settings)
+    if http_sock is None:
+        http_sock = preflight(settings)
     node = Node(settings)
     stop = threading.Event()
 

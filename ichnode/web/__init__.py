@@ -5,8 +5,9 @@
 Everything is read-only: the database and the store are the record, the API only shows them.
 """
 
+from ichnode.node.preflight import check_http_settings
 from ichnode.web.app import create_app
 from ichnode.web.context import WebContext
-from ichnode.web.http import HTTPHandle, check_http_settings, start_http
+from ichnode.web.http import HTTPHandle, start_http
 
 __all__ = ["HTTPHandle", "WebContext", "check_http_settings", "create_app", "start_http"]

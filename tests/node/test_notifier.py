@@ -242,3 +242,23 @@ def test_a_failed_notification_marks_the_study_delivery_failed_and_counts_in_met
         uid = session.get(StudyResult, result_id).study.study_instance_uid
         assert worklist.state_of(session, uid) == worklist.WorklistState.DELIVERY_FAILED
         assert metrics.notifications_by_status(session) == {"failed": 1}
+
+
+def test_a_notifier_whose_claim_lapsed_cannot_record_its_attempt(tmp_path, session_factory):
+    # Notifier A claims and stalls past its lease; notifier B takes the row over and sends it.
+    s = settings(tmp_path, [hl7_target(9)])
+    add_result(session_factory, s)
+    now = utcnow()
+    with session_factory.begin() as session:
+        [slow] = notifications.claim(session, now, 10, 30.0)
+        assert notifications.claim(session, now + timedelta(seconds=29), 10, 30.0) == []
+    with session_factory.begin() as session:
+        [fast] = notifications.claim(session, now + timedelta(seconds=31), 10, 30.0)
+    assert fast.id == slow.id and fast.claim_token != slow.claim_token
+    record = {"now": now, "max_attempts": 3, "backoff_seconds": 10.0}
+    with session_factory.begin() as session:
+        assert notifications.record(session, slow, None, "stale", **record) is None
+    with session_factory.begin() as session:
+        assert notifications.record(session, fast, "AA", None, **record) == DeliveryStatus.SENT
+    [row] = rows(session_factory)
+    assert (row.status, row.attempts, row.last_error) == (DeliveryStatus.SENT, 1, None)

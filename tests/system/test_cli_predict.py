@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from helpers import sample_file, study, write_all
+from helpers import run_cli, sample_file, study, write_all
 from PIL import Image
 
 from ichnode.inference import SlicePrediction
@@ -20,13 +20,19 @@ from ichnode.subtypes import SUBTYPES
 ICHNODE = [sys.executable, "-m", "ichnode"]
 
 
-def _run(*args: str, cwd=None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*ICHNODE, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+def _process(*args: str) -> subprocess.CompletedProcess[str]:
+    """``ichnode ARGS`` as a real process: the main paths."""
+    return subprocess.run([*ICHNODE, *args], capture_output=True, text=True, timeout=120)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    """``ichnode ARGS`` in this process (:func:`helpers.run_cli`): error paths and options."""
+    return run_cli(*args)
 
 
 def test_predict_json_contract_on_real_head_ct(tmp_path):
     files = [str(sample_file("693_UNCR.dcm")), str(sample_file("693_J2KR.dcm"))]
-    done = _run("predict", "--json", *files)
+    done = _process("predict", "--json", *files)
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
     assert [r["file"] for r in rows] == files
@@ -64,7 +70,7 @@ def test_predict_bad_files_are_one_line_errors_and_the_others_still_predicted(tm
 
 def test_predict_table_and_png(tmp_path):
     out = tmp_path / "slice.png"
-    done = _run("predict", str(sample_file("693_UNCR.dcm")), "--png", str(out))
+    done = _process("predict", str(sample_file("693_UNCR.dcm")), "--png", str(out))
     assert done.returncode == 0, done.stderr
     assert "any" in done.stdout and "693_UNCR" in done.stdout
     img = Image.open(out)

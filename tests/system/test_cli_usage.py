@@ -1,17 +1,17 @@
-"""The ``ichnode`` entry point as a real process: ``--version``, usage errors (one line that
-names the option, exit 2, no click class names), and read-only commands that refuse a
-database without an ichnode schema instead of migrating it (real PostgreSQL, real SQLite)."""
+"""The ``ichnode`` entry point: ``--version`` as a real process; usage errors (one line that
+names the option, exit 2, no click class names), help, and read-only commands that refuse a
+database without an ichnode schema instead of migrating it (real PostgreSQL, real SQLite)
+through the same entry point in process (:func:`helpers.run_cli`)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from db_fixtures import create_postgres_database, drop_postgres_database
-from helpers import project_version
+from helpers import project_version, run_cli
 from sqlalchemy import create_engine, inspect
 
 ICHNODE = [sys.executable, "-m", "ichnode"]
@@ -19,11 +19,11 @@ CLICK_CLASS_NAMES = ("BadParameter", "NoSuchOption", "UsageError", "ClickExcepti
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*ICHNODE, *args], capture_output=True, text=True, timeout=180)
+    return run_cli(*args)
 
 
 def test_version_prints_the_project_version():
-    done = _run("--version")
+    done = subprocess.run([*ICHNODE, "--version"], capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"ichnode {project_version()}"
 
@@ -31,13 +31,7 @@ def test_version_prints_the_project_version():
 @pytest.mark.parametrize("command", ["predict", "results", "train"])
 def test_help_shows_flags_without_a_value_type(command: str):
     """A flag takes no value, so its help line names no type; options that take one do."""
-    done = subprocess.run(
-        [*ICHNODE, command, "--help"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={**os.environ, "COLUMNS": "120"},
-    )
+    done = run_cli(command, "--help", env={"COLUMNS": "120"})
     assert done.returncode == 0, done.stderr
     assert "<bool>" not in done.stdout
     assert "--help " in done.stdout

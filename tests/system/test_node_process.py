@@ -278,6 +278,23 @@ def test_a_busy_dicom_port_is_one_line_error_before_anything_is_created(tmp_path
     assert f"127.0.0.1:{port}" in line and "port" in line and "in use" in line
 
 
+def test_a_failing_start_is_refused_before_torch_is_imported(tmp_path):
+    # What keeps a failing start quick (and these tests cheap): preflight imports no torch.
+    with _busy_port() as port:
+        code = (
+            "import sys\n"
+            "from ichnode.cli import main\n"
+            f"sys.argv = ['ichnode', 'serve', '--port', '{port}']\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code == 2, exc.code\n"
+            "assert 'torch' not in sys.modules, 'torch imported before the preflight failed'\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+    assert done.returncode == 0, done.stderr
+    assert "in use" in done.stderr
+
+
 @pytest.mark.parametrize("bind", ["127.0.0.1", "127.0.0.1:http", ":8080", "127.0.0.1:70000"])
 def test_a_bad_http_bind_is_refused_naming_the_setting(tmp_path, bind):
     line = _serve_fails(

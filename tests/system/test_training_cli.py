@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli
+from training_fixtures import TINY_TRAIN_ARGS
 from typer.testing import CliRunner
 
 from ichnode.cli import app
@@ -21,28 +23,18 @@ from phantoms.synth import generate
 pytestmark = pytest.mark.slow
 
 runner = CliRunner()
-TRAIN_ARGS = [
-    *("--image-size", "64", "--pixel-mm", "3.6", "--batch-size", "16", "--device", "cpu"),
-    *("--limit", "160", "--study-epochs", "3"),
-]
+TRAIN_ARGS = TINY_TRAIN_ARGS
 
 
-@pytest.fixture(scope="module")
-def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("phantoms")
-    generate(out, studies=12, seed=14, size=64, progress=False)  # val and test hold bleeds
-    return out
+@pytest.fixture
+def phantoms(tiny_phantoms: Path) -> Path:
+    return tiny_phantoms
 
 
-@pytest.fixture(scope="module")
-def trained(phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 1-epoch run (module-scoped: several tests read it, none modify it)."""
-    run = tmp_path_factory.mktemp("run")
-    result = runner.invoke(
-        app, ["train", "--data", str(phantoms), "--out", str(run), "--epochs", "1", *TRAIN_ARGS]
-    )
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return run
+@pytest.fixture
+def trained(tiny_run: Path) -> Path:
+    """A 1-epoch run, shared by the session (several tests read it, none modify it)."""
+    return tiny_run
 
 
 def test_train_writes_a_checkpoint_that_loads_with_its_spec_calibration_and_thresholds(
@@ -175,7 +167,8 @@ def test_study_metrics_count_flags_at_the_operating_point_and_say_n_a_without_po
 
 
 def _ichnode(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["ichnode", *args], capture_output=True, text=True, timeout=120)
+    """An error path of the entry point, in process (no second torch import)."""
+    return run_cli(*args)
 
 
 def test_train_with_a_missing_data_folder_fails_with_one_line(tmp_path: Path):
@@ -223,7 +216,9 @@ def test_unreadable_images_are_skipped_and_counted_in_the_summary(tmp_path: Path
         f.write_bytes(f.read_bytes()[:-1500])
     run = tmp_path / "run"
     args = ["train", "--data", str(data), "--out", str(run), "--epochs", "1", "--no-balanced"]
-    result = runner.invoke(app, [*args, "--image-size", "64", "--device", "cpu"])
+    result = runner.invoke(
+        app, [*args, "--image-size", "64", "--device", "cpu", "--study-epochs", "3"]
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     ids = json.loads((run / "split.json").read_text())["ids"]
     read_in_training = broken & (set(ids["train"]) | set(ids["val"]))  # test is never read

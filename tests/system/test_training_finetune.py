@@ -33,17 +33,17 @@ def _train(*args: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A "site" set and a phantom set to mix in."""
-    site, mix = tmp_path_factory.mktemp("site"), tmp_path_factory.mktemp("mix")
-    generate(site, studies=10, seed=21, size=64, progress=False)
+def sets(tiny_phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A "site" set (the session's tiny phantoms) and a phantom set to mix in."""
+    mix = tmp_path_factory.mktemp("mix")
     generate(mix, studies=4, seed=22, size=64, progress=False)
-    return site, mix
+    return tiny_phantoms, mix
 
 
-@pytest.fixture(scope="module")
-def base(sets, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _train("--data", str(sets[0]), "--out", str(tmp_path_factory.mktemp("base")))
+@pytest.fixture
+def base(tiny_run: Path) -> Path:
+    """The session's tiny trained checkpoint (read, never modified)."""
+    return tiny_run / "best.safetensors"
 
 
 def _weights(path: Path) -> list[torch.Tensor]:
