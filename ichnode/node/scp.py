@@ -35,7 +35,6 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy.orm import sessionmaker
 
 from ichnode.config import Settings
-from ichnode.db import ingest
 from ichnode.db.models import InstanceStatus
 from ichnode.imaging import CT_SOP_CLASSES
 from ichnode.node import intake, storing
@@ -51,7 +50,6 @@ from ichnode.node.associations import (  # noqa: F401 - importable from here as 
     Associations,
 )
 from ichnode.node.intake import Refusal
-from ichnode.node.selection import SelectionRules
 from ichnode.node.statuses import (  # noqa: F401 - the statuses, importable from here as before
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH,
@@ -96,11 +94,9 @@ class StorageSCP:
         on_stored: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
-        self.store = store
         self.sessions = sessions
         self.on_stored = on_stored or (lambda: None)
-        self.rules = SelectionRules(settings.selection)
-        self.known_ids = ingest.KnownIds()
+        self.keeper = storing.Keeper(settings, store, sessions)
         self.associations = Associations(settings, sessions)
         self.server: GuardedServer | None = None
 
@@ -161,7 +157,7 @@ class StorageSCP:
         now = datetime.now(UTC)
         sop_uid = "?"
         try:
-            admitted = intake.admit(event, self.rules, now)
+            admitted = intake.admit(event, self.keeper.rules, now)
             sop_uid = admitted.received.sop_uid
             return self._store(event, admitted, now)
         except Refusal as refusal:
@@ -180,16 +176,7 @@ class StorageSCP:
         study_uid = admitted.received.study_uid
         # The Part 10 file as received (pynetdicom adds the File Meta Information).
         parts = [event.encoded_dataset()] if admitted.is_ct else []
-        status = storing.keep(
-            self.sessions,
-            self.store,
-            admitted,
-            parts,
-            max_instance_bytes=self.settings.max_instance_bytes,
-            skip_duplicate_positions=self.rules.settings.skip_duplicate_positions,
-            known_ids=self.known_ids,
-            now=now,
-        )
+        status = self.keeper.keep(admitted, parts, now)
         self.associations.count(
             event.assoc, "skipped" if status == InstanceStatus.SKIPPED else "stored", study_uid
         )

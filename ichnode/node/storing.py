@@ -15,14 +15,43 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
+from ichnode.config import Settings
 from ichnode.db import ingest
 from ichnode.db.engine import error_reason
 from ichnode.db.models import InstanceStatus
 from ichnode.node.intake import Admitted, Refusal
+from ichnode.node.selection import SelectionRules
 from ichnode.node.statuses import OUT_OF_RESOURCES
 from ichnode.store import Store, StoreError, uid_hash
 
 log = logging.getLogger(__name__)
+
+
+class Keeper:
+    """What an intake (the SCP, the STOW-RS receiver) needs to keep what it admits: the store,
+    the database, the selection rules it admits by and the ids it has already recorded."""
+
+    def __init__(self, settings: Settings, store: Store, sessions: sessionmaker) -> None:
+        self.settings = settings
+        self.store = store
+        self.sessions = sessions
+        self.rules = SelectionRules(settings.selection)
+        self.known_ids = ingest.KnownIds()
+
+    def keep(
+        self, admitted: Admitted, parts: Sequence[bytes], now: datetime
+    ) -> InstanceStatus | None:
+        """:func:`keep` with this intake's store, database and limits."""
+        return keep(
+            self.sessions,
+            self.store,
+            admitted,
+            parts,
+            max_instance_bytes=self.settings.max_instance_bytes,
+            skip_duplicate_positions=self.rules.settings.skip_duplicate_positions,
+            known_ids=self.known_ids,
+            now=now,
+        )
 
 
 def keep(

@@ -33,13 +33,11 @@ from sqlalchemy.orm import sessionmaker
 
 from ichnode import audit
 from ichnode.config import Settings
-from ichnode.db import ingest
 from ichnode.db.models import InstanceStatus
 from ichnode.imaging import CT_SOP_CLASSES
 from ichnode.node import intake, storing
 from ichnode.node.intake import Refusal
 from ichnode.node.scp import CT_TRANSFER_SYNTAXES, OTHER_TRANSFER_SYNTAXES
-from ichnode.node.selection import SelectionRules
 from ichnode.node.statuses import CANNOT_UNDERSTAND, OUT_OF_RESOURCES
 from ichnode.store import Store, uid_hash
 
@@ -141,11 +139,9 @@ class StowReceiver:
         on_stored: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
-        self.store = store
         self.sessions = sessions
         self.on_stored = on_stored or (lambda: None)
-        self.rules = SelectionRules(settings.selection)
-        self.known_ids = ingest.KnownIds()
+        self.keeper = storing.Keeper(settings, store, sessions)
 
     def receive(self, content_type: str, body: bytes, client: str | None) -> StowResult:
         """Store every part of one request; raises :class:`StowRequestError` for a body that
@@ -197,17 +193,8 @@ class StowReceiver:
             log.warning("STOW-RS part refused: %s", refused[1])
             return Part(*ids, failure=refused[0])
         try:
-            admitted = intake.check(ds, request, self.rules, now)
-            status = storing.keep(
-                self.sessions,
-                self.store,
-                admitted,
-                [payload],
-                max_instance_bytes=self.settings.max_instance_bytes,
-                skip_duplicate_positions=self.rules.settings.skip_duplicate_positions,
-                known_ids=self.known_ids,
-                now=now,
-            )
+            admitted = intake.check(ds, request, self.keeper.rules, now)
+            status = self.keeper.keep(admitted, [payload], now)
         except Refusal as refusal:
             level = logging.ERROR if refusal.status == OUT_OF_RESOURCES else logging.WARNING
             log.log(level, "STOW-RS part refused: %s", refusal.reason)
