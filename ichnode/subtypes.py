@@ -68,8 +68,8 @@ def index(name: str) -> int:
 # which is honest rather than a guessed code. See docs/report.md for the search record.
 
 
-class SnomedConcept:
-    """A SNOMED CT concept: code value, meaning (FSN without the semantic tag) and its source."""
+class CitedCode:
+    """A code value, its meaning, and the published source it was confirmed in."""
 
     __slots__ = ("code", "meaning", "source")
 
@@ -79,7 +79,13 @@ class SnomedConcept:
         self.source = source
 
     def __repr__(self) -> str:
-        return f"SnomedConcept({self.code!r}, {self.meaning!r})"
+        return f"{type(self).__name__}({self.code!r}, {self.meaning!r})"
+
+
+class SnomedConcept(CitedCode):
+    """A SNOMED CT concept: code value, meaning (FSN without the semantic tag) and its source."""
+
+    __slots__ = ()
 
 
 SNOMED_CT: dict[str, SnomedConcept | None] = {
@@ -128,18 +134,10 @@ SNOMED_CT: dict[str, SnomedConcept | None] = {
 }
 
 
-class RadElementCode:
+class RadElementCode(CitedCode):
     """A RadElement (ACR/RSNA common data element) code a receiver can map a label by."""
 
-    __slots__ = ("code", "meaning", "source")
-
-    def __init__(self, code: str, meaning: str, source: str) -> None:
-        self.code = code
-        self.meaning = meaning
-        self.source = source
-
-    def __repr__(self) -> str:
-        return f"RadElementCode({self.code!r}, {self.meaning!r})"
+    __slots__ = ()
 
 
 #: Coding scheme designator of RadElement codes (the one the finding models use).
