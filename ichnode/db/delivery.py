@@ -21,6 +21,7 @@ from ichnode.db.engine import is_postgresql, rowcount
 from ichnode.db.models import (
     DeliveryAttempt,
     DeliveryStatus,
+    Notification,
     OutboxEntry,
     ReportKind,
     ReportObject,
@@ -130,17 +131,29 @@ def record(
     session.add(
         DeliveryAttempt(outbox_id=entry.id, at=utcnow(), status_code=status_code, error=error)
     )
+    return settle(entry, delivered, error, now, max_attempts, backoff_seconds)
+
+
+def settle(
+    row: OutboxEntry | Notification,
+    delivered: bool,
+    error: str | None,
+    now: datetime,
+    max_attempts: int,
+    backoff_seconds: float,
+) -> DeliveryStatus:
+    """The state of an outbox row (report objects or notifications) after an attempt already
+    counted in ``row.attempts``: sent when ``delivered`` (no error kept), failed after
+    ``max_attempts``, else due again after ``backoff_seconds * 2**(attempts-1)``."""
+    row.last_error = None if delivered else error
     if delivered:
-        entry.status = DeliveryStatus.SENT
-        entry.sent_at = utcnow()
-        entry.last_error = None
-    elif entry.attempts >= max_attempts:
-        entry.status = DeliveryStatus.FAILED
-        entry.last_error = error
+        row.status = DeliveryStatus.SENT
+        row.sent_at = utcnow()
+    elif row.attempts >= max_attempts:
+        row.status = DeliveryStatus.FAILED
     else:
-        entry.next_attempt_at = now + timedelta(seconds=backoff_seconds * 2 ** (entry.attempts - 1))
-        entry.last_error = error
-    return entry.status
+        row.next_attempt_at = now + timedelta(seconds=backoff_seconds * 2 ** (row.attempts - 1))
+    return row.status
 
 
 def release(session: Session, claimed: Iterable[Claimed], now: datetime) -> int:

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from ichnode.db.delivery import settle
 from ichnode.db.engine import is_postgresql
 from ichnode.db.models import (
     DeliveryStatus,
@@ -126,15 +127,7 @@ def record(
     session.add(
         NotificationAttempt(notification_id=row.id, at=utcnow(), response=response, error=error)
     )
-    row.last_error = error
-    if error is None:
-        row.status = DeliveryStatus.SENT
-        row.sent_at = utcnow()
-    elif row.attempts >= max_attempts:
-        row.status = DeliveryStatus.FAILED
-    else:
-        row.next_attempt_at = now + timedelta(seconds=backoff_seconds * 2 ** (row.attempts - 1))
-    return row.status
+    return settle(row, error is None, error, now, max_attempts, backoff_seconds)
 
 
 def next_due(session: Session) -> datetime | None:
