@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -10,11 +11,15 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+if TYPE_CHECKING:
+    import pytest
 
 DCMTK_DIR = Path("/usr/bin")
 #: DCMTK tools stall ~45 ms per file on loopback without this.
@@ -79,6 +84,33 @@ def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: f
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+def built_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]
+) -> Path:
+    """A folder that ``build`` fills once per test run, then only read.
+
+    Under pytest-xdist each worker has its own session, so a session fixture would be built
+    once per worker (a training run twice on 2 cores); here the first worker builds it in the
+    run's shared base folder under a file lock, and the others wait for it and read it. A
+    build that failed part-way is removed and tried again by the next worker that asks.
+    Without xdist (``-n 0``) it is a plain ``tmp_path_factory.mktemp(name)``.
+    """
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    root = tmp_path_factory.getbasetemp().parent  # shared by the run's workers
+    folder, done = root / name, root / f"{name}.built"
+    with (root / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
 
 
 def sample_file(name: str) -> Path:

@@ -10,6 +10,7 @@ worker threads, and the same rows every time. Tests that need a node still use
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from dicom_client import send
-from helpers import free_port, wait_for
+from helpers import built_once, free_port, wait_for
 
 from ichnode.config import HTTPSettings, Settings
 from ichnode.db import make_engine, make_sessionmaker
@@ -108,14 +109,12 @@ class Seeded:
     uids: dict[str, str]
 
 
-@pytest.fixture(scope="session")
-def seeded_site(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Seeded:
-    """:data:`PHANTOMS` received, scored and resulted by a real node, once per session."""
+def _seed(folder: Path, template: Path) -> None:
+    """Receive, score and result :data:`PHANTOMS` with a real node over ``folder``."""
     from ichnode.node.server import Node
 
-    folder = tmp_path_factory.mktemp("seeded")
     db = folder / "ichnode.db"
-    shutil.copyfile(sqlite_template, db)
+    shutil.copyfile(template, db)
     settings = Settings(db_url=f"sqlite:///{db}", store=folder / "store", port=free_port(),
                         stable_seconds=0.5, model=demo_model_path(), device="cpu",
                         min_free_bytes=0, workers=1)  # fmt: skip
@@ -132,7 +131,16 @@ def seeded_site(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path)
         wait_for(resulted, timeout=120)
     finally:
         node.stop()  # the engine is disposed: the file is complete on disk
-    return Seeded(db, folder / "store", uids)
+    (folder / "uids.json").write_text(json.dumps(uids))
+
+
+@pytest.fixture(scope="session")
+def seeded_site(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Seeded:
+    """:data:`PHANTOMS` received, scored and resulted by a real node, once per test run (by
+    one pytest-xdist worker: :func:`helpers.built_once`); tests copy it, never change it."""
+    folder = built_once(tmp_path_factory, "seeded", lambda out: _seed(out, sqlite_template))
+    uids = json.loads((folder / "uids.json").read_text())
+    return Seeded(folder / "ichnode.db", folder / "store", uids)
 
 
 @pytest.fixture(scope="session")

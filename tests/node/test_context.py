@@ -38,7 +38,7 @@ from ichnode.report.saliency import SaliencyModel
 from ichnode.study import decode_embedding
 from ichnode.subtypes import ANY, SUBTYPES
 from ichnode.web.render import render_png
-from phantoms.synth import generate, synth_study
+from phantoms.synth import synth_study
 from training.dataset import RSNADataset, context_ids, find_layout, header_index, load_labels
 from training.loop import model_input
 
@@ -82,11 +82,10 @@ def test_a_2_5d_input_is_the_windows_of_each_plane_lowest_z_first(slices):
     np.testing.assert_allclose(preprocess(centre, SPEC), np.tile(x[3:6], (3, 1, 1)), atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("phantoms")
-    generate(out, studies=12, seed=14, size=64, progress=False)
-    return out
+@pytest.fixture
+def phantoms(tiny_phantoms: Path) -> Path:
+    """12 phantom studies of 64-pixel slices, made once per test run (training_fixtures)."""
+    return tiny_phantoms
 
 
 def test_training_reads_each_slice_with_its_neighbours_in_z_order(phantoms: Path, tmp_path: Path):
@@ -117,18 +116,11 @@ def test_training_reads_each_slice_with_its_neighbours_in_z_order(phantoms: Path
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def trained(phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 1-epoch ``--context 1`` run on tiny phantoms."""
-    run = tmp_path_factory.mktemp("run")
-    args = [
-        *("train", "--data", str(phantoms), "--out", str(run), "--epochs", "1", "--context", "1"),
-        *("--image-size", "64", "--pixel-mm", "3.6", "--batch-size", "16", "--device", "cpu"),
-        *("--limit", "160", "--study-epochs", "2"),
-    ]
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return run / "best.safetensors"
+@pytest.fixture
+def trained(tiny_context_run: Path) -> Path:
+    """The checkpoint of a 1-epoch ``--context 1`` run on the tiny phantoms (made once per
+    test run: training_fixtures)."""
+    return tiny_context_run / "best.safetensors"
 
 
 @pytest.mark.slow
