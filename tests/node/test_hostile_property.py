@@ -88,8 +88,8 @@ def _mutated(base, mutations) -> bytes:  # noqa: ANN001
 
 @sqlite_only
 @pytest.mark.slow
-def test_mutated_data_sets_get_defined_statuses_and_consistent_storage(node_factory):
-    node = node_factory(workers=0)
+def test_mutated_data_sets_get_defined_statuses_and_consistent_storage(scp_factory):
+    node = scp_factory()  # the receiver alone, as in test_hostile_corpus: no model, no threads
     base = study(1, size=32)[0]
 
     @settings(

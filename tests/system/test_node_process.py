@@ -288,11 +288,14 @@ def test_a_failing_start_is_refused_before_torch_is_imported(tmp_path):
             "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code == 2, exc.code\n"
             "assert 'torch' not in sys.modules, 'torch imported before the preflight failed'\n"
         )
+        # HTTP on a free port, not the default 8080 (the defaults test may hold it meanwhile).
+        http = {"ICHNODE_HTTP__ENABLED": "true", "ICHNODE_HTTP__BIND": f"127.0.0.1:{free_port()}"}
         done = subprocess.run(
-            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
-        )
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+            timeout=120, env={**os.environ, **http},
+        )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "in use" in done.stderr
+    assert "in use" in done.stderr and f"127.0.0.1:{port}" in done.stderr
 
 
 @pytest.mark.parametrize("bind", ["127.0.0.1", "127.0.0.1:http", ":8080", "127.0.0.1:70000"])
