@@ -1,0 +1,136 @@
+"""Child processes of ``ichnode serve`` that are restarted when they die and die with it.
+
+``serve`` runs its inference workers (:mod:`ichnode.node.inference_process`) and its extra
+DICOM receivers (:mod:`ichnode.node.receivers`) as spawned children: a fresh interpreter each,
+not a fork of a process with threads and open sockets. A :class:`Supervised` child is
+restarted when it exits while the node runs, asked to stop (a multiprocessing event) when the
+node stops, and killed if it does not stop in time. A node killed with SIGKILL cannot stop its
+children, so each child watches its parent (:func:`exit_with_parent`): a receiver left behind
+would keep the DICOM port and acknowledge instances nobody is serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event as ProcessEvent
+
+log = logging.getLogger(__name__)
+
+#: Seconds a child is given to finish its work and give back its claims before it is killed.
+STOP_TIMEOUT = 30.0
+#: Seconds between checks that the child (or, in the child, the parent) is alive.
+WATCH_SECONDS = 1.0
+#: prctl(2) option: the signal the kernel sends this process when its parent thread dies.
+_PR_SET_PDEATHSIG = 1
+
+#: The one start method of the node's children.
+CONTEXT = multiprocessing.get_context("spawn")
+
+
+def exit_with_parent(parent_pid: int, stop: threading.Event | ProcessEvent) -> None:
+    """In a child: end the process when the node that started it is gone.
+
+    On Linux the kernel sends SIGKILL the moment the parent dies (``PR_SET_PDEATHSIG``): what
+    the child had not answered was never acknowledged. Elsewhere, and in case the parent died
+    before that was set, a thread checks the parent id every second and sets ``stop``.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while not stop.wait(WATCH_SECONDS):
+            if os.getppid() != parent_pid:
+                log.error("the node (pid %d) is gone: this child stops", parent_pid)
+                stop.set()
+                return
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+class Supervised:
+    """One child process running ``target(*args, stop, parent_pid)``; restarted if it dies."""
+
+    def __init__(self, name: str, target: Callable[..., None], args: tuple) -> None:
+        self.name = name
+        self.target = target
+        self.args = args
+        self.stop_event = CONTEXT.Event()
+        self._stopping = threading.Event()
+        self.process: BaseProcess | None = None
+        self.restarts = 0
+        self.stop_timeout = STOP_TIMEOUT
+        self._watcher: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the child and its watcher; returns once the child is started.
+
+        The watcher thread starts the child (and any restart), because the kernel's
+        parent-death signal follows the *thread* that started it: that thread lives as
+        long as the node."""
+        launched = threading.Event()
+        self._watcher = threading.Thread(
+            target=self._watch, args=(launched,), name=f"{self.name}-watch", daemon=True
+        )
+        self._watcher.start()
+        launched.wait()
+        if self.process is None:
+            raise RuntimeError(f"the {self.name} process could not be started")
+
+    def _launch(self) -> None:
+        process = CONTEXT.Process(
+            target=self.target,
+            args=(*self.args, self.stop_event, os.getpid()),
+            name=self.name,
+            daemon=True,
+        )
+        process.start()
+        self.process = process
+        log.info("%s process %s started", self.name, process.pid)
+
+    def _watch(self, launched: threading.Event) -> None:
+        try:
+            self._launch()
+        finally:
+            launched.set()
+        while not self._stopping.wait(WATCH_SECONDS):
+            process = self.process
+            if process is not None and not process.is_alive() and not self._stopping.is_set():
+                log.error("%s process exited (code %s): restarting it", self.name, process.exitcode)
+                self.restarts += 1
+                self._launch()
+        # This thread outlives the child: its exit would send the child the parent-death signal.
+        process = self.process
+        if process is None:
+            return
+        process.join(self.stop_timeout)
+        if process.is_alive():
+            log.error("%s process did not stop in %.0f s: killing it", self.name, self.stop_timeout)
+            process.kill()
+            process.join()
+
+    def request_stop(self) -> None:
+        """Ask the child to stop (see :meth:`join`); it is not restarted from now on."""
+        self._stopping.set()
+        self.stop_event.set()
+
+    def join(self) -> None:
+        """Wait for the child to stop (killed if it has not within ``stop_timeout`` s)."""
+        if self._watcher is not None:
+            self._watcher.join()
+
+    def stop(self) -> None:
+        self.request_stop()
+        self.join()
