@@ -5,20 +5,21 @@ own process it competes with the C-STORE handler for the GIL, and the receiver s
 the model runs (measured in docs/performance.md). In a child process it competes only for
 cores. The child is the same :class:`~ichnode.node.worker.Worker` loop as the in-process
 threads, with the same worker ids (so a restart reclaims their leases either way), its own
-database engine and its own copy of the model; the receiver wakes it through a
-multiprocessing event when it queues an instance, as it wakes its threads. Stopping the node
-stops the child (the workers give back what they hold), and a child that dies is restarted.
+database engine and its own copy of the model; the receivers wake it through a
+:class:`~ichnode.node.supervise.Wakeup` when they queue an instance, as they wake its
+threads. Stopping the node stops the child (the workers give back what they hold), and a
+child that dies is restarted. It is the default (``inference_process = true``): the
+receiver's speed then does not depend on how busy the model is.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from multiprocessing.synchronize import Event as ProcessEvent
 from typing import cast
 
 from ichnode.config import Settings
-from ichnode.node.supervise import CONTEXT, Supervised, exit_with_parent
+from ichnode.node.supervise import Supervised, Wakeup, child_stop, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +27,11 @@ log = logging.getLogger(__name__)
 def run_workers(
     settings: Settings,
     worker_ids: list[str],
-    wake: ProcessEvent,
-    stop: ProcessEvent,
+    wake: Wakeup,
     parent_pid: int,
 ) -> None:
-    """The child's body: load the model, run one worker thread per id until ``stop``."""
-    exit_with_parent(parent_pid, stop)
+    """The child's body: load the model, run one worker thread per id until told to stop."""
+    stop = child_stop(parent_pid)
     import torch
 
     from ichnode.db.session import open_database
@@ -48,8 +48,8 @@ def run_workers(
     engine, sessions = open_database(settings, create=False)
     predictor = Predictor(settings.model, settings.device, amp=settings.amp)
     store = Store(settings.store, settings.min_free_bytes)
-    # The Worker loop waits on threading.Event's interface; a process event has it.
-    stop_t, wake_t = cast(threading.Event, stop), cast(threading.Event, wake)
+    # The Worker loop waits on threading.Event's interface; a Wakeup has it.
+    wake_t = cast(threading.Event, wake)
     threads = []
     for i, wid in enumerate(worker_ids):
         worker = Worker(
@@ -61,13 +61,13 @@ def run_workers(
             worker_id=wid,
             wake=wake_t,
         )
-        threads.append(threading.Thread(target=worker.run, args=(stop_t,), name=f"worker-{i + 1}"))
+        threads.append(threading.Thread(target=worker.run, args=(stop,), name=f"worker-{i + 1}"))
     if settings.model is not None and settings.model_reload:  # the same swap as in-process
         watcher = ModelWatcher(settings.model, predictor)
-        threads.append(threading.Thread(target=watcher.run, args=(stop_t,), name="model-watcher"))
+        threads.append(threading.Thread(target=watcher.run, args=(stop,), name="model-watcher"))
     for thread in threads:
         thread.start()
-    stop.wait()
+    wait_until(stop)
     wake.set()  # the workers wait on wake: let them see stop now
     for thread in threads:
         thread.join()
@@ -81,7 +81,7 @@ class InferenceProcess(Supervised):
         self.settings = settings
         self.worker_ids = worker_ids
         #: Set by whoever queues an instance (the receivers, in this process or their own).
-        self.wake = CONTEXT.Event()
+        self.wake = Wakeup()
         super().__init__("ichnode-inference", run_workers, (settings, worker_ids, self.wake))
 
     def notify(self) -> None:

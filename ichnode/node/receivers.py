@@ -22,12 +22,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 from multiprocessing.synchronize import Event as ProcessEvent
-from typing import cast
 
 from ichnode.config import Settings
-from ichnode.node.supervise import Supervised, exit_with_parent
+from ichnode.node.supervise import CONTEXT, Supervised, Wakeup, child_stop, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +45,19 @@ def receiver_count(settings: Settings) -> int:
     return wanted
 
 
+#: Seconds :meth:`Receivers.start` waits for every receiver to listen.
+START_TIMEOUT = 120.0
+
+
 def run_receiver(
-    settings: Settings, wake: ProcessEvent | None, stop: ProcessEvent, parent_pid: int
+    settings: Settings,
+    wake: Wakeup | None,
+    listening: ProcessEvent,
+    parent_pid: int,
 ) -> None:
-    """A receiver process's body: the SCP alone on the shared port until ``stop``."""
-    exit_with_parent(parent_pid, stop)
+    """A receiver process's body: the SCP alone on the shared port until told to stop; sets
+    ``listening`` once it accepts associations (only the node waits on it)."""
+    stop = child_stop(parent_pid)
     from ichnode.db.session import open_database
     from ichnode.node.scp import StorageSCP
     from ichnode.node.tls import ReloadingContext
@@ -64,8 +70,9 @@ def run_receiver(
     engine, sessions = open_database(settings, create=False)
     scp = StorageSCP(settings, store, sessions, on_stored=wake.set if wake is not None else None)
     scp.start(ReloadingContext(settings.tls) if settings.tls.enabled else None, share_port=True)
+    listening.set()
     log.info("receiver process %d listening on %s:%d", os.getpid(), settings.bind, settings.port)
-    cast(threading.Event, stop).wait()
+    wait_until(stop)
     scp.shutdown()  # in-flight C-STOREs finish and are answered
     engine.dispose()
 
@@ -73,15 +80,22 @@ def run_receiver(
 class Receivers:
     """The node's extra receiver processes (``count`` of them), each restarted if it dies."""
 
-    def __init__(self, settings: Settings, count: int, wake: ProcessEvent | None) -> None:
+    def __init__(self, settings: Settings, count: int, wake: Wakeup | None) -> None:
+        self.listening = [CONTEXT.Event() for _ in range(count)]
         self.children = [
-            Supervised(f"ichnode-receiver-{i + 1}", run_receiver, (settings, wake))
-            for i in range(count)
+            Supervised(f"ichnode-receiver-{i + 1}", run_receiver, (settings, wake, listening))
+            for i, listening in enumerate(self.listening)
         ]
 
     def start(self) -> None:
+        """Start every receiver; returns once each listens (RuntimeError after
+        :data:`START_TIMEOUT` s)."""
         for child in self.children:
             child.start()
+        for child, listening in zip(self.children, self.listening, strict=True):
+            if not listening.wait(START_TIMEOUT):
+                self.stop()
+                raise RuntimeError(f"{child.name} did not listen within {START_TIMEOUT:.0f} s")
 
     def stop(self) -> None:
         """Stop accepting in every receiver; each answers what it has in flight, then exits."""

@@ -7,6 +7,11 @@ restarted when it exits while the node runs, asked to stop (a multiprocessing ev
 node stops, and killed if it does not stop in time. A node killed with SIGKILL cannot stop its
 children, so each child watches its parent (:func:`exit_with_parent`): a receiver left behind
 would keep the DICOM port and acknowledge instances nobody is serving.
+
+No multiprocessing ``Event`` crosses to a child: its ``set()`` waits for every sleeping
+waiter to wake, so a waiter killed with SIGKILL would hang the setter (a C-STORE handler
+waking the workers) for ever. A child is asked to stop with SIGTERM; the receivers wake the
+workers through a :class:`Wakeup`, a semaphore whose release never waits.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ import sys
 import threading
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
-from multiprocessing.synchronize import Event as ProcessEvent
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +40,17 @@ _PR_SET_PDEATHSIG = 1
 CONTEXT = multiprocessing.get_context("spawn")
 
 
-def exit_with_parent(parent_pid: int, stop: threading.Event | ProcessEvent) -> None:
-    """In a child: end the process when the node that started it is gone.
+def child_stop(parent_pid: int) -> threading.Event:
+    """In a child: the event that ends it, set by SIGTERM (the node stopping it) or when the
+    node that started it is gone.
 
     On Linux the kernel sends SIGKILL the moment the parent dies (``PR_SET_PDEATHSIG``): what
     the child had not answered was never acknowledged. Elsewhere, and in case the parent died
-    before that was set, a thread checks the parent id every second and sets ``stop``.
+    before that was set, a thread checks the parent id every second.
     """
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the node's Ctrl-C is the node's to handle
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(None, use_errno=True)
@@ -58,16 +66,57 @@ def exit_with_parent(parent_pid: int, stop: threading.Event | ProcessEvent) -> N
                 return
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    return stop
+
+
+def wait_until(stop: threading.Event) -> None:
+    """Block the child's main thread until ``stop`` (in steps, so SIGTERM's handler runs)."""
+    while not stop.wait(WATCH_SECONDS):
+        pass
+
+
+class Wakeup:
+    """``threading.Event``'s ``set``/``clear``/``wait`` across processes, safe against a
+    waiter killed while it waits: ``set`` releases a semaphore and never blocks."""
+
+    def __init__(self) -> None:
+        self._sem = CONTEXT.Semaphore(0)
+
+    def set(self) -> None:
+        try:
+            if self._sem.get_value() > 0:  # already set: do not count up for ever
+                return
+        except NotImplementedError:  # macOS has no sem_getvalue
+            pass
+        self._sem.release()
+
+    def clear(self) -> None:
+        while self._sem.acquire(False):
+            pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True when woken (the wake-up is consumed, then put back for other waiters)."""
+        woken = self._sem.acquire(True, timeout)
+        if woken:
+            self._sem.release()
+        return woken
+
+    def is_set(self) -> bool:
+        if self._sem.acquire(False):
+            self._sem.release()
+            return True
+        return False
 
 
 class Supervised:
-    """One child process running ``target(*args, stop, parent_pid)``; restarted if it dies."""
+    """One child process running ``target(*args, parent_pid)``; restarted if it dies.
+
+    The target calls :func:`child_stop` first, and stops when the event it returns is set."""
 
     def __init__(self, name: str, target: Callable[..., None], args: tuple) -> None:
         self.name = name
         self.target = target
         self.args = args
-        self.stop_event = CONTEXT.Event()
         self._stopping = threading.Event()
         self.process: BaseProcess | None = None
         self.restarts = 0
@@ -92,7 +141,7 @@ class Supervised:
     def _launch(self) -> None:
         process = CONTEXT.Process(
             target=self.target,
-            args=(*self.args, self.stop_event, os.getpid()),
+            args=(*self.args, os.getpid()),
             name=self.name,
             daemon=True,
         )
@@ -115,6 +164,8 @@ class Supervised:
         process = self.process
         if process is None:
             return
+        if process.is_alive():
+            process.terminate()  # SIGTERM: the child's stop event
         process.join(self.stop_timeout)
         if process.is_alive():
             log.error("%s process did not stop in %.0f s: killing it", self.name, self.stop_timeout)
@@ -124,7 +175,6 @@ class Supervised:
     def request_stop(self) -> None:
         """Ask the child to stop (see :meth:`join`); it is not restarted from now on."""
         self._stopping.set()
-        self.stop_event.set()
 
     def join(self) -> None:
         """Wait for the child to stop (killed if it has not within ``stop_timeout`` s)."""
