@@ -124,19 +124,14 @@ class Supervised:
         self._watcher: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start the child and its watcher; returns once the child is started.
+        """Start the child, and the watcher that restarts it and stops it.
 
-        The watcher thread starts the child (and any restart), because the kernel's
-        parent-death signal follows the *thread* that started it: that thread lives as
-        long as the node."""
-        launched = threading.Event()
-        self._watcher = threading.Thread(
-            target=self._watch, args=(launched,), name=f"{self.name}-watch", daemon=True
-        )
+        The kernel's parent-death signal follows the *thread* that started the child: a child
+        started by a thread that ends is killed with it, and restarted by the watcher, which
+        lives as long as the node."""
+        self._launch()
+        self._watcher = threading.Thread(target=self._watch, name=f"{self.name}-watch", daemon=True)
         self._watcher.start()
-        launched.wait()
-        if self.process is None:
-            raise RuntimeError(f"the {self.name} process could not be started")
 
     def _launch(self) -> None:
         process = CONTEXT.Process(
@@ -149,11 +144,7 @@ class Supervised:
         self.process = process
         log.info("%s process %s started", self.name, process.pid)
 
-    def _watch(self, launched: threading.Event) -> None:
-        try:
-            self._launch()
-        finally:
-            launched.set()
+    def _watch(self) -> None:
         while not self._stopping.wait(WATCH_SECONDS):
             process = self.process
             if process is not None and not process.is_alive() and not self._stopping.is_set():
