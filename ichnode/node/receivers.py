@@ -8,7 +8,7 @@ new connections over them. Each receiver is only the SCP (:class:`~ichnode.node.
 StorageSCP`): its own database engine and store, the same checks, the same durable write and
 commit before Success. The web, the monitor, the reporter, the outbox, the notifier and the
 inference workers run once, in the node. A receiver wakes the inference process when it queues
-an instance; in-process worker threads find its rows at their next poll.
+an instance (worker threads in the node's process: through a relay thread there).
 
 Per-process state: association limits (``max_associations`` and the per-minute limit) are
 counted by each receiver, so the node as a whole accepts up to N times as many; the audit

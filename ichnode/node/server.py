@@ -34,6 +34,7 @@ from ichnode.node.reload import ModelWatcher
 from ichnode.node.reporting import Reporter
 from ichnode.node.scp import StorageSCP
 from ichnode.node.stow import StowReceiver
+from ichnode.node.supervise import Wakeup
 from ichnode.node.tls import ReloadingContext
 from ichnode.node.worker import Worker
 from ichnode.report.saliency import SaliencyModel
@@ -138,9 +139,10 @@ class Node:
                 f"{exc.strerror or exc}"
             ) from None
         if receiving > 1:
-            self.receivers = Receivers(
-                s, receiving - 1, self.inference.wake if self.inference is not None else None
-            )
+            wake = self.inference.wake if self.inference is not None else Wakeup()
+            if self.inference is None:  # worker threads here: pass the receivers' wake-ups on
+                self._spawn(partial(self._relay, wake), "receiver-wake")
+            self.receivers = Receivers(s, receiving - 1, wake)
             self.receivers.start()
         ready = (
             f"ichnode ready: AE {s.ae_title} on {s.bind}:{s.port}"
@@ -165,6 +167,13 @@ class Node:
         self.wake.set()
         if self.inference is not None:
             self.inference.notify()
+
+    def _relay(self, wake: Wakeup, stop: threading.Event) -> None:
+        """Wake this process's worker threads when a receiver process queued an instance."""
+        while not stop.is_set():
+            if wake.wait(1.0):
+                wake.clear()
+                self.wake.set()
 
     def _on_resulted(self, result_id: int) -> None:
         """Monitor callback: build the new version's objects, send its notifications."""

@@ -1,7 +1,8 @@
 """A node receiving in two processes on one port (``receivers``, SO_REUSEPORT): parallel
 associations from pynetdicom and DCMTK are all stored and give one study result; the receiver
-process alone stores and wakes the inference process; a receiver killed with SIGKILL is
-restarted and receives again. Real associations over loopback, the demo model, SQLite."""
+process alone stores and wakes the inference process (or the worker threads); a receiver
+killed with SIGKILL is restarted and receives again. Real associations over loopback, the demo
+model, SQLite."""
 
 from __future__ import annotations
 
@@ -126,3 +127,11 @@ def test_a_receiver_killed_with_sigkill_is_restarted_and_receives(two_receivers)
     assert child.restarts == 1
     assert send(node.settings.port, study(2, size=32)) == [SUCCESS] * 2
     assert _count(node) == 2
+
+
+def test_a_receiver_process_feeds_worker_threads_of_the_node(two_receivers):
+    node = two_receivers(inference_process=False)
+    node.scp.shutdown()
+    assert node.inference is None and [t for t in node.threads if t.name == "receiver-wake"]
+    assert send(node.settings.port, study(2, size=32)) == [SUCCESS] * 2
+    assert wait_for(lambda: _count(node, Instance.status == InstanceStatus.DONE) == 2, timeout=120)
