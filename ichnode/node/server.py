@@ -34,7 +34,7 @@ from ichnode.node.reload import ModelWatcher
 from ichnode.node.reporting import Reporter
 from ichnode.node.scp import StorageSCP
 from ichnode.node.stow import StowReceiver
-from ichnode.node.supervise import Wakeup
+from ichnode.node.supervise import ChildHealth, Wakeup
 from ichnode.node.tls import ReloadingContext
 from ichnode.node.worker import Worker
 from ichnode.report.saliency import SaliencyModel
@@ -93,6 +93,10 @@ class Node:
         if s.inference_process and s.workers:
             self.inference = InferenceProcess(s, self.worker_ids())
             self.inference.start()
+            # /healthz and the metrics see the child's workers as the threads they replace.
+            self.threads += [
+                ChildHealth(f"worker-{i + 1}", self.inference) for i in range(s.workers)
+            ]
         for wid in [] if self.inference is not None else self.worker_ids():
             worker = Worker(
                 self.sessions,

@@ -175,3 +175,20 @@ class Supervised:
     def stop(self) -> None:
         self.request_stop()
         self.join()
+
+
+class ChildHealth(threading.Thread):
+    """A stand-in thread for ``/healthz`` and ``ichnode_workers_alive``: alive while the
+    supervised child is (named as the thread it replaces, ``worker-N``). Never started; the
+    node stops the child itself, so joining it returns at once."""
+
+    def __init__(self, name: str, child: Supervised) -> None:
+        super().__init__(name=name, daemon=True)
+        self.child = child
+
+    def is_alive(self) -> bool:
+        process = self.child.process
+        return process is not None and process.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        return None
