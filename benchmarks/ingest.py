@@ -2,14 +2,20 @@
 
 Receivers: DCMTK ``storescp`` writing files, Orthanc (its defaults, loopback only, temporary
 storage), pynetdicom's bundled ``storescp`` app writing files, and ``ichnode serve`` with its
-defaults (inference on: one worker), optionally also with inference off (``ichnode-off``) or
-with its worker in a child process (``ichnode-proc``: ``inference_process = true``).
+defaults (inference on: one worker in its own process; one receiver process per core),
+optionally also with one receiver process (``ichnode-1rx``: ``receivers = 1``), with the
+worker as a thread in the receiving process (``ichnode-thread``: ``receivers = 1``,
+``inference_process = false``, the defaults before 2026-12-06) or with inference off
+(``ichnode-off``: ``--workers 0``, one receiver process).
 ``--parallel 1,4`` measures each receiver with 1 and with 4 ``storescu`` processes, each
-sending its share of the files on its own association. Median of ``--runs`` runs each, printed
-as instances/s, MB/s and the ratios ichnode/Orthanc and ichnode/storescp measured in the same
-run. DCMTK runs with TCP_NODELAY=1.
+sending its share of the files on its own association. The untimed warm-up is sent on 4
+associations to every receiver, so that each of ichnode's receiver processes is likely to
+have received before the timed run (the kernel picks the process per connection). Median of
+``--runs`` runs each, printed as instances/s, MB/s and the ratios ichnode/Orthanc and
+ichnode/storescp measured in the same run. DCMTK runs with TCP_NODELAY=1.
 
-    python benchmarks/ingest.py --slices 400 --runs 3 --parallel 1,4
+    python benchmarks/ingest.py --slices 400 --runs 2 --parallel 1,4 \
+        --receivers dcmtk,orthanc,ichnode,ichnode-1rx
 """
 
 from __future__ import annotations
@@ -38,7 +44,24 @@ from common import (  # noqa: E402
 )
 
 ORTHANC = "/usr/sbin/Orthanc"
-RECEIVERS = ("dcmtk", "orthanc", "pynetdicom", "ichnode", "ichnode-off", "ichnode-proc")
+RECEIVERS = (
+    "dcmtk",
+    "orthanc",
+    "pynetdicom",
+    "ichnode",
+    "ichnode-1rx",
+    "ichnode-thread",
+    "ichnode-off",
+)
+#: Associations the warm-up is sent on.
+WARMUP_ASSOCIATIONS = 4
+#: Settings (environment) of each ichnode variant on top of ``serve``'s defaults.
+ICHNODE_ENV = {
+    "ichnode": {},
+    "ichnode-1rx": {"ICHNODE_RECEIVERS": "1"},
+    "ichnode-thread": {"ICHNODE_RECEIVERS": "1", "ICHNODE_INFERENCE_PROCESS": "false"},
+    "ichnode-off": {"ICHNODE_RECEIVERS": "1"},
+}
 
 
 def _orthanc(port: int, out: Path) -> subprocess.Popen:
@@ -106,12 +129,22 @@ def _receiver(kind: str, port: int, out: Path) -> subprocess.Popen:
     if kind == "ichnode-off":
         cmd += ["--workers", "0"]
     # Its HTTP side on a free port too, so that a node already running here does not clash.
-    env = {**os.environ, "ICHNODE_HTTP__BIND": f"127.0.0.1:{free_port()}"}
-    if kind == "ichnode-proc":
-        env["ICHNODE_INFERENCE_PROCESS"] = "true"
+    env = {**os.environ, "ICHNODE_HTTP__BIND": f"127.0.0.1:{free_port()}", **ICHNODE_ENV[kind]}
+    # Its ready line (stdout) says when every receiver process listens.
     return subprocess.Popen(
-        cmd, cwd=out, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        cmd,
+        cwd=out,
+        env=env,
+        stdout=(out / "serve.out").open("w"),
+        stderr=subprocess.DEVNULL,
     )
+
+
+def _ready(kind: str, port: int, out: Path) -> bool:
+    if kind.startswith("ichnode"):
+        log = out / "serve.out"
+        return log.is_file() and "ichnode ready" in log.read_text()
+    return port_open(port)
 
 
 def send(port: int, files: list[Path], parallel: int) -> float:
@@ -147,18 +180,18 @@ def _queue_left(out: Path) -> int:
 
 def measure(kind: str, files: list[Path], runs: int, warmup: list[Path], parallel: int) -> dict:
     times, drains = [], []
-    inference = kind in ("ichnode", "ichnode-proc")
+    inference = kind in ("ichnode", "ichnode-1rx", "ichnode-thread")
     for _ in range(runs):
         out = Path(tempfile.mkdtemp(prefix=f"ingest-{kind}-"))
         port = free_port()
         proc = _receiver(kind, port, out)
         try:
-            wait_for(lambda port=port: port_open(port), timeout=120)
+            wait_for(lambda port=port, out=out: _ready(kind, port, out), timeout=120)
             if warmup:
                 # A receiver that has just started pays one-time costs on its first instances
                 # (imports, compiled statements, caches); a node runs for weeks. Every receiver
                 # gets the same short warm-up, untimed.
-                send(port, warmup, 1)
+                send(port, warmup, WARMUP_ASSOCIATIONS)
                 if inference:
                     wait_for(lambda out=out: _queue_left(out) == 0, timeout=600, interval=0.1)
             elapsed = send(port, files, parallel)
@@ -188,7 +221,7 @@ def report(results: dict[str, dict], n: int, mb: float, parallel: int) -> None:
             d = r["drained_seconds"]
             verdict = "keeps up" if d <= s * 1.05 else "backlog: inference slower than ingest"
             print(f"{'':<14}queue drained after {d:.2f} s: {n / d:.1f} slices/s scored ({verdict})")
-    for ours in ("ichnode", "ichnode-off", "ichnode-proc"):
+    for ours in ("ichnode", "ichnode-1rx", "ichnode-thread", "ichnode-off"):
         if ours not in results:
             continue
         for peer in ("orthanc", "dcmtk"):

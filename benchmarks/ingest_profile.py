@@ -1,11 +1,13 @@
 """Where ``ichnode serve`` spends a C-STORE: py-spy over one timed ``storescu`` send.
 
-Starts ``ichnode serve`` as ``benchmarks/ingest.py`` does (defaults: inference on; ``--off``:
-``--workers 0``), warms it up with 20 other slices, then attaches ``py-spy record --threads``
-to it for exactly the timed send of ``--slices`` slices (one DCMTK ``storescu`` association,
-``TCP_NODELAY=1``). Prints, per thread kind, its share of all samples and, for the association
-thread (the one that runs the C-STORE handler), the inclusive share of the functions that
-matter. ``--raw DIR`` keeps py-spy's collapsed stacks (flamegraph.pl reads them).
+Starts ``ichnode serve`` as ``benchmarks/ingest.py`` does (``ichnode-1rx``: its defaults but
+one receiver process, so that every association is in the process py-spy watches; inference
+on, in its own process; ``--off``: ``--workers 0``), warms it up with 20 other slices, then
+attaches ``py-spy record --threads`` to it for exactly the timed send of ``--slices`` slices
+(one DCMTK ``storescu`` association, ``TCP_NODELAY=1``). Prints, per thread kind, its share
+of all samples and, for the association thread (the one that runs the C-STORE handler), the
+inclusive share of the functions that matter. ``--raw DIR`` keeps py-spy's collapsed stacks
+(flamegraph.pl reads them).
 
     pip install py-spy
     python benchmarks/ingest_profile.py --slices 400 [--off]
@@ -101,7 +103,8 @@ def main() -> None:
     args = parser.parse_args()
     files = sorted(phantom_slices(args.slices).glob("*.dcm"))
     warmup = sorted(phantom_slices(20, seed=999).glob("*.dcm"))
-    kind = "ichnode-off" if args.off else "ichnode"
+    # One receiver process (the one py-spy watches); the workers in their own process.
+    kind = "ichnode-off" if args.off else "ichnode-1rx"
     out = Path(tempfile.mkdtemp(prefix="ingest-profile-"))
     keep = args.raw or out
     keep.mkdir(parents=True, exist_ok=True)

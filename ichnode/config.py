@@ -228,6 +228,13 @@ class Settings(BaseSettings):
     bind: str = "127.0.0.1"
     port: int = Field(11112, ge=1, le=65535)
     max_associations: int = Field(10, ge=1)
+    receivers: int = Field(
+        0,
+        ge=0,
+        description="DICOM receiver processes `serve` runs on the one port (SO_REUSEPORT); "
+        "0 = one per core, 1 = the node's own process only. Association limits count per "
+        "receiver.",
+    )
     #: Association requests one peer address may make per minute (0: no limit); more are
     #: rejected as temporary congestion, so a looping or hostile sender cannot flood the node.
     max_associations_per_minute: int = Field(0, ge=0)
@@ -265,9 +272,9 @@ class Settings(BaseSettings):
     device: str = "auto"
     workers: int = Field(1, ge=0)
     inference_process: bool = Field(
-        False,
+        True,
         description="Run the workers in a child process of `serve`, so scoring never "
-        "competes with the DICOM receiver for the GIL.",
+        "competes with the DICOM receiver for the GIL (false: threads in the node's process).",
     )
     batch_size: int = Field(16, ge=1, le=1024)
     lease_seconds: float = Field(120.0, gt=0)

@@ -5,34 +5,33 @@ own process it competes with the C-STORE handler for the GIL, and the receiver s
 the model runs (measured in docs/performance.md). In a child process it competes only for
 cores. The child is the same :class:`~ichnode.node.worker.Worker` loop as the in-process
 threads, with the same worker ids (so a restart reclaims their leases either way), its own
-database engine and its own copy of the model; the receiver wakes it through a
-multiprocessing event when it queues an instance, as it wakes its threads. Stopping the node
-stops the child (the workers give back what they hold), and a child that dies is restarted.
+database engine and its own copy of the model; the receivers wake it through a
+:class:`~ichnode.node.supervise.Wakeup` when they queue an instance, as they wake its
+threads. Stopping the node stops the child (the workers give back what they hold), and a
+child that dies is restarted. It is the default (``inference_process = true``): the
+receiver's speed then does not depend on how busy the model is.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import threading
-from multiprocessing.process import BaseProcess
-from multiprocessing.synchronize import Event as ProcessEvent
 from typing import cast
 
 from ichnode.config import Settings
+from ichnode.node.supervise import Supervised, Wakeup, child_stop, wait_until
 
 log = logging.getLogger(__name__)
 
-#: Seconds a child is given to finish its batch and give back its claims before it is killed.
-STOP_TIMEOUT = 30.0
-#: Seconds between checks that the child is alive.
-WATCH_SECONDS = 1.0
-
 
 def run_workers(
-    settings: Settings, worker_ids: list[str], wake: ProcessEvent, stop: ProcessEvent
+    settings: Settings,
+    worker_ids: list[str],
+    wake: Wakeup,
+    parent_pid: int,
 ) -> None:
-    """The child's body: load the model, run one worker thread per id until ``stop``."""
+    """The child's body: load the model, run one worker thread per id until told to stop."""
+    stop = child_stop(parent_pid)
     import torch
 
     from ichnode.db.session import open_database
@@ -49,8 +48,8 @@ def run_workers(
     engine, sessions = open_database(settings, create=False)
     predictor = Predictor(settings.model, settings.device, amp=settings.amp)
     store = Store(settings.store, settings.min_free_bytes)
-    # The Worker loop waits on threading.Event's interface; a process event has it.
-    stop_t, wake_t = cast(threading.Event, stop), cast(threading.Event, wake)
+    # The Worker loop waits on threading.Event's interface; a Wakeup has it.
+    wake_t = cast(threading.Event, wake)
     threads = []
     for i, wid in enumerate(worker_ids):
         worker = Worker(
@@ -62,54 +61,28 @@ def run_workers(
             worker_id=wid,
             wake=wake_t,
         )
-        threads.append(threading.Thread(target=worker.run, args=(stop_t,), name=f"worker-{i + 1}"))
+        threads.append(threading.Thread(target=worker.run, args=(stop,), name=f"worker-{i + 1}"))
     if settings.model is not None and settings.model_reload:  # the same swap as in-process
         watcher = ModelWatcher(settings.model, predictor)
-        threads.append(threading.Thread(target=watcher.run, args=(stop_t,), name="model-watcher"))
+        threads.append(threading.Thread(target=watcher.run, args=(stop,), name="model-watcher"))
     for thread in threads:
         thread.start()
+    wait_until(stop)
+    wake.set()  # the workers wait on wake: let them see stop now
     for thread in threads:
         thread.join()
     engine.dispose()
 
 
-class InferenceProcess:
+class InferenceProcess(Supervised):
     """The child process that runs the node's workers; restarted if it dies."""
 
     def __init__(self, settings: Settings, worker_ids: list[str]) -> None:
         self.settings = settings
         self.worker_ids = worker_ids
-        # spawn: a fresh interpreter, not a fork of a process with threads and open sockets.
-        self._ctx = multiprocessing.get_context("spawn")
-        self.wake = self._ctx.Event()
-        self._stop = self._ctx.Event()
-        self._stopping = threading.Event()
-        self.process: BaseProcess | None = None
-        self._watcher: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._launch()
-        self._watcher = threading.Thread(target=self._watch, name="inference-watch", daemon=True)
-        self._watcher.start()
-
-    def _launch(self) -> None:
-        self.process = self._ctx.Process(
-            target=run_workers,
-            args=(self.settings, self.worker_ids, self.wake, self._stop),
-            name="ichnode-inference",
-            daemon=True,
-        )
-        self.process.start()
-        log.info(
-            "inference process %s started (%d workers)", self.process.pid, len(self.worker_ids)
-        )
-
-    def _watch(self) -> None:
-        while not self._stopping.wait(WATCH_SECONDS):
-            process = self.process
-            if process is not None and not process.is_alive() and not self._stopping.is_set():
-                log.error("inference process exited (code %s): restarting it", process.exitcode)
-                self._launch()
+        #: Set by whoever queues an instance (the receivers, in this process or their own).
+        self.wake = Wakeup()
+        super().__init__("ichnode-inference", run_workers, (settings, worker_ids, self.wake))
 
     def notify(self) -> None:
         """An instance was queued: wake the workers."""
@@ -117,14 +90,6 @@ class InferenceProcess:
 
     def stop(self) -> None:
         """Ask the workers to finish and give back their claims; kill the child if it hangs."""
-        self._stopping.set()
-        self._stop.set()
+        self.request_stop()
         self.wake.set()
-        process = self.process
-        if process is None:
-            return
-        process.join(STOP_TIMEOUT)
-        if process.is_alive():
-            log.error("inference process did not stop in %.0f s: killing it", STOP_TIMEOUT)
-            process.kill()
-            process.join()
+        self.join()

@@ -1,4 +1,10 @@
-"""``ichnode serve``: the SCP, in-process workers and the study monitor, started together."""
+"""``ichnode serve``: the SCP, the workers and the study monitor, started together.
+
+The node's process runs the SCP, the monitor, the reporter, the outbox, the notifier and the
+web; the workers run in a child process (``inference_process``, the default) or as threads
+here; ``serve`` adds receiver processes on the same port (``receivers``,
+:mod:`ichnode.node.receivers`).
+"""
 
 from __future__ import annotations
 
@@ -23,10 +29,12 @@ from ichnode.node.monitor import Monitor, ResultPolicy
 from ichnode.node.notifier import Notifier, receivers
 from ichnode.node.outbox import Outbox
 from ichnode.node.preflight import preflight
+from ichnode.node.receivers import Receivers, receiver_count
 from ichnode.node.reload import ModelWatcher
 from ichnode.node.reporting import Reporter
 from ichnode.node.scp import StorageSCP
 from ichnode.node.stow import StowReceiver
+from ichnode.node.supervise import ChildHealth, Wakeup
 from ichnode.node.tls import ReloadingContext
 from ichnode.node.worker import Worker
 from ichnode.report.saliency import SaliencyModel
@@ -47,17 +55,20 @@ class Node:
         self.workers: list[Worker] = []
         #: The workers' child process (``inference_process``); None: they are threads here.
         self.inference: InferenceProcess | None = None
+        #: The receiver processes beside this one (``start(receiving=N)``, N > 1).
+        self.receivers: Receivers | None = None
 
     def worker_ids(self) -> list[str]:
         """Stable ids for this node's in-process workers, so a restart can reclaim their leases."""
         host = socket.gethostname()
         return [f"{host}:serve:{self.settings.port}:{i}" for i in range(self.settings.workers)]
 
-    def start(self, announce: bool = True) -> str:
+    def start(self, announce: bool = True, receiving: int = 1) -> str:
         """Open the database, load the model, start the threads and listen for DICOM.
 
         Returns the ready line; ``announce=False`` leaves logging it to the caller (``serve``
-        announces it once the HTTP server listens too).
+        announces it once the HTTP server listens too). ``receiving``: processes receiving
+        on the port, this one included (``serve`` passes the ``receivers`` setting's count).
         """
         s = self.settings
         if s.torch_threads:
@@ -82,6 +93,10 @@ class Node:
         if s.inference_process and s.workers:
             self.inference = InferenceProcess(s, self.worker_ids())
             self.inference.start()
+            # /healthz and the metrics see the child's workers as the threads they replace.
+            self.threads += [
+                ChildHealth(f"worker-{i + 1}", self.inference) for i in range(s.workers)
+            ]
         for wid in [] if self.inference is not None else self.worker_ids():
             worker = Worker(
                 self.sessions,
@@ -120,16 +135,23 @@ class Node:
         self.scp = StorageSCP(s, self.store, self.sessions, on_stored=self._on_stored)
         self.stow = StowReceiver(s, self.store, self.sessions, on_stored=self._on_stored)
         try:
-            self.scp.start(tls)
+            self.scp.start(tls, share_port=receiving > 1)
         except OSError as exc:
             self.stop()
             raise ConfigError(
                 f"cannot listen on {s.bind}:{s.port} (settings bind and port): "
                 f"{exc.strerror or exc}"
             ) from None
+        if receiving > 1:
+            wake = self.inference.wake if self.inference is not None else Wakeup()
+            if self.inference is None:  # worker threads here: pass the receivers' wake-ups on
+                self._spawn(partial(self._relay, wake), "receiver-wake")
+            self.receivers = Receivers(s, receiving - 1, wake)
+            self.receivers.start()
         ready = (
             f"ichnode ready: AE {s.ae_title} on {s.bind}:{s.port}"
-            f"{' (TLS)' if tls else ''}, "
+            f"{' (TLS)' if tls else ''}"
+            f"{f' in {receiving} receiver processes' if receiving > 1 else ''}, "
             f"database {display_url(s.db_url)}, model {self.predictor.model_id} "
             f"on {self.predictor.device}, {s.workers} worker(s)"
         )
@@ -150,6 +172,13 @@ class Node:
         if self.inference is not None:
             self.inference.notify()
 
+    def _relay(self, wake: Wakeup, stop: threading.Event) -> None:
+        """Wake this process's worker threads when a receiver process queued an instance."""
+        while not stop.is_set():
+            if wake.wait(1.0):
+                wake.clear()
+                self.wake.set()
+
     def _on_resulted(self, result_id: int) -> None:
         """Monitor callback: build the new version's objects, send its notifications."""
         self.reporter.wake.set()
@@ -168,9 +197,14 @@ class Node:
 
     def stop(self) -> None:
         """Stop accepting, let in-flight stores finish, release leases, stop threads."""
+        if self.receivers is not None:
+            for child in self.receivers.children:
+                child.request_stop()  # they stop accepting while this one does
         scp = getattr(self, "scp", None)
         if scp is not None:
             scp.shutdown()
+        if self.receivers is not None:
+            self.receivers.stop()
         self.stop_event.set()
         self.wake.set()
         if self.inference is not None:
@@ -205,7 +239,7 @@ def serve(settings: Settings, http_sock: socket.socket | None = None) -> None:
     signal.signal(signal.SIGTERM, _signal)
     signal.signal(signal.SIGINT, _signal)
     try:
-        ready = node.start(announce=False)
+        ready = node.start(announce=False, receiving=receiver_count(settings))
     except BaseException:
         if http_sock is not None:
             http_sock.close()

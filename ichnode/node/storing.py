@@ -17,8 +17,9 @@ from sqlalchemy.orm import sessionmaker
 
 from ichnode.config import Settings
 from ichnode.db import ingest
-from ichnode.db.engine import error_reason
+from ichnode.db.engine import error_reason, sqlite_file
 from ichnode.db.models import InstanceStatus
+from ichnode.db.write_turn import WriteTurns
 from ichnode.node.intake import Admitted, Refusal
 from ichnode.node.selection import SelectionRules
 from ichnode.node.statuses import OUT_OF_RESOURCES
@@ -37,6 +38,10 @@ class Keeper:
         self.sessions = sessions
         self.rules = SelectionRules(settings.selection)
         self.known_ids = ingest.KnownIds()
+        # The database the sessions write to (a test may pass other sessions than db_url's).
+        bind = sessions.kw.get("bind")
+        on_sqlite = bind is not None and bind.dialect.name == "sqlite"
+        self.turns = WriteTurns(sqlite_file(bind.url) if bind is not None and on_sqlite else None)
 
     def keep(
         self, admitted: Admitted, parts: Sequence[bytes], now: datetime
@@ -51,6 +56,7 @@ class Keeper:
             skip_duplicate_positions=self.rules.settings.skip_duplicate_positions,
             known_ids=self.known_ids,
             now=now,
+            turns=self.turns,
         )
 
 
@@ -64,10 +70,13 @@ def keep(
     skip_duplicate_positions: bool,
     known_ids: ingest.KnownIds,
     now: datetime,
+    turns: WriteTurns | None = None,
 ) -> InstanceStatus | None:
     """Write the file (CT only: ``parts`` joined are the Part 10 file, at most
     ``max_instance_bytes``) and the row; returns the row's status (None: a repeat, the first
-    copy kept). Raises :class:`Refusal` (0xA700) when either cannot be made durable."""
+    copy kept). Raises :class:`Refusal` (0xA700) when either cannot be made durable.
+    ``turns``: the receivers' turns at SQLite's write lock (:mod:`ichnode.db.write_turn`)."""
+    turns = turns or WriteTurns(None)
     received = admitted.received
     study_uid, series_uid, sop_uid = admitted.uids
     tag = uid_hash(sop_uid)
@@ -89,10 +98,11 @@ def keep(
                 received.size_bytes = store.write(relative, list(parts))
                 received.path = relative
             try:
-                status = ingest.record_instance(
-                    session, received, skip_duplicate_positions, known_ids
-                ).status
-                session.commit()
+                with turns.turn():
+                    status = ingest.record_instance(
+                        session, received, skip_duplicate_positions, known_ids
+                    ).status
+                    session.commit()
             except IntegrityError:
                 # The same SOP Instance arrived on another association at the same moment:
                 # its row won; our identical bytes went to the same path.

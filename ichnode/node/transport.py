@@ -170,10 +170,17 @@ class GuardedServer(ThreadedAssociationServer):
     on_no_request: Callable[[object, str], None] | None = None
     on_pdu_refused: Callable[[Association, str], None] | None = None
     tls: ReloadingContext | None = None
+    #: Listen with ``SO_REUSEPORT``: other receiver processes listen on the same port.
+    reuse_port: bool = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("request_handler", GuardedRequestHandler)
         super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        if self.reuse_port:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = self.socket.accept()
@@ -228,6 +235,12 @@ class GuardedServer(ThreadedAssociationServer):
         finally:
             request.settimeout(self.io_timeout)
         return None if first else "closed without sending anything"
+
+
+class SharedPortServer(GuardedServer):
+    """A :class:`GuardedServer` whose port the node's other receiver processes share."""
+
+    reuse_port = True
 
 
 def start_server(server: GuardedServer) -> threading.Thread:

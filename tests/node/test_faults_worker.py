@@ -15,7 +15,9 @@ from ichnode.node.scp import SUCCESS
 
 def test_a_failed_batch_does_not_end_the_worker(node_factory, caplog, monkeypatch):
     caplog.set_level(logging.ERROR, logger="ichnode.node.worker")
-    node = node_factory(lease_seconds=1.0)
+    # The failure is injected into the predictor of this process: the workers run as threads
+    # here (inference_process = false); the child process runs the same Worker loop.
+    node = node_factory(lease_seconds=1.0, inference_process=False)
     real = node.predictor.embed_scores
     failures = []
 

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from ichnode.db.models import Instance, InstanceStatus
 from ichnode.node.statuses import SUCCESS
+from ichnode.node.supervise import ChildHealth
 
 pytestmark = [pytest.mark.parametrize("db_url", ["sqlite"], indirect=True), pytest.mark.slow]
 
@@ -26,18 +27,26 @@ def test_a_child_process_scores_what_the_receiver_queued_and_stops_with_the_node
     node = node_factory(inference_process=True, workers=1)
     child = node.inference.process
     assert child.pid != os.getpid() and child.is_alive()
-    assert not [t for t in node.threads if t.name.startswith("worker-")]  # no worker thread here
+    workers = [t for t in node.threads if t.name.startswith("worker-")]
+    # No worker thread here: the health stand-in follows the child.
+    assert [type(t) for t in workers] == [ChildHealth] and workers[0].is_alive()
     assert send(node.settings.port, study(3, size=32)) == [SUCCESS] * 3
     assert wait_for(lambda: _statuses(node) == [InstanceStatus.DONE] * 3, timeout=120)
     node.stop()
     assert not child.is_alive() and child.exitcode == 0
+    assert not workers[0].is_alive()
 
 
-def test_a_child_process_that_dies_is_restarted_and_scores(node_factory):
+def test_a_child_process_killed_while_idle_is_restarted_and_the_receiver_never_waits(
+    node_factory,
+):
     node = node_factory(inference_process=True, workers=1)
-    first = node.inference.process
+    assert send(node.settings.port, study(1, size=32)) == [SUCCESS]
+    assert wait_for(lambda: _statuses(node) == [InstanceStatus.DONE], timeout=120)
+    first = node.inference.process  # idle now: its workers sleep on the wake-up
     first.kill()
     first.join()
-    wait_for(lambda: node.inference.process is not first, timeout=30)
+    # Waking a killed sleeper must not block the C-STORE (a multiprocessing Event would).
     assert send(node.settings.port, study(2, size=32)) == [SUCCESS] * 2
-    assert wait_for(lambda: _statuses(node) == [InstanceStatus.DONE] * 2, timeout=120)
+    wait_for(lambda: node.inference.process is not first, timeout=30)
+    assert wait_for(lambda: _statuses(node) == [InstanceStatus.DONE] * 3, timeout=120)

@@ -48,7 +48,10 @@ def test_a_checkpoint_renamed_over_the_model_is_served_without_a_restart(
     monkeypatch.setattr("ichnode.node.reload.POLL_SECONDS", 0.2)
     served = tmp_path / "model.safetensors"
     shutil.copy(model_path, served)
-    node = node_factory(model=served)
+    # Worker threads in this process: the swap is then one moment for the workers and the
+    # monitor. (With the workers in their own process, each process sees the file at its own
+    # poll, up to POLL_SECONDS apart, and the patched interval does not reach the child.)
+    node = node_factory(model=served, inference_process=False)
     old_id = node.predictor.model_id
 
     first = [s.dataset for s in synth_study(3, n_slices=4, size=64)]
