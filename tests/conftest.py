@@ -45,6 +45,11 @@ def _settings(tmp_path: Path, db_url: str, overrides: dict[str, object]) -> Sett
         "device": "cpu",
         "min_free_bytes": 0,
         "workers": 1,
+        # Scoring in worker threads of the test's process: the same Worker loop that serve's
+        # inference process runs, without spawning a process (a torch import and a model load,
+        # seconds each) for every node. The process itself is tested where it is the subject:
+        # tests/node/test_inference_process.py, test_receivers.py and the system tests of serve.
+        "inference_process": False,
     }
     return Settings(**(values | overrides))
 
