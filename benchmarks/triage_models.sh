@@ -51,3 +51,10 @@ train seed --arch simplecnn --epochs 5 --image-size 128 --pixel-mm none --normal
 synth train3 --preset train --seed 3 --studies 800
 DATA=train3 train ft800 --init runs/demo/best.safetensors \
   --epochs 4 --epoch-samples 16000 --lr 3e-4 --workers 1
+# Round 2 (shipped: ichnet2-9ebcd84a5131) and round 3 (not shipped): 500 new studies each.
+synth train4 --preset train --seed 4 --studies 500
+DATA=train4 train ft500 --init runs/ft800/best.safetensors \
+  --epochs 4 --epoch-samples 16000 --lr 2e-4 --workers 1
+synth train5 --preset train --seed 5 --studies 500
+DATA=train5 train ft500b --init runs/ft500/best.safetensors \
+  --epochs 4 --epoch-samples 16000 --lr 2e-4 --workers 1
