@@ -61,10 +61,12 @@ def node_factory(tmp_path: Path, db_url: str) -> Iterator[Callable[..., object]]
 
     nodes: list[Node] = []
 
-    def start(**overrides: object) -> Node:
+    def start(receiving: int = 1, **overrides: object) -> Node:
+        """A started node; ``receiving``: processes receiving on its port, itself included
+        (what serve's ``receivers`` setting gives)."""
         node = Node(_settings(tmp_path, db_url, overrides))
-        node.start()
         nodes.append(node)
+        node.start(receiving=receiving)
         return node
 
     yield start

@@ -9,17 +9,14 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from dicom_client import echo, send
-from helpers import free_port, run_dcmtk, study, wait_for, write_all
+from helpers import run_dcmtk, study, wait_for, write_all
 from sqlalchemy import func, select
 
-from ichnode.config import Settings
 from ichnode.db.models import Instance, InstanceStatus, Study, StudyResult
-from ichnode.model import demo_model_path
 from ichnode.node.receivers import can_share_port
 from ichnode.node.server import Node
 from ichnode.node.statuses import SUCCESS
@@ -32,30 +29,14 @@ pytestmark = [
 
 
 @pytest.fixture
-def two_receivers(tmp_path: Path, db_url: str) -> Iterator[Callable[..., Node]]:
-    """Start an in-process node on a free port that receives in itself and one child."""
-    nodes: list[Node] = []
+def two_receivers(node_factory: Callable[..., Node]) -> Callable[..., Node]:
+    """Start an in-process node on a free port that receives in itself and one child, its
+    workers in serve's inference process unless told otherwise."""
 
     def start(**overrides: object) -> Node:
-        values: dict[str, object] = {
-            "db_url": db_url,
-            "store": tmp_path / "store",
-            "port": free_port(),
-            "stable_seconds": 0.5,
-            "model": demo_model_path(),
-            "device": "cpu",
-            "min_free_bytes": 0,
-            "workers": 1,
-            "inference_process": True,
-        }
-        node = Node(Settings(**(values | overrides)))
-        nodes.append(node)
-        node.start(receiving=2)
-        return node
+        return node_factory(receiving=2, **({"inference_process": True} | overrides))
 
-    yield start
-    for node in nodes:
-        node.stop()
+    return start
 
 
 def _count(node: Node, *where: object) -> int:
