@@ -47,9 +47,7 @@ class ResultPolicy:
     scorer, or when a slice has no embedding of this model, the study's probabilities are the
     maximum over its slices. ``context`` is the checkpoint's 2.5-D context
     (:attr:`ichnode.imaging.PreprocessSpec.context`): slices scored before a neighbour arrived
-    are scored again before the study is resulted, and so are slices scored by another model
-    than ``model_id`` (a swap came in between: with serve's inference process, the child and
-    the monitor each see a swapped file at their own poll).
+    are scored again before the study is resulted.
     """
 
     thresholds: dict[str, float]
@@ -103,16 +101,6 @@ def compute_result(
     for s in slices:
         counts[s.status] += 1
     scored = [(s, s.prediction) for s in slices if s.prediction is not None]
-    other_model = sorted(s.instance_id for s, p in scored if p.model_id != policy.model_id)
-    if other_model:  # scored before a model swap: one result is one model's, score them again
-        queue.requeue(session, other_model)
-        log.info(
-            "study %s: %d slices scored again by %s, the model served now",
-            uid_hash(study.study_instance_uid),
-            len(other_model),
-            policy.model_id,
-        )
-        return None
     version = study.result_version + 1
     key_instance: int | None = None
     decision = None
