@@ -52,15 +52,7 @@ def run_workers(
     wake_t = cast(threading.Event, wake)
     threads = []
     for i, wid in enumerate(worker_ids):
-        worker = Worker(
-            sessions,
-            store,
-            predictor,
-            batch_size=settings.batch_size,
-            lease_seconds=settings.lease_seconds,
-            worker_id=wid,
-            wake=wake_t,
-        )
+        worker = Worker.from_settings(settings, sessions, store, predictor, wid, wake_t)
         threads.append(threading.Thread(target=worker.run, args=(stop,), name=f"worker-{i + 1}"))
     if settings.model is not None and settings.model_reload:  # the same swap as in-process
         watcher = ModelWatcher(settings.model, predictor)

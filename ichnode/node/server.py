@@ -98,14 +98,8 @@ class Node:
                 ChildHealth(f"worker-{i + 1}", self.inference) for i in range(s.workers)
             ]
         for wid in [] if self.inference is not None else self.worker_ids():
-            worker = Worker(
-                self.sessions,
-                self.store,
-                self.predictor,
-                batch_size=s.batch_size,
-                lease_seconds=s.lease_seconds,
-                worker_id=wid,
-                wake=self.wake,
+            worker = Worker.from_settings(
+                s, self.sessions, self.store, self.predictor, wid, self.wake
             )
             self.workers.append(worker)
             self._spawn(worker.run, f"worker-{len(self.workers)}")

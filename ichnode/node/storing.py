@@ -38,10 +38,10 @@ class Keeper:
         self.sessions = sessions
         self.rules = SelectionRules(settings.selection)
         self.known_ids = ingest.KnownIds()
-        # The database the sessions write to (a test may pass other sessions than db_url's).
+        # The database the sessions write to (a test may pass other sessions than db_url's);
+        # sqlite_file is None for PostgreSQL and in-memory databases: no turns there.
         bind = sessions.kw.get("bind")
-        on_sqlite = bind is not None and bind.dialect.name == "sqlite"
-        self.turns = WriteTurns(sqlite_file(bind.url) if bind is not None and on_sqlite else None)
+        self.turns = WriteTurns(sqlite_file(bind.url) if bind is not None else None)
 
     def keep(
         self, admitted: Admitted, parts: Sequence[bytes], now: datetime

@@ -3,15 +3,17 @@
 ``serve`` runs its inference workers (:mod:`ichnode.node.inference_process`) and its extra
 DICOM receivers (:mod:`ichnode.node.receivers`) as spawned children: a fresh interpreter each,
 not a fork of a process with threads and open sockets. A :class:`Supervised` child is
-restarted when it exits while the node runs, asked to stop (a multiprocessing event) when the
-node stops, and killed if it does not stop in time. A node killed with SIGKILL cannot stop its
-children, so each child watches its parent (:func:`exit_with_parent`): a receiver left behind
+restarted when it exits while the node runs, asked to stop (SIGTERM) when the node stops,
+and killed if it does not stop in time. A node killed with SIGKILL cannot stop its
+children, so each child watches its parent (:func:`child_stop`): a receiver left behind
 would keep the DICOM port and acknowledge instances nobody is serving.
 
-No multiprocessing ``Event`` crosses to a child: its ``set()`` waits for every sleeping
-waiter to wake, so a waiter killed with SIGKILL would hang the setter (a C-STORE handler
-waking the workers) for ever. A child is asked to stop with SIGTERM; the receivers wake the
-workers through a :class:`Wakeup`, a semaphore whose release never waits.
+No multiprocessing ``Event`` is set where a killed waiter could block the setter: its
+``set()`` waits for every sleeping waiter to wake, so a waiter killed with SIGKILL would hang
+the setter (a C-STORE handler waking the workers) for ever. (A receiver's ``listening`` event
+is one: only the node waits on it, and the receiver dies with the node.) A child is asked
+to stop with SIGTERM; the receivers wake the workers through a :class:`Wakeup`, a semaphore
+whose release never waits.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
+from ichnode.config import Settings
 from ichnode.db import context, queue
 from ichnode.errors import IchnodeError
 from ichnode.imaging import PreprocessSpec, context_input, preprocess, preprocess_hu, read
@@ -41,6 +42,28 @@ def default_worker_id(role: str = "worker", index: int | None = None) -> str:
 
 class Worker:
     """Scores queued instances with one :class:`~ichnode.inference.Predictor`."""
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        sessions: sessionmaker,
+        store: Store,
+        predictor: Predictor,
+        worker_id: str,
+        wake: threading.Event,
+    ) -> Worker:
+        """A worker with the node's batch size and lease: the node's threads and the
+        inference process's make theirs here."""
+        return cls(
+            sessions,
+            store,
+            predictor,
+            batch_size=settings.batch_size,
+            lease_seconds=settings.lease_seconds,
+            worker_id=worker_id,
+            wake=wake,
+        )
 
     def __init__(
         self,
