@@ -72,6 +72,13 @@ class Store:
             raise ValueError("path outside the store")
         return Path(path)
 
+    def holds(self, relative: str) -> bool:
+        """Whether a stored file is still there (retention or an operator may have removed it)."""
+        try:
+            return self.path(relative).is_file()
+        except ValueError:
+            return False
+
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 

@@ -22,23 +22,25 @@ class StudySlice:
     status: InstanceStatus
     z: float | None
     prediction: Prediction | None
+    #: The stored file, relative to the store (None: not stored).
+    path: str | None = None
 
 
 def study_slices(session: Session, study_id: int) -> list[StudySlice]:
     """Every instance of the study, with its newest prediction and that prediction's
     embedding loaded."""
     rows = session.execute(
-        select(Instance.id, Instance.status, Instance.z, Prediction)
+        select(Instance.id, Instance.status, Instance.z, Instance.path, Prediction)
         .outerjoin(Prediction, Prediction.instance_id == Instance.id)
         .where(Instance.study_id == study_id)
         .options(undefer(Prediction.embedding))
         .order_by(Instance.id, Prediction.created_at, Prediction.id)
     ).all()
     out: dict[int, StudySlice] = {}
-    for instance_id, status, z, prediction in rows:
+    for instance_id, status, z, path, prediction in rows:
         previous = out.get(instance_id)
         if previous is None or prediction is not None:  # ordered: the newest comes last
-            out[instance_id] = StudySlice(instance_id, status, z, prediction or None)
+            out[instance_id] = StudySlice(instance_id, status, z, prediction or None, path)
     return list(out.values())
 
 

@@ -48,12 +48,19 @@ class ResultPolicy:
     maximum over its slices. ``context`` is the checkpoint's 2.5-D context
     (:attr:`ichnode.imaging.PreprocessSpec.context`): slices scored before a neighbour arrived
     are scored again before the study is resulted.
+
+    ``stored`` says whether a slice's stored file is still there (its path relative to the
+    store). Slices scored by another model than ``model_id`` (a swap came in between; with
+    serve's inference process the child and the monitor each see a swapped file at their own
+    poll) are scored again before the study is resulted when their file is there, so a result
+    is one model's; a slice whose file is gone keeps the score it has.
     """
 
     thresholds: dict[str, float]
     model_id: str
     scorer: Callable[[np.ndarray, list[float | None]], StudyScores] | None = None
     context: int = 0
+    stored: Callable[[str], bool] | None = None
 
 
 def _study_scores(
@@ -101,6 +108,23 @@ def compute_result(
     for s in slices:
         counts[s.status] += 1
     scored = [(s, s.prediction) for s in slices if s.prediction is not None]
+    other_model = sorted(
+        s.instance_id
+        for s, p in scored
+        if p.model_id != policy.model_id
+        and s.path is not None
+        and policy.stored is not None
+        and policy.stored(s.path)
+    )
+    if other_model:  # scored before a model swap: one result is one model's, score them again
+        queue.requeue(session, other_model)
+        log.info(
+            "study %s: %d slices scored again by %s, the model served now",
+            uid_hash(study.study_instance_uid),
+            len(other_model),
+            policy.model_id,
+        )
+        return None
     version = study.result_version + 1
     key_instance: int | None = None
     decision = None

@@ -157,7 +157,11 @@ class Node:
         """How the monitor results studies with the model served now."""
         ckpt = self.predictor.checkpoint
         return ResultPolicy(
-            ckpt.decision_thresholds, ckpt.model_id, partial(score_study, ckpt), ckpt.spec.context
+            ckpt.decision_thresholds,
+            ckpt.model_id,
+            partial(score_study, ckpt),
+            ckpt.spec.context,
+            stored=self.store.holds,
         )
 
     def _on_stored(self) -> None:

@@ -15,7 +15,7 @@ from helpers import wait_for
 from sqlalchemy import select, update
 
 from ichnode.db import results
-from ichnode.db.models import Instance, Study, StudyResult, utcnow
+from ichnode.db.models import Instance, InstanceStatus, Study, StudyResult, utcnow
 from ichnode.node import monitor as monitor_module
 from ichnode.node.monitor import Monitor, ResultPolicy
 from ichnode.subtypes import SUBTYPES
@@ -173,3 +173,31 @@ def test_concurrent_monitors_compute_each_study_once(session_factory, monkeypatc
     assert sorted(rows) == [(i, 1) for i in ids]
     assert len(written) == len(ids)
     assert sorted(computed) == ids  # claimed: no study was computed by two monitors
+
+
+def test_slices_scored_by_another_model_are_scored_again_where_their_file_is_still_stored(
+    session_factory,
+):
+    # A model swap came between scoring and resulting: the slice whose file is stored goes
+    # back to the queue (one result is one model's); the one whose file is gone keeps its
+    # score, and once nothing is left to score again the study is resulted from what it has.
+    [study_id] = stable_studies(session_factory, 1)
+    with session_factory() as session:
+        kept, gone = sorted(session.scalars(select(Instance.path)))
+    swapped = ResultPolicy(POLICY.thresholds, "another-model", stored={kept}.__contains__)
+    now, before = utcnow(), utcnow() - timedelta(seconds=1)
+    with session_factory.begin() as session:
+        [claimed] = results.claim_stable(session, before, 30.0, now=now)
+        assert monitor_module.compute_result(session, claimed, swapped) is None
+        results.release_study(session, claimed)
+    with session_factory() as session:
+        statuses = dict(session.execute(select(Instance.path, Instance.status)).all())
+    assert statuses == {kept: InstanceStatus.QUEUED, gone: InstanceStatus.DONE}
+
+    nothing_stored = ResultPolicy(POLICY.thresholds, "another-model", stored=lambda path: False)
+    drain_queue(session_factory, "w", batch=10)
+    with session_factory.begin() as session:
+        [claimed] = results.claim_stable(session, before, 30.0, now=utcnow())
+        written = monitor_module.compute_result(session, claimed, nothing_stored)
+        assert written is not None and written.study_id == study_id
+        assert written.model_id == "another-model" and written.n_scored == 2

@@ -18,7 +18,7 @@ from dicom_client import send
 from helpers import wait_for
 from sqlalchemy import select
 
-from ichnode.db.models import Prediction, Study, StudyResult
+from ichnode.db.models import Instance, Prediction, Study, StudyResult
 from ichnode.model import load_checkpoint, save_checkpoint
 from ichnode.node.reload import ModelWatcher
 from phantoms.synth import synth_study
@@ -100,3 +100,47 @@ def test_a_file_that_does_not_load_leaves_the_old_model_serving(
     assert predictor.model_id == load_checkpoint(model_path).model_id
     [line] = [r.getMessage() for r in caplog.records]
     assert "cannot be loaded" in line and predictor.model_id in line and "\n" not in line
+
+
+def _predictions(node, study_uid: str) -> list[tuple[str, int | None]]:
+    """(model id, study version that refined it) of every prediction of the study's slices."""
+    with node.sessions() as session:
+        rows = session.execute(
+            select(Prediction.model_id, Prediction.study_version)
+            .join(Instance, Instance.id == Prediction.instance_id)
+            .join(Study, Study.id == Instance.study_id)
+            .where(Study.study_instance_uid == study_uid)
+        ).all()
+    return [(model_id, version) for model_id, version in rows]
+
+
+@pytest.mark.parametrize("inference_process", [False, True], ids=["threads", "process"])
+def test_slices_scored_before_a_swap_are_scored_again_by_the_new_model_before_the_result(
+    node_factory, model_path: Path, tmp_path: Path, monkeypatch, inference_process: bool
+):
+    # One result is one model's: a study whose slices were scored by the old model and that
+    # becomes stable after the swap is scored again by the new one, then resulted and refined
+    # by it (not the maximum of the old model's slice probabilities under the new model's id).
+    # With the inference process (serve's default) the child sees the swapped file at its own
+    # poll, up to 2 s from the monitor's.
+    monkeypatch.setattr("ichnode.node.reload.POLL_SECONDS", 0.2)
+    served = tmp_path / "model.safetensors"
+    shutil.copy(model_path, served)
+    node = node_factory(model=served, inference_process=inference_process, stable_seconds=10)
+    old_id = node.predictor.model_id
+
+    slices = [s.dataset for s in synth_study(5, n_slices=4, size=64)]
+    uid = str(slices[0].StudyInstanceUID)
+    assert send(node.settings.port, slices) == [0] * len(slices)
+    wait_for(lambda: [m for m, _ in _predictions(node, uid)] == [old_id] * 4, timeout=30)
+
+    new_id = _other_model(model_path, tmp_path / "incoming.safetensors")
+    os.replace(tmp_path / "incoming.safetensors", served)
+    wait_for(lambda: node.predictor.model_id == new_id, timeout=30)
+    assert _result_of(node, uid) is None  # still quiet: not stable yet
+
+    result = wait_for(lambda: _result_of(node, uid), timeout=60)
+    assert result.model_id == new_id
+    rows = _predictions(node, uid)
+    assert sorted(m for m, _ in rows) == sorted([old_id] * 4 + [new_id] * 4)
+    assert {m for m, v in rows if v == result.version} == {new_id}  # refined: the new model's
