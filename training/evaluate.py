@@ -8,8 +8,9 @@ with ``phantom_slices.csv``, by bleed size. Slices are grouped by StudyInstanceU
 by z exactly as the node does, and scored by the node's own function
 (:func:`ichnode.inference.score_study`); flags come from :func:`ichnode.triage.decide`.
 
-Writes ``OUT/report.json``, ``OUT/report.md``, ``OUT/confusion_<subtype>.png``,
-``OUT/roc.png`` and ``OUT/pr.png`` (slices), ``OUT/study_roc.png`` and ``OUT/reliability.png``.
+Writes ``OUT/report.json``, ``OUT/report.md``, ``OUT/studies.csv`` (one row per study),
+``OUT/confusion_<subtype>.png``, ``OUT/roc.png`` and ``OUT/pr.png`` (slices),
+``OUT/study_roc.png`` and ``OUT/reliability.png``.
 No augmentation.
 """
 
@@ -28,7 +29,7 @@ from ichnode.device import resolve_device
 from ichnode.inference import score_study
 from ichnode.model import demo_model_path, load_checkpoint
 from ichnode.subtypes import ANY, SUBTYPES
-from ichnode.triage import over_threshold
+from ichnode.triage import decide, over_threshold
 from training import metrics, plots
 from training.dataset import (
     DatasetError,
@@ -43,6 +44,8 @@ from training.study import embed_dataset, group_studies
 
 #: Written by ``ichnode synth`` beside the CSV: per-slice position and bleed pixel counts.
 PHANTOM_SLICES = "phantom_slices.csv"
+#: The per-study table ``evaluate`` writes beside its report.
+STUDIES_CSV = "studies.csv"
 #: The share of each study's slices (lowest by z) reported apart: the skull base.
 LOW_SLICE_SHARE = 0.1
 
@@ -285,6 +288,30 @@ def size_breakdown(study_y: np.ndarray, flagged: np.ndarray, bleed: np.ndarray) 
     return out
 
 
+def study_table(
+    studies: list[str],
+    ids: list[list[str]],
+    labels: np.ndarray,
+    probs: np.ndarray,
+    slice_probs: list[np.ndarray],
+    thresholds: dict[str, float],
+) -> pd.DataFrame:
+    """One row per study, for looking at single studies: its StudyInstanceUID as the headers
+    hold it, slice count, the slice with the highest ``any``, labels, probabilities and the
+    flag with the subtypes it names (:func:`ichnode.triage.decide`)."""
+    rows = []
+    for study, sid_ids, y, p, sp in zip(studies, ids, labels, probs, slice_probs, strict=True):
+        decision = decide(dict(zip(SUBTYPES, (float(v) for v in p), strict=True)), thresholds)
+        rows.append(
+            {"study": study, "slices": len(sid_ids)}
+            | {"key_image": sid_ids[int(np.argmax(np.asarray(sp)[:, SUBTYPES.index(ANY)]))]}
+            | {f"label_{n}": int(v) for n, v in zip(SUBTYPES, y, strict=True)}
+            | {f"p_{n}": float(v) for n, v in zip(SUBTYPES, p, strict=True)}
+            | {"flagged": int(decision.flagged), "named": " ".join(decision.labels)}
+        )
+    return pd.DataFrame(rows)
+
+
 def evaluate(
     data: Path,
     model: Path | None,
@@ -375,6 +402,16 @@ def evaluate(
     plots.pr_curves(y, probs, out / "pr.png")
     plots.reliability_diagram(y, probs, out / "reliability.png")
     report.files += ["roc.png", "pr.png", "study_roc.png", "reliability.png"]
+    study_of = index.set_index("id")["study"]
+    study_table(
+        [str(study_of[i[0]]) for i in studies.ids],
+        studies.ids,
+        study_y,
+        study_probs,
+        slice_p,
+        study_thresholds,
+    ).to_csv(out / STUDIES_CSV, index=False, float_format="%.6f")
+    report.files.append(STUDIES_CSV)
     (out / "report.json").write_text(json.dumps(report.to_dict(), indent=1))
     (out / "report.md").write_text(report.markdown())
     log.info("evaluation written to %s", out)

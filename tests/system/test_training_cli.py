@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from helpers import run_cli
@@ -148,6 +149,20 @@ def test_evaluate_on_the_test_split_writes_reports_and_figures(
     assert "study level" in result.output and "Study level" in (out / "report.md").read_text()
     low = report["breakdowns"]["slice position"]["lowest 10% of slices"]
     assert 0 < low["slices"] < report["n_images"]
+    studies = pd.read_csv(out / "studies.csv")
+    assert len(studies) == study["n_studies"] and studies["study"].is_unique
+    assert studies["slices"].sum() == report["n_images"]
+    assert studies["label_any"].sum() == study["n_positive"]
+    flagged = studies["flagged"] == 1
+    point = study["operating_point"]
+    if study["n_positive"]:
+        hits = int((flagged & (studies["label_any"] == 1)).sum())
+        assert hits / study["n_positive"] == pytest.approx(point["sensitivity"])
+    if study["n_negative"]:
+        quiet = int((~flagged & (studies["label_any"] == 0)).sum())
+        assert quiet / study["n_negative"] == pytest.approx(point["specificity"])
+    assert (studies.loc[~flagged, "named"].isna()).all()  # a study not flagged names nothing
+    assert all(0.0 <= p <= 1.0 for n in SUBTYPES for p in studies[f"p_{n}"])
 
 
 def test_study_metrics_count_flags_at_the_operating_point_and_say_n_a_without_positives():
