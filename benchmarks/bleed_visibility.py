@@ -1,0 +1,93 @@
+"""Which bleeding studies a model misses, by how visible their blood is.
+
+    python benchmarks/bleed_visibility.py --data heldout --studies REPORT/studies.csv
+
+``--studies`` is the ``studies.csv`` that ``ichnode evaluate --data DATA`` wrote. For each
+bleeding study: its visibility (:mod:`phantoms.visibility`, the most visible slice), the
+model's study p(any), and the share of normal studies scoring at least as high (the false
+alarms it takes to catch that study). Then, by visibility quartile, the study AUC(any) of
+those positives against every normal study, and the study AUC a model would reach that ranks
+every bleed with d' >= ``--visible`` above every normal study and the others at chance: the
+ceiling the data leave for a model that cannot see what is not there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from phantoms.visibility import folder_visibility, study_visibility
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="phantom folder (RSNA layout)")
+    parser.add_argument("--studies", type=Path, required=True, help="evaluate's studies.csv")
+    parser.add_argument("--visible", type=float, default=3.0, help="d' counted as visible")
+    parser.add_argument(
+        "--edges", default="10,20,40,80", help="d' bin edges, to compare folders on one scale"
+    )
+    parser.add_argument("--list", action="store_true", help="print every bleeding study")
+    args = parser.parse_args()
+
+    with warnings.catch_warnings():  # RSNA-style "ID_..." values in UID elements
+        warnings.simplefilter("ignore", UserWarning)
+        vis = study_visibility(folder_visibility(args.data))
+    studies = pd.read_csv(args.studies).set_index("study")
+    normal = studies.loc[studies["label_any"] == 0, "p_any"].to_numpy()
+    pos = studies[studies["label_any"] == 1].join(vis, how="inner")
+    if pos.empty or len(normal) == 0:
+        raise SystemExit("need bleeding and normal studies with bleed maps in --data")
+    pos["false_alarms_to_catch"] = [float((normal >= p).mean()) for p in pos["p_any"]]
+    pos = pos.sort_values("dprime")
+    if args.list:
+        cols = ["p_any", "false_alarms_to_catch", "pixels", "contrast", "sd", "dprime"]
+        print(pos[cols].round(3).to_string())
+        print()
+
+    def auc(p: np.ndarray) -> float:
+        y = np.r_[np.ones(len(p)), np.zeros(len(normal))]
+        return float(roc_auc_score(y, np.r_[p, normal]))
+
+    print(f"{len(pos)} bleeding studies, {len(normal)} normal ({args.studies})")
+    print(
+        f"study AUC(any), all bleeding studies against the normal ones: {auc(pos.p_any.values):.3f}"
+    )
+    quartile = pd.qcut(pos["dprime"], 4, labels=["q1 (least visible)", "q2", "q3", "q4"])
+    header = "studies   d' range        study AUC   median false alarms to catch"
+    print(f"{'visibility quartile':24s} {header}")
+    for name, group in pos.groupby(quartile, observed=True):
+        print(
+            f"{name:24s} {len(group):7d}   {group.dprime.min():6.1f}-{group.dprime.max():<7.1f} "
+            f"{auc(group.p_any.values):9.3f}   {group.false_alarms_to_catch.median():.2f}"
+        )
+    edges = [-np.inf, *(float(e) for e in args.edges.split(",")), np.inf]
+    print("d' bin                   studies   study AUC   median false alarms to catch")
+    for name, group in pos.groupby(pd.cut(pos["dprime"], edges, right=False), observed=True):
+        low, high = name.left, name.right
+        label = (
+            f"< {high:g}"
+            if low == -np.inf
+            else f">= {low:g}"
+            if high == np.inf
+            else f"{low:g}-{high:g}"
+        )
+        print(
+            f"{label:24s} {len(group):7d} {auc(group.p_any.values):11.3f}   "
+            f"{group.false_alarms_to_catch.median():.2f}"
+        )
+    hidden = int((pos["dprime"] < args.visible).sum())
+    ceiling = (len(pos) - hidden + 0.5 * hidden) / len(pos)
+    print(
+        f"d' < {args.visible:g}: {hidden} of {len(pos)} bleeding studies; a model ranking every "
+        f"other one above every normal study and these at chance: study AUC {ceiling:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

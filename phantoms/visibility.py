@@ -1,0 +1,75 @@
+"""How visible each phantom bleed is: contrast over its surroundings against the image noise.
+
+A model that misses a bleed nobody could see is not the same failure as one that misses a
+plain one. For every bleeding slice of a phantom folder (its bleed map beside the image, as
+:func:`phantoms.synth.generate` writes it) this measures, in Hounsfield units and soft tissue
+only (-5 to 100 HU, so bone and air next to an extra-axial bleed do not count):
+
+* ``contrast``: mean HU of the bleed minus mean HU of a 3-pixel ring around it;
+* ``sd``: the standard deviation of the ring (noise plus whatever anatomy the ring crosses,
+  so an upper bound on the noise);
+* ``dprime``: ``contrast / sd * sqrt(pixels)``, the detectability index of an ideal observer
+  who knows where to look, in white noise. Real readers, and a model that must also find the
+  place, need several times more; a bleed under about 3 is near invisible.
+
+A study's visibility is that of its most visible slice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+from scipy import ndimage
+
+from phantoms.synth import IMAGE_DIR, MASK_DIR, read_mask
+
+#: Soft tissue, where blood is judged against its surroundings (HU).
+SOFT_TISSUE_HU = (-5.0, 100.0)
+#: Width of the ring around a bleed (pixels).
+RING_PX = 3
+#: The per-slice table written by ``ichnode synth``.
+PHANTOM_SLICES = "phantom_slices.csv"
+
+
+def slice_visibility(hu: np.ndarray, bleed: np.ndarray) -> tuple[int, float, float, float] | None:
+    """``(pixels, contrast, sd, dprime)`` of the blood in one slice; None when the bleed or
+    its ring has no soft-tissue pixels (or too few to judge: under 10 in the ring)."""
+    soft = (hu > SOFT_TISSUE_HU[0]) & (hu < SOFT_TISSUE_HU[1])
+    blood = bleed.astype(bool)
+    ring = ndimage.binary_dilation(blood, iterations=RING_PX) & ~blood & soft
+    blood &= soft
+    n = int(blood.sum())
+    if n == 0 or ring.sum() < 10:
+        return None
+    contrast = float(hu[blood].mean() - hu[ring].mean())
+    sd = float(hu[ring].std())
+    return n, contrast, sd, contrast / max(sd, 1e-6) * float(np.sqrt(n))
+
+
+def folder_visibility(folder: Path) -> pd.DataFrame:
+    """One row per bleeding slice of a phantom folder: ``image_id, study, pixels, contrast,
+    sd, dprime``."""
+    folder = Path(folder)
+    slices = pd.read_csv(folder / PHANTOM_SLICES)
+    rows = []
+    for image_id, study in slices.loc[slices["bleed_pixels"] > 0, ["image_id", "study"]].values:
+        ds = pydicom.dcmread(folder / IMAGE_DIR / f"{image_id}.dcm")
+        hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope)
+        hu += float(ds.RescaleIntercept)
+        bleed = read_mask(folder / MASK_DIR / f"{image_id}.png") > 0
+        if bleed.shape != hu.shape:  # written at another size: nearest neighbour
+            zoom = (hu.shape[0] / bleed.shape[0], hu.shape[1] / bleed.shape[1])
+            bleed = ndimage.zoom(bleed.astype(np.uint8), zoom, order=0) > 0
+        measured = slice_visibility(hu, bleed)
+        if measured is not None:
+            rows.append((image_id, study, *measured))
+    return pd.DataFrame(rows, columns=["image_id", "study", "pixels", "contrast", "sd", "dprime"])
+
+
+def study_visibility(per_slice: pd.DataFrame) -> pd.DataFrame:
+    """Per study (index: the phantom's study key), the values of its most visible slice."""
+    best = per_slice.loc[per_slice.groupby("study")["dprime"].idxmax()]
+    return best.set_index("study")[["image_id", "pixels", "contrast", "sd", "dprime"]]

@@ -1,0 +1,53 @@
+"""Bleed visibility (phantoms.visibility): contrast over a ring, noise, detectability index."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from phantoms.synth import generate
+from phantoms.visibility import folder_visibility, slice_visibility, study_visibility
+
+
+def _disk(size: int = 128, radius: float = 6.0) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    return (yy - size / 2) ** 2 + (xx - size / 2) ** 2 <= radius**2
+
+
+def test_a_bleed_brighter_than_its_noise_has_the_ideal_observers_index():
+    rng = np.random.default_rng(0)
+    hu = 35.0 + rng.normal(0.0, 5.0, (128, 128))
+    bleed = _disk()
+    hu[bleed] += 20.0
+    n, contrast, sd, dprime = slice_visibility(hu, bleed)
+    assert n == bleed.sum()
+    assert contrast == pytest.approx(20.0, abs=1.5)
+    assert sd == pytest.approx(5.0, rel=0.15)
+    assert dprime == pytest.approx(20.0 / 5.0 * np.sqrt(n), rel=0.2)
+
+
+def test_blood_as_dense_as_its_surroundings_is_invisible_and_bone_does_not_count():
+    rng = np.random.default_rng(1)
+    hu = 35.0 + rng.normal(0.0, 5.0, (128, 128))
+    bleed = _disk()
+    hu[:, 70:] = 1400.0  # skull beside the bleed: neither blood nor ring
+    _, contrast, _, dprime = slice_visibility(hu, bleed)
+    assert abs(contrast) < 2.0 and abs(dprime) < 3.0
+
+
+def test_no_soft_tissue_in_the_bleed_gives_none():
+    hu = np.full((64, 64), 1400.0)
+    assert slice_visibility(hu, _disk(64, 4.0)) is None
+
+
+def test_every_bleeding_phantom_slice_is_measured_and_a_study_takes_its_most_visible(tmp_path):
+    generate(tmp_path, studies=4, size=64, seed=5, progress=False)
+    per_slice = folder_visibility(tmp_path)
+    slices = pd.read_csv(tmp_path / "phantom_slices.csv")
+    bleeding = slices[slices["bleed_pixels"] > 0]
+    assert set(per_slice["image_id"]) <= set(bleeding["image_id"])
+    assert len(per_slice) >= 0.8 * len(bleeding)  # a few lie in bone only
+    per_study = study_visibility(per_slice)
+    for study, row in per_study.iterrows():
+        assert row["dprime"] == per_slice.loc[per_slice["study"] == study, "dprime"].max()
