@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 from torch import nn
 
 from ichnode.errors import IchnodeError
@@ -73,7 +74,8 @@ def init_from(model: nn.Module, checkpoint: Path, architecture: str, spec: Prepr
         ckpt = load_checkpoint(checkpoint, "cpu")
     except (IchnodeError, OSError) as exc:
         raise FineTuneError(f"--init {checkpoint}: {str(exc).splitlines()[0]}") from None
-    if ckpt.architecture != architecture:
+    widen = (ckpt.architecture, architecture) == ("ichnet2", "ichnet2max")
+    if ckpt.architecture != architecture and not widen:
         raise FineTuneError(
             f"--init: {ckpt.model_id} is a {ckpt.architecture}, this run trains {architecture} "
             "(give the same --arch)"
@@ -83,8 +85,14 @@ def init_from(model: nn.Module, checkpoint: Path, architecture: str, spec: Prepr
             f"--init: {ckpt.model_id} was trained on {_spec_text(ckpt.spec)}, this run on "
             f"{_spec_text(spec)} (give the same --image-size, --pixel-mm, --windows, --context)"
         )
-    model.load_state_dict(ckpt.model.state_dict())
-    log.info("fine-tuning from %s", ckpt.model_id)
+    state = ckpt.model.state_dict()
+    if widen:  # the maxima's weights start at zero: the same function as the checkpoint
+        weight = state["classifier.2.weight"]
+        state["classifier.2.weight"] = torch.cat([weight, torch.zeros_like(weight)], dim=1)
+    model.load_state_dict(state)
+    log.info(
+        "fine-tuning from %s%s", ckpt.model_id, " (head widened to the maxima)" if widen else ""
+    )
     return ckpt.model_id
 
 

@@ -20,11 +20,14 @@ from ichnode.model import (
     SimpleCNN,
     build,
     demo_model_path,
+    embed,
+    head,
     load_checkpoint,
     predict_proba,
     save_checkpoint,
 )
 from ichnode.subtypes import SUBTYPES
+from training.finetune import init_from
 
 
 def _ckpt(arch: str = "ichnet", size: int = 64) -> Checkpoint:
@@ -133,3 +136,18 @@ def test_demo_model_ships_and_loads():
     ckpt = load_checkpoint(demo_model_path())
     assert ckpt.labels == SUBTYPES and ckpt.summary
     assert demo_model_path().stat().st_size < 10 * 1024 * 1024
+
+
+def test_ichnet2max_started_from_an_ichnet2_checkpoint_computes_the_same_logits(tmp_path):
+    # The head is widened with zero weights for the maxima: training starts from the
+    # checkpoint's function, and the trunk is the checkpoint's own.
+    spec = PreprocessSpec(size=64, pixel_mm=3.6)
+    base = build("ichnet2", in_channels=spec.channels).eval()
+    save_checkpoint(tmp_path / "base.safetensors", Checkpoint(base, "ichnet2", spec))
+    widened = build("ichnet2max", in_channels=spec.channels).eval()
+    init_from(widened, tmp_path / "base.safetensors", "ichnet2max", spec)
+    x = torch.randn(3, spec.channels, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(widened(x), base(x), atol=1e-6)
+        assert torch.equal(head(widened).weight[:, 256:], torch.zeros(6, 256))
+        assert embed(widened, x).shape == (3, 512)
