@@ -292,8 +292,8 @@ class Settings(BaseSettings):
     #: Receivers of result notifications (HL7 v2, FHIR), ``[[notify]]`` tables.
     notify: list[NotifyTarget] = Field(default_factory=list)
 
-    selection: SelectionSettings = Field(default_factory=SelectionSettings)
-    http: HTTPSettings = Field(default_factory=HTTPSettings)
+    selection: SelectionSettings = Field(default_factory=SelectionSettings)  # type: ignore[arg-type]
+    http: HTTPSettings = Field(default_factory=HTTPSettings)  # type: ignore[arg-type]
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -232,7 +232,7 @@ def _pixels(ds: Dataset) -> np.ndarray:
     return arr
 
 
-def first_frame_value(ds: Dataset, keyword: str, functional_group: str) -> object | None:
+def first_frame_value(ds: Dataset, keyword: str, functional_group: str) -> Any:
     """``keyword`` for the first frame: at the top level (CT Image), else in the shared or
     the first per-frame functional group's ``functional_group`` item (Enhanced CT keeps the
     rescale in PixelValueTransformationSequence and the geometry in PlanePosition/Orientation).
@@ -344,7 +344,7 @@ def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
     """(row, column) spacing in mm of the first frame; None when absent or implausible."""
     value = first_frame_value(ds, "PixelSpacing", "PixelMeasuresSequence")
     try:
-        row, col = (float(v) for v in value)  # type: ignore[union-attr]
+        row, col = (float(v) for v in value)
     except (TypeError, ValueError):
         return None
     if not (0.01 <= row <= 10.0 and 0.01 <= col <= 10.0):

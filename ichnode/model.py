@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -122,7 +122,7 @@ class _PooledNet(nn.Module):
 
     def _build(self, layers: list[nn.Module], width: int, num_classes: int) -> None:
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool: nn.Module = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Dropout(0.2), nn.Linear(width, num_classes)
         )
@@ -256,12 +256,14 @@ def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     Every registered architecture ends in ``features`` → ``pool`` → ``classifier`` (a
     Sequential whose last layer is linear), so ``head(model)(embed(model, x)) == model(x)``.
     """
-    return model.classifier[:-1](model.pool(model.features(x)))
+    classifier = cast(nn.Sequential, model.classifier)
+    pool = cast(nn.Module, model.pool)
+    return classifier[:-1](pool(cast(nn.Module, model.features)(x)))
 
 
 def head(model: nn.Module) -> nn.Module:
     """The last linear layer: slice logits from :func:`embed`'s embeddings."""
-    return model.classifier[-1]
+    return cast(nn.Sequential, model.classifier)[-1]
 
 
 @dataclass

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -137,7 +137,7 @@ def order_by_z(z: list[float | None]) -> list[int]:
     """Indices that sort slices by z (slices without z keep their order, after the others)."""
     known = [i for i, v in enumerate(z) if v is not None and np.isfinite(v)]
     unknown = [i for i, v in enumerate(z) if v is None or not np.isfinite(v)]
-    return sorted(known, key=lambda i: float(z[i])) + unknown
+    return sorted(known, key=lambda i: float(cast(float, z[i]))) + unknown
 
 
 @torch.inference_mode()

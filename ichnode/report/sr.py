@@ -230,7 +230,7 @@ def _disclaimer_container(findings: StudyFindings) -> hd.sr.ContainerContentItem
         "not a diagnosis and must not replace review of the images by a qualified reader. "
         f"Result: {findings.summary_line()}. Result version {findings.version}."
     )
-    container.ContentSequence = [
+    container.ContentSequence = [  # type: ignore[assignment]  # pydicom accepts a list
         hd.sr.TextContentItem(
             name=COMMENT, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
         )

@@ -59,7 +59,7 @@ def _iop(ds: Dataset) -> list[float]:
     """ImageOrientationPatient of the first frame (axial when absent or malformed)."""
     found = first_frame_value(ds, "ImageOrientationPatient", "PlaneOrientationSequence")
     try:
-        iop = [float(v) for v in found]  # type: ignore[union-attr]
+        iop = [float(v) for v in found]
     except (TypeError, ValueError):
         iop = []
     return iop if len(iop) == 6 and all(np.isfinite(iop)) else [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
@@ -263,7 +263,7 @@ def build_summary(
     sc.DerivationDescription = (
         "Key slice in brain window 40/80 with automated ICH triage results burned in"
         + (
-            f" and Grad-CAM saliency overlay for {DISPLAY_NAMES[saliency_label].lower()}"
+            f" and Grad-CAM saliency overlay for {DISPLAY_NAMES[str(saliency_label)].lower()}"
             if saliency is not None  # saliency_label is set (checked above) whenever it is
             else ""
         )
