@@ -31,6 +31,9 @@ from ichnode.db import make_engine, make_sessionmaker, upgrade  # noqa: E402
 from ichnode.db.ingest import Received, record_instance  # noqa: E402
 from ichnode.db.models import utcnow  # noqa: E402
 
+#: Fewer slices than this are scored in one or two batches: no steady state to time.
+MIN_SLICES = 200
+
 
 def prefill(url: str, store: Path, files: list[Path], n: int) -> None:
     upgrade(url)
@@ -92,6 +95,8 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=2000)
     parser.add_argument("--files", type=int, default=400)
     args = parser.parse_args()
+    if args.slices < MIN_SLICES:  # fewer finish in one batch: no steady state to time
+        parser.error(f"--slices must be at least {MIN_SLICES}")
     files = sorted(phantom_slices(args.files).glob("*.dcm"))
     print(f"# scale-out: {args.slices} queued slices on PostgreSQL, `ichnode worker` processes")
     print(f"# {machine()}, {time.strftime('%Y-%m-%d %H:%M')}")
@@ -120,7 +125,9 @@ def main() -> None:
             check.dispose()
             assert done == args.slices and dup == 0, (done, dup)
             # Steady state: from the first to the last completion (process start-up excluded).
-            steady = float(span)
+            steady = float(span or 0.0)
+            if steady <= 0.0:
+                raise SystemExit("every slice finished at once: give more --slices")
             results[(workers, threads)] = steady
             print(
                 f"{workers} worker(s) x {threads} torch thread(s): {seconds:7.1f} s wall, "
