@@ -14,7 +14,6 @@ ceiling the data leave for a model that cannot see what is not there.
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +34,7 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="print every bleeding study")
     args = parser.parse_args()
 
-    with warnings.catch_warnings():  # RSNA-style "ID_..." values in UID elements
-        warnings.simplefilter("ignore", UserWarning)
-        vis = study_visibility(folder_visibility(args.data))
+    vis = study_visibility(folder_visibility(args.data))
     studies = pd.read_csv(args.studies).set_index("study")
     normal = studies.loc[studies["label_any"] == 0, "p_any"].to_numpy()
     pos = studies[studies["label_any"] == 1].join(vis, how="inner")

@@ -17,6 +17,8 @@ A study's visibility is that of its most visible slice.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -49,14 +51,18 @@ def slice_visibility(hu: np.ndarray, bleed: np.ndarray) -> tuple[int, float, flo
     return n, contrast, sd, contrast / max(sd, 1e-6) * float(np.sqrt(n))
 
 
-def folder_visibility(folder: Path) -> pd.DataFrame:
-    """One row per bleeding slice of a phantom folder: ``image_id, study, pixels, contrast,
-    sd, dprime``."""
+def folder_visibility(folder: Path, image_ids: Collection[str] | None = None) -> pd.DataFrame:
+    """One row per bleeding slice of a phantom folder (of ``image_ids`` only, when given):
+    ``image_id, study, pixels, contrast, sd, dprime``."""
     folder = Path(folder)
     slices = pd.read_csv(folder / PHANTOM_SLICES)
+    if image_ids is not None:
+        slices = slices[slices["image_id"].isin(set(image_ids))]
     rows = []
     for image_id, study in slices.loc[slices["bleed_pixels"] > 0, ["image_id", "study"]].values:
-        ds = pydicom.dcmread(folder / IMAGE_DIR / f"{image_id}.dcm")
+        with warnings.catch_warnings():  # RSNA-style "ID_..." values in UID elements
+            warnings.simplefilter("ignore", UserWarning)
+            ds = pydicom.dcmread(folder / IMAGE_DIR / f"{image_id}.dcm")
         hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope)
         hu += float(ds.RescaleIntercept)
         bleed = read_mask(folder / MASK_DIR / f"{image_id}.png") > 0
@@ -71,5 +77,7 @@ def folder_visibility(folder: Path) -> pd.DataFrame:
 
 def study_visibility(per_slice: pd.DataFrame) -> pd.DataFrame:
     """Per study (index: the phantom's study key), the values of its most visible slice."""
+    if per_slice.empty:
+        return per_slice.set_index("study")[["image_id", "pixels", "contrast", "sd", "dprime"]]
     best = per_slice.loc[per_slice.groupby("study")["dprime"].idxmax()]
     return best.set_index("study")[["image_id", "pixels", "contrast", "sd", "dprime"]]

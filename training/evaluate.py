@@ -30,6 +30,8 @@ from ichnode.inference import score_study
 from ichnode.model import demo_model_path, load_checkpoint
 from ichnode.subtypes import ANY, SUBTYPES
 from ichnode.triage import decide, over_threshold
+from phantoms.synth import MASK_DIR
+from phantoms.visibility import folder_visibility, study_visibility
 from training import metrics, plots
 from training.dataset import (
     DatasetError,
@@ -288,6 +290,39 @@ def size_breakdown(study_y: np.ndarray, flagged: np.ndarray, bleed: np.ndarray) 
     return out
 
 
+#: d' bins of the visibility breakdown (:mod:`phantoms.visibility`), fixed so that folders
+#: can be compared bin by bin.
+VISIBILITY_EDGES = (10.0, 20.0, 40.0, 80.0)
+
+
+def visibility_breakdown(
+    study_y: np.ndarray, p_any: np.ndarray, flagged: np.ndarray, dprime: np.ndarray
+) -> dict[str, dict]:
+    """Per d' bin of the bleeding studies (the visibility of their most visible slice): how
+    many, the sensitivity at the operating point, and the study AUC(any) of those studies
+    against every normal one. A bleeding study without a measurable slice (NaN) is in no bin."""
+    pos = study_y[:, SUBTYPES.index(ANY)] == 1
+    neg = ~pos
+    edges = [-np.inf, *VISIBILITY_EDGES, np.inf]
+    out = {}
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        part = pos & (dprime >= lo) & (dprime < hi)
+        if lo == -np.inf:
+            label = f"d' < {hi:g}"
+        else:
+            label = f"d' >= {lo:g}" if hi == np.inf else f"d' {lo:g}-{hi:g}"
+        keep = part | neg
+        auc = None
+        if part.any() and neg.any():
+            auc = metrics.finite_or_none(metrics.safe_auc(part[keep].astype(float), p_any[keep]))
+        out[label] = {
+            "studies": int(part.sum()),
+            "sensitivity": _rate(int((flagged & part).sum()), int(part.sum())),
+            "study_auc_any": auc,
+        }
+    return out
+
+
 def study_table(
     studies: list[str],
     ids: list[list[str]],
@@ -373,6 +408,16 @@ def evaluate(
         bleed = pd.read_csv(phantom).set_index("image_id")["bleed_pixels"]
         per_study = np.array([float(bleed.reindex(s).fillna(0).max()) for s in studies.ids])
         breakdowns["bleed size"] = size_breakdown(study_y, flagged, per_study)
+        if (layout.csv.parent / MASK_DIR).is_dir():  # how visible the blood is (d')
+            phantom_study = pd.read_csv(phantom).set_index("image_id")["study"]
+            wanted = {i for s in studies.ids for i in s}
+            vis = study_visibility(folder_visibility(layout.csv.parent, wanted))["dprime"]
+            dprime = np.array(
+                [float(vis.get(phantom_study.get(s[0]), np.nan)) for s in studies.ids]
+            )
+            breakdowns["bleed visibility"] = visibility_breakdown(
+                study_y, study_probs[:, SUBTYPES.index(ANY)], flagged, dprime
+            )
     report = Report(
         model_id=ckpt.model_id,
         data=str(data),

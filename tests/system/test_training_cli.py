@@ -149,6 +149,9 @@ def test_evaluate_on_the_test_split_writes_reports_and_figures(
     assert "study level" in result.output and "Study level" in (out / "report.md").read_text()
     low = report["breakdowns"]["slice position"]["lowest 10% of slices"]
     assert 0 < low["slices"] < report["n_images"]
+    visibility = report["breakdowns"]["bleed visibility"]  # phantoms: bleed maps beside them
+    assert list(visibility) == ["d' < 10", "d' 10-20", "d' 20-40", "d' 40-80", "d' >= 80"]
+    assert sum(b["studies"] for b in visibility.values()) <= study["n_positive"]
     studies = pd.read_csv(out / "studies.csv")
     assert len(studies) == study["n_studies"] and studies["study"].is_unique
     assert studies["slices"].sum() == report["n_images"]

@@ -51,3 +51,18 @@ def test_every_bleeding_phantom_slice_is_measured_and_a_study_takes_its_most_vis
     per_study = study_visibility(per_slice)
     for study, row in per_study.iterrows():
         assert row["dprime"] == per_slice.loc[per_slice["study"] == study, "dprime"].max()
+
+
+def test_the_visibility_breakdown_judges_each_bin_against_every_normal_study():
+    from training.evaluate import visibility_breakdown
+
+    y = np.zeros((5, 6))
+    y[:3, :] = 1  # three bleeding studies (d' 5, 15, 100), two normal
+    p_any = np.array([0.2, 0.9, 0.8, 0.5, 0.1])
+    flagged = p_any >= 0.4
+    dprime = np.array([5.0, 15.0, 100.0, np.nan, np.nan])
+    out = visibility_breakdown(y, p_any, flagged, dprime)
+    assert out["d' < 10"] == {"studies": 1, "sensitivity": 0.0, "study_auc_any": 0.5}
+    assert out["d' 10-20"] == {"studies": 1, "sensitivity": 1.0, "study_auc_any": 1.0}
+    assert out["d' 20-40"] == {"studies": 0, "sensitivity": None, "study_auc_any": None}
+    assert out["d' >= 80"]["study_auc_any"] == 1.0
