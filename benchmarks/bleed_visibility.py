@@ -8,7 +8,9 @@ model's study p(any), and the share of normal studies scoring at least as high (
 alarms it takes to catch that study). Then, by visibility quartile, the study AUC(any) of
 those positives against every normal study, and the study AUC a model would reach that ranks
 every bleed with d' >= ``--visible`` above every normal study and the others at chance: the
-ceiling the data leave for a model that cannot see what is not there.
+ceiling the data leave for a model that cannot see what is not there. The same figures in
+fixed d' bins, which compare folders, are the "bleed visibility" breakdown of evaluate's
+``report.md``.
 """
 
 from __future__ import annotations
@@ -28,9 +30,6 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="phantom folder (RSNA layout)")
     parser.add_argument("--studies", type=Path, required=True, help="evaluate's studies.csv")
     parser.add_argument("--visible", type=float, default=3.0, help="d' counted as visible")
-    parser.add_argument(
-        "--edges", default="10,20,40,80", help="d' bin edges, to compare folders on one scale"
-    )
     parser.add_argument("--list", action="store_true", help="print every bleeding study")
     args = parser.parse_args()
 
@@ -62,21 +61,6 @@ def main() -> None:
         print(
             f"{name:24s} {len(group):7d}   {group.dprime.min():6.1f}-{group.dprime.max():<7.1f} "
             f"{auc(group.p_any.values):9.3f}   {group.false_alarms_to_catch.median():.2f}"
-        )
-    edges = [-np.inf, *(float(e) for e in args.edges.split(",")), np.inf]
-    print("d' bin                   studies   study AUC   median false alarms to catch")
-    for name, group in pos.groupby(pd.cut(pos["dprime"], edges, right=False), observed=True):
-        low, high = name.left, name.right
-        label = (
-            f"< {high:g}"
-            if low == -np.inf
-            else f">= {low:g}"
-            if high == np.inf
-            else f"{low:g}-{high:g}"
-        )
-        print(
-            f"{label:24s} {len(group):7d} {auc(group.p_any.values):11.3f}   "
-            f"{group.false_alarms_to_catch.median():.2f}"
         )
     hidden = int((pos["dprime"] < args.visible).sum())
     ceiling = (len(pos) - hidden + 0.5 * hidden) / len(pos)

@@ -405,11 +405,12 @@ def evaluate(
     }
     phantom = layout.csv.parent / PHANTOM_SLICES
     if phantom.is_file():
-        bleed = pd.read_csv(phantom).set_index("image_id")["bleed_pixels"]
+        phantom_slices = pd.read_csv(phantom).set_index("image_id")
+        bleed = phantom_slices["bleed_pixels"]
         per_study = np.array([float(bleed.reindex(s).fillna(0).max()) for s in studies.ids])
         breakdowns["bleed size"] = size_breakdown(study_y, flagged, per_study)
         if (layout.csv.parent / MASK_DIR).is_dir():  # how visible the blood is (d')
-            phantom_study = pd.read_csv(phantom).set_index("image_id")["study"]
+            phantom_study = phantom_slices["study"]
             wanted = {i for s in studies.ids for i in s}
             vis = study_visibility(folder_visibility(layout.csv.parent, wanted))["dprime"]
             dprime = np.array(
