@@ -26,14 +26,12 @@ import pandas as pd
 import pydicom
 from scipy import ndimage
 
-from phantoms.synth import IMAGE_DIR, MASK_DIR, read_mask
+from phantoms.synth import IMAGE_DIR, MASK_DIR, SLICES_CSV, read_mask
 
 #: Soft tissue, where blood is judged against its surroundings (HU).
 SOFT_TISSUE_HU = (-5.0, 100.0)
 #: Width of the ring around a bleed (pixels).
 RING_PX = 3
-#: The per-slice table written by ``ichnode synth``.
-PHANTOM_SLICES = "phantom_slices.csv"
 
 
 def slice_visibility(hu: np.ndarray, bleed: np.ndarray) -> tuple[int, float, float, float] | None:
@@ -55,7 +53,7 @@ def folder_visibility(folder: Path, image_ids: Collection[str] | None = None) ->
     """One row per bleeding slice of a phantom folder (of ``image_ids`` only, when given):
     ``image_id, study, pixels, contrast, sd, dprime``."""
     folder = Path(folder)
-    slices = pd.read_csv(folder / PHANTOM_SLICES)
+    slices = pd.read_csv(folder / SLICES_CSV)
     if image_ids is not None:
         slices = slices[slices["image_id"].isin(set(image_ids))]
     rows = []

@@ -30,7 +30,7 @@ from ichnode.inference import score_study
 from ichnode.model import demo_model_path, load_checkpoint
 from ichnode.subtypes import ANY, SUBTYPES
 from ichnode.triage import decide, over_threshold
-from phantoms.synth import MASK_DIR
+from phantoms.synth import MASK_DIR, SLICES_CSV
 from phantoms.visibility import folder_visibility, study_visibility
 from training import metrics, plots
 from training.dataset import (
@@ -44,8 +44,6 @@ from training.dataset import (
 from training.loop import make_loader
 from training.study import embed_dataset, group_studies
 
-#: Written by ``ichnode synth`` beside the CSV: per-slice position and bleed pixel counts.
-PHANTOM_SLICES = "phantom_slices.csv"
 #: The per-study table ``evaluate`` writes beside its report.
 STUDIES_CSV = "studies.csv"
 #: The share of each study's slices (lowest by z) reported apart: the skull base.
@@ -403,7 +401,7 @@ def evaluate(
     breakdowns: dict = {
         "slice position": low_slice_breakdown(y, probs, np.array(low), ckpt.thresholds[ANY])
     }
-    phantom = layout.csv.parent / PHANTOM_SLICES
+    phantom = layout.csv.parent / SLICES_CSV  # per-slice position, bleed pixels
     if phantom.is_file():
         phantom_slices = pd.read_csv(phantom).set_index("image_id")
         bleed = phantom_slices["bleed_pixels"]
