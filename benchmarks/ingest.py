@@ -5,13 +5,15 @@ storage), pynetdicom's bundled ``storescp`` app writing files, and ``ichnode ser
 defaults (inference on: one worker in its own process; one receiver process per core),
 optionally also with one receiver process (``ichnode-1rx``: ``receivers = 1``), with the
 worker as a thread in the receiving process (``ichnode-thread``: ``receivers = 1``,
-``inference_process = false``, the defaults before 2026-12-06) or with inference off
-(``ichnode-off``: ``--workers 0``, one receiver process).
+``inference_process = false``, the defaults before 2026-12-06), with the inference process
+at the receivers' CPU priority (``ichnode-nice0``: ``inference_nice = 0``) or with inference
+off (``ichnode-off``: ``--workers 0``, one receiver process).
 ``--parallel 1,4`` measures each receiver with 1 and with 4 ``storescu`` processes, each
 sending its share of the files on its own association. The untimed warm-up is sent on 4
 associations to every receiver, so that each of ichnode's receiver processes is likely to
 have received before the timed run (the kernel picks the process per connection). Median of
-``--runs`` runs each, printed as instances/s, MB/s and the ratios ichnode/Orthanc and
+``--runs`` runs each (interleaved: every receiver's first run, then every second run in the
+reverse order, ...), printed as instances/s, MB/s and the ratios ichnode/Orthanc and
 ichnode/storescp measured in the same run. DCMTK runs with TCP_NODELAY=1.
 
     python benchmarks/ingest.py --slices 400 --runs 2 --parallel 1,4 \
@@ -52,6 +54,7 @@ RECEIVERS = (
     "ichnode-1rx",
     "ichnode-thread",
     "ichnode-off",
+    "ichnode-nice0",
 )
 #: Associations the warm-up is sent on.
 WARMUP_ASSOCIATIONS = 4
@@ -61,6 +64,7 @@ ICHNODE_ENV = {
     "ichnode-1rx": {"ICHNODE_RECEIVERS": "1"},
     "ichnode-thread": {"ICHNODE_RECEIVERS": "1", "ICHNODE_INFERENCE_PROCESS": "false"},
     "ichnode-off": {"ICHNODE_RECEIVERS": "1"},
+    "ichnode-nice0": {"ICHNODE_INFERENCE_NICE": "0"},
 }
 
 
@@ -180,7 +184,7 @@ def _queue_left(out: Path) -> int:
 
 def measure(kind: str, files: list[Path], runs: int, warmup: list[Path], parallel: int) -> dict:
     times, drains = [], []
-    inference = kind in ("ichnode", "ichnode-1rx", "ichnode-thread")
+    inference = kind in ("ichnode", "ichnode-1rx", "ichnode-thread", "ichnode-nice0")
     for _ in range(runs):
         out = Path(tempfile.mkdtemp(prefix=f"ingest-{kind}-"))
         port = free_port()
@@ -210,6 +214,10 @@ def measure(kind: str, files: list[Path], runs: int, warmup: list[Path], paralle
     return result
 
 
+def _median_of(results: list[dict]) -> dict:
+    return {key: median([r[key] for r in results]) for key in results[0]}
+
+
 def report(results: dict[str, dict], n: int, mb: float, parallel: int) -> None:
     """One table: instances/s, MB/s, and ichnode's ratios to Orthanc and storescp."""
     print(f"\n## {parallel} association{'s' if parallel > 1 else ''} ({parallel} x storescu)")
@@ -221,7 +229,7 @@ def report(results: dict[str, dict], n: int, mb: float, parallel: int) -> None:
             d = r["drained_seconds"]
             verdict = "keeps up" if d <= s * 1.05 else "backlog: inference slower than ingest"
             print(f"{'':<14}queue drained after {d:.2f} s: {n / d:.1f} slices/s scored ({verdict})")
-    for ours in ("ichnode", "ichnode-1rx", "ichnode-thread", "ichnode-off"):
+    for ours in ("ichnode", "ichnode-1rx", "ichnode-thread", "ichnode-off", "ichnode-nice0"):
         if ours not in results:
             continue
         for peer in ("orthanc", "dcmtk"):
@@ -259,7 +267,13 @@ def main() -> None:
     print(f"# median of {args.runs}; each receiver freshly started, {args.warmup} warm-up slices")
     print(f"# {machine()}, {time.strftime('%Y-%m-%d %H:%M')}")
     for parallel in (int(p) for p in args.parallel.split(",")):
-        results = {k: measure(k, files, args.runs, warmup, parallel) for k in kinds}
+        # Interleaved: run i of every receiver, then run i + 1 in the reverse order, so that a
+        # host whose speed drifts (a neighbour's load) weighs on every receiver alike.
+        runs: dict[str, list[dict]] = {k: [] for k in kinds}
+        for i in range(args.runs):
+            for k in kinds if i % 2 == 0 else kinds[::-1]:
+                runs[k].append(measure(k, files, 1, warmup, parallel))
+        results = {k: _median_of(r) for k, r in runs.items()}
         report(results, len(files), mb, parallel)
 
 

@@ -276,6 +276,14 @@ class Settings(BaseSettings):
         description="Run the workers in a child process of `serve`, so scoring never "
         "competes with the DICOM receiver for the GIL (false: threads in the node's process).",
     )
+    inference_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="How much lower the inference process's CPU priority is than the "
+        "receivers' (POSIX nice): when both want the cores, receiving goes first and the "
+        "model catches up between studies (0: equal).",
+    )
     batch_size: int = Field(16, ge=1, le=1024)
     lease_seconds: float = Field(120.0, gt=0)
     torch_threads: int = Field(0, ge=0, description="0 = torch's default.")

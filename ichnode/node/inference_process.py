@@ -15,6 +15,7 @@ receiver's speed then does not depend on how busy the model is.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import cast
 
@@ -32,6 +33,8 @@ def run_workers(
 ) -> None:
     """The child's body: load the model, run one worker thread per id until told to stop."""
     stop = child_stop(parent_pid)
+    if settings.inference_nice and hasattr(os, "nice"):
+        os.nice(settings.inference_nice)
     import torch
 
     from ichnode.db.session import open_database

@@ -37,6 +37,14 @@ def test_a_child_process_scores_what_the_receiver_queued_and_stops_with_the_node
     assert not workers[0].is_alive()
 
 
+def test_the_child_runs_below_the_receivers_cpu_priority(node_factory):
+    node = node_factory(inference_process=True, workers=1, inference_nice=7)
+    child = node.inference.process
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    assert wait_for(lambda: os.getpriority(os.PRIO_PROCESS, child.pid) == min(own + 7, 19))
+    node.stop()
+
+
 def test_a_child_process_killed_while_idle_is_restarted_and_the_receiver_never_waits(
     node_factory,
 ):
