@@ -3,7 +3,9 @@
 Both are evaluated by :func:`training.evaluate.evaluate` on the same folder and split (for a
 fine-tuned model: the held-out reviewed studies of its run's ``split.json``), each report in
 its own subfolder (``OUT/old``, ``OUT/new``), and the figures that decide whether to serve the
-new one are put in one table (``OUT/compare.md``, ``OUT/compare.json``).
+new one are put in one table (``OUT/compare.md``, ``OUT/compare.json``), with the difference
+in study AUC(any) and its paired bootstrap interval over the studies both were scored on: a
+difference whose interval holds 0 is not a difference these studies can show.
 """
 
 from __future__ import annotations
@@ -12,8 +14,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from ichnode.subtypes import ANY, SUBTYPES
-from training.evaluate import Report, evaluate
+from training import metrics
+from training.evaluate import STUDIES_CSV, Report, evaluate
+
+#: The row of the paired difference in the table.
+DIFFERENCE = "study AUC (any), new - old (paired 95 % CI)"
 
 
 @dataclass
@@ -22,6 +30,8 @@ class Comparison:
 
     old: Report
     new: Report
+    #: AUC(new) - AUC(old) of ``any`` on the same studies, and its paired bootstrap interval.
+    auc_difference: tuple[float, float, float] | None = None
 
     def rows(self) -> list[tuple[str, float | int | str | None, float | int | str | None]]:
         """``(figure, old, new)`` rows."""
@@ -45,7 +55,11 @@ class Comparison:
             return out
 
         old, new = figures(self.old), figures(self.new)
-        return [(key, old[key], new[key]) for key in old]
+        rows = [(key, old[key], new[key]) for key in old]
+        if self.auc_difference is not None:
+            diff, lo, hi = self.auc_difference
+            rows.insert(4, (DIFFERENCE, "", f"{diff:+.3f} ({lo:+.3f} to {hi:+.3f})"))
+        return rows
 
     def text(self) -> str:
         """The table as aligned text (what the CLI prints)."""
@@ -84,7 +98,20 @@ def compare(
         old=evaluate(data, old, out / "old", split=split, device=device, batch_size=batch_size),
         new=evaluate(data, new, out / "new", split=split, device=device, batch_size=batch_size),
     )
+    result.auc_difference = paired_difference(out / "old" / STUDIES_CSV, out / "new" / STUDIES_CSV)
     (out / "compare.md").write_text(result.markdown())
     rows = [{"figure": k, "old": a, "new": b} for k, a, b in result.rows()]
     (out / "compare.json").write_text(json.dumps(rows, indent=1, default=str))
     return result
+
+
+def paired_difference(old_csv: Path, new_csv: Path) -> tuple[float, float, float] | None:
+    """Study AUC(any) of ``new`` minus ``old`` over the studies both tables hold, with its
+    paired bootstrap interval (:func:`training.metrics.paired_auc_difference`)."""
+    label, score = f"label_{ANY}", f"p_{ANY}"
+    both = pd.read_csv(old_csv)[["study", label, score]].merge(
+        pd.read_csv(new_csv)[["study", score]], on="study", suffixes=("_old", "_new")
+    )
+    return metrics.paired_auc_difference(
+        both[label].to_numpy(), both[f"{score}_old"].to_numpy(), both[f"{score}_new"].to_numpy()
+    )

@@ -180,8 +180,14 @@ def test_study_metrics_count_flags_at_the_operating_point_and_say_n_a_without_po
     op = m["operating_point"]
     assert op["sensitivity"] == 0.5 and op["specificity"] == 2 / 3 and op["ppv"] == 0.5
     assert op["false_alarms_per_100_normal"] == pytest.approx(100 / 3)
+    # 95 % intervals: Wilson for the rates (1 of 2, 2 of 3), bootstrap over studies for the AUC.
+    assert op["sensitivity_interval"][0] < 0.5 < op["sensitivity_interval"][1]
+    assert op["specificity_interval"][0] < 2 / 3 < op["specificity_interval"][1]
+    lo, hi = m["auc_any_interval"]
+    assert 0.0 <= lo <= m["auc"]["any"] <= hi <= 1.0
     m = study_metrics(np.zeros((3, 6)), np.full((3, 6), 0.2), dict.fromkeys(SUBTYPES, 0.5))
     assert m["auc"]["any"] is None and m["operating_point"]["sensitivity"] is None
+    assert m["auc_any_interval"] is None and m["operating_point"]["sensitivity_interval"] is None
 
 
 def _ichnode(*args: str) -> subprocess.CompletedProcess:

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from ichnode.cli import app
 from ichnode.model import demo_model_path, load_checkpoint
 from phantoms.synth import generate
+from training.compare import DIFFERENCE
 from training.finetune import MIX_PREFIX, FineTuneError, Mix
 
 pytestmark = pytest.mark.slow
@@ -112,4 +113,12 @@ def test_evaluate_compare_puts_both_models_side_by_side_on_the_same_studies(sets
     rows = {r["figure"]: r for r in json.loads((out / "compare.json").read_text())}
     assert rows["studies"]["old"] == rows["studies"]["new"] > 0
     assert rows["slices"]["old"] == rows["slices"]["new"]
+    # The paired difference of the study AUC(any) is the one between the two reports' AUCs
+    # (n/a, no row, when the split's studies are all of one class).
+    aucs = rows["study AUC (any)"]
+    if aucs["old"] is None:
+        assert DIFFERENCE not in rows
+    else:
+        diff = float(rows[DIFFERENCE]["new"].split()[0])
+        assert diff == pytest.approx(aucs["new"] - aucs["old"], abs=2e-3)  # 6-decimal CSVs
     assert (out / "old" / "report.json").is_file() and (out / "new" / "report.json").is_file()
