@@ -95,6 +95,9 @@ PETROUS_TOP, PETROUS_HALF, PETROUS_BOTTOM = -33.0, 7.0, -68.0
 TENT_APEX, TENT_LATERAL, TENT_POSTERIOR = -6.0, 28.0, 30.0
 TENT_INCISURA = (13.0, 34.0)  # the gap the midbrain passes: |u| below, v below
 DURA_HALF = 0.6  # half thickness of the falx and tentorium
+#: Half the tentorium's drawn extent along the head's axis (canonical mm): the band of the
+#: plane of a slice drawn as dura.
+TENT_SHEET = DURA_HALF * 2.0
 
 # --- brain (canonical mm) ---
 N_GYRAL_WAVES = 6
@@ -631,8 +634,8 @@ class Phantom:
         falx = fissure_zone & (np.abs(u) < DURA_HALF) & inside
         tissue[falx] = Tissue.FALX
         if self.near(z, -30.0, 40.0):
-            tent_band = (np.abs(tent) < DURA_HALF * 2.0) & self._posterior & ~self._incisura
-            tissue[tent_band & inside & (floor_depth > 1.0)] = Tissue.FALX
+            tent_band = (np.abs(tent) < TENT_SHEET) & self._tent_zone(depth, floor_depth)
+            tissue[tent_band] = Tissue.FALX
 
         # Dural venous sinuses: superior sagittal along the vertex, transverse at the tentorium.
         sss = inside & (vault_depth < 5.0) & (np.abs(u) < 4.0 * (1.0 - vault_depth / 6.0)) & (w > 0)
@@ -853,6 +856,35 @@ class Phantom:
             band = -np.exp(-((dv / 3.0) ** 2)) + 0.5 * np.exp(-(((np.abs(dv) - 7.0) / 1.5) ** 2))
             lateral = np.exp(-((self.u[sub] / 40.0) ** 2))
             hu[sub] += np.float32(h.streak_amp) * level * band * lateral
+
+    def _tent_zone(self, depth: np.ndarray, floor_depth: np.ndarray) -> np.ndarray:
+        """Where the tentorium can be: over the posterior fossa, in the brain, off the floor."""
+        return self._posterior & ~self._incisura & (depth >= 0) & (floor_depth > 1.0)
+
+    def tentorium_partial_volume(
+        self, g: SliceGeometry, z: float, hu: np.ndarray, thickness: float
+    ) -> None:
+        """Average the tentorium of the slice at ``z`` over its thickness, in place.
+
+        A slice is drawn as one plane, so where the tent is nearly level (its top, behind the
+        incisura) a plane within :data:`TENT_SHEET` of it would show a disc of full dural
+        density centimetres wide, as dense as fresh blood: no scanner shows that. Here each
+        pixel near the sheet gets the share of the slab (``thickness`` mm) the sheet fills
+        along the head's axis, over the brain around it: a faint haze where the tent is level,
+        a thin line where it is steep, as a thick real slice shows it.
+        """
+        if not self.near(z, -30.0, 40.0):  # where geometry() draws it
+            return
+        half = 0.5 * thickness / self.head.scale
+        near = (np.abs(g.tent) < half + TENT_SHEET) & self._tent_zone(g.depth, g.floor_depth)
+        if not near.any():
+            return
+        d = g.tent[near]
+        filled = np.minimum(TENT_SHEET, d + half) - np.maximum(-TENT_SHEET, d - half)
+        share = (np.clip(filled, 0.0, None) / (2.0 * half)).astype(np.float32)
+        band = np.abs(d) < TENT_SHEET  # drawn as dura: the brain around it is under the sheet
+        under = np.where(band, np.float32(self.head.grey_hu), hu[near])
+        hu[near] = under + share * (np.float32(self.head.dura_hu) - under)
 
     def vertex_partial_volume(self, z: float, thickness: float) -> bool:
         """Whether the slice at ``z`` is close enough to the vertex to average sub-slices."""

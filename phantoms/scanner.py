@@ -1,9 +1,10 @@
 """One slice as a scanner would reconstruct it: anatomy, hemorrhages, artefacts, noise, kernel.
 
 The anatomy's HU are averaged over sub-slices near the vertex (partial volume of the grazed
-vault), the bleeds painted (labels count the very pixels painted), then beam-hardening streaks,
-patient motion (a ghost), noise and the reconstruction kernel (Gaussian blur, or blur plus an
-unsharp mask for a sharp kernel) are applied, drawing their randomness from the study's RNG.
+vault) and, elsewhere, the tentorium over the slice's thickness; the bleeds painted (labels
+count the very pixels painted), then beam-hardening streaks, patient motion (a ghost), noise
+and the reconstruction kernel (Gaussian blur, or blur plus an unsharp mask for a sharp kernel)
+are applied, drawing their randomness from the study's RNG.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ class Scanner:
                 gs = ph.geometry(z + float(off))
                 hu += ph.hu(gs, z + float(off))
             hu /= np.float32(len(offsets))
+        else:
+            ph.tentorium_partial_volume(g, z, hu, self.thickness)
         return g, hu
 
     def render(self, z: float, bleeds: list[Bleed], rng: np.random.Generator) -> RenderedSlice:

@@ -388,3 +388,25 @@ def test_generate_writes_each_slices_bleed_map_that_its_labels_are_read_off(
             assert label[f"{path.stem}_{name}"] == int(n > 0)
         shown += int(bleed.any())
     assert shown > 0
+
+
+@pytest.mark.parametrize("preset", [TRAIN_PRESET, HELDOUT_PRESET])
+def test_the_level_top_of_the_tentorium_is_averaged_over_a_thick_slice(preset) -> None:
+    # A plane through the tent's nearly level top cuts it over centimetres; one thin plane
+    # shows that at dural density, a 7 mm slice only as a faint haze (not a blood-dense disc).
+    from dataclasses import replace
+
+    from phantoms.anatomy import TENT_APEX, Phantom, sample_head
+
+    head = sample_head(np.random.default_rng(3), preset)
+    head = replace(head, tilt=0.0, roll=0.0, yaw=0.0, shift=(0.0, 0.0))
+    phantom = Phantom(head, 256, 230.0 / 256)
+    z = TENT_APEX * head.scale  # no tilt: the plane's canonical height is z / scale
+    g = phantom.geometry(z)
+    tent = (g.tissue == Tissue.FALX) & (np.abs(g.x) > 3.0)  # the tentorium, not the falx
+    assert tent.sum() > 50  # the level top: a disc of pixels within the sheet
+    for thickness, at_least, at_most in ((0.5, 0.99, 1.0), (7.0, 0.0, 0.5)):
+        hu = phantom.hu(g, z)
+        phantom.tentorium_partial_volume(g, z, hu, thickness)
+        share = (hu[tent] - head.grey_hu) / (head.dura_hu - head.grey_hu)
+        assert at_least <= np.median(share) <= at_most, (thickness, np.median(share))
