@@ -78,3 +78,11 @@ for set in heldout infamily; do
   python "$here/bleed_visibility.py" --data "$set" \
     --studies "runs/shipped-eval-$set/studies.csv"
 done
+# Two selection sets of 1,000 held-out-preset studies (seeds 25 and 26, made before the
+# tentorium was averaged over the slice): the shipped model's study aggregations compared on
+# the same studies (choose on 25, confirm on 26; docs/training.md).
+synth sel25 --preset heldout --seed 25 --studies 1000
+synth sel26 --preset heldout --seed 26 --studies 1000
+for set in sel25 sel26; do
+  python "$here/study_aggregation.py" --data "$set" --out "runs/shipped-aggregation-$set"
+done
