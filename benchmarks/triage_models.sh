@@ -8,7 +8,9 @@
 # Phantom sets: train (preset train, seed 1), calibration (preset heldout, seed 21: thresholds
 # and calibration are chosen on studies drawn outside the training ranges), held-out
 # evaluation (preset heldout, seed 22: never used for training or calibration) and in-family
-# evaluation (preset train, seed 2).
+# evaluation (preset train, seed 2). Since 2026-12-06 (late evening) `ichnode synth` averages the
+# tentorium over the slice's thickness: sets made now differ from those behind the older figures
+# of docs/training.md in that alone (same studies, same bleeds; docs/training.md gives both).
 set -euo pipefail
 work=${1:-triage-bench}
 here=$(cd "$(dirname "$0")" && pwd)
