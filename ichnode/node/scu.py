@@ -12,9 +12,11 @@ import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 
@@ -59,6 +61,31 @@ def _scu(settings: Settings, timeout: float) -> AE:
     return ae
 
 
+def hold_responses_for_the_sender(assoc: Association) -> Association:
+    """Close pynetdicom's race between its reactor and ``send_c_store``/``send_c_echo``.
+
+    The sender pauses the association's reactor (clears its checkpoint, waits until the reactor
+    says it is paused) before sending the request, then waits for the response. The reactor
+    says "paused", passes the checkpoint if it was still set, and only then marks itself
+    running and takes any message waiting (``get_msg(block=False)``): a sender that cleared the
+    checkpoint in between sees "paused", sends, and on a loaded host the reactor can take the
+    response first ("Received unexpected C-STORE service message"), leaving the sender to wait
+    out the DIMSE timeout and abort. Seen in CI as outbox sends that failed under load. Here the
+    reactor's look (the only non-blocking one) finds nothing while the checkpoint is cleared,
+    so a response waits for the sender that asked for it.
+    """
+    take = assoc.dimse.get_msg
+    checkpoint = assoc._reactor_checkpoint
+
+    def get_msg(block: bool = False) -> Any:
+        if not block and not checkpoint.is_set():
+            return None, None
+        return take(block)
+
+    assoc.dimse.get_msg = get_msg  # type: ignore[method-assign]
+    return assoc
+
+
 def _no_association(assoc: object, where: str) -> str:
     if getattr(assoc, "is_rejected", False):
         return f"association rejected by {where}"
@@ -93,7 +120,9 @@ def send_files(
         return [Outcome(None, "file missing from the store or unreadable")] * len(paths)
     try:
         tls_args = (client_tls_context(settings), host) if tls else None
-        assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls_args)
+        assoc = hold_responses_for_the_sender(
+            ae.associate(host, port, ae_title=ae_title, tls_args=tls_args)
+        )
     except (OSError, ssl.SSLError) as exc:  # TLS set-up or handshake
         return [Outcome(None, f"no association with {where}: {exc}")] * len(paths)
     if not assoc.is_established:
@@ -144,7 +173,9 @@ def echo(settings: Settings, ae_title: str, host: str, port: int, tls: bool = Fa
     where = f"{ae_title}@{host}:{port}"
     try:
         tls_args = (client_tls_context(settings), host) if tls else None
-        assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls_args)
+        assoc = hold_responses_for_the_sender(
+            ae.associate(host, port, ae_title=ae_title, tls_args=tls_args)
+        )
     except (OSError, ssl.SSLError) as exc:  # TLS set-up or handshake
         return f"no association with {where}: {exc}"
     if not assoc.is_established:

@@ -126,7 +126,9 @@ def test_slices_scored_before_a_swap_are_scored_again_by_the_new_model_before_th
     monkeypatch.setattr("ichnode.node.reload.POLL_SECONDS", 0.2)
     served = tmp_path / "model.safetensors"
     shutil.copy(model_path, served)
-    node = node_factory(model=served, inference_process=inference_process, stable_seconds=10)
+    # Stable only well after the swap: in CI on a loaded host scoring 4 slices and seeing the
+    # swap took over 10 s, and the study was resulted by the old model first.
+    node = node_factory(model=served, inference_process=inference_process, stable_seconds=30)
     old_id = node.predictor.model_id
 
     slices = [s.dataset for s in synth_study(5, n_slices=4, size=64)]
@@ -139,7 +141,7 @@ def test_slices_scored_before_a_swap_are_scored_again_by_the_new_model_before_th
     wait_for(lambda: node.predictor.model_id == new_id, timeout=30)
     assert _result_of(node, uid) is None  # still quiet: not stable yet
 
-    result = wait_for(lambda: _result_of(node, uid), timeout=60)
+    result = wait_for(lambda: _result_of(node, uid), timeout=90)
     assert result.model_id == new_id
     rows = _predictions(node, uid)
     assert sorted(m for m, _ in rows) == sorted([old_id] * 4 + [new_id] * 4)

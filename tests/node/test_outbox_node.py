@@ -130,7 +130,8 @@ def test_pending_objects_are_sent_after_a_node_restart(node_factory, tmp_path):
     assert all(r.status == DeliveryStatus.PENDING for r in rows(node))
     with StoreSCP(tmp_path / "received", port=port) as scp:
         again = node_factory(**settings)
-        sent = wait_for(lambda: all_sent(again), timeout=30)
+        # Due again after the backoff of the attempts made while the PACS was down.
+        sent = wait_for(lambda: all_sent(again), timeout=60)
         wait_for(lambda: len(scp.files()) == 2, timeout=10)
     assert all(r.attempts >= 2 for r in sent)  # failed while down, then sent
     assert {r.kind for r in sent} == {"sr", "summary"}
