@@ -98,6 +98,8 @@ DURA_HALF = 0.6  # half thickness of the falx and tentorium
 #: Half the tentorium's drawn extent along the head's axis (canonical mm): the band of the
 #: plane of a slice drawn as dura.
 TENT_SHEET = DURA_HALF * 2.0
+#: Canonical height and half-range a slice must reach to cut the tentorium.
+TENT_REACH = (-30.0, 40.0)
 
 # --- brain (canonical mm) ---
 N_GYRAL_WAVES = 6
@@ -633,7 +635,7 @@ class Phantom:
         # Dura: falx in the fissure, tentorium over the posterior fossa (its slope widens it).
         falx = fissure_zone & (np.abs(u) < DURA_HALF) & inside
         tissue[falx] = Tissue.FALX
-        if self.near(z, -30.0, 40.0):
+        if self.near(z, *TENT_REACH):
             tent_band = (np.abs(tent) < TENT_SHEET) & self._tent_zone(depth, floor_depth)
             tissue[tent_band] = Tissue.FALX
 
@@ -873,7 +875,7 @@ class Phantom:
         along the head's axis, over the brain around it: a faint haze where the tent is level,
         a thin line where it is steep, as a thick real slice shows it.
         """
-        if not self.near(z, -30.0, 40.0):  # where geometry() draws it
+        if not self.near(z, *TENT_REACH):  # where geometry() draws it
             return
         half = 0.5 * thickness / self.head.scale
         near = (np.abs(g.tent) < half + TENT_SHEET) & self._tent_zone(g.depth, g.floor_depth)
