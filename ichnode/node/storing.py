@@ -8,6 +8,7 @@ copy kept. Storage or database trouble raises :class:`~ichnode.node.intake.Refus
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -97,11 +98,13 @@ def keep(
                 relative = store.relative_path(study_uid, series_uid, sop_uid)
                 received.size_bytes = store.write(relative, list(parts))
                 received.path = relative
+            committing = False
             try:
                 with turns.turn():
                     status = ingest.record_instance(
                         session, received, skip_duplicate_positions, known_ids
                     ).status
+                    committing = True
                     session.commit()
             except IntegrityError:
                 # The same SOP Instance arrived on another association at the same moment:
@@ -116,10 +119,14 @@ def keep(
                 session.commit()
                 return None
             except SQLAlchemyError:
-                session.rollback()
                 known_ids.clear()
-                if relative:
+                # A commit that failed may have been made all the same (the connection dropped
+                # after the server committed, before it answered): then the file stays, so that
+                # the row never points at nothing and the sender's retry finds its first copy.
+                if relative and not committing:
                     store.remove(relative)
+                with contextlib.suppress(SQLAlchemyError):  # a dead connection cannot roll back
+                    session.rollback()
                 raise
     except StoreError as exc:
         raise Refusal(OUT_OF_RESOURCES, f"out of resources for instance {tag}: {exc}") from None
