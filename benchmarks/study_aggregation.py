@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # training/ beside ichnode/
 
 from training import metrics  # noqa: E402
+from training.calibrate import sensitivity_threshold  # noqa: E402
 
 #: Column of ``any`` in the logits.
 ANY = 5
@@ -105,11 +106,9 @@ def studies_of(scores: dict[str, np.ndarray]) -> list[Study]:
     ]
 
 
-def specificity_at(y: np.ndarray, s: np.ndarray, sensitivity: float = 0.95) -> float:
-    """Specificity at the highest threshold that keeps ``sensitivity`` on these studies."""
-    positives = np.sort(s[y == 1])
-    threshold = positives[int(np.floor((1.0 - sensitivity) * len(positives)))]
-    return float((s[y == 0] < threshold).mean())
+def specificity_at(y: np.ndarray, s: np.ndarray) -> float:
+    """Specificity at the operating point's rule (sensitivity >= 0.95) on these studies."""
+    return float((s[y == 0] < sensitivity_threshold(y, s)).mean())
 
 
 def main() -> None:
