@@ -2,6 +2,9 @@
 
     python benchmarks/study_aggregation.py --data sel25 [--model CKPT] [--against head]
     python benchmarks/study_aggregation.py --scores OUT/scores.npz     (again, no model)
+    python benchmarks/study_aggregation.py --data sel25 --flip          (+ mirrored inputs)
+    python benchmarks/study_aggregation.py --pair OLD.npz,... NEW.npz,...  (two models)
+    python benchmarks/study_aggregation.py --pair A.npz A.npz:flip        (mirrored or not)
 
 Scores every slice of ``--data`` with the checkpoint (default: the demo model) once, keeps the
 raw slice logits, the study model's refined ones and its study logit (``--out/scores.npz``),
@@ -10,6 +13,12 @@ study AUC(any), the specificity at 95 % sensitivity on the same studies, and its
 difference to ``--against`` with the paired bootstrap interval of
 :func:`training.metrics.paired_auc_difference`. Choosing among them on one set and confirming
 on another is the point: on a few hundred studies the differences are noise.
+
+``--flip`` also scores every slice's left-right mirror and keeps, beside the plain scores,
+those of the mean of the two embeddings (test-time augmentation; the aggregations are then
+printed for both). ``--pair`` compares two models' ``scores.npz`` of the same studies, pooled
+over the sets given (comma-separated, in the same order): the paired study AUC(any) difference
+of the study model's head (the node's flag), and the slice AUC differences.
 """
 
 from __future__ import annotations
@@ -57,8 +66,41 @@ AGGREGATIONS: dict[str, Callable[[Study], float]] = {
 }
 
 
-def score(data: Path, model: Path | None, cache: Path) -> dict[str, np.ndarray]:
-    """Per study (z order): raw and refined slice logits, study logits, study label of any."""
+def _embed_both(model, loader, spec, dev, skipped: set[str]):
+    """:func:`training.study.embed_dataset` for the slices and, in the same pass, for their
+    left-right mirrors (the embeddings of the two averaged): ``(ids, emb, logits, y)`` each."""
+    import torch
+
+    from ichnode.model import embed, head
+    from training.loop import model_input
+
+    model.eval()
+    ids_all = loader.dataset.ids
+    ids: list[str] = []
+    plain: tuple[list, list] = ([], [])
+    flipped: tuple[list, list] = ([], [])
+    labels = []
+    with torch.inference_mode():
+        for x, y, pos, bad, _ in loader:
+            skipped.update(ids_all[i] for i in bad)
+            if len(x) == 0:
+                continue
+            x = model_input(x.to(dev), spec, None, None)
+            e = embed(model, x)
+            ef = (e + embed(model, x.flip(-1))) / 2
+            for out, emb in ((plain, e), (flipped, ef)):
+                out[0].append(emb.float().cpu().numpy())
+                out[1].append(head(model)(emb).float().cpu().numpy())
+            labels.append(y.numpy())
+            ids.extend(ids_all[int(i)] for i in pos)
+    y_all = np.concatenate(labels)
+    return [(ids, np.concatenate(e), np.concatenate(lg), y_all) for e, lg in (plain, flipped)]
+
+
+def score(data: Path, model: Path | None, cache: Path, flip: bool = False) -> dict[str, np.ndarray]:
+    """Per study (z order): raw and refined slice logits, study logits, study label of any,
+    slice labels and image ids; with ``flip`` also the score keys suffixed ``_flip`` (the
+    mirrored average)."""
     from ichnode.device import resolve_device
     from ichnode.model import demo_model_path, load_checkpoint
     from ichnode.study import run_study_head
@@ -79,35 +121,84 @@ def score(data: Path, model: Path | None, cache: Path) -> dict[str, np.ndarray]:
     dev = next(ckpt.model.parameters()).device
     skipped = set(ids) - set(readable)
     loader = make_loader(ds, 64, 0, None)
-    seen, emb, logits, y = embed_dataset(ckpt.model, loader, ckpt.spec, dev, skipped)
-    studies = group_studies(index, seen, emb, logits, y)
-    raw, refined, study, label, lengths = [], [], [], [], []
-    for e, logits, ys in zip(studies.emb, studies.logits, studies.y, strict=True):
-        ref, st = run_study_head(ckpt.study, e, logits)  # group_studies orders by z
-        raw.append(logits)
-        refined.append(ref)
-        study.append(st)
-        label.append(int(ys[:, ANY].max()))
-        lengths.append(len(e))
-    return {
-        "raw": np.concatenate(raw),
-        "refined": np.concatenate(refined),
-        "study": np.stack(study),
-        "label": np.array(label),
-        "lengths": np.array(lengths),
-    }
+    if flip:
+        passes = _embed_both(ckpt.model, loader, ckpt.spec, dev, skipped)
+    else:
+        passes = [embed_dataset(ckpt.model, loader, ckpt.spec, dev, skipped)]
+    out: dict[str, np.ndarray] = {}
+    for suffix, (seen, emb, logits, y) in zip(("", "_flip"), passes, strict=False):
+        studies = group_studies(index, seen, emb, logits, y)
+        raw, refined, study, label, lengths, slice_label = [], [], [], [], [], []
+        for e, logits, ys in zip(studies.emb, studies.logits, studies.y, strict=True):
+            ref, st = run_study_head(ckpt.study, e, logits)  # group_studies orders by z
+            raw.append(logits)
+            refined.append(ref)
+            study.append(st)
+            label.append(int(ys[:, ANY].max()))
+            lengths.append(len(e))
+            slice_label.append(ys)
+        out |= {
+            "raw" + suffix: np.concatenate(raw),
+            "refined" + suffix: np.concatenate(refined),
+            "study" + suffix: np.stack(study),
+        }
+        out |= {
+            "label": np.array(label),
+            "lengths": np.array(lengths),
+            "slice_label": np.concatenate(slice_label),
+            "ids": np.array([i for ids in studies.ids for i in ids]),
+        }
+    return out
 
 
-def studies_of(scores: dict[str, np.ndarray]) -> list[Study]:
+def studies_of(scores: dict[str, np.ndarray], suffix: str = "") -> list[Study]:
     bounds = np.cumsum(np.r_[0, scores["lengths"]])
+    raw, refined, study = (scores[k + suffix] for k in ("raw", "refined", "study"))
     return [
-        {"raw": scores["raw"][a:b], "refined": scores["refined"][a:b], "study": scores["study"][i]}
+        {"raw": raw[a:b], "refined": refined[a:b], "study": study[i]}
         for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))
     ]
 
 
+def pooled(paths: str, key: str) -> np.ndarray:
+    """``key`` of the comma-separated ``scores.npz`` files, concatenated; a file named with
+    ``:flip`` after it gives its mirrored-average scores for the score keys."""
+    parts = []
+    for item in paths.split(","):
+        path, _, variant = item.partition(":")
+        scores = np.load(path)
+        flip = variant == "flip" and key in ("raw", "refined", "study")
+        parts.append(scores[key + "_flip" if flip else key])
+    return np.concatenate(parts)
+
+
+def compare_models(old: str, new: str) -> None:
+    """Print the paired differences of two models scored on the same sets (``--pair``)."""
+    y = pooled(old, "label")
+    if not np.array_equal(y, pooled(new, "label")):
+        raise SystemExit("the two lists do not hold the same studies in the same order")
+    head_old, head_new = pooled(old, "study")[:, ANY], pooled(new, "study")[:, ANY]
+    d, lo, hi = metrics.paired_auc_difference(y, head_old, head_new) or (np.nan,) * 3
+    print(f"{len(y)} studies, {int(y.sum())} bleeding (pooled over {len(old.split(','))} sets)")
+    print(
+        f"study AUC(any), head: {metrics.safe_auc(y, head_old):.4f} -> "
+        f"{metrics.safe_auc(y, head_new):.4f}, paired difference {d:+.4f} ({lo:+.4f} to {hi:+.4f})"
+    )
+    print(
+        f"specificity at 95 % sensitivity: {specificity_at(y, head_old):.3f} -> "
+        f"{specificity_at(y, head_new):.3f}"
+    )
+    ys = pooled(old, "slice_label")
+    ref_old, ref_new = pooled(old, "refined"), pooled(new, "refined")
+    for j, name in enumerate(metrics.SUBTYPES):
+        a, b = metrics.safe_auc(ys[:, j], ref_old[:, j]), metrics.safe_auc(ys[:, j], ref_new[:, j])
+        print(f"slice AUC {name:<18}{a:.4f} -> {b:.4f} ({b - a:+.4f})")
+
+
 def specificity_at(y: np.ndarray, s: np.ndarray) -> float:
     """Specificity at the operating point's rule (sensitivity >= 0.95) on these studies."""
+    if y.min() == y.max():
+        return float("nan")
     return float((s[y == 0] < sensitivity_threshold(y, s)).mean())
 
 
@@ -120,28 +211,40 @@ def main() -> None:
     )
     parser.add_argument("--scores", type=Path, help="a scores.npz written before: no model run")
     parser.add_argument("--against", default="head", choices=sorted(AGGREGATIONS))
+    parser.add_argument(
+        "--flip", action="store_true", help="also score the mirrored slices (test-time)"
+    )
+    parser.add_argument(
+        "--pair", nargs=2, metavar=("OLD", "NEW"), help="two models' scores.npz lists"
+    )
     args = parser.parse_args()
+    if args.pair:
+        compare_models(*args.pair)
+        return
     if args.scores:
         scores = dict(np.load(args.scores))
     elif args.data:
         out = args.out or Path("study-aggregation")
         out.mkdir(parents=True, exist_ok=True)
-        scores = score(args.data, args.model, out / ".index")
+        scores = score(args.data, args.model, out / ".index", flip=args.flip)
         np.savez_compressed(out / "scores.npz", **scores)
     else:
         parser.error("give --data (and --model) or --scores")
     y = scores["label"]
-    studies = studies_of(scores)
-    by = {name: np.array([f(s) for s in studies]) for name, f in AGGREGATIONS.items()}
+    by: dict[str, np.ndarray] = {}
+    for suffix in ("", "_flip") if "raw_flip" in scores else ("",):
+        studies = studies_of(scores, suffix)
+        label = " (flip)" if suffix else ""
+        by |= {name + label: np.array([f(s) for s in studies]) for name, f in AGGREGATIONS.items()}
     print(f"{len(y)} studies, {int(y.sum())} bleeding; differences against '{args.against}'")
-    print(f"{'aggregation':<20}{'study AUC':>10}{'spec@0.95':>10}   paired difference (95 % CI)")
+    print(f"{'aggregation':<27}{'study AUC':>10}{'spec@0.95':>10}   paired difference (95 % CI)")
     for name, s in by.items():
         paired = metrics.paired_auc_difference(y, by[args.against], s)
         diff = "n/a"
         if paired is not None:
             diff = f"{paired[0]:+.4f} ({paired[1]:+.4f} to {paired[2]:+.4f})"
         auc = metrics.safe_auc(y, s)
-        print(f"{name:<20}{auc:>10.4f}{specificity_at(y, s):>10.3f}   {diff}")
+        print(f"{name:<27}{auc:>10.4f}{specificity_at(y, s):>10.3f}   {diff}")
 
 
 if __name__ == "__main__":
