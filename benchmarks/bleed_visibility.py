@@ -1,8 +1,11 @@
 """Which bleeding studies a model misses, by how visible their blood is.
 
     python benchmarks/bleed_visibility.py --data heldout --studies REPORT/studies.csv
+    python benchmarks/bleed_visibility.py --data sel25 --scores OUT/scores.npz
 
-``--studies`` is the ``studies.csv`` that ``ichnode evaluate --data DATA`` wrote. For each
+``--studies`` is the ``studies.csv`` that ``ichnode evaluate --data DATA`` wrote, or
+``--scores`` the ``scores.npz`` of ``benchmarks/study_aggregation.py`` (its study model's
+``any``: a logit, so the ranks and AUCs are the same, the scores are not probabilities). For each
 bleeding study: its visibility (:mod:`phantoms.visibility`, the most visible slice), the
 model's study p(any), and the share of normal studies scoring at least as high (the false
 alarms it takes to catch that study). Then, by visibility quartile, the study AUC(any) of
@@ -22,19 +25,36 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from phantoms.visibility import folder_visibility, study_visibility
+from phantoms.visibility import SLICES_CSV, folder_visibility, study_visibility
+
+
+def studies_from_scores(data: Path, scores_npz: Path) -> pd.DataFrame:
+    """``label_any`` and ``p_any`` (the study logit) per phantom study key, from scores.npz."""
+    scores = np.load(scores_npz)
+    first = np.cumsum(np.r_[0, scores["lengths"]])[:-1]  # each study's first slice
+    study_of = pd.read_csv(data / SLICES_CSV).set_index("image_id")["study"]
+    keys = study_of.loc[scores["ids"][first]].to_numpy()
+    return pd.DataFrame(
+        {"label_any": scores["label"], "p_any": scores["study"][:, -1]}, index=pd.Index(keys)
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="phantom folder (RSNA layout)")
-    parser.add_argument("--studies", type=Path, required=True, help="evaluate's studies.csv")
+    given = parser.add_mutually_exclusive_group(required=True)
+    given.add_argument("--studies", type=Path, help="evaluate's studies.csv")
+    given.add_argument("--scores", type=Path, help="study_aggregation.py's scores.npz")
     parser.add_argument("--visible", type=float, default=3.0, help="d' counted as visible")
     parser.add_argument("--list", action="store_true", help="print every bleeding study")
     args = parser.parse_args()
 
     vis = study_visibility(folder_visibility(args.data))
-    studies = pd.read_csv(args.studies).set_index("study")
+    studies = (
+        pd.read_csv(args.studies).set_index("study")
+        if args.studies
+        else studies_from_scores(args.data, args.scores)
+    )
     normal = studies.loc[studies["label_any"] == 0, "p_any"].to_numpy()
     pos = studies[studies["label_any"] == 1].join(vis, how="inner")
     if pos.empty or len(normal) == 0:
@@ -50,7 +70,7 @@ def main() -> None:
         y = np.r_[np.ones(len(p)), np.zeros(len(normal))]
         return float(roc_auc_score(y, np.r_[p, normal]))
 
-    print(f"{len(pos)} bleeding studies, {len(normal)} normal ({args.studies})")
+    print(f"{len(pos)} bleeding studies, {len(normal)} normal ({args.studies or args.scores})")
     print(
         f"study AUC(any), all bleeding studies against the normal ones: {auc(pos.p_any.values):.3f}"
     )
