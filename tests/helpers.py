@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import re
 import shutil
@@ -68,10 +69,27 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
+#: Test ports: below Linux's ephemeral range (32768-60999, where the kernel picks the source
+#: ports of the tests' own client connections and "port 0" listeners), one block of
+#: :data:`PORT_BLOCK` per xdist worker, so that two workers never pick the same port and no
+#: outgoing connection takes a port between the pick and the listener's bind.
+PORT_BASE, PORT_BLOCK = 26000, 500
+_next_port = itertools.count(os.getpid() % PORT_BLOCK)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing holds, from this xdist worker's own block."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    base = PORT_BASE + (int(worker) if worker.isdigit() else 0) % 13 * PORT_BLOCK
+    for _ in range(PORT_BLOCK):
+        port = base + next(_next_port) % PORT_BLOCK
+        with socket.socket() as s:
+            try:  # no SO_REUSEADDR: a port still in TIME_WAIT is passed over too
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port in {base}-{base + PORT_BLOCK - 1}")
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05):  # noqa: ANN201
