@@ -9,7 +9,7 @@ of all samples and, for the association thread (the one that runs the C-STORE ha
 inclusive share of the functions that matter. ``--raw DIR`` keeps py-spy's collapsed stacks
 (flamegraph.pl reads them).
 
-    pip install py-spy
+    pip install -e ".[bench]"      (py-spy)
     python benchmarks/ingest_profile.py --slices 400 [--off]
 """
 
