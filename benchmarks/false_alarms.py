@@ -1,6 +1,7 @@
 """The normal studies a model flags first: where in the head, read as what, and what they show.
 
     python benchmarks/false_alarms.py --data sel25 --scores OUT/scores.npz [--top 12] [--png F]
+        [--sample N]
 
 ``--scores`` is the ``scores.npz`` that ``benchmarks/study_aggregation.py --data`` wrote for
 the same folder. Normal studies are ranked by the study model's ``any`` (the node's flag); for
@@ -8,7 +9,8 @@ each of the first ``--top``, the slice with the highest refined ``any``: its hei
 study (0 = lowest slice, 1 = highest) and the subtype it scores highest. Then, over every
 normal study flagged at 95 % study sensitivity on the same studies, how their highest slices
 spread over the head's height and over subtypes. ``--png`` draws the top slices in a brain
-window (W80 L40), to look at what the model took for blood.
+window (W80 L40), to look at what the model took for blood; ``--sample N`` draws N flagged
+normal studies picked at random instead (the top ones are the extremes, not the typical).
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def top_slices(scores: dict[str, np.ndarray]) -> list[dict]:
                 "reads_as": SUBTYPES[int(refined[k, :ANY].argmax())],
             }
         )
-    return sorted(out, key=lambda r: -r["study_logit"])
+    out.sort(key=lambda r: -r["study_logit"])
+    return [r | {"rank": rank} for rank, r in enumerate(out, 1)]
 
 
 def draw(data: Path, rows: list[dict], png: Path) -> None:
@@ -65,9 +68,9 @@ def draw(data: Path, rows: list[dict], png: Path) -> None:
     lines = -(-len(rows) // cols)
     fig, axes = plt.subplots(lines, cols, figsize=(3 * cols, 3.2 * lines), squeeze=False)
     lo, hi = BRAIN[0] - BRAIN[1] / 2, BRAIN[0] + BRAIN[1] / 2
-    for ax, (rank, row) in zip(axes.flat, enumerate(rows, 1), strict=False):
+    for ax, row in zip(axes.flat, rows, strict=False):
         ax.imshow(to_hu(read(layout.image_path(row["id"]))), cmap="gray", vmin=lo, vmax=hi)
-        ax.set_title(f"#{rank} h={row['height']:.2f} {row['reads_as'][:16]}", fontsize=8)
+        ax.set_title(f"#{row['rank']} h={row['height']:.2f} {row['reads_as'][:16]}", fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
@@ -80,13 +83,15 @@ def main() -> None:
     parser.add_argument("--scores", type=Path, required=True, help="study_aggregation's npz")
     parser.add_argument("--top", type=int, default=12, help="normal studies to list and draw")
     parser.add_argument("--png", type=Path, help="draw the top slices into this file")
+    parser.add_argument("--sample", type=int, help="draw N random flagged normals instead")
+    parser.add_argument("--seed", type=int, default=0, help="of the --sample draw")
     args = parser.parse_args()
     scores = dict(np.load(args.scores))
     rows = top_slices(scores)
     print(f"{'rank':>4}  {'study logit':>11}  {'height':>6}  reads as          image")
-    for rank, row in enumerate(rows[: args.top], 1):
+    for row in rows[: args.top]:
         print(
-            f"{rank:>4}  {row['study_logit']:>11.2f}  {row['height']:>6.2f}  "
+            f"{row['rank']:>4}  {row['study_logit']:>11.2f}  {row['height']:>6.2f}  "
             f"{row['reads_as']:<16}  {row['id']}"
         )
     y, study = scores["label"], scores["study"][:, ANY]
@@ -109,7 +114,11 @@ def main() -> None:
         + ", ".join(f"{k} {n}" for k, n in Counter(r["reads_as"] for r in flagged).most_common())
     )
     if args.png:
-        draw(args.data, rows[: args.top], args.png)
+        drawn = rows[: args.top]
+        if args.sample:
+            picks = np.random.default_rng(args.seed).permutation(len(flagged))[: args.sample]
+            drawn = [flagged[i] for i in sorted(picks)]
+        draw(args.data, drawn, args.png)
         print(f"drawn: {args.png}")
 
 
