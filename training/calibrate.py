@@ -15,6 +15,7 @@ Threshold rule (applied to calibrated probabilities):
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -22,6 +23,7 @@ from sklearn.metrics import precision_recall_curve
 
 from ichnode.model import Calibration
 from ichnode.subtypes import ANY, SUBTYPES
+from training import metrics
 
 log = logging.getLogger(__name__)
 
@@ -88,3 +90,61 @@ def pick_thresholds(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
         else:
             out[name] = max_f1_threshold(col, p[:, j])
     return out
+
+
+@dataclass
+class OperatingPoint:
+    """Everything a checkpoint's probabilities and flags are fitted with on calibration
+    studies: the slice network's calibration and slice thresholds; with a study model, the
+    calibrations of its refined slice logits and of its study logits; the study thresholds
+    (which decide the flag); and what the summary reports of the fit."""
+
+    calibration: Calibration
+    thresholds: dict[str, float]
+    slice_calibration: Calibration | None
+    study_calibration: Calibration | None
+    study_thresholds: dict[str, float]
+    weighted_log_loss: float
+    study_auc: dict[str, float | None]
+    n_studies: int
+
+
+def fit_operating_point(
+    logits: list[np.ndarray],
+    y: list[np.ndarray],
+    refined: list[np.ndarray] | None = None,
+    study_logits: np.ndarray | None = None,
+) -> OperatingPoint:
+    """Fit :class:`OperatingPoint` on calibration studies: per study, the slice network's
+    logits ``(L, 6)`` and labels ``(L, 6)``, and with a study model its refined slice logits
+    and the study logits ``(S, 6)``. Without a study model a study's probabilities are the
+    maximum over its calibrated slices (what the node then uses)."""
+    flat = np.concatenate(logits) if logits else np.zeros((0, len(SUBTYPES)))
+    labels = np.concatenate(y) if y else np.zeros((0, len(SUBTYPES)))
+    calibration = fit_platt(flat, labels)
+    for j, name in enumerate(SUBTYPES):
+        if len(labels) == 0 or labels[:, j].min() == labels[:, j].max():
+            log.warning("%s has a single class in calibration: uncalibrated, threshold 0.5", name)
+    probs = calibration.apply_numpy(flat)
+    thresholds = pick_thresholds(labels, probs)
+    study_y = np.stack([s.max(axis=0) for s in y]) if y else np.zeros((0, len(SUBTYPES)))
+    slice_cal = study_cal = None
+    if refined is not None and study_logits is not None:
+        slice_cal = fit_platt(np.concatenate(refined), labels)
+        study_cal = fit_platt(study_logits, study_y)
+        study_probs = study_cal.apply_numpy(study_logits)
+        probs = slice_cal.apply_numpy(np.concatenate(refined))
+    else:
+        study_probs = np.stack([calibration.apply_numpy(lg).max(axis=0) for lg in logits])
+    return OperatingPoint(
+        calibration=calibration,
+        thresholds=thresholds,
+        slice_calibration=slice_cal,
+        study_calibration=study_cal,
+        study_thresholds=pick_thresholds(study_y, study_probs),
+        weighted_log_loss=metrics.weighted_log_loss(labels, probs),
+        study_auc={
+            k: metrics.finite_or_none(v) for k, v in metrics.aucs(study_y, study_probs).items()
+        },
+        n_studies=len(y),
+    )

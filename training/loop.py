@@ -654,17 +654,8 @@ def finalize(
         calib_source = Path(cfg.calibration_data).resolve().name
     else:
         calib_set = val_set
-    logits = np.concatenate(calib_set.logits) if len(calib_set) else np.zeros((0, 6))
-    y = np.concatenate(calib_set.y) if len(calib_set) else np.zeros((0, 6))
-    calibration = calibrate.fit_platt(logits, y)
-    for j, name in enumerate(SUBTYPES):
-        if len(y) == 0 or y[:, j].min() == y[:, j].max():
-            log.warning("%s has a single class in calibration: uncalibrated, threshold 0.5", name)
-    probs = calibration.apply_numpy(logits)
-    thresholds = calibrate.pick_thresholds(y, probs)
-
     study_head: StudyHead | None = None
-    study_summary: dict = {}
+    refined, study_logits = None, None
     if cfg.study_model is not None:
         train_ds = RSNADataset.from_table(
             data.layout, data.table, data.split["train"], spec, data.cache, data.index
@@ -681,32 +672,24 @@ def finalize(
             train_set, val_set, cfg.study_model, cfg.study_epochs, cfg.seed, device
         )
         refined, study_logits = stage2.study_logits(model_s, calib_set, device)
-        slice_cal = calibrate.fit_platt(np.concatenate(refined), y)
-        study_y = calib_set.study_labels()
-        study_cal = calibrate.fit_platt(study_logits, study_y)
-        study_probs = study_cal.apply_numpy(study_logits)
-        study_summary = {
-            "architecture": cfg.study_model,
-            "epochs": cfg.study_epochs,
-            "best_epoch": min(history, key=lambda r: r["val_loss"])["epoch"],
-            "history": history,
-            "n_train_studies": len(clean),
-            "n_val_studies": len(val_set),
-        }
+    fitted = calibrate.fit_operating_point(calib_set.logits, calib_set.y, refined, study_logits)
+    if cfg.study_model is not None:
         study_head = StudyHead(
             model=model_s,
             architecture=cfg.study_model,
             embed_dim=int(train_set.emb[0].shape[1]),
             hidden=model_s.gru.hidden_size,
-            slice_calibration=slice_cal,
-            study_calibration=study_cal,
-            summary=study_summary,
+            slice_calibration=fitted.slice_calibration,
+            study_calibration=fitted.study_calibration,
+            summary={
+                "architecture": cfg.study_model,
+                "epochs": cfg.study_epochs,
+                "best_epoch": min(history, key=lambda r: r["val_loss"])["epoch"],
+                "history": history,
+                "n_train_studies": len(clean),
+                "n_val_studies": len(val_set),
+            },
         )
-        probs = slice_cal.apply_numpy(np.concatenate(refined))
-    else:
-        study_y = calib_set.study_labels()
-        study_probs = np.stack([calibration.apply_numpy(lg).max(axis=0) for lg in calib_set.logits])
-    study_thresholds = calibrate.pick_thresholds(study_y, study_probs)
 
     train_labels = data.table.loc[data.split["train"], list(SUBTYPES)].to_numpy()
     best_row = next(r for r in state["history"] if r["epoch"] == state["best_epoch"])
@@ -717,11 +700,9 @@ def finalize(
         "val_loss": state["best_val_loss"],
         "val_auc": best_row["val_auc"],
         "calibration_data": calib_source,
-        "calibration_weighted_log_loss": metrics.weighted_log_loss(y, probs),
-        "calibration_study_auc": {
-            k: metrics.finite_or_none(v) for k, v in metrics.aucs(study_y, study_probs).items()
-        },
-        "n_calibration_studies": len(calib_set),
+        "calibration_weighted_log_loss": fitted.weighted_log_loss,
+        "calibration_study_auc": fitted.study_auc,
+        "n_calibration_studies": fitted.n_studies,
         "split_seed": cfg.seed,
         "n_train": len(data.split["train"]),
         "n_val": len(data.split["val"]),
@@ -750,11 +731,11 @@ def finalize(
         model=best.model,
         architecture=cfg.architecture,
         spec=spec,
-        thresholds=thresholds,
-        calibration=calibration,
+        thresholds=fitted.thresholds,
+        calibration=fitted.calibration,
         summary=summary,
         study=study_head,
-        study_thresholds=study_thresholds,
+        study_thresholds=fitted.study_thresholds,
     )
     sha = save_checkpoint(path, ckpt)
     if data.skipped:
