@@ -3,7 +3,8 @@
 A checkpoint is one ``.safetensors`` file: the weights as tensors, and in its metadata header a
 JSON document (key ``ichnode``) with the architecture, the preprocessing spec, the label order,
 per-subtype calibration and thresholds, and the training summary. Loading never unpickles: a
-file that is not safetensors is refused. The sha256 of the weights is the model's identity.
+file that is not safetensors is refused. The sha256 of the weights checks the file; the model's
+identity (:attr:`Checkpoint.model_id`) digests the weights and the operating point together.
 
 A checkpoint may also carry a study model (:mod:`ichnode.study`): its weights are prefixed
 ``study.``, its spec and calibration live under the metadata key ``study``, and the study-level
@@ -308,6 +309,8 @@ class Checkpoint:
     study: StudyHead | None = None
     #: Thresholds on the study-level probabilities; None: the slice thresholds.
     study_thresholds: dict[str, float] | None = None
+    #: :func:`identity_sha256` of the weights and the operating point, set on save and load.
+    identity: str = ""
 
     @property
     def decision_thresholds(self) -> dict[str, float]:
@@ -316,8 +319,15 @@ class Checkpoint:
 
     @property
     def model_id(self) -> str:
-        """Short identity used in DB rows, logs and reports: ``<architecture>-<sha256[:12]>``."""
-        return f"{self.architecture}-{self.sha256[:12]}"
+        """Short identity used in DB rows, logs and reports: ``<architecture>-<12 hex>``.
+
+        The digest covers the weights and everything that turns their logits into a flag
+        (preprocessing, calibration, slice and study thresholds, the study model's spec), so a
+        recalibrated checkpoint -- the same weights at another operating point -- is another
+        model: the node swaps it in and its results are told apart. Like ``sha256`` it is
+        fixed when the checkpoint is saved or loaded."""
+        digest = self.identity or identity_sha256(self.sha256, self.metadata())
+        return f"{self.architecture}-{digest[:12]}"
 
     def metadata(self) -> dict[str, Any]:
         return (
@@ -358,6 +368,14 @@ def weights_sha256(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def identity_sha256(weights_sha256: str, metadata: dict[str, Any]) -> str:
+    """sha256 over the weights' sha256 and the serving metadata (all but the summary)."""
+    serving = {k: v for k, v in metadata.items() if k not in ("summary", "sha256")}
+    digest = hashlib.sha256(weights_sha256.encode())
+    digest.update(json.dumps(serving, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -369,6 +387,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> str:
     state = ckpt.state_dict()
     ckpt.sha256 = weights_sha256(state)
     meta = ckpt.metadata() | {"sha256": ckpt.sha256}
+    ckpt.identity = identity_sha256(ckpt.sha256, meta)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -442,6 +461,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         sha256=sha,
         study=study,
         study_thresholds=study_thresholds,
+        identity=identity_sha256(sha, meta),
     )
 
 

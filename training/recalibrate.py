@@ -6,10 +6,10 @@
 What the end of ``ichnode train`` does (:func:`training.calibrate.fit_operating_point`), for a
 checkpoint that is already trained: its slice network, and its study model when it has one,
 score every study of ``--calibration-data``; the three calibrations and the slice and study
-thresholds are fitted on those scores and replace the checkpoint's. The weights are kept, so
-the model id (which names them) is kept too; ``--half`` stores them in float16, as the demo
-model's are. The operating point is picked on studies, so more calibration studies give a
-threshold nearer to the sensitivity it is meant to have.
+thresholds are fitted on those scores and replace the checkpoint's. The weights are kept (their
+sha256 too); the model id, which names the operating point as well, changes. ``--half`` stores
+the weights in float16, as the demo model's are. The operating point is picked on studies, so
+more calibration studies give a threshold nearer to the sensitivity it is meant to have.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def recalibrate(ckpt: Checkpoint, calibration_data: Path, cache: Path) -> Checkp
         refined, study_logits = stage2.study_logits(ckpt.study.model, studies, device)
     fitted = calibrate.fit_operating_point(studies.logits, studies.y, refined, study_logits)
     out = copy.copy(ckpt)
+    out.identity = ""  # another operating point: named again when saved
     out.calibration, out.thresholds = fitted.calibration, fitted.thresholds
     out.study_thresholds = fitted.study_thresholds
     if ckpt.study is not None:

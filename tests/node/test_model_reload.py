@@ -102,6 +102,27 @@ def test_a_file_that_does_not_load_leaves_the_old_model_serving(
     assert "cannot be loaded" in line and predictor.model_id in line and "\n" not in line
 
 
+def test_a_recalibrated_checkpoint_is_swapped_in(model_path: Path, tmp_path: Path):
+    # training.recalibrate keeps the weights and refits the operating point: the node must
+    # serve the new thresholds, so the file is another model although its weights are not.
+    from ichnode.inference import Predictor
+
+    served = tmp_path / "model.safetensors"
+    ckpt = load_checkpoint(model_path)  # float32 once loaded: saved as such
+    save_checkpoint(served, ckpt)
+    predictor = Predictor(served, "cpu")
+    old_id, old_sha = predictor.model_id, predictor.checkpoint.sha256
+    watcher = ModelWatcher(served, predictor)
+    assert ckpt.study_thresholds is not None
+    ckpt.study_thresholds = {k: min(v * 1.5, 0.99) for k, v in ckpt.study_thresholds.items()}
+    save_checkpoint(tmp_path / "recalibrated.safetensors", ckpt)
+    os.replace(tmp_path / "recalibrated.safetensors", served)
+    assert watcher.check() is True
+    assert predictor.checkpoint.sha256 == old_sha  # the same weights
+    assert predictor.checkpoint.decision_thresholds == ckpt.decision_thresholds
+    assert predictor.model_id != old_id
+
+
 def _predictions(node, study_uid: str) -> list[tuple[str, int | None]]:
     """(model id, study version that refined it) of every prediction of the study's slices."""
     with node.sessions() as session:

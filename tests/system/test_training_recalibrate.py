@@ -64,7 +64,8 @@ def test_recalibrating_on_other_studies_keeps_the_weights_and_moves_the_operatin
     new = recalibrate(ckpt, calibration_phantoms, tmp_path / "cache")
     save_checkpoint(tmp_path / "recalibrated.safetensors", new)
     loaded = load_checkpoint(tmp_path / "recalibrated.safetensors")
-    assert loaded.model_id == ckpt.model_id
+    assert loaded.sha256 == ckpt.sha256  # the same weights ...
+    assert loaded.model_id != ckpt.model_id  # ... at another operating point: another model
     assert loaded.summary["calibration_data"] == "cal"
     assert loaded.summary["recalibrated_from"] == ckpt.summary["calibration_data"]
     assert loaded.summary["n_calibration_studies"] == 6

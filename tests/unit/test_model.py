@@ -62,12 +62,35 @@ def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path, arch):
     ckpt = _ckpt(arch)
     sha = save_checkpoint(tmp_path / "m.safetensors", ckpt)
     loaded = load_checkpoint(tmp_path / "m.safetensors")
-    assert loaded.sha256 == sha and loaded.model_id == f"{arch}-{sha[:12]}"
+    assert loaded.sha256 == sha and loaded.model_id == ckpt.model_id
+    assert loaded.model_id.startswith(f"{arch}-") and len(loaded.model_id) == len(arch) + 13
     assert loaded.spec == ckpt.spec and loaded.thresholds == ckpt.thresholds
     assert loaded.calibration == ckpt.calibration and loaded.summary == {"epochs": 1}
     x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
     assert np.allclose(predict_proba(loaded, x), predict_proba(ckpt, x), atol=1e-6)
     assert (tmp_path / "m.safetensors").stat().st_size < 10 * 1024 * 1024
+
+
+def test_the_model_id_names_the_operating_point_as_well_as_the_weights(tmp_path):
+    # A recalibrated checkpoint (training.recalibrate: same weights, other thresholds and
+    # calibration) is another model; the training summary is not part of the identity.
+    ckpt = _ckpt()
+    save_checkpoint(tmp_path / "a.safetensors", ckpt)
+    first = load_checkpoint(tmp_path / "a.safetensors")
+    moved = load_checkpoint(tmp_path / "a.safetensors")
+    moved.thresholds = {**moved.thresholds, "any": moved.thresholds["any"] + 0.01}
+    save_checkpoint(tmp_path / "b.safetensors", moved)
+    recal = load_checkpoint(tmp_path / "b.safetensors")
+    assert recal.sha256 == first.sha256 and recal.model_id != first.model_id
+    rescaled = load_checkpoint(tmp_path / "a.safetensors")
+    rescaled.calibration = Calibration(scale=[0.9] * 6, bias=[0.0] * 6)
+    save_checkpoint(tmp_path / "c.safetensors", rescaled)
+    assert rescaled.model_id not in (first.model_id, recal.model_id)
+    assert load_checkpoint(tmp_path / "c.safetensors").model_id == rescaled.model_id
+    noted = load_checkpoint(tmp_path / "a.safetensors")
+    noted.summary = {"note": "another summary"}
+    save_checkpoint(tmp_path / "d.safetensors", noted)
+    assert load_checkpoint(tmp_path / "d.safetensors").model_id == first.model_id
 
 
 def test_calibration_is_applied_to_logits():
