@@ -5,6 +5,7 @@
     python benchmarks/study_aggregation.py --data sel25 --flip          (+ mirrored inputs)
     python benchmarks/study_aggregation.py --pair OLD.npz,... NEW.npz,...  (two models)
     python benchmarks/study_aggregation.py --pair A.npz A.npz:flip        (mirrored or not)
+    python benchmarks/study_aggregation.py --pair OLD.npz,.. NEW.npz,.. --models OLD.st NEW.st
 
 Scores every slice of ``--data`` with the checkpoint (default: the demo model) once, keeps the
 raw slice logits, the study model's refined ones and its study logit (``--out/scores.npz``),
@@ -18,7 +19,10 @@ on another is the point: on a few hundred studies the differences are noise.
 those of the mean of the two embeddings (test-time augmentation; the aggregations are then
 printed for both). ``--pair`` compares two models' ``scores.npz`` of the same studies, pooled
 over the sets given (comma-separated, in the same order): the paired study AUC(any) difference
-of the study model's head (the node's flag), and the slice AUC differences.
+of the study model's head (the node's flag), and the slice AUC differences; with ``--models``
+(the two checkpoints the scores came from) also each one's flag at its shipped operating point
+(the study calibration and threshold of ``any``, as :func:`ichnode.triage.over_threshold`
+applies them): sensitivity and specificity on the pooled studies.
 """
 
 from __future__ import annotations
@@ -172,7 +176,19 @@ def pooled(paths: str, key: str) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def compare_models(old: str, new: str) -> None:
+def flag_of(model: Path, study_logits: np.ndarray) -> np.ndarray:
+    """Whether ``model``'s flag is raised for each study, from its raw study logits."""
+    from ichnode.model import load_checkpoint
+    from ichnode.triage import over_threshold
+
+    ckpt = load_checkpoint(model)
+    if ckpt.study is None:
+        raise SystemExit(f"{model} has no study model")
+    probabilities = ckpt.study.study_calibration.apply_numpy(study_logits)
+    return over_threshold(probabilities, ckpt.decision_thresholds)[:, ANY]
+
+
+def compare_models(old: str, new: str, models: list[Path] | None = None) -> None:
     """Print the paired differences of two models scored on the same sets (``--pair``)."""
     y = pooled(old, "label")
     if not np.array_equal(y, pooled(new, "label")):
@@ -193,6 +209,12 @@ def compare_models(old: str, new: str) -> None:
     for j, name in enumerate(metrics.SUBTYPES):
         a, b = metrics.safe_auc(ys[:, j], ref_old[:, j]), metrics.safe_auc(ys[:, j], ref_new[:, j])
         print(f"slice AUC {name:<18}{a:.4f} -> {b:.4f} ({b - a:+.4f})")
+    for model, paths in zip(models or [], (old, new), strict=False):
+        flag = flag_of(model, pooled(paths, "study"))
+        print(
+            f"flag of {model}: sensitivity {flag[y == 1].mean():.3f}, "
+            f"specificity {1 - flag[y == 0].mean():.3f}"
+        )
 
 
 def specificity_at(y: np.ndarray, s: np.ndarray) -> float:
@@ -217,9 +239,13 @@ def main() -> None:
     parser.add_argument(
         "--pair", nargs=2, metavar=("OLD", "NEW"), help="two models' scores.npz lists"
     )
+    parser.add_argument(
+        "--models", nargs=2, type=Path, metavar=("OLD", "NEW"),
+        help="with --pair: the two checkpoints, to print each one's flag",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.pair:
-        compare_models(*args.pair)
+        compare_models(*args.pair, models=args.models)
         return
     if args.scores:
         scores = dict(np.load(args.scores))
