@@ -2,9 +2,9 @@
 
     python tests/make_screenshots.py [--out docs/img]
 
-Starts a node on a temporary SQLite database, sends phantom head CTs over DICOM (bleeds and
-normal heads, 32 slices each), serves the web app on a free port and photographs both pages
-in the system's headless Chromium at a laptop size (1366x768) and a full-HD monitor (1920x1080):
+Starts a node on a temporary SQLite database, sends phantom head CTs over DICOM (bleeds and a
+normal head), serves the web app on a free port and photographs both pages in the system's
+headless Chromium at a laptop size (1366x768) and a full-HD monitor (1920x1080):
 ``worklist-1366x768.png``, ``study-1366x768.png``, ``worklist-1920x1080.png``,
 ``study-1920x1080.png``; ``worklist.png`` and ``study.png`` (linked from the README) are the
 1366x768 ones.
@@ -39,9 +39,6 @@ SHOTS = (
     ("normal", 10, ()),
     ("normal2", 16, ()),
 )
-#: Slices per study: a whole head, as the model was trained on (the tests' 8-slice studies
-#: cover a fraction of it, and the study model reads their normal heads as bleeding).
-N_SLICES = 32
 VIEWPORTS = ((1366, 768), (1920, 1080))
 #: The size saved again as worklist.png / study.png.
 DEFAULT = (1366, 768)
@@ -65,7 +62,7 @@ def main() -> None:
         node.start()
         handle = None
         try:
-            uids = send_phantoms(node, SHOTS, N_SLICES)
+            uids = send_phantoms(node, SHOTS)
             handle = serve(node)
             with httpx.Client(base_url=handle.url) as client:
                 wait_resulted(client, len(uids))

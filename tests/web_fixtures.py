@@ -47,13 +47,11 @@ SUCCESS = 0x0000
 TOKEN = "s3cret-token"
 
 
-def send_phantoms(
-    node: Any, phantoms: tuple = PHANTOMS, n_slices: int = N_SLICES
-) -> dict[str, str]:
+def send_phantoms(node: Any, phantoms: tuple = PHANTOMS) -> dict[str, str]:
     """Send each phantom study over DICOM; returns ``{name: StudyInstanceUID}``."""
     uids = {}
     for name, seed, subtypes in phantoms:
-        slices = synth_study(seed, n_slices=n_slices, size=SIZE, subtypes=subtypes)
+        slices = synth_study(seed, n_slices=N_SLICES, size=SIZE, subtypes=subtypes)
         datasets = [s.dataset for s in slices]
         assert send(node.settings.port, datasets) == [SUCCESS] * len(datasets)
         uids[name] = str(datasets[0].StudyInstanceUID)
