@@ -55,6 +55,7 @@ RECEIVERS = (
     "ichnode-thread",
     "ichnode-off",
     "ichnode-nice0",
+    "ichnode-queues",
 )
 #: Associations the warm-up is sent on.
 WARMUP_ASSOCIATIONS = 4
@@ -65,6 +66,7 @@ ICHNODE_ENV = {
     "ichnode-thread": {"ICHNODE_RECEIVERS": "1", "ICHNODE_INFERENCE_PROCESS": "false"},
     "ichnode-off": {"ICHNODE_RECEIVERS": "1"},
     "ichnode-nice0": {"ICHNODE_INFERENCE_NICE": "0"},
+    "ichnode-queues": {"ICHNODE_FAST_STORE": "false"},
 }
 
 
@@ -184,7 +186,7 @@ def _queue_left(out: Path) -> int:
 
 def measure(kind: str, files: list[Path], runs: int, warmup: list[Path], parallel: int) -> dict:
     times, drains = [], []
-    inference = kind in ("ichnode", "ichnode-1rx", "ichnode-thread", "ichnode-nice0")
+    inference = kind.startswith("ichnode") and kind != "ichnode-off"
     for _ in range(runs):
         out = Path(tempfile.mkdtemp(prefix=f"ingest-{kind}-"))
         port = free_port()
@@ -229,7 +231,7 @@ def report(results: dict[str, dict], n: int, mb: float, parallel: int) -> None:
             d = r["drained_seconds"]
             verdict = "keeps up" if d <= s * 1.05 else "backlog: inference slower than ingest"
             print(f"{'':<14}queue drained after {d:.2f} s: {n / d:.1f} slices/s scored ({verdict})")
-    for ours in ("ichnode", "ichnode-1rx", "ichnode-thread", "ichnode-off", "ichnode-nice0"):
+    for ours in [k for k in RECEIVERS if k.startswith("ichnode")]:
         if ours not in results:
             continue
         for peer in ("orthanc", "dcmtk"):

@@ -5,8 +5,9 @@ one receiver process, so that every association is in the process py-spy watches
 on, in its own process; ``--off``: ``--workers 0``), warms it up with 20 other slices, then
 attaches ``py-spy record --threads`` to it for exactly the timed send of ``--slices`` slices
 (one DCMTK ``storescu`` association, ``TCP_NODELAY=1``). Prints, per thread kind, its share
-of all samples and, for the association thread (the one that runs the C-STORE handler), the
-inclusive share of the functions that matter. ``--raw DIR`` keeps py-spy's collapsed stacks
+of all samples and, for the thread that runs the C-STORE handler (the DUL reader on the fast
+path, ``node.fast_store``; the association's thread on pynetdicom's), the inclusive share of
+the functions that matter. ``--raw DIR`` keeps py-spy's collapsed stacks
 (flamegraph.pl reads them).
 
     pip install -e ".[bench]"      (py-spy)
@@ -31,7 +32,12 @@ from ingest import _queue_left, _receiver, send  # noqa: E402
 
 #: Functions whose inclusive share of the association thread's samples is printed, in order.
 WATCH = (
+    "FastStore.read_pdu",
+    "FastStore._read_one",
+    "FastStore._next_arrives",
+    "StorageSCP.handle_fast",
     "StorageSCP.handle_store",
+    "admit_encoded",
     "admit (",
     "C_STORE.dataset",
     "Event.dataset",
@@ -39,6 +45,7 @@ WATCH = (
     "pixel_problem",
     "describe (",
     "StorageSCP._store",
+    "StoreRequest.file_meta",
     "Event.file_meta",
     "encode_file_meta",
     "Event.encoded_dataset",
@@ -80,15 +87,22 @@ def summarise(wall: Path, cpu: Path, seconds: float, rate: int) -> None:
     print(f"\nCPU by thread (share of one core over the {seconds:.1f} s sampled):")
     for kind, n in busy.most_common(8):
         print(f"  {kind:<40}{100 * n / (seconds * rate):6.1f} %")
+    # The thread that runs the C-STORE handler: the DUL reader on the fast path
+    # (node.fast_store), the association's thread on pynetdicom's.
+    fast = any("handle_fast" in f for kind, stack, _ in _samples(cpu) for f in stack)
+    handler = "DUL reader" if fast else "association"
     total = 0
     watched: collections.Counter[str] = collections.Counter()
     for kind, stack, count in _samples(wall):
-        if kind.startswith("association"):
+        if kind.startswith(handler):
             total += count
             for name in WATCH:
                 if any(name in frame for frame in stack):
                     watched[name] += count
-    print(f"\nassociation thread, wall clock: inclusive share of its {total} samples:")
+    print(
+        f"\n{handler} thread (runs the C-STORE handler), wall clock: inclusive share of its "
+        f"{total} samples:"
+    )
     for name in WATCH:
         if watched[name]:
             print(f"  {name:<32}{100 * watched[name] / max(total, 1):6.1f} %")

@@ -239,6 +239,12 @@ class Settings(BaseSettings):
     #: rejected as temporary congestion, so a looping or hostile sender cannot flood the node.
     max_associations_per_minute: int = Field(0, ge=0)
     max_pdu: int = Field(262144, ge=0, description="Max PDU we advertise (0 = unlimited).")
+    fast_store: bool = Field(
+        True,
+        description="Answer C-STORE requests in the association's reader thread instead of "
+        "through pynetdicom's message queues (node.fast_store); false = pynetdicom's path "
+        "for every message.",
+    )
     accept_other_objects: bool = Field(
         True, description="Accept non-CT storage objects (recorded as skipped) instead of failing."
     )
@@ -283,6 +289,14 @@ class Settings(BaseSettings):
         description="How much lower the inference process's CPU priority is than the "
         "receivers' (POSIX nice): when both want the cores, receiving goes first and the "
         "model catches up between studies (0: equal).",
+    )
+    inference_defer: float = Field(
+        3.0,
+        ge=0,
+        description="While instances keep arriving, the workers wait for a pause in arrivals "
+        "(0.25 s) before scoring, for at most this many seconds per busy spell, so that "
+        "receiving goes first (0: score as they arrive). Study results wait stable_seconds "
+        "anyway.",
     )
     batch_size: int = Field(16, ge=1, le=1024)
     lease_seconds: float = Field(120.0, gt=0)

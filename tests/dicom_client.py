@@ -12,6 +12,8 @@ from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification
 
+from ichnode.node.scu import hold_responses_for_the_sender
+
 
 def send(
     port: int,
@@ -31,7 +33,7 @@ def send(
     pairs = sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets})
     for sop_class, ts in pairs:
         ae.add_requested_context(sop_class, ts)
-    assoc = ae.associate(host, port, ae_title=called_ae)
+    assoc = hold_responses_for_the_sender(ae.associate(host, port, ae_title=called_ae))
     assert assoc.is_established, "association was not established"
     statuses = []
     try:
@@ -46,7 +48,7 @@ def send(
 def echo(port: int, *, called_ae: str = "ICHNODE", calling_ae: str = "TESTSCU") -> int:
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
+    assoc = hold_responses_for_the_sender(ae.associate("127.0.0.1", port, ae_title=called_ae))
     assert assoc.is_established
     try:
         return int(assoc.send_c_echo().Status)

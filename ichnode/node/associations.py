@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
@@ -152,32 +153,40 @@ class Associations:
             stats.studies.add(study_uid)
 
     def _on_data(self, event: evt.Event) -> None:
-        """Count a message's P-DATA; cut a peer off whose message outgrows the receive cap.
-
-        Runs in the association's reader thread for every PDU, before pynetdicom buffers it.
-        Closing the socket ends the association like a network failure; the partial message
-        is dropped and nothing is stored.
-        """
+        """pynetdicom's ``EVT_DATA_RECV``: :meth:`data_received` for every PDU it reads."""
         data = event.data
-        if not data or data[0] != _P_DATA_TF:
-            return
-        stats = self._stats.get(id(event.assoc))
-        if stats is None or stats.cut_off:
-            return
-        stats.pending_bytes += len(data)
-        if stats.pending_bytes > self.receive_cap():
-            stats.cut_off = True
-            stats.outcome = "aborted: message over the receive limit"
-            log.warning(
-                "association from calling AE %s cut off: one message passed %d bytes "
-                "(%d x max_instance_bytes)",
-                stats.calling_ae,
-                self.receive_cap(),
-                RECEIVE_CAP_FACTOR,
-            )
-            sock = event.assoc.dul.socket
-            if sock is not None:
-                sock.close()
+        if data and data[0] == _P_DATA_TF:
+            self.data_received(event.assoc, len(data))
+
+    def data_received(self, assoc: Association, nbytes: int) -> bool:
+        """Count a P-DATA-TF of ``nbytes``; cut a peer off whose message outgrows the receive
+        cap. False once the association is cut off.
+
+        Runs in the association's reader thread for every P-DATA-TF, before the message is
+        assembled. Closing the socket ends the association like a network failure; the
+        partial message is dropped and nothing is stored.
+        """
+        stats = self._stats.get(id(assoc))
+        if stats is None:
+            return True
+        if stats.cut_off:
+            return False
+        stats.pending_bytes += nbytes
+        if stats.pending_bytes <= self.receive_cap():
+            return True
+        stats.cut_off = True
+        stats.outcome = "aborted: message over the receive limit"
+        log.warning(
+            "association from calling AE %s cut off: one message passed %d bytes "
+            "(%d x max_instance_bytes)",
+            stats.calling_ae,
+            self.receive_cap(),
+            RECEIVE_CAP_FACTOR,
+        )
+        sock = assoc.dul.socket
+        if sock is not None:
+            sock.close()
+        return False
 
     # ------------------------------------------------------------------ policy
 

@@ -11,8 +11,10 @@ the answer and the log line. The DIMSE C-STORE statuses are named here, once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from io import BytesIO
 from typing import BinaryIO, cast
 
 from pydicom.datadict import tag_for_keyword
@@ -115,25 +117,42 @@ class Request:
 
 
 def admit(event: evt.Event, rules: SelectionRules, now: datetime) -> Admitted:
-    """Check one C-STORE's data set; raises :class:`Refusal` if it cannot be stored."""
+    """Check one C-STORE's data set as pynetdicom delivers it; raises :class:`Refusal` if it
+    cannot be stored."""
     syntax = event.context.transfer_syntax
     message = cast(C_STORE, event.request)
-    try:
+    request = Request(
+        sop_instance_uid=str(message.AffectedSOPInstanceUID),
+        sop_class_uid=str(message.AffectedSOPClassUID),
+        transfer_syntax=str(syntax),
+        calling_ae=event.assoc.requestor.ae_title,
+        calling_address=event.assoc.requestor.address,
+    )
+    if syntax == DeflatedExplicitVRLittleEndian:
         # A deflated data set is inflated (and decoded) by pynetdicom.
-        deflated = syntax == DeflatedExplicitVRLittleEndian
-        ds = event.dataset if deflated else read_header(cast(BinaryIO, message.DataSet), syntax)
+        return check(_decoded(lambda: event.dataset), request, rules, now)
+    stream = cast(BinaryIO, message.DataSet)
+    return check(_decoded(lambda: read_header(stream, syntax)), request, rules, now)
+
+
+def admit_encoded(
+    dataset: bytes, request: Request, rules: SelectionRules, now: datetime
+) -> Admitted:
+    """Check one C-STORE's data set from its bytes as received (``request.transfer_syntax``,
+    not deflated); raises :class:`Refusal` if it cannot be stored."""
+    syntax = UID(request.transfer_syntax)
+    ds = _decoded(lambda: read_header(BytesIO(dataset), syntax))
+    return check(ds, request, rules, now)
+
+
+def _decoded(read: Callable[[], Dataset]) -> Dataset:
+    """``read()``; any decode failure is the refusal "cannot understand"."""
+    try:
+        return read()
     except Exception as exc:  # noqa: BLE001 - any decode failure is "cannot understand"
         raise Refusal(
             CANNOT_UNDERSTAND, f"dataset cannot be decoded ({type(exc).__name__})"
         ) from None
-    request = Request(
-        sop_instance_uid=str(message.AffectedSOPInstanceUID),
-        sop_class_uid=str(message.AffectedSOPClassUID),
-        transfer_syntax=str(event.context.transfer_syntax),
-        calling_ae=event.assoc.requestor.ae_title,
-        calling_address=event.assoc.requestor.address,
-    )
-    return check(ds, request, rules, now)
 
 
 def read_header(received: BinaryIO, transfer_syntax: UID) -> Dataset:

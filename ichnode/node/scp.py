@@ -2,10 +2,13 @@
 
 The C-STORE handler is short: header read and checked (``node.intake``) → the bytes as
 received written (temp file, fsync, rename, fsync of the folder) → instance row committed with
-status ``queued`` (``node.storing``) → Success. Storage or database trouble answers 0xA700 and
-leaves neither an orphan file nor an orphan row. Every refusal is one ``intake.Refusal`` turned
-into the answer and the log line in one place. Who may associate, the limits and the audit rows
-are ``node.associations``'s; the guarded server is ``node.transport``'s.
+status ``queued`` (``node.storing``) → Success. It is called by the fast path
+(``node.fast_store``: the association's reader thread answers C-STOREs itself) and by
+pynetdicom's ``EVT_C_STORE`` for the messages the fast path leaves to pynetdicom. Storage or
+database trouble answers 0xA700 and leaves neither an orphan file nor an orphan row. Every
+refusal is one ``intake.Refusal`` turned into the answer and the log line in one place. Who may
+associate, the limits and the audit rows are ``node.associations``'s; the guarded server is
+``node.transport``'s.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy.orm import sessionmaker
@@ -49,6 +53,7 @@ from ichnode.node.associations import (  # noqa: F401 - importable from here as 
     TEMPORARY_CONGESTION,
     Associations,
 )
+from ichnode.node.fast_store import FastStore, StoreRequest
 from ichnode.node.intake import Refusal
 from ichnode.node.statuses import (  # noqa: F401 - the statuses, importable from here as before
     CANNOT_UNDERSTAND,
@@ -142,6 +147,7 @@ class StorageSCP:
             ),
         )
         server.tls = tls
+        server.fast_store = self._install_fast_store if s.fast_store else None
         self.associations.watch(server)
         start_server(server)
         self.server = server
@@ -154,34 +160,73 @@ class StorageSCP:
             self.server = None
 
     def handle_store(self, event: evt.Event) -> int:
-        """Admit → store → row → status (see module docstring); one place answers refusals."""
-        self.associations.message_handled(event.assoc)
+        """pynetdicom's ``EVT_C_STORE``: the messages the fast path leaves to pynetdicom."""
+        return self._receive(
+            event.assoc,
+            lambda now: intake.admit(event, self.keeper.rules, now),
+            # The Part 10 file as received (pynetdicom adds the File Meta Information).
+            lambda: [event.encoded_dataset()],
+        )
+
+    def handle_fast(self, assoc: Association, request: StoreRequest) -> int:
+        """A C-STORE request from the fast path (:mod:`ichnode.node.fast_store`)."""
+        received = intake.Request(
+            sop_instance_uid=request.sop_instance_uid,
+            sop_class_uid=request.sop_class_uid,
+            transfer_syntax=request.transfer_syntax,
+            calling_ae=assoc.requestor.ae_title,
+            calling_address=assoc.requestor.address,
+        )
+        return self._receive(
+            assoc,
+            lambda now: intake.admit_encoded(request.dataset, received, self.keeper.rules, now),
+            lambda: [request.file_meta(), request.dataset],
+        )
+
+    def _receive(
+        self,
+        assoc: Association,
+        admit: Callable[[datetime], intake.Admitted],
+        encoded: Callable[[], list[bytes]],
+    ) -> int:
+        """Admit → store → row → status (see module docstring); one place answers refusals.
+        ``encoded``: the Part 10 file's parts, asked for only when a CT instance is kept."""
+        self.associations.message_handled(assoc)
         now = datetime.now(UTC)
         sop_uid = "?"
         try:
-            admitted = intake.admit(event, self.keeper.rules, now)
+            admitted = admit(now)
             sop_uid = admitted.received.sop_uid
-            return self._store(event, admitted, now)
+            return self._store(assoc, admitted, encoded, now)
         except Refusal as refusal:
             level = logging.ERROR if refusal.status == OUT_OF_RESOURCES else logging.WARNING
             log.log(level, "C-STORE refused: %s", refusal.reason)
-            self.associations.count(event.assoc, "failed")
+            self.associations.count(assoc, "failed")
             return refusal.status
         except Exception:  # noqa: BLE001 - never let a bug answer Success or kill the AE
             log.exception("C-STORE failed unexpectedly for instance %s", uid_hash(sop_uid))
-            self.associations.count(event.assoc, "failed")
+            self.associations.count(assoc, "failed")
             return OUT_OF_RESOURCES
 
-    def _store(self, event: evt.Event, admitted: intake.Admitted, now: datetime) -> int:
+    def _store(
+        self,
+        assoc: Association,
+        admitted: intake.Admitted,
+        encoded: Callable[[], list[bytes]],
+        now: datetime,
+    ) -> int:
         """Write the file (CT only) and the row (:func:`storing.keep`); Success only once both
         are durable."""
         study_uid = admitted.received.study_uid
-        # The Part 10 file as received (pynetdicom adds the File Meta Information).
-        parts = [event.encoded_dataset()] if admitted.is_ct else []
+        parts = encoded() if admitted.is_ct else []
         status = self.keeper.keep(admitted, parts, now)
         self.associations.count(
-            event.assoc, "skipped" if status == InstanceStatus.SKIPPED else "stored", study_uid
+            assoc, "skipped" if status == InstanceStatus.SKIPPED else "stored", study_uid
         )
         if status == InstanceStatus.QUEUED:
             self.on_stored()
         return SUCCESS
+
+    def _install_fast_store(self, assoc: Association) -> None:
+        """Give a new association the fast path (``fast_store``)."""
+        FastStore(assoc, self.handle_fast, self.associations).install()

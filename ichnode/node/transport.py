@@ -146,6 +146,8 @@ class GuardedRequestHandler(RequestHandler):
             sock.recv = PduGuard(  # type: ignore[method-assign]
                 sock, pdu_limits(self.ae.maximum_pdu_size), self.server.on_pdu_refused
             )
+        if self.server.fast_store is not None:
+            self.server.fast_store(assoc)
         return assoc
 
 
@@ -169,6 +171,8 @@ class GuardedServer(ThreadedAssociationServer):
     on_handshake_failed: Callable[[object, str], None] | None = None
     on_no_request: Callable[[object, str], None] | None = None
     on_pdu_refused: Callable[[Association, str], None] | None = None
+    #: Installs the C-STORE fast path in a new association (:mod:`ichnode.node.fast_store`).
+    fast_store: Callable[[Association], None] | None = None
     tls: ReloadingContext | None = None
     #: Listen with ``SO_REUSEPORT``: other receiver processes listen on the same port.
     reuse_port: bool = False

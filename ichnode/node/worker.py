@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds to back off after a database error before trying again.
 DB_RETRY_SECONDS = 2.0
+#: Seconds without a newly queued instance that count as a pause in arrivals.
+ARRIVAL_QUIET = 0.25
 
 
 def default_worker_id(role: str = "worker", index: int | None = None) -> str:
@@ -63,6 +66,7 @@ class Worker:
             lease_seconds=settings.lease_seconds,
             worker_id=worker_id,
             wake=wake,
+            defer_seconds=settings.inference_defer,
         )
 
     def __init__(
@@ -77,6 +81,7 @@ class Worker:
         wake: threading.Event | None = None,
         idle_wait: float = 1.0,
         decode_threads: int = 2,
+        defer_seconds: float = 0.0,
     ) -> None:
         self.sessions = sessions
         self.store = store
@@ -87,6 +92,9 @@ class Worker:
         self.wake = wake or threading.Event()
         self.idle_wait = idle_wait
         self._pool = ThreadPoolExecutor(max(1, decode_threads), thread_name_prefix="decode")
+        self.defer_seconds = defer_seconds
+        self._deferring_since: float | None = None
+        self._stop: threading.Event | None = None
         self.scored = 0
         self.failed = 0
 
@@ -185,7 +193,11 @@ class Worker:
         """One batch for :func:`~ichnode.node.loop.run_loop`: 0 after a batch (more may be
         queued), ``idle_wait`` when the queue was empty."""
         try:
-            return 0.0 if self.run_once() else self.idle_wait
+            self.await_pause()
+            if self.run_once():
+                return 0.0
+            self._deferring_since = None  # the queue is empty: the next arrivals defer again
+            return self.idle_wait
         except SQLAlchemyError:
             raise  # the loop logs it and retries
         except Exception:  # noqa: BLE001 - a failed batch (GPU out of memory...) must not end the worker
@@ -194,9 +206,34 @@ class Worker:
             log.exception("worker %s: batch failed, retrying later", self.worker_id)
             return DB_RETRY_SECONDS
 
+    def await_pause(self) -> None:
+        """Let the receivers go first: while instances keep arriving (``wake`` set again
+        within :data:`ARRIVAL_QUIET` seconds), wait, for at most ``defer_seconds`` since this
+        busy spell began; then score whatever is queued until the queue is empty.
+
+        On a host whose cores the receivers and the model share, scoring while a study
+        arrives slows the receiving (docs/performance.md); the study result waits
+        ``stable_seconds`` after the last instance anyway, so scoring the backlog once the
+        sender pauses delays no result while it takes less than that.
+        """
+        if self.defer_seconds <= 0:
+            return
+        now = time.monotonic()
+        if self._deferring_since is None:
+            self._deferring_since = now
+        deadline = self._deferring_since + self.defer_seconds
+        while now < deadline:
+            if self._stop is not None and self._stop.is_set():
+                return
+            self.wake.clear()
+            if not self.wake.wait(min(ARRIVAL_QUIET, deadline - now)):
+                return  # no instance queued for ARRIVAL_QUIET seconds: the sender paused
+            now = time.monotonic()
+
     def run(self, stop: threading.Event) -> None:
         """Loop until ``stop`` is set; sleeps on ``wake`` when the queue is empty."""
         log.info("worker %s started (model %s)", self.worker_id, self.predictor.model_id)
+        self._stop = stop
         run_loop(
             f"worker {self.worker_id}",
             self.step,

@@ -24,6 +24,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from ichnode.audit import list_associations
 from ichnode.errors import ConfigError
 from ichnode.node.scp import SUCCESS
+from ichnode.node.scu import hold_responses_for_the_sender
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
@@ -112,7 +113,9 @@ def _tls_echo(port: int, ctx: ssl.SSLContext | None) -> bool:
     ae.acse_timeout = ae.network_timeout = 5
     tls_args = (ctx, "localhost") if ctx else None
     try:
-        assoc = ae.associate("127.0.0.1", port, ae_title="ICHNODE", tls_args=tls_args)
+        assoc = hold_responses_for_the_sender(
+            ae.associate("127.0.0.1", port, ae_title="ICHNODE", tls_args=tls_args)
+        )
     except (OSError, ssl.SSLError):
         return False
     if not assoc.is_established:
@@ -131,11 +134,13 @@ def test_pynetdicom_with_a_client_certificate_stores_over_tls(scp_factory, pki):
     ds = study(1, size=32)[0]
     ae = AE(ae_title="TESTSCU")
     ae.add_requested_context(CTImageStorage, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate(
-        "127.0.0.1",
-        node.settings.port,
-        ae_title="ICHNODE",
-        tls_args=(_client_context(pki), "localhost"),
+    assoc = hold_responses_for_the_sender(
+        ae.associate(
+            "127.0.0.1",
+            node.settings.port,
+            ae_title="ICHNODE",
+            tls_args=(_client_context(pki), "localhost"),
+        )
     )
     assert assoc.is_established
     assert assoc.send_c_store(ds).Status == SUCCESS

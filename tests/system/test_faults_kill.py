@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from ichnode.db.models import Instance, InstanceStatus, Prediction
 from ichnode.node.scp import SUCCESS
+from ichnode.node.scu import hold_responses_for_the_sender
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +64,7 @@ def test_sigkill_under_load_keeps_every_acknowledged_instance(tmp_path, model_pa
     def sender(slices: list) -> None:  # noqa: ANN001
         ae = AE(ae_title="LOADSCU")
         ae.add_requested_context(slices[0].SOPClassUID, slices[0].file_meta.TransferSyntaxUID)
-        assoc = ae.associate("127.0.0.1", port, ae_title="ICHNODE")
+        assoc = hold_responses_for_the_sender(ae.associate("127.0.0.1", port, ae_title="ICHNODE"))
         if not assoc.is_established:
             return
         for ds in slices:

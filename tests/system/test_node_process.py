@@ -21,6 +21,8 @@ from helpers import free_port, port_in_use, run_dcmtk, study, wait_for
 from pynetdicom import AE
 from sqlalchemy import create_engine, text
 
+from ichnode.node.scu import hold_responses_for_the_sender
+
 pytestmark = pytest.mark.slow
 
 ICHNODE = [sys.executable, "-m", "ichnode"]
@@ -176,7 +178,7 @@ def test_sigkill_while_a_study_arrives_loses_no_acknowledged_instance(tmp_path):
     def sender() -> None:
         ae = AE(ae_title="CRASHSCU")
         ae.add_requested_context(slices[0].SOPClassUID, slices[0].file_meta.TransferSyntaxUID)
-        assoc = ae.associate("127.0.0.1", port, ae_title="ICHNODE")
+        assoc = hold_responses_for_the_sender(ae.associate("127.0.0.1", port, ae_title="ICHNODE"))
         try:
             for ds in slices:
                 rsp = assoc.send_c_store(ds)

@@ -1,0 +1,52 @@
+"""The workers let the receivers go first: while instances keep arriving they wait for a
+pause in arrivals, for at most ``inference_defer`` seconds a busy spell, then score."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from ichnode.node.worker import ARRIVAL_QUIET, Worker
+
+
+def _worker(defer: float) -> Worker:
+    # The deferral needs only the wake-up event: no database, store or model is touched.
+    return Worker(None, None, None, defer_seconds=defer)  # type: ignore[arg-type]
+
+
+def _arrivals(wake: threading.Event, count: int, every: float) -> threading.Thread:
+    """Set ``wake`` ``count`` times, ``every`` seconds apart (a sender queueing instances)."""
+
+    def run() -> None:
+        for _ in range(count):
+            wake.set()
+            time.sleep(every)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_scoring_waits_for_a_pause_in_arrivals():
+    worker = _worker(defer=30.0)
+    sender = _arrivals(worker.wake, count=16, every=ARRIVAL_QUIET / 10)
+    worker.await_pause()
+    # It returned before its 30 s bound: only once the arrivals had stopped.
+    assert not sender.is_alive()
+
+
+def test_a_steady_stream_defers_scoring_only_once_per_busy_spell():
+    worker = _worker(defer=0.5)
+    stream = _arrivals(worker.wake, count=200, every=ARRIVAL_QUIET / 5)
+    worker.await_pause()  # the bound, not a pause, ended this wait
+    assert stream.is_alive()
+    began = worker._deferring_since
+    worker.await_pause()  # the spell's bound has passed: no second wait
+    assert worker._deferring_since == began and stream.is_alive()
+
+
+def test_no_deferral_when_it_is_off():
+    worker = _worker(defer=0.0)
+    worker.wake.set()
+    worker.await_pause()
+    assert worker._deferring_since is None
