@@ -186,7 +186,8 @@ def _queue_left(out: Path) -> int:
 
 def measure(kind: str, files: list[Path], runs: int, warmup: list[Path], parallel: int) -> dict:
     times, drains = [], []
-    inference = kind.startswith("ichnode") and kind != "ichnode-off"
+    off = kind == "ichnode-off" or ICHNODE_ENV.get(kind, {}).get("ICHNODE_WORKERS") == "0"
+    inference = kind.startswith("ichnode") and not off
     for _ in range(runs):
         out = Path(tempfile.mkdtemp(prefix=f"ingest-{kind}-"))
         port = free_port()

@@ -293,10 +293,10 @@ class Settings(BaseSettings):
     inference_defer: float = Field(
         3.0,
         ge=0,
-        description="While instances keep arriving, the workers wait for a pause in arrivals "
-        "(0.25 s) before scoring, for at most this many seconds per busy spell, so that "
-        "receiving goes first (0: score as they arrive). Study results wait stable_seconds "
-        "anyway.",
+        description="Before scoring a backlog the workers wait, while instances keep "
+        "arriving, for a pause in arrivals (0.25 s), at most this many seconds, so that "
+        "receiving goes first; then they score until the queue is empty (0: score as they "
+        "arrive). Study results wait stable_seconds anyway.",
     )
     batch_size: int = Field(16, ge=1, le=1024)
     lease_seconds: float = Field(120.0, gt=0)

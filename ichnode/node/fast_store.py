@@ -133,6 +133,21 @@ class FastStore:
         if dul.state_machine.current_state != _STA6 or dul.socket is None:
             self._original()
             return
+        # The association's reactor polls every millisecond for what this thread queues; while
+        # this thread answers the peer itself it queues nothing, so the reactor waits at its
+        # checkpoint (as it does for pynetdicom's own send_* methods) until control returns to
+        # pynetdicom's loop. Association.kill() sets the checkpoint too.
+        checkpoint = self.assoc._reactor_checkpoint
+        checkpoint.clear()
+        try:
+            self._read_pdus()
+        finally:
+            checkpoint.set()
+
+    def _read_pdus(self) -> None:
+        """:meth:`read_pdu`'s loop: PDUs as long as the fast path takes them and the next one
+        comes soon."""
+        dul = self.dul
         while True:
             pdu = self._read_one()
             if pdu is None:

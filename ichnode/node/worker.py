@@ -93,7 +93,7 @@ class Worker:
         self.idle_wait = idle_wait
         self._pool = ThreadPoolExecutor(max(1, decode_threads), thread_name_prefix="decode")
         self.defer_seconds = defer_seconds
-        self._deferring_since: float | None = None
+        self._draining = False  # scoring a backlog: no deferral until the queue is empty
         self._stop: threading.Event | None = None
         self.scored = 0
         self.failed = 0
@@ -196,7 +196,7 @@ class Worker:
             self.await_pause()
             if self.run_once():
                 return 0.0
-            self._deferring_since = None  # the queue is empty: the next arrivals defer again
+            self._draining = False  # the queue is empty: the next arrivals defer again
             return self.idle_wait
         except SQLAlchemyError:
             raise  # the loop logs it and retries
@@ -207,28 +207,27 @@ class Worker:
             return DB_RETRY_SECONDS
 
     def await_pause(self) -> None:
-        """Let the receivers go first: while instances keep arriving (``wake`` set again
-        within :data:`ARRIVAL_QUIET` seconds), wait, for at most ``defer_seconds`` since this
-        busy spell began; then score whatever is queued until the queue is empty.
+        """Let the receivers go first: before a backlog is scored, wait while instances keep
+        arriving (``wake`` set again within :data:`ARRIVAL_QUIET` seconds), for at most
+        ``defer_seconds``; then score until the queue is empty, without waiting again.
 
         On a host whose cores the receivers and the model share, scoring while a study
         arrives slows the receiving (docs/performance.md); the study result waits
         ``stable_seconds`` after the last instance anyway, so scoring the backlog once the
         sender pauses delays no result while it takes less than that.
         """
-        if self.defer_seconds <= 0:
+        if self.defer_seconds <= 0 or self._draining:
             return
         now = time.monotonic()
-        if self._deferring_since is None:
-            self._deferring_since = now
-        deadline = self._deferring_since + self.defer_seconds
+        deadline = now + self.defer_seconds
         while now < deadline:
             if self._stop is not None and self._stop.is_set():
-                return
+                break
             self.wake.clear()
             if not self.wake.wait(min(ARRIVAL_QUIET, deadline - now)):
-                return  # no instance queued for ARRIVAL_QUIET seconds: the sender paused
+                break  # no instance queued for ARRIVAL_QUIET seconds: the sender paused
             now = time.monotonic()
+        self._draining = True
 
     def run(self, stop: threading.Event) -> None:
         """Loop until ``stop`` is set; sleeps on ``wake`` when the queue is empty."""

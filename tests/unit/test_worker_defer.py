@@ -1,5 +1,6 @@
 """The workers let the receivers go first: while instances keep arriving they wait for a
-pause in arrivals, for at most ``inference_defer`` seconds a busy spell, then score."""
+pause in arrivals, for at most ``inference_defer`` seconds, then score the backlog until the
+queue is empty without waiting again."""
 
 from __future__ import annotations
 
@@ -32,21 +33,20 @@ def test_scoring_waits_for_a_pause_in_arrivals():
     sender = _arrivals(worker.wake, count=16, every=ARRIVAL_QUIET / 10)
     worker.await_pause()
     # It returned before its 30 s bound: only once the arrivals had stopped.
-    assert not sender.is_alive()
+    assert not sender.is_alive() and worker._draining
 
 
-def test_a_steady_stream_defers_scoring_only_once_per_busy_spell():
+def test_a_steady_stream_defers_scoring_once_until_the_queue_is_empty():
     worker = _worker(defer=0.5)
     stream = _arrivals(worker.wake, count=200, every=ARRIVAL_QUIET / 5)
     worker.await_pause()  # the bound, not a pause, ended this wait
+    assert stream.is_alive() and worker._draining
+    worker.await_pause()  # scoring the backlog: no second wait while instances still arrive
     assert stream.is_alive()
-    began = worker._deferring_since
-    worker.await_pause()  # the spell's bound has passed: no second wait
-    assert worker._deferring_since == began and stream.is_alive()
 
 
 def test_no_deferral_when_it_is_off():
     worker = _worker(defer=0.0)
     worker.wake.set()
     worker.await_pause()
-    assert worker._deferring_since is None
+    assert not worker._draining
