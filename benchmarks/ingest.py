@@ -6,8 +6,9 @@ defaults (inference on: one worker in its own process; one receiver process per 
 optionally also with one receiver process (``ichnode-1rx``: ``receivers = 1``), with the
 worker as a thread in the receiving process (``ichnode-thread``: ``receivers = 1``,
 ``inference_process = false``, the defaults before 2026-12-06), with the inference process
-at the receivers' CPU priority (``ichnode-nice0``: ``inference_nice = 0``) or with inference
-off (``ichnode-off``: ``--workers 0``, one receiver process).
+at the receivers' CPU priority (``ichnode-nice0``: ``inference_nice = 0``), with every
+message through pynetdicom's queues (``ichnode-queues``: ``fast_store = false``) or with
+inference off (``ichnode-off``: ``--workers 0``, one receiver process).
 ``--parallel 1,4`` measures each receiver with 1 and with 4 ``storescu`` processes, each
 sending its share of the files on its own association. The untimed warm-up is sent on 4
 associations to every receiver, so that each of ichnode's receiver processes is likely to

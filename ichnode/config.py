@@ -296,7 +296,8 @@ class Settings(BaseSettings):
         description="Before scoring a backlog the workers wait, while instances keep "
         "arriving, for a pause in arrivals (0.25 s), at most this many seconds, so that "
         "receiving goes first; then they score until the queue is empty (0: score as they "
-        "arrive). Study results wait stable_seconds anyway.",
+        "arrive). Study results wait stable_seconds anyway; where stable_seconds is shorter "
+        "than a study takes to score, set 0.",
     )
     batch_size: int = Field(16, ge=1, le=1024)
     lease_seconds: float = Field(120.0, gt=0)
