@@ -153,7 +153,7 @@ class FastStore:
             if pdu is None:
                 return
             if pdu[0] != _P_DATA_TF:
-                self._to_pynetdicom([pdu])
+                self._to_pynetdicom(pdu)
                 return
             if self._passing:
                 self._pass_through(pdu)  # counted by pynetdicom's EVT_DATA_RECV
@@ -222,17 +222,10 @@ class FastStore:
     def _take(self, pdu: bytearray) -> bool:
         """Add one P-DATA-TF's fragments to the message being assembled; answer the message
         when it is complete. False when the message is not the fast path's."""
-        view = memoryview(pdu)
-        offset, end = 6, len(pdu)
-        while offset < end:
-            if offset + 6 > end:
-                return False
-            item_length, context_id, control = struct.unpack_from(">LBB", pdu, offset)
-            start, stop = offset + 6, offset + 4 + item_length
-            if item_length < 2 or stop > end:
-                return False
-            offset = stop
-            fragment = view[start:stop]
+        items = _pdv_items(pdu)
+        if items is None:
+            return False
+        for n, (context_id, control, fragment) in enumerate(items, 1):
             if control & _COMMAND:
                 if self._request is not None:
                     return False  # a command while a data set was expected
@@ -247,7 +240,7 @@ class FastStore:
                     return False
                 self._data.append(fragment)
                 if control & _LAST:
-                    if offset != end:
+                    if n != len(items):
                         return False  # another message in the same PDU
                     self._answer()
                     return True
@@ -299,23 +292,22 @@ class FastStore:
 
     def _pass_through(self, pdu: bytearray) -> None:
         """Hand ``pdu`` to pynetdicom; stop passing once the message it belongs to ended."""
-        self._to_pynetdicom([pdu])
+        self._to_pynetdicom(pdu)
         if _ends_message(pdu, self._passing_command):
             self._passing = False
             self._passing_command = []
 
-    def _to_pynetdicom(self, pdus: list[bytearray]) -> None:
+    def _to_pynetdicom(self, pdu: bytearray) -> None:
         """What pynetdicom's own read does with a PDU it has read (``_read_pdu_data``)."""
         dul = self.dul
-        for pdu in pdus:
-            try:
-                decoded, event = dul._decode_pdu(pdu)
-            except Exception:  # noqa: BLE001 - as pynetdicom: an undecodable PDU is Evt19
-                log.error("unable to decode the received PDU data")
-                dul.event_queue.put("Evt19")
-                return
-            dul.event_queue.put(event)
-            dul._recv_pdu.put(decoded)
+        try:
+            decoded, event = dul._decode_pdu(pdu)
+        except Exception:  # noqa: BLE001 - as pynetdicom: an undecodable PDU is Evt19
+            log.error("unable to decode the received PDU data")
+            dul.event_queue.put("Evt19")
+            return
+        dul.event_queue.put(event)
+        dul._recv_pdu.put(decoded)
 
     def _reset(self) -> None:
         self._pdus, self._command, self._data, self._request = [], [], [], None
@@ -356,27 +348,42 @@ def _parse_command(raw: bytes) -> dict[int, bytes] | None:
     return out
 
 
+def _pdv_items(pdu: bytearray) -> list[tuple[int, int, memoryview]] | None:
+    """A P-DATA-TF's PDV items: (presentation context id, message control header, fragment);
+    None when an item's length does not fit the PDU."""
+    items = []
+    view = memoryview(pdu)
+    offset, end = 6, len(pdu)
+    while offset < end:
+        if offset + 6 > end:
+            return None
+        length, context_id, control = struct.unpack_from(">LBB", pdu, offset)
+        stop = offset + 4 + length
+        if length < 2 or stop > end:
+            return None
+        items.append((context_id, control, view[offset + 6 : stop]))
+        offset = stop
+    return items
+
+
 def _ends_message(pdu: bytearray, command: list[bytes]) -> bool:
     """True when ``pdu`` holds the last fragment of a message: its data set's, or its
-    command's when the command has no data set (``command`` gathers a split command)."""
-    offset, end = 6, len(pdu)
+    command's when the command has no data set (``command`` gathers a split command). A
+    malformed PDU ends it too (pynetdicom aborts the association on it)."""
+    items = _pdv_items(pdu)
+    if items is None:
+        return True
     ended = False
-    while offset + 6 <= end:
-        item_length, _, control = struct.unpack_from(">LBB", pdu, offset)
-        fragment = bytes(pdu[offset + 6 : offset + 4 + item_length])
-        offset += 4 + item_length
-        if not control & _LAST:
-            if control & _COMMAND:
-                command.append(fragment)
-            continue
+    for _, control, fragment in items:
         if not control & _COMMAND:
-            ended = True
+            ended = ended or bool(control & _LAST)
             continue
-        command.append(fragment)
-        parsed = _parse_command(b"".join(command))
-        command.clear()
-        if parsed is None or _uint16(parsed.get(_DATA_SET_TYPE)) in (None, NO_DATA_SET):
-            ended = True
+        command.append(bytes(fragment))
+        if control & _LAST:
+            parsed = _parse_command(b"".join(command))
+            command.clear()
+            if parsed is None or _uint16(parsed.get(_DATA_SET_TYPE)) in (None, NO_DATA_SET):
+                ended = True
     return ended
 
 
