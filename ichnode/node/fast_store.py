@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import pynetdicom
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pynetdicom.association import Association
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
@@ -115,9 +116,15 @@ class FastStore:
         self._passing = False
         self._passing_command: list[bytes] = []
 
-    def install(self) -> None:
-        """Read this association's PDUs through :meth:`read_pdu`."""
+    def install(self) -> bool:
+        """Read this association's PDUs through :meth:`read_pdu`; False (pynetdicom's path
+        for every message) when this pynetdicom lacks an internal the fast path uses."""
+        missing = _missing_internals(self.assoc)
+        if missing:
+            _warn_once(f"pynetdicom {pynetdicom.__version__} lacks {', '.join(missing)}")
+            return False
         self.dul._read_pdu_data = self.read_pdu  # type: ignore[method-assign]
+        return True
 
     # ------------------------------------------------------------------ reading
 
@@ -311,6 +318,36 @@ class FastStore:
 
     def _reset(self) -> None:
         self._pdus, self._command, self._data, self._request = [], [], [], None
+
+
+#: pynetdicom internals the fast path reads or replaces (pynetdicom 3.0), by owner.
+DUL_INTERNALS = (
+    "_read_pdu_data",
+    "_decode_pdu",
+    "_recv_pdu",
+    "_idle_timer",
+    "_kill_thread",
+    "event_queue",
+    "to_provider_queue",
+    "state_machine",
+    "socket",
+)
+ASSOCIATION_INTERNALS = ("_accepted_cx", "_reactor_checkpoint", "requestor")
+_warned: set[str] = set()
+
+
+def _missing_internals(assoc: Association) -> list[str]:
+    """The internals of :data:`DUL_INTERNALS` and :data:`ASSOCIATION_INTERNALS` that
+    ``assoc`` (and its DUL) lack: a pynetdicom release that renamed one gets no fast path."""
+    dul = getattr(assoc, "dul", None)
+    missing = [f"DULServiceProvider.{n}" for n in DUL_INTERNALS if not hasattr(dul, n)]
+    return missing + [f"Association.{n}" for n in ASSOCIATION_INTERNALS if not hasattr(assoc, n)]
+
+
+def _warn_once(why: str) -> None:
+    if why not in _warned:
+        _warned.add(why)
+        log.warning("C-STORE fast path off: %s; pynetdicom's own path answers", why)
 
 
 def encode_response(command: dict[int, bytes], status: int) -> bytes:

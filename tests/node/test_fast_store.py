@@ -21,6 +21,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from sqlalchemy import select
 
 from ichnode.db.models import Instance
+from ichnode.node import fast_store
 from ichnode.node.scp import StorageSCP
 from ichnode.node.scu import hold_responses_for_the_sender
 from ichnode.node.statuses import SUCCESS
@@ -141,3 +142,15 @@ def test_a_data_set_fragment_without_its_command_goes_to_pynetdicom(scp_factory,
     assert fast_calls == [] and _stored(node) == {}
     assert send(node.settings.port, study(1, size=32)) == [SUCCESS]
     assert len(fast_calls) == 1
+
+
+def test_a_pynetdicom_without_the_internals_gets_pynetdicoms_path(
+    scp_factory, fast_calls, monkeypatch, caplog
+):
+    """A pynetdicom release that renamed an internal the fast path uses: no fast path, one
+    warning, every C-STORE still answered."""
+    monkeypatch.setattr(fast_store, "ASSOCIATION_INTERNALS", ("_renamed_in_a_later_release",))
+    node = scp_factory()
+    assert send(node.settings.port, study(2, size=32)) == [SUCCESS, SUCCESS]
+    assert fast_calls == [] and len(_stored(node)) == 2
+    assert "fast path off" in caplog.text and "_renamed_in_a_later_release" in caplog.text
