@@ -294,10 +294,9 @@ class Settings(BaseSettings):
         3.0,
         ge=0,
         description="Before scoring a backlog the workers wait, while instances keep "
-        "arriving, for a pause in arrivals (0.25 s), at most this many seconds, so that "
-        "receiving goes first; then they score until the queue is empty (0: score as they "
-        "arrive). Study results wait stable_seconds anyway; where stable_seconds is shorter "
-        "than a study takes to score, set 0.",
+        "arriving, for a pause in arrivals (0.25 s), at most this many seconds and at most "
+        "half of stable_seconds, so that receiving goes first; then they score until the "
+        "queue is empty (0: score as they arrive).",
     )
     batch_size: int = Field(16, ge=1, le=1024)
     lease_seconds: float = Field(120.0, gt=0)

@@ -43,6 +43,14 @@ def default_worker_id(role: str = "worker", index: int | None = None) -> str:
     return f"{socket.gethostname()}:{role}:{os.getpid()}{suffix}"
 
 
+def defer_seconds(settings: Settings) -> float:
+    """How long a worker waits for a pause in arrivals before scoring a backlog:
+    ``inference_defer``, and at most half of ``stable_seconds``, so that a node set up for
+    quick results (a short ``stable_seconds``) does not leave its slices unscored until the
+    study is stable."""
+    return min(settings.inference_defer, settings.stable_seconds / 2)
+
+
 class Worker:
     """Scores queued instances with one :class:`~ichnode.inference.Predictor`."""
 
@@ -66,7 +74,7 @@ class Worker:
             lease_seconds=settings.lease_seconds,
             worker_id=worker_id,
             wake=wake,
-            defer_seconds=settings.inference_defer,
+            defer_seconds=defer_seconds(settings),
         )
 
     def __init__(

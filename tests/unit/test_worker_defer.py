@@ -7,7 +7,8 @@ from __future__ import annotations
 import threading
 import time
 
-from ichnode.node.worker import ARRIVAL_QUIET, Worker
+from ichnode.config import Settings
+from ichnode.node.worker import ARRIVAL_QUIET, Worker, defer_seconds
 
 
 def _worker(defer: float) -> Worker:
@@ -50,3 +51,9 @@ def test_no_deferral_when_it_is_off():
     worker.wake.set()
     worker.await_pause()
     assert not worker._draining
+
+
+def test_the_deferral_is_at_most_half_the_stable_window():
+    assert defer_seconds(Settings(inference_defer=3.0, stable_seconds=10.0)) == 3.0
+    assert defer_seconds(Settings(inference_defer=3.0, stable_seconds=1.0)) == 0.5
+    assert defer_seconds(Settings(inference_defer=0.0, stable_seconds=10.0)) == 0.0
