@@ -27,7 +27,7 @@ from sqlalchemy.orm import sessionmaker
 
 from ichnode import audit
 from ichnode.config import Settings
-from ichnode.node.transport import GuardedServer
+from ichnode.node.transport import P_DATA_TF, GuardedServer
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 #: could exhaust RAM. Up to it, an instance over ``max_instance_bytes`` still gets 0xA700.
 RECEIVE_CAP_FACTOR = 2
 RECEIVE_CAP_SLACK = 1 << 20
-_P_DATA_TF = 0x04
 
 # A-ASSOCIATE-RJ (PS3.8 9.3.4): result, source, reason/diagnostic.
 REJECTED_PERMANENT = 0x01
@@ -155,7 +154,7 @@ class Associations:
     def _on_data(self, event: evt.Event) -> None:
         """pynetdicom's ``EVT_DATA_RECV``: :meth:`data_received` for every PDU it reads."""
         data = event.data
-        if data and data[0] == _P_DATA_TF:
+        if data and data[0] == P_DATA_TF:
             self.data_received(event.assoc, len(data))
 
     def data_received(self, assoc: Association, nbytes: int) -> bool:

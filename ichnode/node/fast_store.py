@@ -42,6 +42,8 @@ from pynetdicom.association import Association
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from pynetdicom.dul import DULServiceProvider
 
+from ichnode.node.transport import P_DATA_TF, PDU_TYPES
+
 log = logging.getLogger(__name__)
 
 #: PDV message control header bits (PS3.8 E.2).
@@ -57,7 +59,6 @@ _DATA_SET_TYPE = 0x0800
 _AFFECTED_SOP_INSTANCE = 0x1000
 #: A response must fit in one PDU of the peer's maximum length (0: no limit).
 _SMALLEST_PEER_PDU = 1024
-_P_DATA_TF = 0x04
 _STA6 = "Sta6"
 #: Seconds the fast path waits for the peer's next PDU before handing the thread back to
 #: pynetdicom's loop, in slices of POLL_SLICE (between them it checks for other work).
@@ -159,7 +160,7 @@ class FastStore:
             pdu = self._read_one()
             if pdu is None:
                 return
-            if pdu[0] != _P_DATA_TF:
+            if pdu[0] != P_DATA_TF:
                 self._to_pynetdicom(pdu)
                 return
             if self._passing:
@@ -190,7 +191,7 @@ class FastStore:
                 dul.event_queue.put("Evt17")  # closed, or refused by the PDU cap
                 return None
             pdu_type, _, length = struct.unpack(">BBL", header)
-            if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+            if pdu_type not in PDU_TYPES:
                 log.error("unknown PDU type received 0x%02X", pdu_type)
                 dul.event_queue.put("Evt19")
                 return None
@@ -284,7 +285,7 @@ class FastStore:
         response = encode_response(command, status)
         pdv = struct.pack(">LBB", len(response) + 2, context_id, _COMMAND | _LAST) + response
         if self.dul.socket is not None:
-            self.dul.socket.send(struct.pack(">BBL", _P_DATA_TF, 0, len(pdv)) + pdv)
+            self.dul.socket.send(struct.pack(">BBL", P_DATA_TF, 0, len(pdv)) + pdv)
 
     # ------------------------------------------------------------------ standing aside
 

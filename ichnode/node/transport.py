@@ -28,6 +28,16 @@ log = logging.getLogger(__name__)
 #: PDU types (PS3.8 9.3.1).
 A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, P_DATA_TF = 0x01, 0x02, 0x03, 0x04
 A_RELEASE_RQ, A_RELEASE_RP, A_ABORT = 0x05, 0x06, 0x07
+#: Every PDU type a peer may send; any other is an invalid PDU.
+PDU_TYPES = (
+    A_ASSOCIATE_RQ,
+    A_ASSOCIATE_AC,
+    A_ASSOCIATE_RJ,
+    P_DATA_TF,
+    A_RELEASE_RQ,
+    A_RELEASE_RP,
+    A_ABORT,
+)
 #: Largest A-ASSOCIATE-RQ/AC we read: 128 presentation contexts with a dozen transfer
 #: syntaxes each, user identity and extended negotiation fit many times over.
 MAX_ASSOCIATE_PDU = 1 << 20
