@@ -57,7 +57,6 @@ RECEIVERS = (
     "ichnode-off",
     "ichnode-nice0",
     "ichnode-queues",
-    "ichnode-single",
 )
 #: Associations the warm-up is sent on.
 WARMUP_ASSOCIATIONS = 4
@@ -69,7 +68,6 @@ ICHNODE_ENV = {
     "ichnode-off": {"ICHNODE_RECEIVERS": "1"},
     "ichnode-nice0": {"ICHNODE_INFERENCE_NICE": "0"},
     "ichnode-queues": {"ICHNODE_FAST_STORE": "false"},
-    "ichnode-single": {"ICHNODE_GROUP_COMMIT": "false"},
 }
 
 

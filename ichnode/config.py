@@ -245,12 +245,6 @@ class Settings(BaseSettings):
         "through pynetdicom's message queues (node.fast_store); false = pynetdicom's path "
         "for every message.",
     )
-    group_commit: bool = Field(
-        True,
-        description="On SQLite, instances received at the same moment on several "
-        "associations are committed in one transaction (db.group_commit); each Success still "
-        "waits for its own row's commit. False: one commit per instance.",
-    )
     accept_other_objects: bool = Field(
         True, description="Accept non-CT storage objects (recorded as skipped) instead of failing."
     )

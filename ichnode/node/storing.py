@@ -14,12 +14,11 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from ichnode.config import Settings
 from ichnode.db import ingest
 from ichnode.db.engine import error_reason, sqlite_file
-from ichnode.db.group_commit import GroupCommit, GroupFailed
 from ichnode.db.models import InstanceStatus
 from ichnode.db.write_turn import WriteTurns
 from ichnode.node.intake import Admitted, Refusal
@@ -44,12 +43,6 @@ class Keeper:
         # sqlite_file is None for PostgreSQL and in-memory databases: no turns there.
         bind = sessions.kw.get("bind")
         self.turns = WriteTurns(sqlite_file(bind.url) if bind is not None else None)
-        # Group commit where the receivers take turns (SQLite); PostgreSQL groups commits itself.
-        self.commits = (
-            GroupCommit(sessions, self.turns, on_rollback=self.known_ids.clear)
-            if settings.group_commit and self.turns.path is not None
-            else None
-        )
 
     def keep(
         self, admitted: Admitted, parts: Sequence[bytes], now: datetime
@@ -65,7 +58,6 @@ class Keeper:
             known_ids=self.known_ids,
             now=now,
             turns=self.turns,
-            commits=self.commits,
         )
 
 
@@ -80,13 +72,11 @@ def keep(
     known_ids: ingest.KnownIds,
     now: datetime,
     turns: WriteTurns | None = None,
-    commits: GroupCommit | None = None,
 ) -> InstanceStatus | None:
     """Write the file (CT only: ``parts`` joined are the Part 10 file, at most
     ``max_instance_bytes``) and the row; returns the row's status (None: a repeat, the first
     copy kept). Raises :class:`Refusal` (0xA700) when either cannot be made durable.
-    ``turns``: the receivers' turns at SQLite's write lock (:mod:`ichnode.db.write_turn`);
-    ``commits``: their group commit (:mod:`ichnode.db.group_commit`), None to commit alone."""
+    ``turns``: the receivers' turns at SQLite's write lock (:mod:`ichnode.db.write_turn`)."""
     turns = turns or WriteTurns(None)
     received = admitted.received
     study_uid, series_uid, sop_uid = admitted.uids
@@ -108,18 +98,6 @@ def keep(
                 relative = store.relative_path(study_uid, series_uid, sop_uid)
                 received.size_bytes = store.write(relative, list(parts))
                 received.path = relative
-            if commits is not None:
-                session.rollback()  # end the duplicate check's read; the group has its own
-
-                def record(shared: Session) -> InstanceStatus:
-                    return ingest.record_instance(
-                        shared, received, skip_duplicate_positions, known_ids
-                    ).status
-
-                try:
-                    return commits.run(record)
-                except GroupFailed:
-                    pass  # rolled back with its group: committed alone below
             committing = False
             try:
                 with turns.turn():
