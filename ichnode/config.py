@@ -231,9 +231,9 @@ class Settings(BaseSettings):
     receivers: int = Field(
         0,
         ge=0,
-        description="DICOM receiver processes `serve` runs on the one port (SO_REUSEPORT); "
-        "0 = one per core, 1 = the node's own process only. Association limits count per "
-        "receiver.",
+        description="DICOM receiver processes `serve` runs on its one listening socket "
+        "(new associations go to the least busy); 0 = one per core, 1 = the node's own "
+        "process only. Association limits count per receiver.",
     )
     #: Association requests one peer address may make per minute (0: no limit); more are
     #: rejected as temporary congestion, so a looping or hostile sender cannot flood the node.

@@ -1,14 +1,16 @@
 """``ichnode serve``'s DICOM receivers on every core: more processes on the one port.
 
 One Python process receives with one GIL: pynetdicom's PDU reads, the header read and the
-statements of each C-STORE run on one core however many associations arrive. With
-``receivers = N`` (default: the core count) ``serve`` runs N-1 receiver processes beside the
-node's own SCP, all listening on the same port with ``SO_REUSEPORT``, so the kernel spreads
-new connections over them. Each receiver is only the SCP (:class:`~ichnode.node.scp.
-StorageSCP`): its own database engine and store, the same checks, the same durable write and
-commit before Success. The web, the monitor, the reporter, the outbox, the notifier and the
-inference workers run once, in the node. A receiver wakes the inference process when it queues
-an instance (worker threads in the node's process: through a relay thread there).
+statements of each C-STORE run on one core however many associations arrive. With ``receivers =
+N`` (default: the core count) ``serve`` runs N-1 receiver processes beside the node's own SCP,
+all accepting on one listening socket the node bound
+(:class:`~ichnode.node.transport.SharedListener`): a new connection goes to whichever process
+accepts it first, the one with a free moment, so parallel associations spread by load. Each
+receiver is only the SCP (:class:`~ichnode.node.scp.StorageSCP`): its own database engine and
+store, the same checks, the same durable write and commit before Success. The web, the monitor,
+the reporter, the outbox, the notifier and the inference workers run once, in the node. A
+receiver wakes the inference process when it queues an instance (worker threads in the node's
+process: through a relay thread there).
 
 Per-process state: association limits (``max_associations`` and the per-minute limit) are
 counted by each receiver, so the node as a whole accepts up to N times as many; the audit
@@ -21,28 +23,18 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from multiprocessing.synchronize import Event as ProcessEvent
 
 from ichnode.config import Settings
 from ichnode.node.supervise import CONTEXT, Supervised, Wakeup, child_stop, wait_until
+from ichnode.node.transport import SharedListener
 
 log = logging.getLogger(__name__)
 
 
-def can_share_port() -> bool:
-    """True where several sockets may listen on one port (``SO_REUSEPORT``: Linux, BSDs)."""
-    return hasattr(socket, "SO_REUSEPORT")
-
-
 def receiver_count(settings: Settings) -> int:
-    """How many processes receive: ``settings.receivers`` (0: one per core), 1 without
-    ``SO_REUSEPORT``."""
-    wanted = settings.receivers or os.cpu_count() or 1
-    if wanted > 1 and not can_share_port():
-        log.warning("receivers = %d: this platform cannot share a port; receiving in one", wanted)
-        return 1
-    return wanted
+    """How many processes receive: ``settings.receivers`` (0: one per core)."""
+    return settings.receivers or os.cpu_count() or 1
 
 
 #: Seconds :meth:`Receivers.start` waits for every receiver to listen.
@@ -52,11 +44,13 @@ START_TIMEOUT = 120.0
 def run_receiver(
     settings: Settings,
     wake: Wakeup | None,
+    listener: SharedListener,
     listening: ProcessEvent,
     parent_pid: int,
 ) -> None:
-    """A receiver process's body: the SCP alone on the shared port until told to stop; sets
-    ``listening`` once it accepts associations (only the node waits on it)."""
+    """A receiver process's body: the SCP alone on the node's listening socket ``listener`` until
+    told to stop; sets ``listening`` once it accepts associations (only the node waits on
+    it)."""
     stop = child_stop(parent_pid)
     from ichnode.db.session import open_database
     from ichnode.node.scp import StorageSCP
@@ -69,7 +63,8 @@ def run_receiver(
     store = Store(settings.store, settings.min_free_bytes)
     engine, sessions = open_database(settings, create=False)
     scp = StorageSCP(settings, store, sessions, on_stored=wake.set if wake is not None else None)
-    scp.start(ReloadingContext(settings.tls) if settings.tls.enabled else None, share_port=True)
+    listener.adopt()
+    scp.start(ReloadingContext(settings.tls) if settings.tls.enabled else None, listening=listener)
     listening.set()
     log.info("receiver process %d listening on %s:%d", os.getpid(), settings.bind, settings.port)
     wait_until(stop)
@@ -78,13 +73,21 @@ def run_receiver(
 
 
 class Receivers:
-    """The node's extra receiver processes (``count`` of them), each restarted if it dies."""
+    """The node's extra receiver processes (``count`` of them) on its listening socket
+    ``listener`` (slot 0 is the node's own), each restarted if it dies."""
 
-    def __init__(self, settings: Settings, count: int, wake: Wakeup | None) -> None:
+    def __init__(
+        self, settings: Settings, count: int, wake: Wakeup | None, listener: SharedListener
+    ) -> None:
         self.listening = [CONTEXT.Event() for _ in range(count)]
+        self.listeners = [listener.for_process(i + 1) for i in range(count)]
         self.children = [
-            Supervised(f"ichnode-receiver-{i + 1}", run_receiver, (settings, wake, listening))
-            for i, listening in enumerate(self.listening)
+            Supervised(
+                f"ichnode-receiver-{i + 1}",
+                run_receiver,
+                (settings, wake, mine, listening),
+            )
+            for i, (mine, listening) in enumerate(zip(self.listeners, self.listening, strict=True))
         ]
 
     def start(self) -> None:
@@ -103,3 +106,5 @@ class Receivers:
             child.request_stop()
         for child in self.children:
             child.join()
+        for listener in self.listeners:
+            listener.close()

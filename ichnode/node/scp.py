@@ -62,7 +62,7 @@ from ichnode.node.statuses import (  # noqa: F401 - the statuses, importable fro
     SUCCESS,
 )
 from ichnode.node.tls import ReloadingContext
-from ichnode.node.transport import GuardedServer, SharedPortServer, start_server
+from ichnode.node.transport import GuardedServer, SharedListener, start_server
 from ichnode.store import Store, uid_hash
 
 log = logging.getLogger(__name__)
@@ -129,12 +129,14 @@ class StorageSCP:
         """Bytes of one message past which the association is cut off."""
         return self.associations.receive_cap()
 
-    def start(self, tls: ReloadingContext | None = None, share_port: bool = False) -> GuardedServer:
+    def start(
+        self, tls: ReloadingContext | None = None, listening: SharedListener | None = None
+    ) -> GuardedServer:
         """Start listening in background threads; returns the (pynetdicom) server.
 
         ``tls``: the listening port's TLS context, which follows its files (None: no TLS).
-        ``share_port``: listen with ``SO_REUSEPORT``, beside the node's other receiver
-        processes (:mod:`ichnode.node.receivers`).
+        ``listening``: accept on this socket, shared with the node's other receiver processes
+        (:class:`~ichnode.node.transport.SharedListener`), instead of binding bind:port.
         """
         s = self.settings
         server = cast(
@@ -143,7 +145,8 @@ class StorageSCP:
                 (s.bind, s.port),
                 evt_handlers=self.handlers(),
                 ssl_context=tls.current() if tls else None,
-                server_class=SharedPortServer if share_port else GuardedServer,
+                server_class=GuardedServer,
+                listening=listening,
             ),
         )
         server.tls = tls

@@ -34,8 +34,9 @@ from ichnode.node.reload import ModelWatcher
 from ichnode.node.reporting import Reporter
 from ichnode.node.scp import StorageSCP
 from ichnode.node.stow import StowReceiver
-from ichnode.node.supervise import ChildHealth, Wakeup
+from ichnode.node.supervise import CONTEXT, ChildHealth, Wakeup
 from ichnode.node.tls import ReloadingContext
+from ichnode.node.transport import SharedListener
 from ichnode.node.worker import Worker
 from ichnode.report.saliency import SaliencyModel
 from ichnode.store import Store
@@ -129,18 +130,21 @@ class Node:
         self.scp = StorageSCP(s, self.store, self.sessions, on_stored=self._on_stored)
         self.stow = StowReceiver(s, self.store, self.sessions, on_stored=self._on_stored)
         try:
-            self.scp.start(tls, share_port=receiving > 1)
+            listening = (
+                SharedListener.bind(s.bind, s.port, receiving, CONTEXT) if receiving > 1 else None
+            )
+            self.scp.start(tls, listening=listening)
         except OSError as exc:
             self.stop()
             raise ConfigError(
                 f"cannot listen on {s.bind}:{s.port} (settings bind and port): "
                 f"{exc.strerror or exc}"
             ) from None
-        if receiving > 1:
+        if listening is not None:
             wake = self.inference.wake if self.inference is not None else Wakeup()
             if self.inference is None:  # worker threads here: pass the receivers' wake-ups on
                 self._spawn(partial(self._relay, wake), "receiver-wake")
-            self.receivers = Receivers(s, receiving - 1, wake)
+            self.receivers = Receivers(s, receiving - 1, wake, listening)
             self.receivers.start()
         ready = (
             f"ichnode ready: AE {s.ae_title} on {s.bind}:{s.port}"

@@ -15,6 +15,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +49,9 @@ MAX_SHORT_PDU = 1 << 10
 ABORT_INVALID_PARAMETER = struct.pack(">BBLBBBB", A_ABORT, 0, 4, 0, 0, 2, 6)
 #: When ``max_pdu`` is 0 (unlimited), a P-DATA-TF body may be as large as this.
 UNLIMITED_P_DATA = 1 << 28
+#: On a listening socket shared by receiver processes, a process that holds more connections
+#: than another waits this long before it accepts, so that the less busy one takes it.
+ACCEPT_DEFER = 0.05
 
 
 def pdu_limits(max_pdu: int) -> dict[int, int]:
@@ -184,19 +188,42 @@ class GuardedServer(ThreadedAssociationServer):
     #: Installs the C-STORE fast path in a new association (:mod:`ichnode.node.fast_store`).
     fast_store: Callable[[Association], None] | None = None
     tls: ReloadingContext | None = None
-    #: Listen with ``SO_REUSEPORT``: other receiver processes listen on the same port.
-    reuse_port: bool = False
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, listening: SharedListener | None = None, **kwargs: Any) -> None:
+        #: The listening socket shared with the node's other receiver processes, accepted on
+        #: instead of binding the address.
+        self.listening = listening
+        self._pending = 0  # connections accepted that are not yet associations
+        self._pending_lock = threading.Lock()
         kwargs.setdefault("request_handler", GuardedRequestHandler)
         super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
-        if self.reuse_port:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        if self.listening is None:
+            super().server_bind()
+            return
+        self.socket.close()
+        self.socket = self.listening.sock
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self.listening is None:
+            super().server_activate()
+
+    def server_close(self) -> None:
+        if self.listening is None:
+            super().server_close()
+        else:  # no shutdown(): it would stop the other processes' listening too
+            self.socket.close()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        if self.listening is not None:
+            self.listening.publish(self._load())
+            if self.listening.busier():
+                # Every process's accept loop woke for this connection: let a less busy one
+                # take it (the loser's accept raises BlockingIOError, which socketserver
+                # ignores).
+                time.sleep(ACCEPT_DEFER)
         client, address = self.socket.accept()
         client.settimeout(self.io_timeout)
         if self.tls is not None:
@@ -205,9 +232,26 @@ class GuardedServer(ThreadedAssociationServer):
             client = self.ssl_context.wrap_socket(
                 client, server_side=True, do_handshake_on_connect=False
             )
+        self._count_pending(+1)
         return client, address
 
+    def _load(self) -> int:
+        """Connections this process holds: associations and those on their way to be one."""
+        return self._pending + len(self.active_associations)
+
+    def _count_pending(self, change: int) -> None:
+        with self._pending_lock:
+            self._pending += change
+        if self.listening is not None:
+            self.listening.publish(self._load())
+
     def process_request_thread(self, request: socket.socket, client_address: object) -> None:
+        try:
+            self._serve_connection(request, client_address)
+        finally:
+            self._count_pending(-1)  # an association now, or dropped
+
+    def _serve_connection(self, request: socket.socket, client_address: object) -> None:
         if isinstance(request, ssl.SSLSocket):
             try:
                 request.do_handshake()
@@ -251,10 +295,62 @@ class GuardedServer(ThreadedAssociationServer):
         return None if first else "closed without sending anything"
 
 
-class SharedPortServer(GuardedServer):
-    """A :class:`GuardedServer` whose port the node's other receiver processes share."""
+class SharedListener:
+    """A listening socket shared by the node's receiver processes, and how many connections
+    each of them holds open (``loads``, shared memory; this process's is ``loads[slot]``).
 
-    reuse_port = True
+    Non-blocking, so that when a connection wakes every process's accept loop, those that lose
+    the race to accept it go back to waiting; a process holding more connections than another
+    lets that one go first (:data:`ACCEPT_DEFER`), so parallel associations spread by load
+    rather than by a hash of their ports (``SO_REUSEPORT``'s way). Every process must keep the
+    socket non-blocking: the flag belongs to the socket, not to one process's descriptor.
+    """
+
+    def __init__(self, sock: socket.socket, loads: Any, slot: int = 0) -> None:
+        self.sock = sock
+        self.loads = loads
+        self.slot = slot
+
+    @classmethod
+    def bind(cls, bind: str, port: int, processes: int, context: Any) -> SharedListener:
+        """Listen on ``bind:port`` for ``processes`` processes (``context``: the
+        multiprocessing context that starts them)."""
+        family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+        sock = socket.create_server(
+            (bind, port), family=family, backlog=GuardedServer.request_queue_size
+        )
+        sock.setblocking(False)
+        return cls(sock, context.RawArray("i", processes))
+
+    def for_process(self, slot: int) -> SharedListener:
+        """The same socket (a descriptor of its own, which outlives this process's server,
+        for restarts; :meth:`close` it) and loads, as seen by process ``slot``."""
+        return SharedListener(self.sock.dup(), self.loads, slot)
+
+    def close(self) -> None:
+        """Close this descriptor of the socket (the others keep listening)."""
+        self.sock.close()
+
+    def adopt(self) -> None:
+        """In a process that starts on this (pickled to it): keep the socket non-blocking;
+        nothing open here yet (a receiver that died may have left its count behind)."""
+        self.sock.setblocking(False)
+        self.loads[self.slot] = 0
+
+    def busier(self) -> bool:
+        """Whether this process holds more connections than another one."""
+        return self.loads[self.slot] > min(self.loads)
+
+    def publish(self, load: int) -> None:
+        """This process holds ``load`` connections now (each process publishes its own, when
+        a connection arrives and when one becomes an association)."""
+        self.loads[self.slot] = load
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"sock": self.sock, "loads": self.loads, "slot": self.slot}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["sock"], state["loads"], state["slot"])  # type: ignore[misc]
 
 
 def start_server(server: GuardedServer) -> threading.Thread:

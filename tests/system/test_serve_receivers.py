@@ -15,13 +15,9 @@ import pytest
 from dicom_client import send
 from helpers import free_port, port_in_use, study, wait_for
 
-from ichnode.node.receivers import can_share_port
 from ichnode.node.statuses import SUCCESS
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not can_share_port(), reason="needs SO_REUSEPORT"),
-]
+pytestmark = [pytest.mark.slow]
 
 
 def _gone(pid: int) -> bool:
