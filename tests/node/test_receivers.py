@@ -103,12 +103,15 @@ def test_associations_held_open_are_spread_evenly_over_the_receivers(two_receive
             assert assoc.is_established
             held.append(assoc)
             assert wait_for(lambda opened=opened: sum(loads) == opened)
+            if opened == 1:  # the receiver first: the node's process runs the web and the rest
+                assert list(loads) == [0, 1]
         # Left to chance (SO_REUSEPORT's hash of the ports) 2 + 2 came up 3 times in 8.
         assert sorted(loads) == [2, 2]
         assert all(int(a.send_c_echo().Status) == SUCCESS for a in held)
     finally:
         for assoc in held:
             assoc.release()
+    assert wait_for(lambda: sum(loads) == 0)  # each process counts its closed associations
 
 
 def test_the_receiver_process_alone_stores_and_wakes_the_inference_process(two_receivers):
