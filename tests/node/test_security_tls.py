@@ -147,6 +147,34 @@ def test_pynetdicom_with_a_client_certificate_stores_over_tls(scp_factory, pki):
     assoc.release()
 
 
+@pytest.mark.slow
+def test_both_receiver_processes_store_over_tls(node_factory, pki):
+    """Two receiver processes on one listening socket: each wraps what it accepts in TLS."""
+    node = _tls_node(node_factory, pki, receiving=2, inference_process=True)
+    loads = node.scp.server.listening.loads
+    slices = study(2, size=32)
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(CTImageStorage, slices[0].file_meta.TransferSyntaxUID)
+    held = []
+    try:
+        for opened in (1, 2):  # the first to the receiver, the second to the node's process
+            assoc = ae.associate(
+                "127.0.0.1",
+                node.settings.port,
+                ae_title="ICHNODE",
+                tls_args=(_client_context(pki), "localhost"),
+            )
+            assert assoc.is_established
+            held.append(hold_responses_for_the_sender(assoc))
+            assert wait_for(lambda opened=opened: sum(loads) == opened)
+        assert list(loads) == [1, 1]
+        answers = [a.send_c_store(ds) for a, ds in zip(held, slices, strict=True)]
+        assert [int(answer.Status) for answer in answers] == [SUCCESS] * 2
+    finally:
+        for assoc in held:
+            assoc.release()
+
+
 def test_plain_connection_to_the_tls_port_is_refused(scp_factory, pki, tmp_path):
     node = _tls_node(scp_factory, pki)
     assert not _tls_echo(node.settings.port, None)
