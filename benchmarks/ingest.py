@@ -3,22 +3,27 @@
 Receivers: DCMTK ``storescp`` writing files, Orthanc (its defaults, loopback only, temporary
 storage), pynetdicom's bundled ``storescp`` app writing files, and ``ichnode serve`` with its
 defaults (inference on: one worker in its own process; one receiver process per core),
-optionally also with one receiver process (``ichnode-1rx``: ``receivers = 1``), with the
-worker as a thread in the receiving process (``ichnode-thread``: ``receivers = 1``,
-``inference_process = false``, the defaults before 2026-12-06), with the inference process
-at the receivers' CPU priority (``ichnode-nice0``: ``inference_nice = 0``), with every
-message through pynetdicom's queues (``ichnode-queues``: ``fast_store = false``) or with
-inference off (``ichnode-off``: ``--workers 0``, one receiver process).
-``--parallel 1,4`` measures each receiver with 1 and with 4 ``storescu`` processes, each
-sending its share of the files on its own association. The untimed warm-up is sent on 4
-associations to every receiver, so that each of ichnode's receiver processes is likely to
-have received before the timed run (the kernel picks the process per connection). Median of
-``--runs`` runs each (interleaved: every receiver's first run, then every second run in the
-reverse order, ...), printed as instances/s, MB/s and the ratios ichnode/Orthanc and
-ichnode/storescp measured in the same run. DCMTK runs with TCP_NODELAY=1.
+optionally also with one receiver process (``ichnode-1rx``: ``receivers = 1``), with the worker
+as a thread in the receiving process (``ichnode-thread``: ``receivers = 1``,
+``inference_process = false``, the defaults before 2026-12-06), with the inference process at
+the receivers' CPU priority (``ichnode-nice0``: ``inference_nice = 0``), with every message
+through pynetdicom's queues (``ichnode-queues``: ``fast_store = false``) or with inference off
+(``ichnode-off``: ``--workers 0``, one receiver process). ``--baseline DIR`` adds
+``ichnode-baseline``: ``serve`` with its defaults run from the source tree DIR (e.g. a ``git
+worktree`` of an older commit, put first on ``PYTHONPATH``), so a change is measured against
+the code before it in the same run. ``--parallel 1,4`` measures each receiver with 1 and with 4
+``storescu`` processes, each sending its share of the files on its own association. The untimed
+warm-up is sent on 4 associations to every receiver, so that each of ichnode's receiver
+processes is likely to have received before the timed run. Median of ``--runs`` runs each
+(interleaved: every receiver's first run, then every second run in the reverse order, ...),
+printed as instances/s, MB/s and the ratios ichnode/Orthanc and ichnode/storescp measured in
+the same run. DCMTK runs with TCP_NODELAY=1.
 
     python benchmarks/ingest.py --slices 400 --runs 2 --parallel 1,4 \
         --receivers dcmtk,orthanc,ichnode,ichnode-1rx
+    git worktree add /tmp/before HEAD~1
+    python benchmarks/ingest.py --parallel 1,4 --runs 5 --receivers orthanc,ichnode \
+        --baseline /tmp/before
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ RECEIVERS = (
     "ichnode-off",
     "ichnode-nice0",
     "ichnode-queues",
+    "ichnode-baseline",
 )
 #: Associations the warm-up is sent on.
 WARMUP_ASSOCIATIONS = 4
@@ -68,6 +74,7 @@ ICHNODE_ENV = {
     "ichnode-off": {"ICHNODE_RECEIVERS": "1"},
     "ichnode-nice0": {"ICHNODE_INFERENCE_NICE": "0"},
     "ichnode-queues": {"ICHNODE_FAST_STORE": "false"},
+    "ichnode-baseline": {},  # PYTHONPATH set from --baseline
 }
 
 
@@ -225,14 +232,14 @@ def _median_of(results: list[dict]) -> dict:
 def report(results: dict[str, dict], n: int, mb: float, parallel: int) -> None:
     """One table: instances/s, MB/s, and ichnode's ratios to Orthanc and storescp."""
     print(f"\n## {parallel} association{'s' if parallel > 1 else ''} ({parallel} x storescu)")
-    print(f"{'receiver':<14}{'seconds':>9}{'inst/s':>9}{'MB/s':>8}")
+    print(f"{'receiver':<18}{'seconds':>9}{'inst/s':>9}{'MB/s':>8}")
     for kind, r in results.items():
         s = r["seconds"]
-        print(f"{kind:<14}{s:>9.2f}{n / s:>9.1f}{mb / s:>8.1f}")
+        print(f"{kind:<18}{s:>9.2f}{n / s:>9.1f}{mb / s:>8.1f}")
         if "drained_seconds" in r:
             d = r["drained_seconds"]
             verdict = "keeps up" if d <= s * 1.05 else "backlog: inference slower than ingest"
-            print(f"{'':<14}queue drained after {d:.2f} s: {n / d:.1f} slices/s scored ({verdict})")
+            print(f"{'':<18}queue drained after {d:.2f} s: {n / d:.1f} slices/s scored ({verdict})")
     for ours in [k for k in RECEIVERS if k.startswith("ichnode")]:
         if ours not in results:
             continue
@@ -259,8 +266,20 @@ def main() -> None:
         default="dcmtk,orthanc,pynetdicom,ichnode",
         help=f"comma-separated subset of {', '.join(RECEIVERS)}",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also measure ichnode-baseline: serve run from this source tree (an older commit)",
+    )
     args = parser.parse_args()
     kinds = args.receivers.split(",")
+    if args.baseline is not None:
+        if not (args.baseline / "ichnode" / "__init__.py").is_file():
+            parser.error(f"--baseline {args.baseline}: no ichnode package there")
+        ICHNODE_ENV["ichnode-baseline"] = {"PYTHONPATH": str(args.baseline.resolve())}
+        kinds = [k for k in kinds if k != "ichnode-baseline"] + ["ichnode-baseline"]
+    elif "ichnode-baseline" in kinds:
+        parser.error("ichnode-baseline needs --baseline DIR")
     unknown = set(kinds) - set(RECEIVERS)
     if unknown:
         parser.error(f"unknown receivers: {', '.join(sorted(unknown))}")
