@@ -317,8 +317,9 @@ class SharedListener:
     lets that one go first (:data:`ACCEPT_DEFER`), so parallel associations spread by load
     rather than by a hash of their ports (``SO_REUSEPORT``'s way). The node's own process (slot
     0), which also runs the web, the monitor and the rest, lets the receivers go first on a tie:
-    an association received there took about 30 % more CPU. Every process must keep the socket
-    non-blocking: the flag belongs to the socket, not to one process's descriptor.
+    an association received there took 10-30 % more CPU (measured on a noisy host). Every
+    process must keep the socket non-blocking: the flag belongs to the socket, not to one
+    process's descriptor.
     """
 
     def __init__(self, sock: socket.socket, loads: Any, slot: int = 0) -> None:
