@@ -311,6 +311,8 @@ class Settings(BaseSettings):
     return_to_sender: dict[str, int] = Field(default_factory=dict)
     delivery_max_attempts: int = Field(10, ge=1)
     delivery_backoff_seconds: float = Field(5.0, gt=0)
+    #: The longest wait between two tries (the backoff doubles up to it).
+    delivery_backoff_max_seconds: float = Field(3600.0, gt=0)
     #: Receivers of result notifications (HL7 v2, FHIR), ``[[notify]]`` tables.
     notify: list[NotifyTarget] = Field(default_factory=list)
 

@@ -9,6 +9,7 @@ ends (the process died mid-send), and only the holder of the token records its a
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -111,10 +112,12 @@ def record(
     now: datetime,
     max_attempts: int,
     backoff_seconds: float,
+    backoff_max_seconds: float = math.inf,
 ) -> DeliveryStatus | None:
     """Record one attempt of a claimed entry and set its next state: sent, failed after
-    ``max_attempts``, or due again after an exponential backoff. Returns that state; None when
-    the claim was lost (the lease ended and another sender holds the entry)."""
+    ``max_attempts``, or due again after an exponential backoff (:func:`backoff_delay`).
+    Returns that state; None when the claim was lost (the lease ended and another sender
+    holds the entry)."""
     entry = session.scalar(
         select(OutboxEntry)
         .where(
@@ -131,7 +134,14 @@ def record(
     session.add(
         DeliveryAttempt(outbox_id=entry.id, at=utcnow(), status_code=status_code, error=error)
     )
-    return settle(entry, delivered, error, now, max_attempts, backoff_seconds)
+    return settle(
+        entry,
+        delivered,
+        error,
+        now,
+        max_attempts,
+        backoff_delay(entry.attempts, backoff_seconds, backoff_max_seconds),
+    )
 
 
 def settle(
@@ -140,11 +150,11 @@ def settle(
     error: str | None,
     now: datetime,
     max_attempts: int,
-    backoff_seconds: float,
+    delay_seconds: float,
 ) -> DeliveryStatus:
     """The state of an outbox row (report objects or notifications) after an attempt already
     counted in ``row.attempts``: sent when ``delivered`` (no error kept), failed after
-    ``max_attempts``, else due again after ``backoff_seconds * 2**(attempts-1)``."""
+    ``max_attempts``, else due again after ``delay_seconds`` (:func:`backoff_delay`)."""
     row.last_error = None if delivered else error
     if delivered:
         row.status = DeliveryStatus.SENT
@@ -152,8 +162,15 @@ def settle(
     elif row.attempts >= max_attempts:
         row.status = DeliveryStatus.FAILED
     else:
-        row.next_attempt_at = now + timedelta(seconds=backoff_seconds * 2 ** (row.attempts - 1))
+        row.next_attempt_at = now + timedelta(seconds=delay_seconds)
     return row.status
+
+
+def backoff_delay(attempts: int, backoff_seconds: float, max_seconds: float = math.inf) -> float:
+    """Seconds before the next try after ``attempts`` failed ones: ``backoff_seconds *
+    2**(attempts-1)``, at most ``max_seconds`` (so a high ``delivery_max_attempts`` does not
+    push a retry days away)."""
+    return min(backoff_seconds * 2.0 ** min(attempts - 1, 64), max_seconds)
 
 
 def release(session: Session, claimed: Iterable[Claimed], now: datetime) -> int:

@@ -9,6 +9,7 @@ row a lease ahead with a token only its holder can record an attempt with.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from ichnode.db.delivery import settle
+from ichnode.db.delivery import backoff_delay, settle
 from ichnode.db.engine import is_postgresql
 from ichnode.db.models import (
     DeliveryStatus,
@@ -107,10 +108,11 @@ def record(
     now: datetime,
     max_attempts: int,
     backoff_seconds: float,
+    backoff_max_seconds: float = math.inf,
 ) -> DeliveryStatus | None:
     """Record one attempt (delivered when ``error`` is None) and set the next state: sent,
-    failed after ``max_attempts``, or due again after ``backoff_seconds * 2**(n-1)``. None
-    when the claim was lost."""
+    failed after ``max_attempts``, or due again after ``backoff_seconds * 2**(n-1)``, at most
+    ``backoff_max_seconds``. None when the claim was lost."""
     row = session.scalar(
         select(Notification)
         .where(
@@ -127,7 +129,8 @@ def record(
     session.add(
         NotificationAttempt(notification_id=row.id, at=utcnow(), response=response, error=error)
     )
-    return settle(row, error is None, error, now, max_attempts, backoff_seconds)
+    delay = backoff_delay(row.attempts, backoff_seconds, backoff_max_seconds)
+    return settle(row, error is None, error, now, max_attempts, delay)
 
 
 def next_due(session: Session) -> datetime | None:

@@ -105,6 +105,7 @@ class Notifier:
                 now=now,
                 max_attempts=s.delivery_max_attempts,
                 backoff_seconds=s.delivery_backoff_seconds,
+                backoff_max_seconds=s.delivery_backoff_max_seconds,
             )
         log.log(
             logging.INFO if error is None else logging.WARNING,

@@ -101,6 +101,7 @@ class Outbox:
                 now=now,
                 max_attempts=s.delivery_max_attempts,
                 backoff_seconds=s.delivery_backoff_seconds,
+                backoff_max_seconds=s.delivery_backoff_max_seconds,
             )
         if state is None:
             log.warning("outbox: entry %d was claimed by another sender; not recorded", claimed.id)

@@ -26,6 +26,7 @@ from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
 from ichnode.config import Settings
+from ichnode.db.delivery import backoff_delay
 from ichnode.db.models import (
     DeliveryAttempt,
     DeliveryStatus,
@@ -470,3 +471,23 @@ def test_a_destination_that_hangs_holds_up_no_other(session_factory, tmp_path):
     assert not thread.is_alive()
     hung = entry(session_factory, hang_id)
     assert hung.attempts == 1 and hung.status == DeliveryStatus.PENDING
+
+
+def test_the_backoff_stops_doubling_at_its_maximum(session_factory, tmp_path):
+    s = settings(tmp_path, delivery_max_attempts=5, delivery_backoff_max_seconds=25.0)
+    store = Store(s.store)
+    [entry_id] = queue_entries(session_factory, store, free_port())
+    outbox = Outbox(session_factory, store, s)
+    now, waits = utcnow(), []
+    for _ in range(4):
+        assert outbox.run_once(now) == 1
+        due = entry(session_factory, entry_id).next_attempt_at
+        waits.append((due - now).total_seconds())
+        now = due
+    assert waits == [10.0, 20.0, 25.0, 25.0]  # 10 x 2^(n-1), at most 25
+
+
+def test_backoff_delay_of_many_attempts_is_the_maximum_not_an_overflow():
+    assert backoff_delay(1, 5.0) == 5.0
+    assert backoff_delay(4, 5.0) == 40.0
+    assert backoff_delay(5000, 5.0, 3600.0) == 3600.0
