@@ -366,12 +366,6 @@ class SharedListener:
         it accepts a connection and when one closes)."""
         self.loads[self.slot] = load
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"sock": self.sock, "loads": self.loads, "slot": self.slot}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["sock"], state["loads"], state["slot"])  # type: ignore[misc]
-
 
 def start_server(server: GuardedServer) -> threading.Thread:
     """Serve ``server`` in a background thread (what ``AE.start_server`` does, minus blocking)."""
