@@ -134,14 +134,7 @@ def record(
     session.add(
         DeliveryAttempt(outbox_id=entry.id, at=utcnow(), status_code=status_code, error=error)
     )
-    return settle(
-        entry,
-        delivered,
-        error,
-        now,
-        max_attempts,
-        backoff_delay(entry.attempts, backoff_seconds, backoff_max_seconds),
-    )
+    return settle(entry, delivered, error, now, max_attempts, backoff_seconds, backoff_max_seconds)
 
 
 def settle(
@@ -150,11 +143,12 @@ def settle(
     error: str | None,
     now: datetime,
     max_attempts: int,
-    delay_seconds: float,
+    backoff_seconds: float,
+    backoff_max_seconds: float = math.inf,
 ) -> DeliveryStatus:
     """The state of an outbox row (report objects or notifications) after an attempt already
     counted in ``row.attempts``: sent when ``delivered`` (no error kept), failed after
-    ``max_attempts``, else due again after ``delay_seconds`` (:func:`backoff_delay`)."""
+    ``max_attempts``, else due again after :func:`backoff_delay`."""
     row.last_error = None if delivered else error
     if delivered:
         row.status = DeliveryStatus.SENT
@@ -162,7 +156,8 @@ def settle(
     elif row.attempts >= max_attempts:
         row.status = DeliveryStatus.FAILED
     else:
-        row.next_attempt_at = now + timedelta(seconds=delay_seconds)
+        delay = backoff_delay(row.attempts, backoff_seconds, backoff_max_seconds)
+        row.next_attempt_at = now + timedelta(seconds=delay)
     return row.status
 
 

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from ichnode.db.delivery import backoff_delay, settle
+from ichnode.db.delivery import settle
 from ichnode.db.engine import is_postgresql
 from ichnode.db.models import (
     DeliveryStatus,
@@ -129,8 +129,9 @@ def record(
     session.add(
         NotificationAttempt(notification_id=row.id, at=utcnow(), response=response, error=error)
     )
-    delay = backoff_delay(row.attempts, backoff_seconds, backoff_max_seconds)
-    return settle(row, error is None, error, now, max_attempts, delay)
+    return settle(
+        row, error is None, error, now, max_attempts, backoff_seconds, backoff_max_seconds
+    )
 
 
 def next_due(session: Session) -> datetime | None:
