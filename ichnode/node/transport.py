@@ -20,7 +20,12 @@ from collections.abc import Callable
 from typing import Any
 
 from pynetdicom.association import Association
-from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import (
+    AddressInformation,
+    AssociationSocket,
+    RequestHandler,
+    ThreadedAssociationServer,
+)
 
 from ichnode.node.tls import ReloadingContext
 
@@ -331,7 +336,7 @@ class SharedListener:
     def bind(cls, bind: str, port: int, processes: int, context: Any) -> SharedListener:
         """Listen on ``bind:port`` for ``processes`` processes (``context``: the
         multiprocessing context that starts them)."""
-        family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+        family = AddressInformation.from_tuple((bind, port)).address_family  # as pynetdicom
         sock = socket.create_server(
             (bind, port), family=family, backlog=GuardedServer.request_queue_size
         )

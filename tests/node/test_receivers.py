@@ -105,7 +105,7 @@ def test_associations_held_open_are_spread_evenly_over_the_receivers(two_receive
             assert wait_for(lambda opened=opened: sum(loads) == opened)
             if opened == 1:  # the receiver first: the node's process runs the web and the rest
                 assert list(loads) == [0, 1]
-        # Left to chance (SO_REUSEPORT's hash of the ports) 2 + 2 came up 3 times in 8.
+        # Left to chance (SO_REUSEPORT's hash of the ports) 2 + 2 is 6 outcomes of 16.
         assert sorted(loads) == [2, 2]
         assert all(int(a.send_c_echo().Status) == SUCCESS for a in held)
     finally:
