@@ -108,6 +108,15 @@ class TrainConfig:
             nullable=True,
         ),
     )
+    faint_share: float | None = field(
+        default=None,
+        metadata=option(
+            "--faint-share",
+            "Share of each subtype's balanced draws taken from its faintest third of slices "
+            "(by d' from the bleed maps: phantom folders only), or 'none'.",
+            nullable=True,
+        ),
+    )
     epoch_samples: int | None = field(
         default=None,
         metadata=option("--epoch-samples", "Balanced draws per epoch (default: all).", minimum=1),

@@ -150,6 +150,32 @@ def index_cache_path(layout: Layout, cache_dir: Path) -> Path:
     return Path(cache_dir) / f"header-index-{st.st_size}-{st.st_mtime_ns}.csv"
 
 
+def bleed_dprime(layout: Layout, ids: list[str], cache_dir: Path) -> np.ndarray:
+    """d' of each image's bleed (``phantoms.visibility``: contrast over the surrounding
+    tissue's spread, times the square root of its pixels), NaN where it has no blood or none
+    measurable. Phantom folders only (bleed maps and ``phantom_slices.csv``); measured once
+    for the whole folder and cached beside the header index."""
+    from phantoms.synth import SLICES_CSV
+    from phantoms.visibility import folder_visibility
+
+    if layout.masks is None or not (layout.root / SLICES_CSV).is_file():
+        raise IchnodeError(
+            f"{layout.root} has no bleed maps ({MASK_DIR_NAME}/ and {SLICES_CSV}): "
+            "how visible a bleed is is known for phantom folders only"
+        )
+    st = layout.csv.stat()
+    path = Path(cache_dir) / f"visibility-{st.st_size}-{st.st_mtime_ns}.csv"
+    if path.exists():
+        table = pd.read_csv(path, dtype={"image_id": str})
+    else:
+        log.info("measuring how visible each bleed is (%s)", layout.root.name)
+        table = folder_visibility(layout.root)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(path, index=False)
+    dprime = table.set_index("image_id")["dprime"]
+    return dprime.reindex(ids).to_numpy(dtype=np.float64)
+
+
 def header_index(
     layout: Layout, ids: list[str], cache_dir: Path, threads: int = 8, progress: bool = True
 ) -> pd.DataFrame:

@@ -48,6 +48,7 @@ from training.config import TrainConfig
 from training.dataset import (
     Layout,
     RSNADataset,
+    bleed_dprime,
     find_layout,
     header_index,
     load_labels,
@@ -55,7 +56,7 @@ from training.dataset import (
     write_split,
 )
 from training.finetune import MIXED_DIR, Mix, build_mixed, init_from, split_with_mix
-from training.sampling import build_sampler
+from training.sampling import build_sampler, faint_members
 
 log = logging.getLogger(__name__)
 
@@ -422,6 +423,7 @@ def _fingerprint(cfg: TrainConfig, spec: PreprocessSpec) -> dict:
         "architecture": cfg.architecture,
         "spec": json.dumps(spec.to_dict(), sort_keys=True),
         "normal_share": -1.0 if cfg.normal_share is None else cfg.normal_share,
+        "faint_share": -1.0 if cfg.faint_share is None else cfg.faint_share,
         "epoch_samples": -1 if cfg.epoch_samples is None else cfg.epoch_samples,
         "seed": cfg.seed,
         "data": str(Path(cfg.data).resolve()),
@@ -533,9 +535,15 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
     val_ds = RSNADataset.from_table(
         data.layout, data.table, data.split["val"], spec, data.cache, data.index
     )
+    faint = None
+    if cfg.faint_share is not None:
+        faint = faint_members(bleed_dprime(data.layout, train_ds.ids, data.cache.dir.parent))
+        log.info("faint bleeds: %d slices get %g of each subtype's draws", len(faint),
+                 cfg.faint_share)  # fmt: skip
     sampler = build_sampler(
-        train_ds.labels, cfg.balanced, cfg.seed, cfg.normal_share, cfg.epoch_samples
-    )
+        train_ds.labels, cfg.balanced, cfg.seed, cfg.normal_share, cfg.epoch_samples,
+        faint=faint, faint_share=cfg.faint_share,
+    )  # fmt: skip
     if info.enabled:
         sampler = distributed.ShardedSampler(sampler, info.rank, info.world_size)
     trained = torch.nn.parallel.DistributedDataParallel(model) if info.enabled else model
@@ -715,6 +723,7 @@ def finalize(
         "pixel_mm": cfg.pixel_mm,
         "balanced": cfg.balanced,
         "normal_share": cfg.normal_share,
+        "faint_share": cfg.faint_share,
         "epoch_samples": cfg.epoch_samples,
         "weighted_loss": cfg.weighted_loss,
         "seg_weight": cfg.seg_weight if trained_on_masks(cfg, data, best.model) else 0.0,

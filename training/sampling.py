@@ -6,6 +6,11 @@ uniformly, with replacement. An epoch keeps as many draws as the training split 
 undersampling to the rarest subtype would shrink epochs to a few dozen slices and starve the
 model. A slice with several subtypes belongs to each of their groups.
 
+With ``faint_share`` (phantom folders, whose bleed maps say how visible each bleed is) that
+share of each subtype's draws comes from its faintest slices (:func:`faint_members`): the
+training family holds few of the thin, low-contrast bleeds a model misses out of family, and
+drawn in proportion the network sees them rarely.
+
 The sampler follows ``DistributedSampler``'s shape (``set_epoch``, deterministic per epoch), and
 :func:`build_sampler` is the one place a loader's sampler is chosen, so a distributed variant can
 be slotted in later.
@@ -23,6 +28,19 @@ from ichnode.subtypes import HEMORRHAGE_SUBTYPES, SUBTYPES
 
 #: Group names, in draw order: the five subtypes, then normal (``any`` == 0).
 GROUPS: tuple[str, ...] = (*HEMORRHAGE_SUBTYPES, "normal")
+#: Bleeding slices whose d' lies in this lowest share of the measured ones are "faint".
+FAINT_QUANTILE = 1.0 / 3.0
+
+
+def faint_members(dprime: np.ndarray, quantile: float = FAINT_QUANTILE) -> np.ndarray:
+    """Indices of the faint bleeding slices: ``dprime`` per slice (NaN where no bleed was
+    measured), at or below the ``quantile`` of the measured values."""
+    dprime = np.asarray(dprime, dtype=np.float64)
+    measured = np.isfinite(dprime)
+    if not measured.any():
+        return np.zeros(0, dtype=np.int64)
+    cut = np.quantile(dprime[measured], quantile)
+    return np.flatnonzero(measured & (dprime <= cut))
 
 
 def group_members(labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -40,7 +58,9 @@ class BalancedSampler(Sampler[int]):
 
     With ``normal_share`` the normal group gets that share of the draws and the subtypes split
     the rest equally: normal slices carry the mimics (skull base, calcifications) a model must
-    learn to leave alone, and one draw in six is too few of them.
+    learn to leave alone, and one draw in six is too few of them. With ``faint`` (slice
+    indices) and ``faint_share``, that share of each subtype's draws is taken from its members
+    in ``faint`` (the rest from all its members, faint ones included).
     """
 
     def __init__(
@@ -49,6 +69,8 @@ class BalancedSampler(Sampler[int]):
         num_samples: int | None = None,
         seed: int = 0,
         normal_share: float | None = None,
+        faint: np.ndarray | None = None,
+        faint_share: float | None = None,
     ) -> None:
         members = group_members(labels)
         self.groups = [name for name in GROUPS if len(members[name])]
@@ -61,6 +83,15 @@ class BalancedSampler(Sampler[int]):
             weights[:] = (1.0 - normal_share) / len(others)
             weights[self.groups.index("normal")] = normal_share
         self.weights = weights / weights.sum()
+        self.faint_share = faint_share if faint is not None else None
+        faint_set = np.asarray([] if faint is None else faint, dtype=np.int64)
+        self.faint = [
+            torch.as_tensor(
+                np.intersect1d(members[name], faint_set) if name != "normal" else [],
+                dtype=torch.long,
+            )
+            for name in self.groups
+        ]
         self.num_samples = len(labels) if num_samples is None else int(num_samples)
         self.seed = seed
         self.epoch = 0
@@ -78,8 +109,12 @@ class BalancedSampler(Sampler[int]):
         out = torch.empty(self.num_samples, dtype=torch.long)
         for k, pool in enumerate(self.members):
             mask = group == k
-            picks = torch.randint(len(pool), (int(mask.sum()),), generator=g)
-            out[mask] = pool[picks]
+            picks = pool[torch.randint(len(pool), (int(mask.sum()),), generator=g)]
+            faint = self.faint[k]
+            if self.faint_share is not None and len(faint):
+                take = torch.rand(len(picks), generator=g) < self.faint_share
+                picks[take] = faint[torch.randint(len(faint), (int(take.sum()),), generator=g)]
+            out[mask] = picks
         return iter(out.tolist())
 
 
@@ -101,11 +136,19 @@ def build_sampler(
     seed: int,
     normal_share: float | None = None,
     num_samples: int | None = None,
+    faint: np.ndarray | None = None,
+    faint_share: float | None = None,
 ) -> BalancedSampler | SeededRandomSampler:
-    """The training sampler: balanced (``num_samples`` draws an epoch, default len(labels))
-    or a seeded shuffle of every slice."""
+    """The training sampler: balanced (``num_samples`` draws an epoch, default len(labels);
+    ``faint_share`` of each subtype's draws from its ``faint`` slices) or a seeded shuffle of
+    every slice."""
     if balanced:
         return BalancedSampler(
-            labels, num_samples=num_samples, seed=seed, normal_share=normal_share
+            labels,
+            num_samples=num_samples,
+            seed=seed,
+            normal_share=normal_share,
+            faint=faint,
+            faint_share=faint_share,
         )
     return SeededRandomSampler(len(labels), seed=seed)

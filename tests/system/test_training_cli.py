@@ -337,3 +337,34 @@ def test_the_report_says_n_a_for_a_label_without_positives_and_flags_a_worse_tha
     assert "epidural          n/a: no positives in this set" in text
     assert "WORSE than always predicting the prevalence" in text
     assert "n/a: no positives" in report.markdown() and "**worse**" in report.markdown()
+
+
+def test_faint_share_draws_from_the_faintest_bleeds_measured_on_the_bleed_maps(
+    phantoms: Path, tmp_path: Path
+):
+    run = tmp_path / "run"
+    args = ["train", "--data", str(phantoms), "--out", str(run), "--epochs", "1"]
+    options = [*TRAIN_ARGS, "--study-model", "none", "--faint-share", "0.5"]
+    result = runner.invoke(app, [*args, *options])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert load_checkpoint(run / "best.safetensors").summary["faint_share"] == 0.5
+    (measured,) = (run / "cache").glob("visibility-*.csv")
+    table = pd.read_csv(measured)
+    slices = pd.read_csv(phantoms / "phantom_slices.csv")
+    bleeding = set(slices.loc[slices["bleed_pixels"] > 0, "image_id"])
+    assert len(table) > 0 and set(table["image_id"]) <= bleeding
+    assert (table["dprime"] > 0).any()
+
+
+def test_faint_share_without_bleed_maps_fails_with_one_line(phantoms: Path, tmp_path: Path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(phantoms, data, ignore=shutil.ignore_patterns("phantom_masks"))
+    proc = _ichnode(
+        "train", "--data", str(data), "--out", str(tmp_path / "run"), "--faint-share", "0.5",
+        *TRAIN_ARGS,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bleed maps" in lines[0], proc.stderr

@@ -6,7 +6,13 @@ from collections import Counter
 
 import numpy as np
 
-from training.sampling import GROUPS, BalancedSampler, build_sampler, group_members
+from training.sampling import (
+    GROUPS,
+    BalancedSampler,
+    build_sampler,
+    faint_members,
+    group_members,
+)
 
 
 def _labels(n: int = 12000, seed: int = 0) -> np.ndarray:
@@ -75,3 +81,32 @@ def test_no_balanced_is_a_seeded_permutation_of_the_split():
     assert sorted(draws) == list(range(500))
     sampler.set_epoch(1)
     assert list(sampler) == draws
+
+
+def test_faint_members_are_the_lowest_third_of_the_measured_bleeds():
+    dprime = np.array([np.nan, 3.0, 50.0, 9.0, np.nan, 80.0, 1.0, 120.0, 40.0, 7.0])
+    # Measured: 1, 3, 7, 9, 40, 50, 80, 120; the lowest third (up to its quantile) are 1, 3, 7.
+    assert faint_members(dprime).tolist() == [1, 6, 9]
+    assert faint_members(np.full(4, np.nan)).tolist() == []
+
+
+def test_faint_share_of_each_subtypes_draws_comes_from_its_faint_slices():
+    y = _labels(6000)
+    members = group_members(y)
+    faint = np.concatenate([members[name][:3] for name in GROUPS if name != "normal"])
+    plain = list(BalancedSampler(y, seed=0, normal_share=0.4))
+    drawn = list(BalancedSampler(y, seed=0, normal_share=0.4, faint=faint, faint_share=0.5))
+    normal = members["normal"]
+    # Normal draws keep their share; about half the bleeding draws (plus the faint slices'
+    # own share of the rest) land on the faint slices, against a few per cent without.
+    assert abs(np.isin(drawn, normal).mean() - 0.4) < 0.03
+    bleeding = ~np.isin(drawn, normal)
+    share = np.isin(np.asarray(drawn)[bleeding], faint).mean()
+    assert 0.5 < share < 0.65
+    assert np.isin(np.asarray(plain)[~np.isin(plain, normal)], faint).mean() < 0.2
+
+
+def test_without_faint_share_the_draws_are_those_of_before():
+    y = _labels(2000)
+    faint = np.arange(0, 2000, 7)
+    assert list(BalancedSampler(y, seed=4)) == list(BalancedSampler(y, seed=4, faint=faint))
