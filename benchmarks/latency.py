@@ -2,9 +2,10 @@
 result stored, (iii) the SR accepted by a destination (DCMTK storescp), for a 40- and a
 250-slice study sent at full speed to a node that has already resulted and reported one 8-slice
 study (the inference process has loaded its model). stable_seconds is subtracted from (ii) and
-(iii), so the numbers show ichnode's own overhead.
+(iii), so the numbers show ichnode's own overhead. With ``--cold`` the timed study is the
+node's first, sent as soon as ``serve`` prints its ready line.
 
-    python benchmarks/latency.py --sizes 40,250 --stable-seconds 1
+    python benchmarks/latency.py --sizes 40,250 --stable-seconds 1 [--cold]
 """
 
 from __future__ import annotations
@@ -53,8 +54,10 @@ def _ts(value: str | None) -> datetime | None:
 
 
 def run_once(
-    files: list[Path], warmup: list[Path], stable: float, workers: int
+    files: list[Path], warmup: list[Path] | None, stable: float, workers: int
 ) -> tuple[float, float, float | None]:
+    """Seconds from the last C-STORE response of ``files`` to all scored, result, SR sent;
+    ``warmup``: a study sent (and reported) first, None to time the node's first study."""
     work = Path(tempfile.mkdtemp(prefix="latency-"))
     port, dest_port = free_port(), free_port()
     (work / "dest").mkdir()
@@ -74,10 +77,14 @@ def run_once(
     node = subprocess.Popen(
         [python(), "-m", "ichnode", "--log-level", "WARNING", "serve", "--config", str(cfg)],
         cwd=work,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
+        for line in node.stdout:  # serve prints one line: ready
+            if line.startswith("ichnode ready"):
+                break
         wait_for(lambda: port_open(port) and port_open(dest_port), timeout=120)
         db = work / "ichnode.db"
 
@@ -88,19 +95,22 @@ def run_once(
         def count(sql: str) -> int:
             return int(query(sql)[0])
 
-        # A node runs for weeks: the timed study is its second. The warm-up study waits for
-        # the inference process to load the model and for the first SR's association.
-        _send(port, warmup)
-        wait_for(lambda: count("select count(*) from outbox where status='sent'") >= 1, timeout=600)
+        # A node runs for weeks: the timed study is its second (unless --cold). The warm-up
+        # study opens the first SR's association.
+        before = 0
+        if warmup is not None:
+            _send(port, warmup)
+            wait_for(lambda: count("select count(*) from outbox where status='sent'") >= 1, 600)
+            before = 1
         last = _send(port, files)
-        wait_for(lambda: count("select count(*) from study_results") >= 2, timeout=600)
+        wait_for(lambda: count("select count(*) from study_results") > before, timeout=600)
         result = query("select created_at from study_results order by id desc limit 1")
         scored = _ts(query("select max(completed_at) from instances")[0])
         resulted = _ts(result[0])
         sent = None
         try:
             wait_for(
-                lambda: count("select count(*) from outbox where status='sent'") >= 2,
+                lambda: count("select count(*) from outbox where status='sent'") > before,
                 timeout=60,
                 interval=0.05,
             )
@@ -121,17 +131,22 @@ def main() -> None:
     parser.add_argument("--sizes", default="40,250")
     parser.add_argument("--stable-seconds", type=float, default=1.0)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--cold", action="store_true", help="time the node's first study, sent once it is ready"
+    )
     args = parser.parse_args()
     print(
         f"# latency after the last C-STORE response (stable_seconds={args.stable_seconds} "
         f"subtracted from result and SR), {args.workers} worker thread(s)"
+        f"{', first study after the ready line' if args.cold else ''}"
     )
     print(f"# {machine()}, {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"{'slices':<8}{'all scored s':>14}{'result s':>10}{'SR accepted s':>15}")
     warmup = sorted(phantom_study(8, seed=999).glob("*.dcm"))
     for n in (int(x) for x in args.sizes.split(",")):
         files = sorted(phantom_study(n, seed=100 + n).glob("*.dcm"))
-        scored, resulted, sent = run_once(files, warmup, args.stable_seconds, args.workers)
+        first = None if args.cold else warmup
+        scored, resulted, sent = run_once(files, first, args.stable_seconds, args.workers)
         sr = "-" if sent is None else f"{sent:.2f}"
         print(f"{n:<8}{scored:>14.2f}{resulted:>10.2f}{sr:>15}")
 

@@ -55,6 +55,12 @@ class Predictor:
     def model_id(self) -> str:
         return self.checkpoint.model_id
 
+    def warm_up(self) -> None:
+        """Score one blank batch: the first forward pass pays one-time costs (allocator,
+        kernel selection) that should not fall on the first study a node receives."""
+        spec = self.checkpoint.spec
+        self.embed_scores(np.zeros((1, spec.channels, spec.size, spec.size), dtype=np.float32))
+
     def scores(self, batch: np.ndarray) -> np.ndarray:
         """Calibrated probabilities ``(N, 6)`` for a preprocessed batch."""
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):

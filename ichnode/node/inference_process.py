@@ -17,10 +17,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import cast
+import time
+from typing import TYPE_CHECKING, cast
 
 from ichnode.config import Settings
-from ichnode.node.supervise import Supervised, Wakeup, child_stop, wait_until
+from ichnode.node.supervise import CONTEXT, Supervised, Wakeup, child_stop, wait_until
+
+if TYPE_CHECKING:
+    from multiprocessing.synchronize import Semaphore as SemaphoreType
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +33,11 @@ def run_workers(
     settings: Settings,
     worker_ids: list[str],
     wake: Wakeup,
+    loaded: SemaphoreType,
     parent_pid: int,
 ) -> None:
-    """The child's body: load the model, run one worker thread per id until told to stop."""
+    """The child's body: load the model (``loaded`` is released once it has scored a first,
+    blank batch), run one worker thread per id until told to stop."""
     stop = child_stop(parent_pid)
     if settings.inference_nice and hasattr(os, "nice"):
         os.nice(settings.inference_nice)
@@ -50,6 +56,8 @@ def run_workers(
         torch.set_num_threads(settings.torch_threads)
     engine, sessions = open_database(settings, create=False)
     predictor = Predictor(settings.model, settings.device, amp=settings.amp)
+    predictor.warm_up()
+    loaded.release()
     store = Store(settings.store, settings.min_free_bytes)
     # The Worker loop waits on threading.Event's interface; a Wakeup has it.
     wake_t = cast(threading.Event, wake)
@@ -77,7 +85,26 @@ class InferenceProcess(Supervised):
         self.worker_ids = worker_ids
         #: Set by whoever queues an instance (the receivers, in this process or their own).
         self.wake = Wakeup()
-        super().__init__("ichnode-inference", run_workers, (settings, worker_ids, self.wake))
+        #: Released by the child once its model is loaded and has run once (a semaphore,
+        #: like :class:`Wakeup`: a child killed mid-call cannot leave a lock held).
+        self.loaded = CONTEXT.Semaphore(0)
+        self._has_loaded = False
+        super().__init__(
+            "ichnode-inference", run_workers, (settings, worker_ids, self.wake, self.loaded)
+        )
+
+    def wait_loaded(self, timeout: float) -> bool:
+        """Wait until the child has loaded its model; False after ``timeout`` s or when the
+        child has died (the watcher restarts it; the node runs on and scores later)."""
+        deadline = time.monotonic() + timeout
+        while not self._has_loaded:
+            if self.loaded.acquire(timeout=0.2):
+                self._has_loaded = True
+                break
+            process = self.process
+            if time.monotonic() > deadline or (process is not None and not process.is_alive()):
+                return False
+        return True
 
     def notify(self) -> None:
         """An instance was queued: wake the workers."""

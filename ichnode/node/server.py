@@ -43,6 +43,9 @@ from ichnode.store import Store
 
 log = logging.getLogger(__name__)
 
+#: How long the ready line waits for the inference process to load its model (s).
+MODEL_LOAD_WAIT = 120.0
+
 
 class Node:
     """One running node. ``start()`` returns once it accepts associations."""
@@ -98,6 +101,8 @@ class Node:
             self.threads += [
                 ChildHealth(f"worker-{i + 1}", self.inference) for i in range(s.workers)
             ]
+        elif s.workers:
+            self.predictor.warm_up()  # the workers are threads of this process
         for wid in [] if self.inference is not None else self.worker_ids():
             worker = Worker.from_settings(
                 s, self.sessions, self.store, self.predictor, wid, self.wake
@@ -146,6 +151,12 @@ class Node:
                 self._spawn(partial(self._relay, wake), "receiver-wake")
             self.receivers = Receivers(s, receiving - 1, wake, listening)
             self.receivers.start()
+        if self.inference is not None and not self.inference.wait_loaded(MODEL_LOAD_WAIT):
+            log.warning(
+                "the inference process has not loaded the model within %.0f s: receiving "
+                "anyway, slices are scored once it has",
+                MODEL_LOAD_WAIT,
+            )
         ready = (
             f"ichnode ready: AE {s.ae_title} on {s.bind}:{s.port}"
             f"{' (TLS)' if tls else ''}"

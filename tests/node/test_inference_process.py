@@ -58,3 +58,26 @@ def test_a_child_process_killed_while_idle_is_restarted_and_the_receiver_never_w
     assert send(node.settings.port, study(2, size=32)) == [SUCCESS] * 2
     wait_for(lambda: node.inference.process is not first, timeout=30)
     assert wait_for(lambda: _statuses(node) == [InstanceStatus.DONE] * 3, timeout=120)
+
+
+def test_the_node_is_ready_once_the_child_has_loaded_its_model(node_factory):
+    node = node_factory(inference_process=True, workers=1)
+    # start() returned: the child has loaded and run its model (a second wait returns at once).
+    assert node.inference.wait_loaded(timeout=0)
+    assert node.inference.process.is_alive()
+    node.stop()
+
+
+def test_a_child_that_dies_before_loading_its_model_does_not_hold_the_node_up(tmp_path, db_url):
+    from ichnode.config import Settings
+    from ichnode.node.inference_process import InferenceProcess
+
+    # A model file the child cannot load (the node's own process never tries it here).
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    child = InferenceProcess(Settings(model=bad, db_url=db_url, store=tmp_path / "store"), ["w"])
+    child.start()
+    try:
+        assert not child.wait_loaded(timeout=60)
+    finally:
+        child.stop()
