@@ -129,3 +129,18 @@ done
 python "$here/study_aggregation.py" --pair runs/ft8-sel25/scores.npz,runs/ft8-sel26/scores.npz \
   runs/ft9-sel25/scores.npz,runs/ft9-sel26/scores.npz \
   --models runs/ft8/cal28.safetensors runs/ft9/best.safetensors
+# 2026-12-07 (session 15): the same fine-tuning with faint bleeds over-drawn (--faint-share 0.5:
+# half of each subtype's draws from its faintest third of bleeding slices, by d'), 800 new
+# studies (seed 10), judged paired on seeds 25 and 26 under a rule written before training
+# (docs/training.md). `--init` took the shipped float16 file (ichnode/models/demo.safetensors).
+synth train10 --preset train --seed 10 --studies 800
+[ -f runs/ft10faint/best.safetensors ] || ichnode train --data train10 --out runs/ft10faint \
+  --init "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}" --epochs 4 --epoch-samples 16000 \
+  --lr 2e-4 --workers 1 --faint-share 0.5 --calibration-data cal28 --device cpu
+for set in sel25 sel26; do
+  python "$here/study_aggregation.py" --data "$set" --out "runs/ft10faint-$set" \
+    --model runs/ft10faint/best.safetensors
+done
+python "$here/study_aggregation.py" --pair runs/ft8-sel25/scores.npz,runs/ft8-sel26/scores.npz \
+  runs/ft10faint-sel25/scores.npz,runs/ft10faint-sel26/scores.npz \
+  --models runs/ft8/cal28.safetensors runs/ft10faint/best.safetensors

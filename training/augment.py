@@ -115,6 +115,9 @@ class HUAugmentConfig:
     sharpen: float = 1.0  # with probability 1/3 unsharp mask, amount uniform in [0, x]
     window_centre_hu: float = 5.0  # window centres + uniform in [-x, x] HU
     window_width: float = 0.15  # window widths x uniform in [1 - x, 1 + x]
+    # With bleed maps (phantoms): in half the samples, the blood's contrast over the tissue
+    # around it x uniform in [1 - x, 1] (fainter bleeds than the generator drew); 0: off.
+    blood_fade: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self) | {"space": "hounsfield"}
@@ -149,6 +152,33 @@ def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return grouped.transpose(0, 1)
 
 
+#: Tissue a bleed is faded against, and faded in (HU): not bone, not air.
+FADE_TISSUE = (-20.0, 120.0)
+#: Width of the ring around a bleed whose mean is the level blood is faded towards (pixels).
+FADE_RING_PX = 3
+
+
+def fade_blood(hu: torch.Tensor, bleed: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """HU planes ``(N, P, H, W)`` with the blood of the middle plane (``bleed`` ``(N, 1, H, W)``,
+    1 where it bleeds) brought towards the mean of the tissue around it: its contrast times
+    ``factor`` ``(N,)`` (1: unchanged). Only tissue pixels change (bone and air beside an
+    extra-axial bleed keep theirs); the edge is softened as a reconstruction kernel would."""
+    n, planes = hu.shape[:2]
+    centre = planes // 2
+    plane = hu[:, centre : centre + 1]
+    tissue = ((plane > FADE_TISSUE[0]) & (plane < FADE_TISSUE[1])).to(hu)
+    size = 2 * FADE_RING_PX + 1
+    ring = (F.max_pool2d(bleed, size, stride=1, padding=FADE_RING_PX) - bleed).clamp(0, 1)
+    ring = ring * tissue
+    area = ring.sum(dim=(2, 3), keepdim=True)
+    level = (plane * ring).sum(dim=(2, 3), keepdim=True) / area.clamp(min=1.0)
+    k = torch.where(area >= 10, factor.view(n, 1, 1, 1).to(hu), torch.ones_like(area))
+    weight = _blur(bleed, torch.full((n,), 0.7)).clamp(0, 1) * tissue
+    out = hu.clone()
+    out[:, centre : centre + 1] = plane - weight * (1.0 - k) * (plane - level)
+    return out
+
+
 def augment_hu(
     hu: torch.Tensor,
     cfg: HUAugmentConfig,
@@ -158,7 +188,9 @@ def augment_hu(
     """A randomly altered copy of HU planes ``(N, P, H, W)`` (densities, noise, kernel, pose).
 
     With ``masks`` ``(N, K, H, W)`` (per-pixel bleed masks of phantoms) the masks get the same
-    pose (flip, rotation, scale) as the planes, and ``(hu, masks)`` is returned.
+    pose (flip, rotation, scale) as the planes, and ``(hu, masks)`` is returned; with
+    ``cfg.blood_fade`` they also say where blood is faded (:func:`fade_blood`), before the
+    noise and the kernel.
     """
     if not cfg.enabled:
         return hu if masks is None else (hu, masks)
@@ -175,6 +207,10 @@ def augment_hu(
         SOFT_CENTRE + (hu - SOFT_CENTRE) * (1.0 + u(cfg.soft_stretch)) + u(cfg.soft_offset_hu)
     )
     out = hu + weight * (stretched - hu)
+    if cfg.blood_fade > 0 and masks is not None:
+        factor = 1.0 - torch.rand(n, generator=g) * cfg.blood_fade
+        factor = torch.where(torch.rand(n, generator=g) < 0.5, factor, torch.ones(n))
+        out = fade_blood(out, masks.sum(dim=1, keepdim=True).clamp(0, 1).to(dt), factor)
     sd = (torch.rand(n, generator=g) * cfg.noise_hu).view(n, 1, 1, 1).to(dev, dt)
     noise = torch.randn(hu.shape, generator=g).to(dev, dt)
     body = (hu > AIR + 200.0).to(dt)  # no noise in the air around the head

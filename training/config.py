@@ -117,6 +117,15 @@ class TrainConfig:
             nullable=True,
         ),
     )
+    blood_fade: float = field(
+        default=0.0,
+        metadata=option(
+            "--blood-fade",
+            "Augmentation with the bleed maps (phantom folders only): in half the samples the "
+            "blood's contrast over the tissue around it x uniform in [1 - x, 1]; 0 turns it off.",
+            minimum=0,
+        ),
+    )
     epoch_samples: int | None = field(
         default=None,
         metadata=option("--epoch-samples", "Balanced draws per epoch (default: all).", minimum=1),

@@ -314,6 +314,7 @@ def train_one_epoch(
     model.train()
     segments = seg_weight > 0 and getattr(_unwrap(model), "segments", False)
     seg_loss = SegmentationLoss().to(device) if segments else None
+    fades = isinstance(augmentation, HUAugmentConfig) and augmentation.blood_fade > 0
     total, seen = 0.0, 0
     ids = loader.dataset.ids
     bar = tqdm(loader, desc=desc, leave=False, disable=None if progress else True)
@@ -322,10 +323,11 @@ def train_one_epoch(
         if len(x) == 0:
             continue
         x = x.to(device, non_blocking=True)
-        if seg_loss is not None and masks is not None:
+        if masks is not None and (seg_loss is not None or fades):
             x, onehot = model_input(
                 x, spec or loader.dataset.spec, augmentation, g, onehot_masks(masks.to(device))
             )
+            onehot = onehot if seg_loss is not None else None
         else:
             x, onehot = model_input(x, spec or loader.dataset.spec, augmentation, g), None
         y = y.to(device, non_blocking=True)
@@ -424,6 +426,7 @@ def _fingerprint(cfg: TrainConfig, spec: PreprocessSpec) -> dict:
         "spec": json.dumps(spec.to_dict(), sort_keys=True),
         "normal_share": -1.0 if cfg.normal_share is None else cfg.normal_share,
         "faint_share": -1.0 if cfg.faint_share is None else cfg.faint_share,
+        "blood_fade": cfg.blood_fade,
         "epoch_samples": -1 if cfg.epoch_samples is None else cfg.epoch_samples,
         "seed": cfg.seed,
         "data": str(Path(cfg.data).resolve()),
@@ -503,7 +506,11 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
     if spec.pixel_mm is None:
         augmentation = (augmentation or AugmentConfig()) if cfg.augment else NO_AUGMENT
     else:
-        augmentation = (augmentation or HUAugmentConfig()) if cfg.augment else NO_HU_AUGMENT
+        augmentation = (
+            (augmentation or HUAugmentConfig(blood_fade=cfg.blood_fade))
+            if cfg.augment
+            else NO_HU_AUGMENT
+        )
 
     state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "history": [], "skipped": []}
     if cfg.resume:
@@ -530,11 +537,16 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
     data.skipped.update(state["skipped"])
     train_ds = RSNADataset.from_table(
         data.layout, data.table, data.split["train"], spec, data.cache, data.index,
-        masks=cfg.seg_weight > 0,
+        masks=cfg.seg_weight > 0 or cfg.blood_fade > 0,
     )  # fmt: skip
     val_ds = RSNADataset.from_table(
         data.layout, data.table, data.split["val"], spec, data.cache, data.index
     )
+    if cfg.blood_fade > 0 and (data.layout.masks is None or spec.pixel_mm is None):
+        raise TrainError(
+            "--blood-fade needs bleed maps (phantom folders: phantom_masks/) and a --pixel-mm "
+            "geometry"
+        )
     faint = None
     if cfg.faint_share is not None:
         faint = faint_members(bleed_dprime(data.layout, train_ds.ids, data.cache.dir.parent))

@@ -368,3 +368,15 @@ def test_faint_share_without_bleed_maps_fails_with_one_line(phantoms: Path, tmp_
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "bleed maps" in lines[0], proc.stderr
+
+
+def test_blood_fade_trains_with_the_bleed_maps_and_is_recorded(phantoms: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    args = ["train", "--data", str(phantoms), "--out", str(run), "--epochs", "1"]
+    options = [*TRAIN_ARGS, "--study-model", "none", "--blood-fade", "0.6"]
+    result = runner.invoke(app, [*args, *options])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    summary = load_checkpoint(run / "best.safetensors").summary
+    assert summary["augmentation"]["blood_fade"] == 0.6
+    # The bleed maps were read (and cached beside the HU planes) for it.
+    assert list((run / "cache").glob("pre-*/*.mask.npy"))

@@ -101,3 +101,43 @@ def test_bleed_masks_get_the_same_pose_as_the_hu_planes():
         inter = int((bleed & dense).sum())
         assert inter > 0.8 * int((bleed & brain).sum()) and inter > 0.8 * int(dense.sum())
     assert moved_any
+
+
+def test_fade_blood_brings_the_bleed_towards_the_tissue_around_it_and_spares_bone():
+    from training.augment import fade_blood
+
+    hu = torch.full((2, 1, 32, 32), 30.0)
+    hu[:, :, :, :4] = 1500.0  # bone along one side
+    bleed = torch.zeros(2, 1, 32, 32)
+    bleed[:, :, 12:20, 4:12] = 1.0  # a bleed against the bone
+    hu[bleed.bool()] = 70.0
+    out = fade_blood(hu, bleed, torch.tensor([0.25, 1.0]))
+    # Contrast 40 HU over the ring's 30 HU: a quarter of it in the first sample, all of it in
+    # the second; bone and the tissue away from the bleed keep their values.
+    assert abs(float(out[0, 0, 15, 8]) - 40.0) < 1.0
+    assert torch.equal(out[1], hu[1])
+    assert torch.equal(out[:, :, :, :4], hu[:, :, :, :4])
+    assert torch.equal(out[:, :, :, 20:], hu[:, :, :, 20:])
+
+
+def test_blood_fade_fades_the_bleed_of_about_half_the_samples_given_bleed_maps():
+    from training.augment import HUAugmentConfig, augment_hu
+
+    n = 64
+    hu = torch.full((n, 1, 32, 32), 30.0)
+    masks = torch.zeros(n, 5, 32, 32)
+    masks[:, 4, 10:20, 10:20] = 1.0
+    hu[:, :, 10:20, 10:20] = 70.0
+    still = dict(noise_hu=0.0, blur_sigma=0.0, sharpen=0.0, soft_offset_hu=0.0, soft_stretch=0.0)
+    still |= dict(hflip=0.0, rotate_deg=0.0, scale=0.0, aspect=0.0, elastic=0.0)
+    faded = HUAugmentConfig(blood_fade=0.9, **still)
+    out, _ = augment_hu(hu, faded, torch.Generator().manual_seed(0), masks)
+    contrast = out[:, 0, 13:17, 13:17].mean(dim=(1, 2)) - 30.0
+    changed = contrast < 40.0 - 1e-3
+    assert 0.3 < changed.float().mean() < 0.7
+    assert float(contrast.min()) > 40.0 * 0.1 - 1.0  # at most x (1 - 0.9)
+    assert torch.allclose(contrast[~changed], torch.full_like(contrast[~changed], 40.0), atol=1e-3)
+    # Without bleed maps the option does nothing (the RSNA download has none).
+    plain = HUAugmentConfig(blood_fade=0.0, **still)
+    without = augment_hu(hu, faded, torch.Generator().manual_seed(0))
+    assert torch.equal(without, augment_hu(hu, plain, torch.Generator().manual_seed(0)))
