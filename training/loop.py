@@ -460,6 +460,21 @@ def _version() -> str:
     return str(getattr(ichnode, "__version__", "0.0.0"))
 
 
+def _check_bleed_options(cfg: TrainConfig, layout: Layout, spec: PreprocessSpec) -> None:
+    """--blood-fade and --faint-share read the phantom bleed maps: refuse a folder without
+    them before OUT is made (the mixed folder of --mix is checked again once built)."""
+    if cfg.blood_fade > 0 and (layout.masks is None or spec.pixel_mm is None):
+        raise TrainError(
+            "--blood-fade needs bleed maps (phantom folders: phantom_masks/) and a --pixel-mm "
+            "geometry"
+        )
+    if cfg.faint_share is not None and layout.masks is None:
+        raise TrainError(
+            f"--faint-share: {layout.root} has no bleed maps (phantom_masks/): how visible a "
+            "bleed is is known for phantom folders only"
+        )
+
+
 def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None = None) -> Path:
     """Train per ``cfg``; returns the path of the best (calibrated) checkpoint.
 
@@ -479,7 +494,8 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
         raise TrainError(f"--normal-share must be between 0 and 1, not {cfg.normal_share}")
     if cfg.amp and resolve_device(cfg.device).type != "cuda":  # before anything is read
         raise TrainError(f"--amp (mixed precision) needs a CUDA device; not {cfg.device}")
-    find_layout(cfg.data)  # a missing or malformed data folder fails before OUT is made
+    layout = find_layout(cfg.data)  # a missing or malformed data folder fails before OUT is made
+    _check_bleed_options(cfg, layout, spec)
     mix = Mix.parse(cfg.mix) if cfg.mix else None
     own_data = Path(cfg.data)
     if mix is not None:  # the site's data and the mixed-in slices, read as one folder
@@ -542,11 +558,7 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
     val_ds = RSNADataset.from_table(
         data.layout, data.table, data.split["val"], spec, data.cache, data.index
     )
-    if cfg.blood_fade > 0 and (data.layout.masks is None or spec.pixel_mm is None):
-        raise TrainError(
-            "--blood-fade needs bleed maps (phantom folders: phantom_masks/) and a --pixel-mm "
-            "geometry"
-        )
+    _check_bleed_options(cfg, data.layout, spec)
     faint = None
     if cfg.faint_share is not None:
         faint = faint_members(bleed_dprime(data.layout, train_ds.ids, data.cache.dir.parent))

@@ -356,18 +356,20 @@ def test_faint_share_draws_from_the_faintest_bleeds_measured_on_the_bleed_maps(
     assert (table["dprime"] > 0).any()
 
 
-def test_faint_share_without_bleed_maps_fails_with_one_line(phantoms: Path, tmp_path: Path):
+@pytest.mark.parametrize("option", [("--faint-share", "0.5"), ("--blood-fade", "0.6")])
+def test_bleed_map_options_without_bleed_maps_fail_with_one_line_before_out_is_made(
+    phantoms: Path, tmp_path: Path, option: tuple[str, str]
+):
     import shutil
 
     data = tmp_path / "data"
     shutil.copytree(phantoms, data, ignore=shutil.ignore_patterns("phantom_masks"))
-    proc = _ichnode(
-        "train", "--data", str(data), "--out", str(tmp_path / "run"), "--faint-share", "0.5",
-        *TRAIN_ARGS,
-    )  # fmt: skip
+    run = tmp_path / "run"
+    proc = _ichnode("train", "--data", str(data), "--out", str(run), *option, *TRAIN_ARGS)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "bleed maps" in lines[0], proc.stderr
+    assert not run.exists()  # refused before the run folder and its split were written
 
 
 def test_blood_fade_trains_with_the_bleed_maps_and_is_recorded(phantoms: Path, tmp_path: Path):
