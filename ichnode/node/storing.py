@@ -3,7 +3,10 @@
 The one path of every received instance, C-STORE (:mod:`ichnode.node.scp`) and STOW-RS
 (:mod:`ichnode.node.stow`) alike. A repeat of a recorded SOP instance is counted and the first
 copy kept. Storage or database trouble raises :class:`~ichnode.node.intake.Refusal` with
-0xA700 and leaves neither an orphan file nor an orphan row.
+0xA700 and leaves no orphan row; the written file is removed too, except when the commit itself
+failed (its outcome unknown: the server may have committed before the connection dropped). That
+file stays, so that a row never points at nothing; if no row was made it is an orphan file, and
+the sender's retry (answered 0xA700, it resends) writes the same path again.
 """
 
 from __future__ import annotations
