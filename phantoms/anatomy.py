@@ -219,6 +219,11 @@ class Head:
     top: float  # canonical height of the highest slice
 
 
+def _calcification(c: tuple) -> tuple[float, float, float, float, float, float, float]:
+    u, v, w, ru, rv, rw, hu = (float(x) for x in c)
+    return u, v, w, ru, rv, rw, hu
+
+
 def _calcifications(
     rng: np.random.Generator, p: Preset, v: Ventricles
 ) -> tuple[tuple[float, float, float, float, float, float, float], ...]:
@@ -241,7 +246,7 @@ def _calcifications(
         r, h = rng.uniform(1.2, 2.5), hu()
         for side in (-1.0, 1.0):
             out.append((side * 19.0, v.oy - 4.0, v.oz - 18.0, r, r * 1.5, r, h))
-    return tuple(tuple(float(x) for x in c) for c in out)
+    return tuple(_calcification(c) for c in out)
 
 
 def sample_head(rng: np.random.Generator, preset: Preset) -> Head:
@@ -837,7 +842,7 @@ class Phantom:
             for cu, cv, cw, ru, rv, rw, chu in h.calcifications:
                 ball = _ellipsoid(g.x, g.y, g.z, (cu, cv, cw), (ru, rv, rw)) < 1.0
                 hu[calc & ball] = chu
-        if self.headrest is not None:
+        if self.headrest is not None and h.headrest is not None:
             hu[self.headrest == 1] = HEADREST_PAD_HU
             hu[self.headrest == 2] = h.headrest[2]
             t[self.headrest == 2] = Tissue.DEVICE

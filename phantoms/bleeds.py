@@ -187,12 +187,12 @@ class Intraparenchymal(Bleed):
     rim: float = 3.0
     lumps: tuple[tuple[float, float, float, float, float], ...] = ()  # mx, my, mz, phase, amp
 
-    def _radius_ratio(self, g: SliceGeometry) -> tuple[np.ndarray, np.ndarray]:
+    def _radius_ratio(self, g: SliceGeometry) -> tuple[np.ndarray, np.ndarray | float]:
         c = self.center
         dx, dy, dz = g.x - c[0], g.y - c[1], g.z - c[2]
         dist = np.sqrt(dx * dx + dy * dy + dz * dz)
         inv = 1.0 / np.maximum(dist, 1e-6)
-        wobble = 1.0
+        wobble: np.ndarray | float = 1.0
         for mx, my, mz, phase, amp in self.lumps:
             wobble = wobble + amp * np.cos((mx * dx + my * dy + mz * dz) * inv + phase)
         return dist, self.radius * wobble
@@ -217,7 +217,7 @@ class Intraventricular(Bleed):
 
     def mask(self, g: SliceGeometry) -> np.ndarray:
         inrange = (g.z >= self.z_lo) & (g.z <= self.z_hi)
-        if self.cast:
+        if self.cast and g.ventricles is not None:  # always given by the renderer
             return g.ventricles & inrange
         sides = (-1, 1) if self.side == 0 else (self.side,)
         vent = np.zeros_like(g.depth, dtype=bool)
@@ -241,7 +241,8 @@ def _texture(rng: np.random.Generator, p: Preset, subtle: bool) -> Texture:
     """Acute clot, faint blood when subtle, sometimes a hyperacute swirl or mixed density."""
     hu = draw(rng, p.subtle_blood_hu if subtle else p.blood_hu)
     roll = rng.random()
-    phase = tuple(float(x) for x in rng.uniform(0.0, 2.0 * math.pi, size=3))
+    a, b, c = (float(x) for x in rng.uniform(0.0, 2.0 * math.pi, size=3))
+    phase = (a, b, c)
     if roll < p.hyperacute_rate:
         return Texture(SWIRL, hu=hu, low_hu=draw(rng, p.hyperacute_hu), phase=phase)
     if roll < p.hyperacute_rate + p.mixed_rate:
@@ -306,8 +307,8 @@ def _brain_depth(head: Head, x: float, y: float, z: float) -> float:
     grad = math.sqrt((xn / a) ** 2 + (yn / head.b) ** 2 + (zn / c) ** 2) / max(r, 1e-6)
     temporal = head.temporalis * min(max((abs(x) - 45.0) / 15.0, 0.0), 1.0)
     temporal *= math.exp(-(((y + 15.0) / 30.0) ** 2))
-    boss = _ellipsoid(x, y, z, FRONTAL_BOSS_CENTRE, FRONTAL_BOSS_AXES)
-    boss = FRONTAL_BOSS * head.frontal_sinus * math.exp(-boss)
+    reach = float(_ellipsoid(x, y, z, FRONTAL_BOSS_CENTRE, FRONTAL_BOSS_AXES))
+    boss = FRONTAL_BOSS * head.frontal_sinus * math.exp(-reach)
     skull = head.skull * (1.0 + SKULL_POSTERIOR * y / head.b) + boss
     vault = (1.0 - r) / max(grad, 1e-6) - head.scalp - temporal - skull
     floor = float(cranial_floor(np.array([[x]]), np.array([[y]]), 1e6)[0, 0])
@@ -356,8 +357,13 @@ def _intraparenchymal(
     return Intraparenchymal(
         subtype=st.INTRAPARENCHYMAL, texture=_texture(rng, p, subtle),
         z_lo=center[2] - reach, z_hi=center[2] + reach, center=center, radius=float(radius),
-        rim=float(rim), lumps=tuple(tuple(float(v) for v in lump) for lump in lumps),
+        rim=float(rim), lumps=tuple(_lump(lump) for lump in lumps),
     )  # fmt: skip
+
+
+def _lump(values: tuple) -> tuple[float, float, float, float, float]:
+    mx, my, mz, phase, amp = (float(v) for v in values)
+    return mx, my, mz, phase, amp
 
 
 def _subarachnoid(
@@ -366,7 +372,8 @@ def _subarachnoid(
     cisternal = span[0] <= SUPRASELLAR[0][2] and rng.random() < CISTERNAL_SAH
     if cisternal:
         centre = SUPRASELLAR[0] if rng.random() < 0.7 else CISTERNA_MAGNA[0]
-        center = tuple(float(c) for c in centre)
+        cx, cy, cz = (float(c) for c in centre)
+        center = (cx, cy, cz)
         radius = rng.uniform(18.0, 26.0) if subtle else rng.uniform(28.0, 40.0)
     else:  # convexity / sulcal: a patch near the surface
         center = _in_brain_point(rng, head, _pick(rng, span, -10.0, 70.0), 4.0, 22.0)

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 from pydicom import config as dicom_config
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 from tqdm import tqdm
 
 from ichnode import subtypes as st
@@ -244,7 +244,7 @@ def _dataset(
     """The CT Image Storage dataset of one slice, with Explicit VR Little Endian file meta."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(
         f"{image_id}.dcm", {}, file_meta=meta, preamble=b"\0" * 128, is_implicit_VR=False
