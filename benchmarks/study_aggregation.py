@@ -70,37 +70,6 @@ AGGREGATIONS: dict[str, Callable[[Study], float]] = {
 }
 
 
-def _embed_both(model, loader, spec, dev, skipped: set[str]):
-    """:func:`training.study.embed_dataset` for the slices and, in the same pass, for their
-    left-right mirrors (the embeddings of the two averaged): ``(ids, emb, logits, y)`` each."""
-    import torch
-
-    from ichnode.model import embed, head
-    from training.loop import model_input
-
-    model.eval()
-    ids_all = loader.dataset.ids
-    ids: list[str] = []
-    plain: tuple[list, list] = ([], [])
-    flipped: tuple[list, list] = ([], [])
-    labels = []
-    with torch.inference_mode():
-        for x, y, pos, bad, _ in loader:
-            skipped.update(ids_all[i] for i in bad)
-            if len(x) == 0:
-                continue
-            x = model_input(x.to(dev), spec, None, None)
-            e = embed(model, x)
-            ef = (e + embed(model, x.flip(-1))) / 2
-            for out, emb in ((plain, e), (flipped, ef)):
-                out[0].append(emb.float().cpu().numpy())
-                out[1].append(head(model)(emb).float().cpu().numpy())
-            labels.append(y.numpy())
-            ids.extend(ids_all[int(i)] for i in pos)
-    y_all = np.concatenate(labels)
-    return [(ids, np.concatenate(e), np.concatenate(lg), y_all) for e, lg in (plain, flipped)]
-
-
 def score(data: Path, model: Path | None, cache: Path, flip: bool = False) -> dict[str, np.ndarray]:
     """Per study (z order): raw and refined slice logits, study logits, study label of any,
     slice labels and image ids; with ``flip`` also the score keys suffixed ``_flip`` (the
@@ -125,10 +94,10 @@ def score(data: Path, model: Path | None, cache: Path, flip: bool = False) -> di
     dev = next(ckpt.model.parameters()).device
     skipped = set(ids) - set(readable)
     loader = make_loader(ds, 64, 0, None)
-    if flip:
-        passes = _embed_both(ckpt.model, loader, ckpt.spec, dev, skipped)
-    else:
-        passes = [embed_dataset(ckpt.model, loader, ckpt.spec, dev, skipped)]
+    passes = [
+        embed_dataset(ckpt.model, loader, ckpt.spec, dev, skipped, mirrored=mirrored)
+        for mirrored in ((False, True) if flip else (False,))
+    ]
     out: dict[str, np.ndarray] = {}
     for suffix, (seen, emb, logits, y) in zip(("", "_flip"), passes, strict=False):
         studies = group_studies(index, seen, emb, logits, y)

@@ -59,9 +59,11 @@ def embed_dataset(
     augment=None,
     g: torch.Generator | None = None,
     desc: str = "embed",
+    mirrored: bool = False,
 ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """Image ids, embeddings ``(N, D)``, slice logits ``(N, 6)`` and labels of every readable
-    item; ``augment`` (an HU or legacy augmentation config) alters the inputs first."""
+    item; ``augment`` (an HU or legacy augmentation config) alters the inputs first;
+    ``mirrored`` averages each embedding with its left-right mirror's (test-time flip)."""
     from training.loop import model_input  # the loop imports this module
 
     model.eval()
@@ -74,6 +76,8 @@ def embed_dataset(
             continue
         x = model_input(x.to(device), spec, augment, g)
         e = embed(model, x)
+        if mirrored:
+            e = (e + embed(model, x.flip(-1))) / 2
         embs.append(e.float().cpu().numpy())
         logits.append(head(model)(e).float().cpu().numpy())
         labels.append(y.numpy())
