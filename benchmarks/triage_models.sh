@@ -144,3 +144,17 @@ done
 python "$here/study_aggregation.py" --pair runs/ft8-sel25/scores.npz,runs/ft8-sel26/scores.npz \
   runs/ft10faint-sel25/scores.npz,runs/ft10faint-sel26/scores.npz \
   --models runs/ft8/cal28.safetensors runs/ft10faint/best.safetensors
+# 2026-12-07 (session 16): the same fine-tuning with the blood faded instead (--blood-fade 0.7:
+# in half the samples the blood's contrast over the tissue around it x U(0.3, 1), from the
+# bleed maps), same data, same rule (docs/training.md).
+[ -f runs/ft10fade/best.safetensors ] || ichnode train --data train10 --out runs/ft10fade \
+  --init "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}" --epochs 4 --epoch-samples 16000 \
+  --lr 2e-4 --workers 1 --blood-fade 0.7 --calibration-data cal28 --device cpu
+for set in sel25 sel26; do
+  python "$here/study_aggregation.py" --data "$set" --out "runs/ft10fade-$set" \
+    --model runs/ft10fade/best.safetensors
+  python "$here/bleed_visibility.py" --data "$set" --scores "runs/ft10fade-$set/scores.npz"
+done
+python "$here/study_aggregation.py" --pair runs/ft8-sel25/scores.npz,runs/ft8-sel26/scores.npz \
+  runs/ft10fade-sel25/scores.npz,runs/ft10fade-sel26/scores.npz \
+  --models runs/ft8/cal28.safetensors runs/ft10fade/best.safetensors
