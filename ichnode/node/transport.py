@@ -202,7 +202,7 @@ class GuardedServer(ThreadedAssociationServer):
         self.listening = listening
         self._connections = 0  # accepted and not yet closed (counted where shared)
         self._connections_lock = threading.Lock()
-        self._handed_over = threading.local()  # this connection's thread made an association
+        self._handed_over = threading.local()  # the association this connection's thread made
         kwargs.setdefault("request_handler", GuardedRequestHandler)
         super().__init__(*args, **kwargs)
 
@@ -250,7 +250,7 @@ class GuardedServer(ThreadedAssociationServer):
     def connection_to_association(self, assoc: Association) -> None:
         """The connection became ``assoc``: it is counted until the association's thread
         ends (where shared, the other processes see it close)."""
-        self._handed_over.done = True
+        self._handed_over.assoc = assoc
         run = assoc.run
 
         def run_then_count() -> None:
@@ -262,11 +262,14 @@ class GuardedServer(ThreadedAssociationServer):
         assoc.run = run_then_count  # type: ignore[method-assign]
 
     def process_request_thread(self, request: socket.socket, client_address: object) -> None:
-        self._handed_over.done = False
+        self._handed_over.assoc = None
         try:
             self._serve_connection(request, client_address)
         finally:
-            if not self._handed_over.done:  # dropped before it became an association
+            assoc = self._handed_over.assoc
+            # Dropped before it became an association, or its thread never started (start()
+            # raised): no run_then_count will uncount it.
+            if assoc is None or assoc.ident is None:
                 self._count_connection(-1)
 
     def _serve_connection(self, request: socket.socket, client_address: object) -> None:
