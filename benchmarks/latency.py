@@ -3,7 +3,8 @@ result stored, (iii) the SR accepted by a destination (DCMTK storescp), for a 40
 250-slice study sent at full speed to a node that has already resulted and reported one 8-slice
 study (the inference process has loaded its model). stable_seconds is subtracted from (ii) and
 (iii), so the numbers show ichnode's own overhead. With ``--cold`` the timed study is the
-node's first, sent as soon as ``serve`` prints its ready line.
+node's first, sent as soon as ``serve`` prints its ready line; "ready s" is then how long
+``serve`` took to print it (from its start).
 
     python benchmarks/latency.py --sizes 40,250 --stable-seconds 1 [--cold]
 """
@@ -55,9 +56,10 @@ def _ts(value: str | None) -> datetime | None:
 
 def run_once(
     files: list[Path], warmup: list[Path] | None, stable: float, workers: int
-) -> tuple[float, float, float | None]:
-    """Seconds from the last C-STORE response of ``files`` to all scored, result, SR sent;
-    ``warmup``: a study sent (and reported) first, None to time the node's first study."""
+) -> tuple[float, float, float | None, float]:
+    """Seconds from the last C-STORE response of ``files`` to all scored, result, SR sent,
+    and from serve's start to its ready line; ``warmup``: a study sent (and reported) first,
+    None to time the node's first study."""
     work = Path(tempfile.mkdtemp(prefix="latency-"))
     port, dest_port = free_port(), free_port()
     (work / "dest").mkdir()
@@ -74,6 +76,7 @@ def run_once(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    started = time.monotonic()
     node = subprocess.Popen(
         [python(), "-m", "ichnode", "--log-level", "WARNING", "serve", "--config", str(cfg)],
         cwd=work,
@@ -85,6 +88,7 @@ def run_once(
         for line in node.stdout:  # serve prints one line: ready
             if line.startswith("ichnode ready"):
                 break
+        ready = time.monotonic() - started
         wait_for(lambda: port_open(port) and port_open(dest_port), timeout=120)
         db = work / "ichnode.db"
 
@@ -118,7 +122,8 @@ def run_once(
             sent = (_ts(row[0]) - last).total_seconds() - stable
         except AssertionError:  # wait_for's timeout: nothing was sent
             pass
-        return (scored - last).total_seconds(), (resulted - last).total_seconds() - stable, sent
+        scored_s = (scored - last).total_seconds()
+        return scored_s, (resulted - last).total_seconds() - stable, sent, ready
     finally:
         for proc in (node, dest):
             proc.send_signal(signal.SIGTERM)
@@ -141,14 +146,16 @@ def main() -> None:
         f"{', first study after the ready line' if args.cold else ''}"
     )
     print(f"# {machine()}, {time.strftime('%Y-%m-%d %H:%M')}")
-    print(f"{'slices':<8}{'all scored s':>14}{'result s':>10}{'SR accepted s':>15}")
+    ready_column = f"{'ready s':>9}" if args.cold else ""
+    print(f"{'slices':<8}{'all scored s':>14}{'result s':>10}{'SR accepted s':>15}{ready_column}")
     warmup = sorted(phantom_study(8, seed=999).glob("*.dcm"))
     for n in (int(x) for x in args.sizes.split(",")):
         files = sorted(phantom_study(n, seed=100 + n).glob("*.dcm"))
         first = None if args.cold else warmup
-        scored, resulted, sent = run_once(files, first, args.stable_seconds, args.workers)
+        scored, resulted, sent, ready = run_once(files, first, args.stable_seconds, args.workers)
         sr = "-" if sent is None else f"{sent:.2f}"
-        print(f"{n:<8}{scored:>14.2f}{resulted:>10.2f}{sr:>15}")
+        ready_cell = f"{ready:>9.2f}" if args.cold else ""
+        print(f"{n:<8}{scored:>14.2f}{resulted:>10.2f}{sr:>15}{ready_cell}")
 
 
 if __name__ == "__main__":
