@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import overload
 
 import torch
 import torch.nn.functional as F
@@ -179,6 +180,14 @@ def fade_blood(hu: torch.Tensor, bleed: torch.Tensor, factor: torch.Tensor) -> t
     return out
 
 
+@overload
+def augment_hu(
+    hu: torch.Tensor, cfg: HUAugmentConfig, g: torch.Generator, masks: None = None
+) -> torch.Tensor: ...
+@overload
+def augment_hu(
+    hu: torch.Tensor, cfg: HUAugmentConfig, g: torch.Generator, masks: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]: ...
 def augment_hu(
     hu: torch.Tensor,
     cfg: HUAugmentConfig,

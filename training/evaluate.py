@@ -404,7 +404,8 @@ def evaluate(
         raise DatasetError("no readable images to evaluate")
     studies = group_studies(index, seen, emb, logits, y_slices)
     z_by_id = index.set_index("id")["z"]
-    slice_p, study_p, slice_ids, low = [], [], [], []
+    slice_p, study_p, slice_ids = [], [], []
+    low: list[bool] = []
     for sid_ids, e in zip(studies.ids, studies.emb, strict=True):
         scores = score_study(ckpt, e, [float(z_by_id[i]) for i in sid_ids])
         slice_p.append(scores.slices)

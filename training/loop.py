@@ -17,6 +17,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast, overload
 
 import numpy as np
 import pandas as pd
@@ -56,7 +57,7 @@ from training.dataset import (
     write_split,
 )
 from training.finetune import MIXED_DIR, Mix, build_mixed, init_from, split_with_mix
-from training.sampling import build_sampler, faint_members
+from training.sampling import BalancedSampler, SeededRandomSampler, build_sampler, faint_members
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,22 @@ def make_spec(
         raise TrainError(str(exc)) from None
 
 
+@overload
+def model_input(
+    x: torch.Tensor,
+    spec: PreprocessSpec,
+    augment: AugmentConfig | HUAugmentConfig | None,
+    g: torch.Generator | None,
+    masks: None = None,
+) -> torch.Tensor: ...
+@overload
+def model_input(
+    x: torch.Tensor,
+    spec: PreprocessSpec,
+    augment: AugmentConfig | HUAugmentConfig | None,
+    g: torch.Generator | None,
+    masks: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]: ...
 def model_input(
     x: torch.Tensor,
     spec: PreprocessSpec,
@@ -316,29 +333,31 @@ def train_one_epoch(
     seg_loss = SegmentationLoss().to(device) if segments else None
     fades = isinstance(augmentation, HUAugmentConfig) and augmentation.blood_fade > 0
     total, seen = 0.0, 0
-    ids = loader.dataset.ids
+    data = cast(RSNADataset, loader.dataset)
+    ids = data.ids
     bar = tqdm(loader, desc=desc, leave=False, disable=None if progress else True)
     for x, y, _, bad, masks in bar:
         skipped.update(ids[i] for i in bad)
         if len(x) == 0:
             continue
         x = x.to(device, non_blocking=True)
+        onehot: torch.Tensor | None = None
         if masks is not None and (seg_loss is not None or fades):
-            x, onehot = model_input(
-                x, spec or loader.dataset.spec, augmentation, g, onehot_masks(masks.to(device))
+            x, posed = model_input(
+                x, spec or data.spec, augmentation, g, onehot_masks(masks.to(device))
             )
-            onehot = onehot if seg_loss is not None else None
+            onehot = posed if seg_loss is not None else None
         else:
-            x, onehot = model_input(x, spec or loader.dataset.spec, augmentation, g), None
+            x = model_input(x, spec or data.spec, augmentation, g)
         y = y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            if onehot is None:
+            if onehot is None or seg_loss is None:
                 loss = loss_fn(model(x).float(), y)
             else:
                 logits, maps = model(x, segment=True)
                 loss = loss_fn(logits.float(), y) + seg_weight * seg_loss(maps.float(), onehot)
-        if amp:
+        if amp and scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
@@ -377,8 +396,8 @@ def predict_logits(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Logits, labels and dataset positions of every readable item (no augmentation)."""
     model.eval()
-    spec = loader.dataset.spec
-    ids = loader.dataset.ids
+    data = cast(RSNADataset, loader.dataset)
+    spec, ids = data.spec, data.ids
     logits, labels, positions = [], [], []
     for x, y, pos, bad, _ in tqdm(
         loader, desc=desc, leave=False, disable=None if progress else True
@@ -441,7 +460,7 @@ def save_resume_state(path: Path, state: dict) -> None:
     tmp.replace(path)
 
 
-def load_resume_state(path: Path) -> dict:
+def load_resume_state(path: Path) -> dict[str, Any]:
     """Load RUN/last.pt without unpickling code."""
     if not path.is_file():
         raise TrainError(f"--resume: {path} does not exist (nothing to resume)")
@@ -528,7 +547,9 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
             else NO_HU_AUGMENT
         )
 
-    state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "history": [], "skipped": []}
+    state: dict[str, Any] = {
+        "epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "history": [], "skipped": []
+    }  # fmt: skip
     if cfg.resume:
         state = load_resume_state(out / LAST_NAME)
         if state.get("fingerprint") != _fingerprint(cfg, spec):
@@ -564,7 +585,7 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
         faint = faint_members(bleed_dprime(data.layout, train_ds.ids, data.cache.dir.parent))
         log.info("faint bleeds: %d slices get %g of each subtype's draws", len(faint),
                  cfg.faint_share)  # fmt: skip
-    sampler = build_sampler(
+    sampler: BalancedSampler | SeededRandomSampler | distributed.ShardedSampler = build_sampler(
         train_ds.labels, cfg.balanced, cfg.seed, cfg.normal_share, cfg.epoch_samples,
         faint=faint, faint_share=cfg.faint_share,
     )  # fmt: skip

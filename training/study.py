@@ -16,6 +16,7 @@ import copy
 import logging
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,9 @@ from ichnode.imaging import PreprocessSpec
 from ichnode.model import embed, head
 from ichnode.study import StudyGRU, build_study, order_by_z
 from ichnode.subtypes import SUBTYPES
+
+if TYPE_CHECKING:
+    from training.dataset import RSNADataset
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +71,7 @@ def embed_dataset(
     from training.loop import model_input  # the loop imports this module
 
     model.eval()
-    ids_all = loader.dataset.ids
+    ids_all = cast("RSNADataset", loader.dataset).ids
     ids: list[str] = []
     embs, logits, labels = [], [], []
     for x, y, pos, bad, _ in tqdm(loader, desc=desc, leave=False, disable=None):
@@ -193,4 +197,4 @@ def train_study_model(
         min(history, key=lambda r: r["val_loss"])["epoch"],
         epochs,
     )
-    return model, history
+    return cast(StudyGRU, model), history
