@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 from pydicom.dataset import Dataset
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -24,8 +25,8 @@ from ichnode.db.models import Instance, InstanceStatus, Series, Study, StudyStat
 #: Two slices of one series closer than this along the normal are "the same position" (mm).
 SAME_POSITION_MM = 0.01
 
-_instances = Instance.__table__
-_studies = Study.__table__
+_instances = cast(Table, Instance.__table__)
+_studies = cast(Table, Study.__table__)
 _ID_OF_SOP = select(_instances.c.id).where(_instances.c.sop_instance_uid == bindparam("b_sop"))
 _COUNT_REPEAT = (
     update(_instances)
@@ -215,7 +216,9 @@ def record_instance(
                 status=StudyStatus.RECEIVING,
             )
         )
-        study_id = session.scalar(select(Study.id).where(Study.study_instance_uid == r.study_uid))
+        study_id = session.execute(
+            select(Study.id).where(Study.study_instance_uid == r.study_uid)
+        ).scalar_one()
     conn = session.connection()
     conn.execute(_TOUCH_STUDY, {"b_study": study_id, "b_at": r.received_at})
     series_id = known.series.get(r.series_uid)
@@ -232,9 +235,9 @@ def record_instance(
                 created_at=r.received_at,
             )
         )
-        series_id = session.scalar(
+        series_id = session.execute(
             select(Series.id).where(Series.series_instance_uid == r.series_uid)
-        )
+        ).scalar_one()
     status, reason = r.status, r.reason
     if status == InstanceStatus.QUEUED and skip_duplicate_positions and r.z is not None:
         same_z = conn.execute(_SAME_POSITION, {"b_series": series_id, "b_z": r.z}).scalar()

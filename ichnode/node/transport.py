@@ -17,7 +17,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom.association import Association
 from pynetdicom.transport import (
@@ -210,7 +210,8 @@ class GuardedServer(ThreadedAssociationServer):
         if self.listening is None:
             super().server_bind()
             return
-        self.socket.close()
+        if self.socket is not None:  # the one socketserver made: the shared one replaces it
+            self.socket.close()
         self.socket = self.listening.sock
         self.server_address = self.socket.getsockname()
 
@@ -221,7 +222,7 @@ class GuardedServer(ThreadedAssociationServer):
     def server_close(self) -> None:
         if self.listening is None:
             super().server_close()
-        else:  # no shutdown(): it would stop the other processes' listening too
+        elif self.socket is not None:  # no shutdown(): it would stop the others' listening too
             self.socket.close()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
@@ -229,6 +230,8 @@ class GuardedServer(ThreadedAssociationServer):
             # Every process's accept loop woke for this connection: let a less busy one take
             # it (the loser's accept raises BlockingIOError, which socketserver ignores).
             time.sleep(ACCEPT_DEFER)
+        if self.socket is None:
+            raise OSError("the server's socket is closed")  # socketserver skips this request
         client, address = self.socket.accept()
         client.settimeout(self.io_timeout)
         if self.tls is not None:
@@ -261,10 +264,14 @@ class GuardedServer(ThreadedAssociationServer):
 
         assoc.run = run_then_count  # type: ignore[method-assign]
 
-    def process_request_thread(self, request: socket.socket, client_address: object) -> None:
+    def process_request_thread(
+        self,
+        request: socket.socket | tuple[bytes, socket.socket],
+        client_address: tuple[str, int] | str,
+    ) -> None:
         self._handed_over.assoc = None
         try:
-            self._serve_connection(request, client_address)
+            self._serve_connection(cast(socket.socket, request), client_address)  # TCP only
         finally:
             assoc = self._handed_over.assoc
             # Dropped before it became an association, or its thread never started (start()
@@ -272,7 +279,9 @@ class GuardedServer(ThreadedAssociationServer):
             if assoc is None or assoc.ident is None:
                 self._count_connection(-1)
 
-    def _serve_connection(self, request: socket.socket, client_address: object) -> None:
+    def _serve_connection(
+        self, request: socket.socket, client_address: tuple[str, int] | str
+    ) -> None:
         if isinstance(request, ssl.SSLSocket):
             try:
                 request.do_handshake()
