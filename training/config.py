@@ -33,7 +33,15 @@ class TrainConfig:
     architecture: str = field(
         default="ichnet2", metadata=option("--arch", "Registered slice architecture.")
     )
-    epochs: int = field(default=5, metadata=option("--epochs", "Epochs.", minimum=1))
+    epochs: int = field(
+        default=5,
+        metadata=option(
+            "--epochs",
+            "Epochs (0 with --init: keep that slice network, fit only the study model and the "
+            "calibration).",
+            minimum=0,
+        ),
+    )
     batch_size: int = field(default=32, metadata=option("--batch-size", "Batch.", minimum=1))
     lr: float = field(default=1e-3, metadata=option("--lr", "Adam learning rate."))
     image_size: int = field(

@@ -511,6 +511,8 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
             raise TrainError(f"--study-model {cfg.study_model!r}: expected one of {known}, none")
     if cfg.normal_share is not None and not 0.0 < cfg.normal_share < 1.0:
         raise TrainError(f"--normal-share must be between 0 and 1, not {cfg.normal_share}")
+    if cfg.epochs == 0 and cfg.init is None:
+        raise TrainError("--epochs 0 keeps the slice network of --init: give --init CHECKPOINT")
     if cfg.amp and resolve_device(cfg.device).type != "cuda":  # before anything is read
         raise TrainError(f"--amp (mixed precision) needs a CUDA device; not {cfg.device}")
     layout = find_layout(cfg.data)  # a missing or malformed data folder fails before OUT is made
@@ -536,7 +538,7 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     # Cosine decay of the learning rate over the run: the late epochs settle instead of
     # swinging (seen on phantoms: validation AUC of rare subtypes jumped between epochs).
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
     loss_fn = Loss(cfg.weighted_loss).to(device)
     if spec.pixel_mm is None:
         augmentation = (augmentation or AugmentConfig()) if cfg.augment else NO_AUGMENT
@@ -609,6 +611,19 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
         f", bleed maps (weight {cfg.seg_weight:g})" if segmented else "",
     )
 
+    if cfg.epochs == 0 and info.is_main:  # the --init slice network as it is: epoch 0
+        val_loss, val_loss_raw, aucs = _validate(model, val_loader, loss_fn, device, data.skipped)
+        state["history"] = [{
+            "epoch": 0, "train_loss": None, "val_loss": val_loss, "val_loss_raw": val_loss_raw,
+            "val_auc": {k: metrics.finite_or_none(v) for k, v in aucs.items()},
+        }]  # fmt: skip
+        state["best_val_loss"], state["best_epoch"] = val_loss, 0
+        save_checkpoint(
+            out / BEST_NAME, Checkpoint(model=model, architecture=cfg.architecture, spec=spec)
+        )
+        (out / HISTORY_NAME).write_text(json.dumps(state["history"], indent=1))
+        log.info("--epochs 0: the slice network of --init, val_loss=%.4f", val_loss)
+
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
         sampler.set_epoch(epoch)
         g = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
@@ -622,10 +637,7 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
         if not info.is_main:  # rank 0 validates, saves and reports
             distributed.barrier(info)
             continue
-        logits, y, _ = predict_logits(model, val_loader, device, data.skipped, desc="validate")
-        val_loss_raw = _val_loss(loss_fn, logits, y, device)
-        val_loss = _calibrated_val_loss(loss_fn, logits, y, device)
-        aucs = metrics.aucs(y, 1.0 / (1.0 + np.exp(-logits)))
+        val_loss, val_loss_raw, aucs = _validate(model, val_loader, loss_fn, device, data.skipped)
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -666,6 +678,23 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
     finally:
         distributed.barrier(info)
         distributed.shutdown(info)
+
+
+def _validate(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: Loss,
+    device: torch.device,
+    skipped: set[str],
+) -> tuple[float, float, dict[str, float]]:
+    """Calibrated and raw validation loss, and AUC per label, of ``model`` on ``loader``."""
+    logits, y, _ = predict_logits(model, loader, device, skipped, desc="validate")
+    aucs = metrics.aucs(y, 1.0 / (1.0 + np.exp(-logits)))
+    return (
+        _calibrated_val_loss(loss_fn, logits, y, device),
+        _val_loss(loss_fn, logits, y, device),
+        aucs,
+    )
 
 
 def finalize(

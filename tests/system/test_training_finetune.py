@@ -63,6 +63,33 @@ def test_init_starts_from_the_checkpoints_weights(sets, base, tmp_path):
     )
 
 
+def test_epochs_0_keeps_the_init_slice_network_and_fits_the_study_model(sets, base, tmp_path):
+    """--epochs 0: the second stage alone, on the frozen slice network of --init."""
+    out = tmp_path / "run"
+    args = ["train", "--data", str(sets[0]), "--out", str(out), "--init", str(base)]
+    options = [*TINY[: TINY.index("--study-model")], "--limit", "120", "--epochs", "0"]
+    result = runner.invoke(app, [*args, *options, "--study-model", "bigru", "--study-epochs", "2"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    ckpt = load_checkpoint(out / "best.safetensors")
+    weights = [p.detach() for p in ckpt.model.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(weights, _weights(base), strict=True))
+    assert ckpt.study is not None and ckpt.study_thresholds is not None
+    assert ckpt.summary["epochs"] == 0 and ckpt.summary["best_epoch"] == 0
+    assert ckpt.summary["study_model"] == "bigru"
+    assert [row["epoch"] for row in json.loads((out / "history.json").read_text())] == [0]
+
+
+def test_epochs_0_without_init_is_refused_in_one_line_before_out_is_made(sets, tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app, ["train", "--data", str(sets[0]), "--out", str(out), *TINY, "--epochs", "0"]
+    )
+    message = str(result.exception)
+    assert result.exit_code != 0 and "\n" not in message
+    assert "--epochs 0" in message and "--init" in message, message
+    assert not out.exists()
+
+
 def test_init_refuses_a_checkpoint_of_another_preprocessing_in_one_line(sets, tmp_path):
     from ichnode.cli import main
 
