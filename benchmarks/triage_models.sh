@@ -158,3 +158,17 @@ done
 python "$here/study_aggregation.py" --pair runs/ft8-sel25/scores.npz,runs/ft8-sel26/scores.npz \
   runs/ft10fade-sel25/scores.npz,runs/ft10fade-sel26/scores.npz \
   --models runs/ft8/cal28.safetensors runs/ft10fade/best.safetensors
+# 2026-12-07 (session 16): the study model alone refitted on more studies (--epochs 0 keeps the
+# shipped slice network): train10's training split and all of train11 (1,000 more studies;
+# --mix takes every slice of it at 0.6), calibrated on cal28; the same rule (docs/training.md).
+synth train11 --preset train --seed 11 --studies 1000
+[ -f runs/study2k/best.safetensors ] || ichnode train --data train10 --mix train11:0.6 \
+  --out runs/study2k --init "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}" --epochs 0 \
+  --workers 1 --calibration-data cal28 --device cpu
+for set in sel25 sel26; do
+  python "$here/study_aggregation.py" --data "$set" --out "runs/study2k-$set" \
+    --model runs/study2k/best.safetensors
+done
+python "$here/study_aggregation.py" --pair runs/ft8-sel25/scores.npz,runs/ft8-sel26/scores.npz \
+  runs/study2k-sel25/scores.npz,runs/study2k-sel26/scores.npz \
+  --models runs/ft8/cal28.safetensors runs/study2k/best.safetensors
