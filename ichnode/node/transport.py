@@ -14,6 +14,7 @@ import logging
 import socket
 import ssl
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -278,6 +279,16 @@ class GuardedServer(ThreadedAssociationServer):
             # raised): no run_then_count will uncount it.
             if assoc is None or assoc.ident is None:
                 self._count_connection(-1)
+
+    def handle_error(
+        self,
+        request: socket.socket | tuple[bytes, socket.socket],
+        client_address: tuple[str, int] | str,
+    ) -> None:
+        """One log line for a connection that failed (socketserver prints a traceback to
+        stderr): e.g. its association's thread could not be started. The server goes on."""
+        exc = sys.exc_info()[1]
+        log.error("connection from %s failed: %s: %s", client_address, type(exc).__name__, exc)
 
     def _serve_connection(
         self, request: socket.socket, client_address: tuple[str, int] | str

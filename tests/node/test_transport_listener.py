@@ -49,7 +49,9 @@ def test_an_association_is_counted_while_open_and_uncounted_when_released(listen
     assert wait_for(lambda: loads[0] == 0)
 
 
-def test_an_association_whose_thread_never_starts_is_uncounted(listening_server, monkeypatch):
+def test_an_association_whose_thread_never_starts_is_uncounted(
+    listening_server, monkeypatch, caplog, capfd
+):
     """The server could not start the association's thread (e.g. no thread left): nothing
     will run it, so the connection's thread itself takes its count back."""
     port, loads = listening_server
@@ -66,6 +68,10 @@ def test_an_association_whose_thread_never_starts_is_uncounted(listening_server,
     refused = _associate(port)
     assert not refused.is_established and failed.is_set()
     assert wait_for(lambda: loads[0] == 0)
+    # One log line, no traceback on stderr (socketserver's handle_error prints one).
+    failures = [r for r in caplog.records if "failed: RuntimeError" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].exc_info is None
+    assert "Traceback" not in capfd.readouterr().err
     assoc = _associate(port)  # the server still serves, and counts
     assert assoc.is_established and wait_for(lambda: loads[0] == 1)
     assoc.release()
