@@ -89,7 +89,8 @@ def score(data: Path, model: Path | None, cache: Path, flip: bool = False) -> di
     ids = list(table.index)
     index = header_index(layout, ids, cache, progress=True)
     index = index[index["readable"].astype(bool)]
-    readable = [i for i in ids if i in set(index["id"])]
+    indexed = set(index["id"])  # once: built per id it made this quadratic
+    readable = [i for i in ids if i in indexed]
     ds = RSNADataset.from_table(layout, table, readable, ckpt.spec, index=index)
     dev = next(ckpt.model.parameters()).device
     skipped = set(ids) - set(readable)

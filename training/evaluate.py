@@ -392,9 +392,10 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     index = header_index(layout, ids, out / ".index", progress=progress)
     index = index[index["readable"].astype(bool)]
-    readable = [i for i in ids if i in set(index["id"])]
+    indexed = set(index["id"])  # once: built per id it made this quadratic
+    readable = [i for i in ids if i in indexed]
     ds = RSNADataset.from_table(layout, table, readable, ckpt.spec, index=index)
-    skipped: set[str] = set(ids) - set(index["id"])
+    skipped: set[str] = set(ids) - indexed
     dev = next(ckpt.model.parameters()).device
     seen, emb, logits, y_slices = embed_dataset(
         ckpt.model, make_loader(ds, batch_size, 0, None), ckpt.spec, dev, skipped,
