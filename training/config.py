@@ -157,6 +157,14 @@ class TrainConfig:
             "preprocessing options, refused otherwise).",
         ),
     )
+    init_resize: bool = field(
+        default=False,
+        metadata=option(
+            "--init-resize",
+            "With --init: accept a checkpoint trained at another --image-size and --pixel-mm "
+            "(fine-tuning at a higher resolution; the windows and --context must still match).",
+        ),
+    )
     mix: str | None = field(
         default=None,
         metadata=option(

@@ -67,9 +67,18 @@ class Mix:
         return cls(Path(folder), fraction)
 
 
-def init_from(model: nn.Module, checkpoint: Path, architecture: str, spec: PreprocessSpec) -> str:
+def init_from(
+    model: nn.Module,
+    checkpoint: Path,
+    architecture: str,
+    spec: PreprocessSpec,
+    resize: bool = False,
+) -> str:
     """Load ``checkpoint``'s slice weights into ``model``; its model id. Refused (one line)
-    unless it has this run's architecture and preprocessing spec."""
+    unless it has this run's architecture and preprocessing spec; with ``resize`` the input
+    size and pixel spacing may differ (every registered network pools its map to a fixed size
+    before its head, so its weights fit any input size; it then sees every structure larger or
+    smaller than it learnt it, and the fine-tuning is what adapts it)."""
     try:
         ckpt = load_checkpoint(checkpoint, "cpu")
     except (IchnodeError, OSError) as exc:
@@ -80,10 +89,12 @@ def init_from(model: nn.Module, checkpoint: Path, architecture: str, spec: Prepr
             f"--init: {ckpt.model_id} is a {ckpt.architecture}, this run trains {architecture} "
             "(give the same --arch)"
         )
-    if ckpt.spec.to_dict() != spec.to_dict():
+    geometry = ("size", "pixel_mm") if resize else ()
+    if _without(ckpt.spec, geometry) != _without(spec, geometry):
         raise FineTuneError(
             f"--init: {ckpt.model_id} was trained on {_spec_text(ckpt.spec)}, this run on "
-            f"{_spec_text(spec)} (give the same --image-size, --pixel-mm, --windows, --context)"
+            f"{_spec_text(spec)} (give the same --image-size, --pixel-mm, --windows, --context"
+            f"{'' if resize else ', or --init-resize for another size'})"
         )
     state = ckpt.model.state_dict()
     if widen:  # the maxima's weights start at zero: the same function as the checkpoint
@@ -94,6 +105,10 @@ def init_from(model: nn.Module, checkpoint: Path, architecture: str, spec: Prepr
         "fine-tuning from %s%s", ckpt.model_id, " (head widened to the maxima)" if widen else ""
     )
     return ckpt.model_id
+
+
+def _without(spec: PreprocessSpec, keys: tuple[str, ...]) -> dict:
+    return {k: v for k, v in spec.to_dict().items() if k not in keys}
 
 
 def _spec_text(spec: PreprocessSpec) -> str:

@@ -534,7 +534,7 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
     except IchnodeError as exc:
         raise TrainError(str(exc)) from None
     if cfg.init is not None:
-        init_from(model, Path(cfg.init), cfg.architecture, spec)
+        init_from(model, Path(cfg.init), cfg.architecture, spec, resize=cfg.init_resize)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     # Cosine decay of the learning rate over the run: the late epochs settle instead of
     # swinging (seen on phantoms: validation AUC of rare subtypes jumped between epochs).

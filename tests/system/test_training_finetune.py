@@ -110,6 +110,25 @@ def test_the_refusal_names_both_specs(sets, tmp_path):
     assert "256 px" in message and "64 px" in message and "\n" not in message
 
 
+def test_init_resize_starts_a_run_at_another_size_from_the_checkpoints_weights(
+    sets, base, tmp_path
+):
+    """--init-resize: the tiny 64 px / 3.6 mm checkpoint starts a 96 px / 2.4 mm run (the same
+    field of view at 1.5 times the resolution); without it the run is refused."""
+    resized = [*("--image-size", "96", "--pixel-mm", "2.4")]
+    args = ["train", "--data", str(sets[0]), "--init", str(base), "--lr", "0", *TINY, *resized]
+    refused = runner.invoke(app, [*args, "--out", str(tmp_path / "refused")])
+    assert isinstance(refused.exception, FineTuneError)
+    assert "--init-resize" in str(refused.exception)
+    assert not (tmp_path / "refused").exists()
+    done = runner.invoke(app, [*args, "--out", str(tmp_path / "run"), "--init-resize"])
+    assert done.exit_code == 0, done.output + repr(done.exception)
+    tuned = tmp_path / "run" / "best.safetensors"
+    assert all(torch.equal(a, b) for a, b in zip(_weights(tuned), _weights(base), strict=True))
+    spec = load_checkpoint(tuned).spec
+    assert (spec.size, spec.pixel_mm) == (96, 2.4)
+
+
 def test_mix_adds_the_phantom_set_to_the_training_split_only(sets, tmp_path):
     site, mix = sets
     _train("--data", str(site), "--out", str(tmp_path / "run"), "--mix", f"{mix}:0.25")
