@@ -172,3 +172,10 @@ done
 python "$here/study_aggregation.py" --pair runs/ft8-sel25/scores.npz,runs/ft8-sel26/scores.npz \
   runs/study2k-sel25/scores.npz,runs/study2k-sel26/scores.npz \
   --models runs/ft8/cal28.safetensors runs/study2k/best.safetensors
+# 2026-12-07 (session 17): a study head on the frozen slice network's 8 x 8 feature maps
+# (3-D convolutions over z, y, x) against the same head on the averaged maps, trained on train10,
+# paired with the shipped head on seeds 25 and 26 (not adopted; docs/training.md).
+for mode in spatial zonly; do
+  python "$here/spatial_study_head.py" --train train10 --test sel25 sel26 --out runs/spatial \
+    --mode "$mode"
+done
