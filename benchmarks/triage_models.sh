@@ -179,3 +179,10 @@ for mode in spatial zonly; do
   python "$here/spatial_study_head.py" --train train10 --test sel25 sel26 --out runs/spatial \
     --mode "$mode"
 done
+# 2026-12-07 (session 17): the shipped slice network fine-tuned at 384 px / 0.6 mm (the same
+# field of view at 1.5x the resolution), slice network only; judged by the maximum raw slice
+# logit per study against the shipped network's (not adopted; docs/training.md).
+[ -f runs/hr384/best.safetensors ] || ichnode train --data train10 --out runs/hr384 \
+  --init "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}" --init-resize --image-size 384 \
+  --pixel-mm 0.6 --epochs 3 --epoch-samples 12000 --lr 3e-4 --workers 1 --study-model none \
+  --device cpu
