@@ -6,6 +6,7 @@
     python benchmarks/study_aggregation.py --pair OLD.npz,... NEW.npz,...  (two models)
     python benchmarks/study_aggregation.py --pair A.npz A.npz:flip        (mirrored or not)
     python benchmarks/study_aggregation.py --pair OLD.npz,.. NEW.npz,.. --models OLD.st NEW.st
+    python benchmarks/study_aggregation.py --pair OLD.npz,.. NEW.npz,.. --raw  (slice networks)
 
 Scores every slice of ``--data`` with the checkpoint (default: the demo model) once, keeps the
 raw slice logits, the study model's refined ones and its study logit (``--out/scores.npz``),
@@ -22,7 +23,10 @@ over the sets given (comma-separated, in the same order): the paired study AUC(a
 of the study model's head (the node's flag), and the slice AUC differences; with ``--models``
 (the two checkpoints the scores came from) also each one's flag at its shipped operating point
 (the study calibration and threshold of ``any``, as :func:`ichnode.triage.over_threshold`
-applies them): sensitivity and specificity on the pooled studies.
+applies them): sensitivity and specificity on the pooled studies; with ``--raw`` the slice
+networks alone are compared (the maximum raw slice logit of ``any`` as the study's, the raw
+slice AUCs), which is how a checkpoint without a study model is judged (its scores keep the
+raw logits as the refined ones and their maximum as the study's).
 """
 
 from __future__ import annotations
@@ -83,8 +87,6 @@ def score(data: Path, model: Path | None, cache: Path, flip: bool = False) -> di
 
     layout = find_layout(data)
     ckpt = load_checkpoint(model or demo_model_path(), device=resolve_device("cpu"))
-    if ckpt.study is None:
-        raise SystemExit("the checkpoint has no study model: nothing to compare its head with")
     table = load_labels(layout.csv)
     ids = list(table.index)
     index = header_index(layout, ids, cache, progress=True)
@@ -104,7 +106,10 @@ def score(data: Path, model: Path | None, cache: Path, flip: bool = False) -> di
         studies = group_studies(index, seen, emb, logits, y)
         raw, refined, study, label, lengths, slice_label = [], [], [], [], [], []
         for e, logits, ys in zip(studies.emb, studies.logits, studies.y, strict=True):
-            ref, st = run_study_head(ckpt.study, e, logits)  # group_studies orders by z
+            if ckpt.study is None:  # a slice network alone: its maximum stands for the head
+                ref, st = logits, logits.max(axis=0)
+            else:
+                ref, st = run_study_head(ckpt.study, e, logits)  # group_studies orders by z
             raw.append(logits)
             refined.append(ref)
             study.append(st)
@@ -158,16 +163,27 @@ def flag_of(model: Path, study_logits: np.ndarray) -> np.ndarray:
     return over_threshold(probabilities, ckpt.decision_thresholds)[:, ANY]
 
 
-def compare_models(old: str, new: str, models: list[Path] | None = None) -> None:
-    """Print the paired differences of two models scored on the same sets (``--pair``)."""
+def max_raw(paths: str) -> np.ndarray:
+    """The highest raw slice logit of ``any`` of every study of the pooled ``scores.npz``."""
+    raw, lengths = pooled(paths, "raw")[:, ANY], pooled(paths, "lengths")
+    return np.maximum.reduceat(raw, np.cumsum(np.r_[0, lengths[:-1]]))
+
+
+def compare_models(old: str, new: str, models: list[Path] | None = None, raw: bool = False) -> None:
+    """Print the paired differences of two models scored on the same sets (``--pair``); with
+    ``raw`` of their slice networks alone: the maximum raw slice logit, the raw slice AUCs."""
     y = pooled(old, "label")
     if not np.array_equal(y, pooled(new, "label")):
         raise SystemExit("the two lists do not hold the same studies in the same order")
-    head_old, head_new = pooled(old, "study")[:, ANY], pooled(new, "study")[:, ANY]
+    if raw:
+        head_old, head_new = max_raw(old), max_raw(new)
+    else:
+        head_old, head_new = pooled(old, "study")[:, ANY], pooled(new, "study")[:, ANY]
     d, lo, hi = metrics.paired_auc_difference(y, head_old, head_new) or (np.nan,) * 3
     print(f"{len(y)} studies, {int(y.sum())} bleeding (pooled over {len(old.split(','))} sets)")
     print(
-        f"study AUC(any), head: {metrics.safe_auc(y, head_old):.4f} -> "
+        f"study AUC(any), {'maximum raw slice' if raw else 'head'}: "
+        f"{metrics.safe_auc(y, head_old):.4f} -> "
         f"{metrics.safe_auc(y, head_new):.4f}, paired difference {d:+.4f} ({lo:+.4f} to {hi:+.4f})"
     )
     print(
@@ -175,7 +191,8 @@ def compare_models(old: str, new: str, models: list[Path] | None = None) -> None
         f"{specificity_at(y, head_new):.3f}"
     )
     ys = pooled(old, "slice_label")
-    ref_old, ref_new = pooled(old, "refined"), pooled(new, "refined")
+    kind = "raw" if raw else "refined"
+    ref_old, ref_new = pooled(old, kind), pooled(new, kind)
     for j, name in enumerate(metrics.SUBTYPES):
         a, b = metrics.safe_auc(ys[:, j], ref_old[:, j]), metrics.safe_auc(ys[:, j], ref_new[:, j])
         print(f"slice AUC {name:<18}{a:.4f} -> {b:.4f} ({b - a:+.4f})")
@@ -213,9 +230,13 @@ def main() -> None:
         "--models", nargs=2, type=Path, metavar=("OLD", "NEW"),
         help="with --pair: the two checkpoints, to print each one's flag",
     )  # fmt: skip
+    parser.add_argument(
+        "--raw", action="store_true",
+        help="with --pair: the slice networks alone (maximum raw slice logit, raw slice AUCs)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.pair:
-        compare_models(*args.pair, models=args.models)
+        compare_models(args.pair[0], args.pair[1], models=args.models, raw=args.raw)
         return
     if args.scores:
         scores = dict(np.load(args.scores))

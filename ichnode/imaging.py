@@ -9,6 +9,7 @@ preprocessing other than the one it was trained with.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -117,6 +118,11 @@ class PreprocessSpec:
     on each side, by z within the series, are input planes too; each plane gets every window,
     plane-major from the lowest z (:func:`planes_to_input`). A slice without a neighbour on a
     side (the first and last of a series, or z unknown) repeats itself there.
+
+    ``mirror`` (``pixel_mm`` geometry only): each plane's windows are followed by the same
+    windows of the plane minus its mirror image across the head's own midline
+    (:func:`mirror_planes`), so what one side has and the other lacks (a unilateral
+    extra-axial bleed) stands out from the symmetric anatomy around it.
     """
 
     windows: tuple[Window, ...] = field(default_factory=lambda: windows_for_mode("stack"))
@@ -127,6 +133,8 @@ class PreprocessSpec:
     pixel_mm: float | None = None
     #: Neighbouring slices on each side as extra input planes (0: one slice, 2-D).
     context: int = 0
+    #: Left-right differences as extra channels (:func:`mirror_planes`).
+    mirror: bool = False
 
     def __post_init__(self) -> None:
         if self.resample not in RESAMPLE_MODES:
@@ -137,6 +145,8 @@ class PreprocessSpec:
             raise ValueError(f"context {self.context!r}: expected 0 to {MAX_CONTEXT} slices")
         if self.context and self.pixel_mm is None:
             raise ValueError("context slices need the pixel_mm geometry")
+        if self.mirror and self.pixel_mm is None:
+            raise ValueError("mirror channels need the pixel_mm geometry")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -148,6 +158,8 @@ class PreprocessSpec:
             out["pixel_mm"] = self.pixel_mm
         if self.context:  # absent for 2-D specs, so their checkpoints and caches are unchanged
             out["context"] = self.context
+        if self.mirror:  # likewise absent unless set
+            out["mirror"] = True
         return out
 
     @classmethod
@@ -162,6 +174,7 @@ class PreprocessSpec:
             resample=resample,
             pixel_mm=None if pixel_mm is None else float(pixel_mm),
             context=int(data.get("context", 0)),
+            mirror=bool(data.get("mirror", False)),
         )
 
     @property
@@ -171,7 +184,7 @@ class PreprocessSpec:
 
     @property
     def channels(self) -> int:
-        return len(self.windows) * self.planes
+        return len(self.windows) * self.planes * (2 if self.mirror else 1)
 
 
 @contextmanager
@@ -488,11 +501,61 @@ def window_planes(planes: torch.Tensor, windows: tuple[Window, ...]) -> torch.Te
     return torch.stack(chans, dim=-3)
 
 
-def planes_to_input(planes: torch.Tensor, windows: tuple[Window, ...]) -> torch.Tensor:
+def planes_to_input(
+    planes: torch.Tensor, windows: tuple[Window, ...], mirror: bool = False
+) -> torch.Tensor:
     """HU planes ``(..., P, S, S)`` (a slice and its neighbours, lowest z first) → model input
-    ``(..., P * C, S, S)``: every window of each plane, plane-major. One plane is the 2-D input."""
+    ``(..., P * C, S, S)``: every window of each plane, plane-major. One plane is the 2-D input.
+    With ``mirror`` each plane has ``2 * C`` channels: its windows, then the same windows of
+    the plane minus those of its mirror image (:func:`mirror_planes`), in [-1, 1]."""
     out = window_planes(planes, windows)
+    if mirror:
+        out = torch.cat([out, out - window_planes(mirror_planes(planes), windows)], dim=-3)
     return out.flatten(-4, -3)
+
+
+#: Largest tilt of the head's midline from the image's vertical that :func:`mirror_planes`
+#: trusts; a rounder section (the vertex) or a ragged one (the skull base) gives none.
+MAX_MIDLINE_TILT_DEG = 25.0
+#: The HU range whose pixels place the midline (:func:`mirror_planes`).
+MIDLINE_HU = (-20.0, 100.0)
+
+
+def mirror_planes(planes: torch.Tensor) -> torch.Tensor:
+    """Each HU plane of ``(..., S, S)`` reflected across its head's midline.
+
+    The midline is the long axis of the plane's soft tissue (:data:`MIDLINE_HU`: brain,
+    CSF, muscle; not the bone, fat, pads or the head-rest, which need not be centred on the
+    head) through its centroid, from the second moments; where that axis is more than
+    :data:`MAX_MIDLINE_TILT_DEG` from the image's vertical, or the section is nearly round,
+    the vertical through the centroid. A head lies front to back along the image's columns
+    in axial CT, so the long axis is the midline whatever the rotation within that tilt.
+    Outside the image is air. Bilinear.
+    """
+    shape = planes.shape
+    s_h, s_w = shape[-2:]
+    x = planes.reshape(-1, 1, s_h, s_w).float()
+    w = ((x[:, 0] > MIDLINE_HU[0]) & (x[:, 0] < MIDLINE_HU[1])).float()
+    ys = torch.linspace(-1 + 1 / s_h, 1 - 1 / s_h, s_h, dtype=x.dtype)[:, None].expand(s_h, s_w)
+    xs = torch.linspace(-1 + 1 / s_w, 1 - 1 / s_w, s_w, dtype=x.dtype)[None, :].expand(s_h, s_w)
+    m = w.sum(dim=(1, 2)).clamp_min(1.0)
+    cx, cy = (w * xs).sum(dim=(1, 2)) / m, (w * ys).sum(dim=(1, 2)) / m
+    dx, dy = xs - cx[:, None, None], ys - cy[:, None, None]
+    mu20, mu02 = (w * dx * dx).sum(dim=(1, 2)) / m, (w * dy * dy).sum(dim=(1, 2)) / m
+    mu11 = (w * dx * dy).sum(dim=(1, 2)) / m
+    phi = 0.5 * torch.atan2(2 * mu11, mu20 - mu02)  # the long axis, from the x axis
+    tilt = torch.remainder(phi, torch.pi) - torch.pi / 2  # from the vertical, (-pi/2, pi/2]
+    spread = torch.sqrt((mu20 - mu02) ** 2 + 4 * mu11**2) / (mu20 + mu02).clamp_min(1e-6)
+    trusted = (tilt.abs() <= math.radians(MAX_MIDLINE_TILT_DEG)) & (spread > 0.05)
+    phi = torch.where(trusted, tilt + torch.pi / 2, torch.full_like(tilt, torch.pi / 2))
+    c2, s2 = torch.cos(2 * phi), torch.sin(2 * phi)
+    rot = torch.stack([torch.stack([c2, s2], -1), torch.stack([s2, -c2], -1)], -2)  # (N, 2, 2)
+    centre = torch.stack([cx, cy], -1)[..., None]
+    theta = torch.cat([rot, centre - rot @ centre], dim=-1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x - AIR_HU, grid, mode="bilinear", padding_mode="zeros",
+                        align_corners=False) + AIR_HU  # fmt: skip
+    return out.reshape(shape).to(planes.dtype)
 
 
 def hu_to_input(
@@ -506,7 +569,7 @@ def hu_to_input(
     if spec.pixel_mm is None:
         return resize(window_stack(hu, spec.windows), spec.size, spec.resample)
     plane = torch.from_numpy(hu_plane(hu, spacing, spec))
-    return planes_to_input(plane.expand(spec.planes, -1, -1), spec.windows).numpy()
+    return planes_to_input(plane.expand(spec.planes, -1, -1), spec.windows, spec.mirror).numpy()
 
 
 def preprocess(ds: Dataset, spec: PreprocessSpec) -> np.ndarray:
@@ -542,7 +605,7 @@ def context_input(
     """Model input of a slice from its and its neighbours' HU planes (:func:`hu_plane`;
     neighbours as :func:`context_planes` takes them)."""
     planes = context_planes(centre, neighbours, spec)
-    return planes_to_input(torch.from_numpy(planes), spec.windows).numpy()
+    return planes_to_input(torch.from_numpy(planes), spec.windows, spec.mirror).numpy()
 
 
 def read_neighbours(paths: Sequence[str | Path | None]) -> list[Dataset | None]:

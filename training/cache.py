@@ -22,10 +22,16 @@ from ichnode.imaging import PreprocessSpec
 CACHE_DTYPE = np.float16
 
 
+def _per_image(spec: PreprocessSpec) -> PreprocessSpec:
+    """The part of ``spec`` a cached HU plane depends on: context slices are other images'
+    planes and mirror channels are computed from the plane, so neither changes the cache."""
+    return replace(spec, context=0, mirror=False)
+
+
 def spec_key(spec: PreprocessSpec) -> str:
-    """A short stable hash of the preprocessing spec (the per-image part: context slices are
-    other images' arrays, so a 2.5-D spec shares the 2-D spec's cache)."""
-    text = json.dumps(replace(spec, context=0).to_dict(), sort_keys=True)
+    """A short stable hash of the preprocessing spec's per-image part (:func:`_per_image`: a
+    2.5-D or mirror spec shares its 2-D twin's cache)."""
+    text = json.dumps(_per_image(spec).to_dict(), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -37,7 +43,7 @@ class PreprocessCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         spec_file = self.dir / "spec.json"
         if not spec_file.exists():
-            _atomic_write(spec_file, json.dumps(replace(spec, context=0).to_dict()).encode())
+            _atomic_write(spec_file, json.dumps(_per_image(spec).to_dict()).encode())
 
     def _path(self, image_id: str, suffix: str) -> Path:
         return self.dir / f"{image_id}{suffix}"

@@ -65,6 +65,14 @@ class TrainConfig:
             minimum=0,
         ),
     )
+    mirror: bool = field(
+        default=False,
+        metadata=option(
+            "--mirror",
+            "Left-right difference channels: each window also as the slice minus its mirror "
+            "image across the head's midline (a unilateral bleed against symmetric anatomy).",
+        ),
+    )
     windows: str = field(
         default="stack",
         metadata=option("--windows", "'stack', 'single', or names/CENTER/WIDTH, comma-separated."),
@@ -162,7 +170,9 @@ class TrainConfig:
         metadata=option(
             "--init-resize",
             "With --init: accept a checkpoint trained at another --image-size and --pixel-mm "
-            "(fine-tuning at a higher resolution; the windows and --context must still match).",
+            "(fine-tuning at a higher resolution; the windows and --context must still match). "
+            "A checkpoint without --mirror channels may start a --mirror run: the new "
+            "channels' first weights start at zero.",
         ),
     )
     mix: str | None = field(

@@ -89,7 +89,10 @@ def init_from(
             f"--init: {ckpt.model_id} is a {ckpt.architecture}, this run trains {architecture} "
             "(give the same --arch)"
         )
-    geometry = ("size", "pixel_mm") if resize else ()
+    geometry: tuple[str, ...] = ("size", "pixel_mm") if resize else ()
+    mirrored = spec.mirror and not ckpt.spec.mirror  # the difference channels start at zero
+    if mirrored:
+        geometry += ("mirror",)
     if _without(ckpt.spec, geometry) != _without(spec, geometry):
         raise FineTuneError(
             f"--init: {ckpt.model_id} was trained on {_spec_text(ckpt.spec)}, this run on "
@@ -100,11 +103,28 @@ def init_from(
     if widen:  # the maxima's weights start at zero: the same function as the checkpoint
         weight = state["classifier.2.weight"]
         state["classifier.2.weight"] = torch.cat([weight, torch.zeros_like(weight)], dim=1)
+    if mirrored:
+        _widen_input(state, ckpt.spec, spec)
     model.load_state_dict(state)
     log.info(
-        "fine-tuning from %s%s", ckpt.model_id, " (head widened to the maxima)" if widen else ""
+        "fine-tuning from %s%s%s",
+        ckpt.model_id,
+        " (head widened to the maxima)" if widen else "",
+        " (mirror channels added, their weights at zero)" if mirrored else "",
     )
     return ckpt.model_id
+
+
+def _widen_input(state: dict[str, torch.Tensor], old: PreprocessSpec, new: PreprocessSpec) -> None:
+    """The first convolution's weights for ``new``'s channels: each plane's windows keep their
+    weights, its mirror-difference channels get zeros, so the network computes what it did."""
+    key = next(k for k, v in state.items() if v.ndim == 4)
+    weight = state[key]
+    if weight.shape[1] != old.channels:
+        raise FineTuneError(f"--init: the first convolution takes {weight.shape[1]} channels")
+    planes = weight.view(weight.shape[0], old.planes, len(old.windows), *weight.shape[2:])
+    wide = torch.cat([planes, torch.zeros_like(planes)], dim=2)
+    state[key] = wide.flatten(1, 2).contiguous()
 
 
 def _without(spec: PreprocessSpec, keys: tuple[str, ...]) -> dict:

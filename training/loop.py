@@ -29,7 +29,13 @@ from tqdm import tqdm
 
 from ichnode.device import resolve_device
 from ichnode.errors import IchnodeError
-from ichnode.imaging import PreprocessSpec, parse_window, planes_to_input, windows_for_mode
+from ichnode.imaging import (
+    PreprocessSpec,
+    mirror_planes,
+    parse_window,
+    planes_to_input,
+    windows_for_mode,
+)
 from ichnode.model import Checkpoint, build, load_checkpoint, save_checkpoint
 from ichnode.study import StudyHead
 from ichnode.subtypes import SUBTYPES
@@ -83,7 +89,11 @@ class TrainError(IchnodeError):
 
 
 def make_spec(
-    windows: str, image_size: int, pixel_mm: float | None = None, context: int = 0
+    windows: str,
+    image_size: int,
+    pixel_mm: float | None = None,
+    context: int = 0,
+    mirror: bool = False,
 ) -> PreprocessSpec:
     """``stack``, ``single`` or comma-separated window names / CENTER/WIDTH → a spec."""
     try:
@@ -96,7 +106,9 @@ def make_spec(
     if not wins:
         raise TrainError("--windows names no window")
     try:
-        return PreprocessSpec(windows=wins, size=image_size, pixel_mm=pixel_mm, context=context)
+        return PreprocessSpec(
+            windows=wins, size=image_size, pixel_mm=pixel_mm, context=context, mirror=mirror
+        )
     except ValueError as exc:
         raise TrainError(str(exc)) from None
 
@@ -139,17 +151,25 @@ def model_input(
             x = augment_batch(x, augment, g)
         return x if masks is None else (x, masks)
     if not isinstance(augment, HUAugmentConfig) or not augment.enabled or g is None:
-        x = planes_to_input(x, spec.windows)
+        x = planes_to_input(x, spec.windows, spec.mirror)
         return x if masks is None else (x, masks)
     if masks is None:
         hu = augment_hu(x, augment, g)
     else:
         hu, masks = augment_hu(x, augment, g, masks)
-    chans = [
-        ((hu - (c.to(hu)[:, None] - w.to(hu)[:, None] / 2.0)) / w.to(hu)[:, None]).clamp(0.0, 1.0)
-        for c, w in jitter_windows(spec.windows, len(hu), augment, g)
-    ]
-    x = torch.stack(chans, dim=2).flatten(1, 2)
+    jittered = jitter_windows(spec.windows, len(hu), augment, g)
+
+    def windowed(hu: torch.Tensor) -> torch.Tensor:  # (N, P, S, S) → (N, P, C, S, S)
+        chans = [
+            ((hu - (c.to(hu)[:, None] - w.to(hu)[:, None] / 2.0)) / w.to(hu)[:, None]).clamp(0, 1)
+            for c, w in jittered
+        ]
+        return torch.stack(chans, dim=2)
+
+    x = windowed(hu)
+    if spec.mirror:  # the mirror of the augmented image: its own midline, the same windows
+        x = torch.cat([x, x - windowed(mirror_planes(hu))], dim=2)
+    x = x.flatten(1, 2)
     return x if masks is None else (x, masks)
 
 
@@ -501,7 +521,7 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
     Progress bars show when stderr is a terminal.
     """
     out = Path(cfg.out)
-    spec = make_spec(cfg.windows, cfg.image_size, cfg.pixel_mm, cfg.context)
+    spec = make_spec(cfg.windows, cfg.image_size, cfg.pixel_mm, cfg.context, cfg.mirror)
 
     if cfg.study_model is not None:
         from ichnode.study import STUDY_ARCHITECTURES

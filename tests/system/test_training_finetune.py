@@ -129,6 +129,41 @@ def test_init_resize_starts_a_run_at_another_size_from_the_checkpoints_weights(
     assert (spec.size, spec.pixel_mm) == (96, 2.4)
 
 
+def test_init_from_a_plain_checkpoint_starts_a_mirror_run_with_the_same_function(
+    sets, base, tmp_path
+):
+    """--mirror: the plain tiny checkpoint starts a run with the left-right difference channels,
+    their first-layer weights at zero, so with a zero learning rate the run's network scores a
+    slice, preprocessed for serving, exactly as the checkpoint did; ``predict`` serves it."""
+    from ichnode.imaging import preprocess, read
+    from ichnode.model import build
+    from ichnode.predict import predict_folder
+
+    tuned = _train("--data", str(sets[0]), "--out", str(tmp_path / "run"), "--init", str(base),
+                   "--lr", "0", "--mirror")  # fmt: skip
+    old, new = load_checkpoint(base), load_checkpoint(tuned)
+    assert new.spec.mirror and new.spec.channels == 2 * old.spec.channels
+    first = next(n for n, p in new.model.named_parameters() if p.ndim == 4)
+    weight = dict(new.model.named_parameters())[first]
+    assert torch.equal(weight[:, old.spec.channels :], torch.zeros_like(weight[:, 3:]))
+    assert torch.equal(weight[:, : old.spec.channels], next(p for p in old.model.parameters()
+                                                            if p.ndim == 4))  # fmt: skip
+    # Served, the plain windows come first: the run's network narrowed to them (its batch
+    # statistics moved while training at lr 0) scores the plain input as it scores the wide one.
+    narrow = build("ichnet2", in_channels=old.spec.channels).eval()
+    state = {k: v.float() for k, v in new.model.state_dict().items()}
+    state[first] = state[first][:, : old.spec.channels]
+    narrow.load_state_dict(state)
+    ds = read(next((sets[0] / "stage_2_train").glob("*.dcm")))
+    with torch.no_grad():
+        a = narrow(torch.from_numpy(preprocess(ds, old.spec))[None])
+        b = new.model.float().eval()(torch.from_numpy(preprocess(ds, new.spec))[None])
+    assert torch.allclose(a, b, atol=1e-5)
+    scores = predict_folder(sets[0], tuned, "cpu")
+    assert len(scores.studies) == 12 and not scores.errors
+    assert all(r.prediction is not None for st in scores.studies for r in st.slices)
+
+
 def test_mix_adds_the_phantom_set_to_the_training_split_only(sets, tmp_path):
     site, mix = sets
     _train("--data", str(site), "--out", str(tmp_path / "run"), "--mix", f"{mix}:0.25")

@@ -174,3 +174,20 @@ def test_ichnet2max_started_from_an_ichnet2_checkpoint_computes_the_same_logits(
         assert torch.allclose(widened(x), base(x), atol=1e-6)
         assert torch.equal(head(widened).weight[:, 256:], torch.zeros(6, 256))
         assert embed(widened, x).shape == (3, 512)
+
+
+def test_a_mirror_run_started_from_a_plain_checkpoint_computes_the_same_logits(tmp_path):
+    # The mirror-difference channels get zero first-layer weights: the function is the
+    # checkpoint's until training moves them.
+    from training.loop import model_input
+
+    plain = PreprocessSpec(size=64, pixel_mm=3.6)
+    spec = PreprocessSpec(size=64, pixel_mm=3.6, mirror=True)
+    base = build("ichnet2", in_channels=plain.channels).eval()
+    save_checkpoint(tmp_path / "base.safetensors", Checkpoint(base, "ichnet2", plain))
+    mirrored = build("ichnet2", in_channels=spec.channels).eval()
+    init_from(mirrored, tmp_path / "base.safetensors", "ichnet2", spec)
+    hu = torch.randn(3, 1, 64, 64) * 40 + 30
+    with torch.no_grad():
+        out = mirrored(model_input(hu, spec, None, None))
+        assert torch.allclose(out, base(model_input(hu, plain, None, None)), atol=1e-6)
