@@ -186,3 +186,18 @@ done
   --init "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}" --init-resize --image-size 384 \
   --pixel-mm 0.6 --epochs 3 --epoch-samples 12000 --lr 3e-4 --workers 1 --study-model none \
   --device cpu
+# 2026-12-07 (session 18): the shipped slice network fine-tuned with left-right difference
+# channels (--mirror, the new channels' weights starting at zero), slice network only; judged
+# by the maximum raw slice logit per study against the shipped network's (docs/training.md).
+[ -f runs/mirror/best.safetensors ] || ichnode train --data train10 --out runs/mirror \
+  --init "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}" --mirror --epochs 4 --epoch-samples 16000 \
+  --lr 2e-4 --workers 1 --study-model none --device cpu
+for set in sel25 sel26; do
+  python "$here/study_aggregation.py" --data "$set" --out "runs/shipped-$set" \
+    --model "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}"
+  python "$here/study_aggregation.py" --data "$set" --out "runs/mirror-$set" \
+    --model runs/mirror/best.safetensors
+done
+python "$here/study_aggregation.py" --raw \
+  --pair runs/shipped-sel25/scores.npz,runs/shipped-sel26/scores.npz \
+  runs/mirror-sel25/scores.npz,runs/mirror-sel26/scores.npz
