@@ -17,13 +17,17 @@ warm-up is sent on 4 associations to every receiver, so that each of ichnode's r
 processes is likely to have received before the timed run. Median of ``--runs`` runs each
 (interleaved: every receiver's first run, then every second run in the reverse order, ...),
 printed as instances/s, MB/s and the ratios ichnode/Orthanc and ichnode/storescp measured in
-the same run. DCMTK runs with TCP_NODELAY=1.
+the same run. DCMTK runs with TCP_NODELAY=1. ``--cpu`` also prints the CPU seconds (user and
+system, from ``/proc``) that the receiver's processes (it and its children) and the
+``storescu`` senders used during the timed send: on a host whose cores the senders share,
+what a receiver costs in CPU is what bounds it with several associations.
 
     python benchmarks/ingest.py --slices 400 --runs 2 --parallel 1,4 \
         --receivers dcmtk,orthanc,ichnode,ichnode-1rx
     git worktree add /tmp/before HEAD~1
     python benchmarks/ingest.py --parallel 1,4 --runs 5 --receivers orthanc,ichnode \
         --baseline /tmp/before
+    python benchmarks/ingest.py --parallel 1,4 --runs 3 --receivers orthanc,ichnode --cpu
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -192,8 +197,56 @@ def _queue_left(out: Path) -> int:
         ).fetchone()[0]
 
 
+def _process_tree(pid: int) -> set[int]:
+    """``pid`` and its descendants, from ``/proc``."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
+            except (OSError, ValueError, IndexError):
+                continue
+    tree, grew = {pid}, True
+    while grew:
+        more = {child for child, parent in parents.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return tree
+
+
+def _cpu_seconds(pids: set[int]) -> dict[int, tuple[float, float]]:
+    """(user, system) CPU seconds of each process of ``pids`` still running."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[pid] = (int(fields[11]) / tick, int(fields[12]) / tick)
+    return out
+
+
+def _timed_send(proc: subprocess.Popen, port: int, files: list[Path], parallel: int) -> dict:
+    """:func:`send`, with the CPU seconds the receiver's process tree and the senders used."""
+    pids = _process_tree(proc.pid)
+    before, senders = _cpu_seconds(pids), resource.getrusage(resource.RUSAGE_CHILDREN)
+    elapsed = send(port, files, parallel)
+    after, senders_after = _cpu_seconds(pids), resource.getrusage(resource.RUSAGE_CHILDREN)
+    both = [p for p in after if p in before]
+    return {
+        "seconds": elapsed,
+        "user": sum(after[p][0] - before[p][0] for p in both),
+        "system": sum(after[p][1] - before[p][1] for p in both),
+        "senders": senders_after.ru_utime + senders_after.ru_stime
+        - senders.ru_utime - senders.ru_stime,
+    }  # fmt: skip
+
+
 def measure(kind: str, files: list[Path], runs: int, warmup: list[Path], parallel: int) -> dict:
-    times, drains = [], []
+    times, drains, cpu = [], [], []
     off = kind == "ichnode-off" or ICHNODE_ENV.get(kind, {}).get("ICHNODE_WORKERS") == "0"
     inference = kind.startswith("ichnode") and not off
     for _ in range(runs):
@@ -209,8 +262,10 @@ def measure(kind: str, files: list[Path], runs: int, warmup: list[Path], paralle
                 send(port, warmup, WARMUP_ASSOCIATIONS)
                 if inference:
                     wait_for(lambda out=out: _queue_left(out) == 0, timeout=600, interval=0.1)
-            elapsed = send(port, files, parallel)
+            timed = _timed_send(proc, port, files, parallel)
+            elapsed = timed["seconds"]
             times.append(elapsed)
+            cpu.append(timed)
             if inference:
                 t0 = time.perf_counter()
                 wait_for(lambda out=out: _queue_left(out) == 0, timeout=600, interval=0.1)
@@ -220,6 +275,8 @@ def measure(kind: str, files: list[Path], runs: int, warmup: list[Path], paralle
             proc.wait(60)
             shutil.rmtree(out, ignore_errors=True)
     result = {"seconds": median(times)}
+    for key in ("user", "system", "senders"):
+        result[key] = median([c[key] for c in cpu])
     if drains:
         result["drained_seconds"] = median(drains)
     return result
@@ -229,13 +286,16 @@ def _median_of(results: list[dict]) -> dict:
     return {key: median([r[key] for r in results]) for key in results[0]}
 
 
-def report(results: dict[str, dict], n: int, mb: float, parallel: int) -> None:
-    """One table: instances/s, MB/s, and ichnode's ratios to Orthanc and storescp."""
+def report(results: dict[str, dict], n: int, mb: float, parallel: int, cpu: bool = False) -> None:
+    """One table: instances/s, MB/s, and ichnode's ratios to Orthanc and storescp; with ``cpu``
+    the receiver's CPU seconds (user + system) and the senders'."""
     print(f"\n## {parallel} association{'s' if parallel > 1 else ''} ({parallel} x storescu)")
-    print(f"{'receiver':<18}{'seconds':>9}{'inst/s':>9}{'MB/s':>8}")
+    extra = f"{'cpu user':>10}{'system':>8}{'senders':>9}" if cpu else ""
+    print(f"{'receiver':<18}{'seconds':>9}{'inst/s':>9}{'MB/s':>8}{extra}")
     for kind, r in results.items():
         s = r["seconds"]
-        print(f"{kind:<18}{s:>9.2f}{n / s:>9.1f}{mb / s:>8.1f}")
+        extra = f"{r['user']:>10.2f}{r['system']:>8.2f}{r['senders']:>9.2f}" if cpu else ""
+        print(f"{kind:<18}{s:>9.2f}{n / s:>9.1f}{mb / s:>8.1f}{extra}")
         if "drained_seconds" in r:
             d = r["drained_seconds"]
             verdict = "keeps up" if d <= s * 1.05 else "backlog: inference slower than ingest"
@@ -265,6 +325,11 @@ def main() -> None:
         "--receivers",
         default="dcmtk,orthanc,pynetdicom,ichnode",
         help=f"comma-separated subset of {', '.join(RECEIVERS)}",
+    )
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="also print the CPU seconds of the receiver's processes and of the senders",
     )
     parser.add_argument(
         "--baseline",
@@ -297,7 +362,7 @@ def main() -> None:
             for k in kinds if i % 2 == 0 else kinds[::-1]:
                 runs[k].append(measure(k, files, 1, warmup, parallel))
         results = {k: _median_of(r) for k, r in runs.items()}
-        report(results, len(files), mb, parallel)
+        report(results, len(files), mb, parallel, cpu=args.cpu)
 
 
 if __name__ == "__main__":
