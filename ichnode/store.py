@@ -4,6 +4,12 @@ Paths are built only from UIDs that passed :func:`valid_uid` (digits and dots), 
 strings, so no received value can steer a write outside the root. Files are written to a
 temporary name, fsynced, renamed into place, and the folder is fsynced, so a file that exists
 under its final name is complete.
+
+The temporary files of writes in progress live in one folder per writing process,
+``<root>/.incoming/<host>-<pid>/`` (inside the root: the same filesystem, so the rename is
+atomic). What a killed process left is its folder alone: a node sweeps its host's folders of
+processes no longer running when it starts (never another host's, on a shared store, nor a
+live sibling's on this one), and a restarted receiver's at once, without walking the store.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 import uuid
 from pathlib import Path
 
@@ -20,6 +27,24 @@ from ichnode.errors import IchnodeError
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 UID_MAX_LENGTH = 64
+#: The folder (under the store's root) of the writes in progress, one sub-folder per process.
+INCOMING = ".incoming"
+
+
+def incoming_name(pid: int) -> str:
+    """The name of process ``pid``'s folder of writes in progress: ``<host>-<pid>``."""
+    return f"{socket.gethostname()}-{pid}"
+
+
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: running
+        return True
+    return True
 
 
 def uid_hash(uid: str) -> str:
@@ -51,6 +76,7 @@ class Store:
             ) from None
         self._root_str = str(self.root)
         self._root_prefix = self._root_str.rstrip(os.sep) + os.sep
+        self._incoming: tuple[int, Path] | None = None  # (pid, folder): a child has its own
 
     def relative_path(
         self, study_uid: str, series_uid: str, sop_uid: str, suffix: str = ".dcm"
@@ -89,8 +115,9 @@ class Store:
         if self.min_free_bytes and self.free_bytes() - size < self.min_free_bytes:
             raise StoreError("free disk space below the configured minimum")
         final = self.path(relative)
-        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+        tmp: Path | None = None
         try:
+            tmp = self._incoming_folder() / f"{final.name}.{uuid.uuid4().hex}.tmp"
             final.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             try:
@@ -104,25 +131,55 @@ class Store:
             os.replace(tmp, final)
             _fsync_dir(final.parent)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
             raise StoreError(f"cannot write to the store: {exc.strerror or exc}") from None
         return size
 
+    def _incoming_folder(self) -> Path:
+        """This process's folder of writes in progress (made again if it was removed)."""
+        pid = os.getpid()
+        if self._incoming is None or self._incoming[0] != pid:
+            self._incoming = (pid, self.root / INCOMING / incoming_name(pid))
+        folder = self._incoming[1]
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
     def sweep_temp(self) -> int:
-        """Delete temp files a killed node left behind (call before accepting associations:
-        they were never acknowledged). Returns how many were removed."""
+        """Delete the temp files that processes of this host no longer running left behind
+        (a node calls it before accepting associations: they were never acknowledged); a
+        running process's folder, another ichnode's on this host or any other host's on a
+        shared store, is left alone. Returns how many files were removed."""
+        host = incoming_name(0)[:-1]  # "<host>-"
         removed = 0
-        for tmp in self.root.rglob(".*.tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-                removed += 1
+        folders = (self.root / INCOMING).glob(f"{host}*")
+        for folder in folders:
+            pid = folder.name[len(host) :]
+            if pid.isdigit() and int(pid) != os.getpid() and _running(int(pid)):
+                continue
+            removed += _remove_folder(folder)
         return removed
+
+    def sweep_process(self, pid: int) -> int:
+        """Delete what process ``pid`` of this host (one that has died: a receiver the node
+        restarts) left in its folder of writes in progress; how many files."""
+        return _remove_folder(self.root / INCOMING / incoming_name(pid))
 
     def remove(self, relative: str) -> None:
         """Delete a stored file (used to undo a write whose database row failed)."""
         with contextlib.suppress(FileNotFoundError):
             self.path(relative).unlink()
+
+
+def _remove_folder(folder: Path) -> int:
+    """Delete ``folder`` (a process's temp files) and say how many files it held."""
+    try:
+        count = sum(1 for f in folder.iterdir() if f.is_file())
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    shutil.rmtree(folder, ignore_errors=True)
+    return count
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -15,8 +15,9 @@ process: through a relay thread there).
 Per-process state: association limits (``max_associations`` and the per-minute limit) are
 counted by each receiver, so the node as a whole accepts up to N times as many; the audit
 rows are written by whichever receiver took the association. A receiver that dies is
-restarted (:class:`~ichnode.node.supervise.Supervised`); one killed mid-instance left at most
-a temp file (swept at the next start) and answered nothing for it.
+restarted (:class:`~ichnode.node.supervise.Supervised`); one killed mid-instance answered
+nothing for it and left at most temp files in its folder of writes in progress, which is
+removed before it is restarted (:meth:`~ichnode.store.Store.sweep_process`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from multiprocessing.synchronize import Event as ProcessEvent
 from ichnode.config import Settings
 from ichnode.node.supervise import CONTEXT, Supervised, Wakeup, child_stop, wait_until
 from ichnode.node.transport import SharedListener
+from ichnode.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,6 @@ def run_receiver(
     from ichnode.db.session import open_database
     from ichnode.node.scp import StorageSCP
     from ichnode.node.tls import ReloadingContext
-    from ichnode.store import Store
 
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -79,6 +80,7 @@ class Receivers:
     def __init__(
         self, settings: Settings, count: int, wake: Wakeup | None, listener: SharedListener
     ) -> None:
+        self.settings = settings
         self.listening = [CONTEXT.Event() for _ in range(count)]
         self.listeners = [listener.for_process(i + 1) for i in range(count)]
         self.children = [
@@ -86,9 +88,17 @@ class Receivers:
                 f"ichnode-receiver-{i + 1}",
                 run_receiver,
                 (settings, wake, mine, listening),
+                on_exit=self._sweep,
             )
             for i, (mine, listening) in enumerate(zip(self.listeners, self.listening, strict=True))
         ]
+
+    def _sweep(self, pid: int) -> None:
+        """Remove the temp files of receiver ``pid``, which died (its writes were never
+        acknowledged)."""
+        removed = Store(self.settings.store).sweep_process(pid)
+        if removed:
+            log.info("removed %d unfinished temp files of receiver process %s", removed, pid)
 
     def start(self) -> None:
         """Start every receiver; returns once each listens (RuntimeError after

@@ -115,10 +115,18 @@ class Supervised:
 
     The target calls :func:`child_stop` first, and stops when the event it returns is set."""
 
-    def __init__(self, name: str, target: Callable[..., None], args: tuple) -> None:
+    def __init__(
+        self,
+        name: str,
+        target: Callable[..., None],
+        args: tuple,
+        on_exit: Callable[[int], None] | None = None,
+    ) -> None:
         self.name = name
         self.target = target
         self.args = args
+        #: Called with a dead child's pid before it is restarted (to clear what it left).
+        self.on_exit = on_exit
         self._stopping = threading.Event()
         self.process: BaseProcess | None = None
         self.restarts = 0
@@ -152,6 +160,11 @@ class Supervised:
             if process is not None and not process.is_alive() and not self._stopping.is_set():
                 log.error("%s process exited (code %s): restarting it", self.name, process.exitcode)
                 self.restarts += 1
+                if self.on_exit is not None and process.pid is not None:
+                    try:
+                        self.on_exit(process.pid)
+                    except Exception as exc:  # noqa: BLE001 - clearing up must not stop the restart
+                        log.error("%s: clearing up after it failed: %s", self.name, exc)
                 self._launch()
         # This thread outlives the child: its exit would send the child the parent-death signal.
         process = self.process

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -38,12 +39,37 @@ def test_audit_lists_the_association_that_sent_a_study(scp_factory, db_url):
 
 
 def test_store_sweeps_temp_files_left_by_a_killed_node(tmp_path):
-    from ichnode.store import Store
+    """Writes in progress live in a folder per process; a starting node removes those of its
+    host's processes that are gone, and leaves a running process's alone (a second node on
+    the same store), as a restarted receiver's is removed by pid."""
+    from ichnode.store import INCOMING, Store, incoming_name
 
     store = Store(tmp_path)
     rel = store.relative_path("1.2.3", "1.2.4", "1.2.5")
     store.write(rel, b"complete")
-    leftover = store.path(rel).with_name(".1.2.6.dcm.abc.tmp")
-    leftover.write_bytes(b"half")
-    assert store.sweep_temp() == 1
-    assert not leftover.exists() and store.path(rel).read_bytes() == b"complete"
+    mine = tmp_path / INCOMING / incoming_name(os.getpid())
+    assert mine.is_dir() and not any(mine.iterdir())  # the write left nothing behind
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        folders = {
+            pid: tmp_path / INCOMING / incoming_name(pid)
+            for pid in (int(gone.stdout), alive.pid, os.getpid())
+        }
+        for pid, folder in folders.items():
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"1.2.6.dcm.{pid}.tmp").write_bytes(b"half")
+        other_host = tmp_path / INCOMING / "another-host-1"
+        other_host.mkdir()
+        (other_host / "1.2.7.dcm.x.tmp").write_bytes(b"in flight elsewhere")
+        assert store.sweep_temp() == 2  # the dead process's and this (restarted) node's own
+        assert not folders[int(gone.stdout)].exists() and not folders[os.getpid()].exists()
+        assert (folders[alive.pid] / f"1.2.6.dcm.{alive.pid}.tmp").exists()
+        assert (other_host / "1.2.7.dcm.x.tmp").exists()
+        assert store.sweep_process(alive.pid) == 1 and not folders[alive.pid].exists()
+    finally:
+        alive.kill()
+        alive.wait()
+    assert store.path(rel).read_bytes() == b"complete"
+    store.write(store.relative_path("1.2.3", "1.2.4", "1.2.8"), b"again")  # folder made anew

@@ -122,12 +122,20 @@ def test_the_receiver_process_alone_stores_and_wakes_the_inference_process(two_r
 
 
 def test_a_receiver_killed_with_sigkill_is_restarted_and_receives(two_receivers):
+    # What it had in flight (a temp file in its folder of writes in progress) is removed
+    # before it is restarted, not at the node's next start.
+    from ichnode.store import INCOMING, incoming_name
+
     node = two_receivers()
     node.scp.shutdown()
     child = node.receivers.children[0]
     first = child.process
+    in_flight = node.store.root / INCOMING / incoming_name(first.pid)
+    in_flight.mkdir(parents=True, exist_ok=True)
+    (in_flight / "1.2.3.dcm.abc.tmp").write_bytes(b"half")
     os.kill(first.pid, signal.SIGKILL)
     assert wait_for(lambda: child.process is not first, timeout=30)
+    assert not in_flight.exists()
     assert wait_for(lambda: _answers_echo(node.settings.port), timeout=60, interval=0.2)
     assert child.restarts == 1
     assert send(node.settings.port, study(2, size=32)) == [SUCCESS] * 2
