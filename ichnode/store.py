@@ -131,6 +131,7 @@ class Store:
             os.replace(tmp, final)
             _fsync_dir(final.parent)
         except OSError as exc:
+            self._incoming = None
             if tmp is not None:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
@@ -138,13 +139,14 @@ class Store:
         return size
 
     def _incoming_folder(self) -> Path:
-        """This process's folder of writes in progress (made again if it was removed)."""
+        """This process's folder of writes in progress, made at its first write (and again
+        after a failed write, in case it was removed)."""
         pid = os.getpid()
         if self._incoming is None or self._incoming[0] != pid:
-            self._incoming = (pid, self.root / INCOMING / incoming_name(pid))
-        folder = self._incoming[1]
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
+            folder = self.root / INCOMING / incoming_name(pid)
+            folder.mkdir(parents=True, exist_ok=True)
+            self._incoming = (pid, folder)
+        return self._incoming[1]
 
     def sweep_temp(self) -> int:
         """Delete the temp files that processes of this host no longer running left behind
@@ -156,7 +158,7 @@ class Store:
         folders = (self.root / INCOMING).glob(f"{host}*")
         for folder in folders:
             pid = folder.name[len(host) :]
-            if pid.isdigit() and int(pid) != os.getpid() and _running(int(pid)):
+            if not pid.isdigit() or _running(int(pid)):  # another host's ("<host>-x-1"), or alive
                 continue
             removed += _remove_folder(folder)
         return removed

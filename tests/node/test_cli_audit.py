@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from dicom_client import send
 from helpers import study, wait_for
 from sqlalchemy import func, select
@@ -42,7 +43,7 @@ def test_store_sweeps_temp_files_left_by_a_killed_node(tmp_path):
     """Writes in progress live in a folder per process; a starting node removes those of its
     host's processes that are gone, and leaves a running process's alone (a second node on
     the same store), as a restarted receiver's is removed by pid."""
-    from ichnode.store import INCOMING, Store, incoming_name
+    from ichnode.store import INCOMING, Store, StoreError, incoming_name
 
     store = Store(tmp_path)
     rel = store.relative_path("1.2.3", "1.2.4", "1.2.5")
@@ -60,16 +61,23 @@ def test_store_sweeps_temp_files_left_by_a_killed_node(tmp_path):
         for pid, folder in folders.items():
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"1.2.6.dcm.{pid}.tmp").write_bytes(b"half")
-        other_host = tmp_path / INCOMING / "another-host-1"
+        # Another host whose name starts with ours and a hyphen ("<ours>-b"), pid 1.
+        other_host = tmp_path / INCOMING / f"{incoming_name(0)[:-1]}b-1"
         other_host.mkdir()
         (other_host / "1.2.7.dcm.x.tmp").write_bytes(b"in flight elsewhere")
-        assert store.sweep_temp() == 2  # the dead process's and this (restarted) node's own
-        assert not folders[int(gone.stdout)].exists() and not folders[os.getpid()].exists()
+        assert store.sweep_temp() == 1  # the dead process's
+        assert not folders[int(gone.stdout)].exists()
         assert (folders[alive.pid] / f"1.2.6.dcm.{alive.pid}.tmp").exists()
+        assert (folders[os.getpid()] / f"1.2.6.dcm.{os.getpid()}.tmp").exists()
         assert (other_host / "1.2.7.dcm.x.tmp").exists()
         assert store.sweep_process(alive.pid) == 1 and not folders[alive.pid].exists()
     finally:
         alive.kill()
         alive.wait()
     assert store.path(rel).read_bytes() == b"complete"
-    store.write(store.relative_path("1.2.3", "1.2.4", "1.2.8"), b"again")  # folder made anew
+    # A folder removed under a running process costs it one refused write, not every later one.
+    assert store.sweep_process(os.getpid()) == 1
+    with pytest.raises(StoreError):
+        store.write(store.relative_path("1.2.3", "1.2.4", "1.2.8"), b"refused")
+    store.write(store.relative_path("1.2.3", "1.2.4", "1.2.8"), b"again")
+    assert store.path(store.relative_path("1.2.3", "1.2.4", "1.2.8")).read_bytes() == b"again"
