@@ -108,7 +108,7 @@ class Store:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
-    def write(self, relative: str, chunks: list[bytes] | bytes) -> int:
+    def write(self, relative: str, chunks: list[bytes | memoryview] | bytes | memoryview) -> int:
         """Write durably (temp file, fsync, rename, fsync folder); returns the size in bytes."""
         data = [chunks] if isinstance(chunks, bytes | bytearray | memoryview) else chunks
         size = sum(len(c) for c in data)

@@ -48,7 +48,7 @@ class Keeper:
         self.turns = WriteTurns(sqlite_file(bind.url) if bind is not None else None)
 
     def keep(
-        self, admitted: Admitted, parts: Sequence[bytes], now: datetime
+        self, admitted: Admitted, parts: Sequence[bytes | memoryview], now: datetime
     ) -> InstanceStatus | None:
         """:func:`keep` with this intake's store, database and limits."""
         return keep(
@@ -68,7 +68,7 @@ def keep(
     sessions: sessionmaker,
     store: Store,
     admitted: Admitted,
-    parts: Sequence[bytes],
+    parts: Sequence[bytes | memoryview],
     *,
     max_instance_bytes: int,
     skip_duplicate_positions: bool,
