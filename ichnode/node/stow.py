@@ -64,7 +64,7 @@ class StowRequestError(ValueError):
         self.status = status
 
 
-def dicom_parts(content_type: str, body: bytes) -> Iterator[tuple[str, memoryview]]:
+def dicom_parts(content_type: str, body: bytes | bytearray) -> Iterator[tuple[str, memoryview]]:
     """The (media type, bytes) of each part of a ``multipart/related`` body (RFC 2046).
 
     The request's and each part's headers are read by the standard library's MIME parser
@@ -174,7 +174,7 @@ class StowReceiver:
         self.on_stored = on_stored or (lambda: None)
         self.keeper = storing.Keeper(settings, store, sessions)
 
-    def receive(self, content_type: str, body: bytes, client: str | None) -> StowResult:
+    def receive(self, content_type: str, body: bytes | bytearray, client: str | None) -> StowResult:
         """Store every part of one request; raises :class:`StowRequestError` for a body that
         is not a STOW-RS multipart (nothing is stored then)."""
         parts = list(dicom_parts(content_type, body))
