@@ -536,8 +536,10 @@ def mirror_planes(planes: torch.Tensor) -> torch.Tensor:
     s_h, s_w = shape[-2:]
     x = planes.reshape(-1, 1, s_h, s_w).float()
     w = ((x[:, 0] > MIDLINE_HU[0]) & (x[:, 0] < MIDLINE_HU[1])).float()
-    ys = torch.linspace(-1 + 1 / s_h, 1 - 1 / s_h, s_h, dtype=x.dtype)[:, None].expand(s_h, s_w)
-    xs = torch.linspace(-1 + 1 / s_w, 1 - 1 / s_w, s_w, dtype=x.dtype)[None, :].expand(s_h, s_w)
+    dt, dev = x.dtype, x.device  # training mirrors on its device
+    ys = torch.linspace(-1 + 1 / s_h, 1 - 1 / s_h, s_h, dtype=dt, device=dev)[:, None]
+    xs = torch.linspace(-1 + 1 / s_w, 1 - 1 / s_w, s_w, dtype=dt, device=dev)[None, :]
+    ys, xs = ys.expand(s_h, s_w), xs.expand(s_h, s_w)
     m = w.sum(dim=(1, 2)).clamp_min(1.0)
     cx, cy = (w * xs).sum(dim=(1, 2)) / m, (w * ys).sum(dim=(1, 2)) / m
     dx, dy = xs - cx[:, None, None], ys - cy[:, None, None]
