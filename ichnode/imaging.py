@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -508,10 +508,22 @@ def planes_to_input(
     ``(..., P * C, S, S)``: every window of each plane, plane-major. One plane is the 2-D input.
     With ``mirror`` each plane has ``2 * C`` channels: its windows, then the same windows of
     the plane minus those of its mirror image (:func:`mirror_planes`), in [-1, 1]."""
-    out = window_planes(planes, windows)
-    if mirror:
-        out = torch.cat([out, out - window_planes(mirror_planes(planes), windows)], dim=-3)
+
+    def window(hu: torch.Tensor) -> torch.Tensor:
+        return window_planes(hu, windows)
+
+    out = with_mirror_differences(planes, window) if mirror else window(planes)
     return out.flatten(-4, -3)
+
+
+def with_mirror_differences(
+    planes: torch.Tensor, window: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """``window(planes)`` ``(..., P, C, S, S)`` followed on the channel axis by ``window(planes)
+    - window(mirror_planes(planes))``: the mirror channels' one definition, for serving's
+    windows and training's jittered ones alike."""
+    out = window(planes)
+    return torch.cat([out, out - window(mirror_planes(planes))], dim=-3)
 
 
 #: Largest tilt of the head's midline from the image's vertical that :func:`mirror_planes`

@@ -31,9 +31,14 @@ UID_MAX_LENGTH = 64
 INCOMING = ".incoming"
 
 
+def _host_prefix() -> str:
+    """``<host>-``: what the names of this host's folders of writes in progress start with."""
+    return f"{socket.gethostname()}-"
+
+
 def incoming_name(pid: int) -> str:
     """The name of process ``pid``'s folder of writes in progress: ``<host>-<pid>``."""
-    return f"{socket.gethostname()}-{pid}"
+    return f"{_host_prefix()}{pid}"
 
 
 def _running(pid: int) -> bool:
@@ -153,7 +158,7 @@ class Store:
         (a node calls it before accepting associations: they were never acknowledged); a
         running process's folder, another ichnode's on this host or any other host's on a
         shared store, is left alone. Returns how many files were removed."""
-        host = incoming_name(0)[:-1]  # "<host>-"
+        host = _host_prefix()
         removed = 0
         folders = (self.root / INCOMING).glob(f"{host}*")
         for folder in folders:

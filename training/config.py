@@ -162,7 +162,8 @@ class TrainConfig:
         metadata=option(
             "--init",
             "Fine-tune: start from this checkpoint's slice weights (the same --arch and "
-            "preprocessing options, refused otherwise).",
+            "preprocessing options, refused otherwise; a checkpoint without --mirror may start "
+            "a --mirror run, the new channels' first weights at zero).",
         ),
     )
     init_resize: bool = field(
@@ -170,9 +171,7 @@ class TrainConfig:
         metadata=option(
             "--init-resize",
             "With --init: accept a checkpoint trained at another --image-size and --pixel-mm "
-            "(fine-tuning at a higher resolution; the windows and --context must still match). "
-            "A checkpoint without --mirror channels may start a --mirror run: the new "
-            "channels' first weights start at zero.",
+            "(fine-tuning at a higher resolution; the windows and --context must still match).",
         ),
     )
     mix: str | None = field(

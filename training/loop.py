@@ -31,10 +31,10 @@ from ichnode.device import resolve_device
 from ichnode.errors import IchnodeError
 from ichnode.imaging import (
     PreprocessSpec,
-    mirror_planes,
     parse_window,
     planes_to_input,
     windows_for_mode,
+    with_mirror_differences,
 )
 from ichnode.model import Checkpoint, build, load_checkpoint, save_checkpoint
 from ichnode.study import StudyHead
@@ -166,9 +166,8 @@ def model_input(
         ]
         return torch.stack(chans, dim=2)
 
-    x = windowed(hu)
-    if spec.mirror:  # the mirror of the augmented image: its own midline, the same windows
-        x = torch.cat([x, x - windowed(mirror_planes(hu))], dim=2)
+    # The mirror of the augmented image: its own midline, the same jittered windows.
+    x = with_mirror_differences(hu, windowed) if spec.mirror else windowed(hu)
     x = x.flatten(1, 2)
     return x if masks is None else (x, masks)
 
