@@ -460,7 +460,9 @@ def test_a_destination_that_hangs_holds_up_no_other(session_factory, tmp_path):
         thread.start()
         try:
             wait_for(lambda: entry(session_factory, up_id).status == DeliveryStatus.SENT, 20)
-            # Sent while the silent peer still holds its association attempt.
+            # Sent while the silent peer still holds its association attempt. The sender
+            # records SENT before it lets go of "up": wait for that, not for the silent peer.
+            wait_for(lambda: "up" not in outbox.busy(), 5)
             assert outbox.busy() == {"hang"}
             assert entry(session_factory, hang_id).attempts == 0
         finally:
