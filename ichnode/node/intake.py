@@ -2,7 +2,8 @@
 
 :func:`admit` reads, from a C-STORE's received bytes, only the elements the checks and the
 rows need (:data:`HEADER_KEYWORDS`: pydicom skips every other value without building an
-element for it), and :func:`check` -- shared with STOW-RS
+element for it; the plain values among them are converted from their bytes at once,
+:func:`convert_plain`), and :func:`check` -- shared with STOW-RS
 (:mod:`ichnode.node.stow`) -- checks its identifiers against the request and its pixel
 description against the header, and describes the row to be (scored, or skipped with
 the reason). A failure raises one :class:`Refusal` (status, reason); the SCP turns it into
@@ -11,13 +12,17 @@ the answer and the log line. The DIMSE C-STORE statuses are named here, once.
 
 from __future__ import annotations
 
+import re
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from io import BytesIO
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
-from pydicom.datadict import tag_for_keyword
+from pydicom import config as pydicom_config
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag, Tag
@@ -157,14 +162,80 @@ def _decoded(read: Callable[[], Dataset]) -> Dataset:
 
 def read_header(received: BinaryIO, transfer_syntax: UID) -> Dataset:
     """The :data:`HEADER_KEYWORDS` of a data set encoded in ``transfer_syntax`` (not deflated),
-    read from its bytes as received; every other value is skipped unread."""
+    read from its bytes as received; every other value is skipped unread. The plain values
+    among them are converted at once (:func:`convert_plain`)."""
     received.seek(0)
-    return read_dataset(
+    ds = read_dataset(
         received,
         transfer_syntax.is_implicit_VR,
         transfer_syntax.is_little_endian,
         specific_tags=HEADER_TAGS,
     )
+    convert_plain(ds)
+    return ds
+
+
+#: Text VRs whose value is the decoded string, stripped of trailing spaces and NULs as a whole
+#: and then split at backslashes (pydicom's ``convert_UI``, ``convert_string``, ``convert_PN``;
+#: DA and TM only while pydicom's ``datetime_conversion`` is off)...
+_WHOLE_STRIPPED = frozenset({"UI", "AE", "AS", "CS", "DA", "TM", "PN"})
+#: ... and those split first, each value stripped (``convert_text``).
+_EACH_STRIPPED = frozenset({"SH", "LO"})
+_INTEGER = re.compile(rb" *[+-]?[0-9]+ *")
+_DECIMAL = re.compile(rb" *[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)? *")
+
+
+def convert_plain(ds: Dataset) -> None:
+    """Convert, in place, the still-raw elements of ``ds`` whose value is plain: ASCII text
+    of the VRs above, an IS or DS made of digits, one US. The values are those pydicom gives
+    (``str``/``int``/``float``, a ``list`` of them when multi-valued, not its value classes),
+    without pydicom's per-element machinery -- hooks, validation, value classes -- which cost
+    three quarters of the header check (``benchmarks/header_read.py``). Anything else
+    (empty, non-ASCII, escape sequences, sequences, malformed numbers) is left to pydicom's
+    own conversion when it is read, so a malformed element still raises there.
+    """
+    whole = _WHOLE_STRIPPED
+    if pydicom_config.datetime_conversion:
+        whole = whole - {"DA", "TM"}
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag, keep_deferred=True)
+        if not isinstance(raw, RawDataElement) or not raw.value:
+            continue
+        vr = raw.VR or _dictionary_vr(tag)
+        value = _plain_value(vr, raw.value, raw.is_little_endian, whole)
+        if value is not None:
+            ds[tag] = DataElement(tag, vr, value, already_converted=True)
+
+
+def _dictionary_vr(tag: int) -> str | None:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None
+
+
+def _plain_value(vr: str | None, value: bytes, little_endian: bool, whole: frozenset[str]) -> Any:
+    """``value`` as pydicom converts it, if it is plain (see :func:`convert_plain`); else None."""
+    if vr in whole or vr in _EACH_STRIPPED:
+        if not value.isascii() or b"\x1b" in value:
+            return None  # another character set may apply: pydicom decodes it
+        text = value.decode("ascii")
+        items = (
+            text.rstrip("\0 ").split("\\")
+            if vr in whole
+            else [v.rstrip("\0 ") for v in text.split("\\")]
+        )
+        return items[0] if len(items) == 1 else items
+    if vr == "US" and len(value) == 2:
+        return struct.unpack("<H" if little_endian else ">H", value)[0]
+    if vr in ("IS", "DS"):
+        pattern, kind = (_INTEGER, int) if vr == "IS" else (_DECIMAL, float)
+        parts = value.rstrip(b"\0").split(b"\\")
+        if not all(pattern.fullmatch(p) for p in parts):
+            return None
+        numbers = [kind(p) for p in parts]
+        return numbers[0] if len(numbers) == 1 else numbers
+    return None
 
 
 def check(ds: Dataset, request: Request, rules: SelectionRules, now: datetime) -> Admitted:

@@ -4,13 +4,21 @@ is enough for :func:`intake.check` to admit the slice with its row fields."""
 
 from __future__ import annotations
 
+import warnings
 from datetime import UTC, datetime
 
 import numpy as np
+import pydicom
 import pytest
 from helpers import ct_dataset
+from pydicom.data import get_charset_files, get_testdata_files
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
+from pydicom.multival import MultiValue
+from pydicom.tag import Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ichnode.config import SelectionSettings
@@ -72,4 +80,100 @@ def test_pixel_data_shorter_than_the_header_says_is_refused_after_a_header_read(
     header = intake.read_header(fp, ExplicitVRLittleEndian)
     assert "pixel data has 100 bytes" in (
         intake.pixel_problem(header, ExplicitVRLittleEndian) or ""
+    )
+
+
+def _values(ds) -> dict[str, object]:
+    """The header elements' values, compared as text (UID, PersonName and friends are str
+    subclasses; IS and DS compare equal to int and float)."""
+
+    def plain(value: object) -> object:
+        if isinstance(value, (list, MultiValue)):
+            return [plain(v) for v in value]
+        if isinstance(value, (int, float)):
+            return value
+        return str(value)
+
+    return {
+        kw: plain(ds.get(kw))
+        for kw in intake.HEADER_KEYWORDS
+        if kw in ds and ds[kw].VR != "SQ" and kw != "PixelData"
+    }
+
+
+def _header_of_file(path: str):
+    """(read_header's data set, pydicom's full read) of a Part 10 file."""
+    full = pydicom.dcmread(path)
+    meta = full.file_meta
+    # Preamble and prefix (132 bytes), the group length element (12), the rest of the group.
+    start = 132 + 12 + meta.FileMetaInformationGroupLength
+    with open(path, "rb") as fp:
+        data = DicomBytesIO(fp.read()[start:])
+    return intake.read_header(data, meta.TransferSyntaxUID), full
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        *get_testdata_files("CT_small.dcm"),
+        *get_testdata_files("MR_small_implicit.dcm"),
+        *get_testdata_files("MR_small_bigendian.dcm"),
+        *get_testdata_files("MR_small_padded.dcm"),
+        *get_charset_files("chr*.dcm"),
+    ],
+    ids=lambda p: p.rsplit("/", 1)[-1],
+)
+def test_header_values_are_those_of_a_full_pydicom_read(path):
+    header, full = _header_of_file(path)
+    assert _values(header) == _values(full)
+
+
+def test_plain_values_are_converted_by_the_header_read_and_match_pydicom():
+    ds = ct_dataset(np.full((16, 16), 1000, np.uint16), z=-12.5)
+    ds.SeriesDescription = "AXIAL \\HEAD  "  # two LO values, each padded
+    ds.ProtocolName = "A\\B"
+    ds.InstanceNumber = "+7"
+    ds.ImagePositionPatient = [" -1.5E+1", "0.25 ", ".5"]
+    ds.PatientName = "Ünal^Ayşe"  # not ASCII: left to pydicom's character sets
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    header = intake.read_header(fp, ExplicitVRLittleEndian)
+    # The plain ones were converted by read_header itself; the UTF-8 name was not.
+    assert isinstance(header.get_item("StudyInstanceUID"), DataElement)
+    assert isinstance(header.get_item("ImagePositionPatient"), DataElement)
+    assert isinstance(header.get_item("PatientName"), RawDataElement)
+    fp.seek(0)
+    full = read_dataset(fp, False, True)
+    assert _values(header) == _values(full)
+    assert header.SeriesDescription == ["AXIAL", "HEAD"]
+    assert header.ImagePositionPatient == [-15.0, 0.25, 0.5]
+    assert str(header.PatientName) == "Ünal^Ayşe"
+
+
+@pytest.mark.parametrize(
+    ("keyword", "vr", "raw"),
+    [("InstanceNumber", "IS", b"12a "), ("ImagePositionPatient", "DS", b"1\\x\\3 ")],
+)
+def test_a_malformed_number_is_left_to_pydicom(keyword, vr, raw):
+    ds = ct_dataset(np.full((16, 16), 1000, np.uint16))
+    ds[keyword] = RawDataElement(Tag(tag_for_keyword(keyword)), vr, len(raw), raw, 0, False, True)
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    request = intake.Request(
+        ds.SOPInstanceUID, ds.SOPClassUID, str(ExplicitVRLittleEndian), "SCU", "127.0.0.1"
+    )
+    rules, now = SelectionRules(SelectionSettings()), datetime.now(UTC)
+    header = intake.read_header(fp, ExplicitVRLittleEndian)
+    assert isinstance(header.get_item(keyword), RawDataElement)
+    fp.seek(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of the invalid value
+        row = intake.check(header, request, rules, now).received
+        expected = intake.check(read_dataset(fp, False, True), request, rules, now).received
+    assert row == expected
+    assert (row.instance_number, row.z) == (
+        (None, 0.0) if keyword == "InstanceNumber" else (row.instance_number, None)
     )
