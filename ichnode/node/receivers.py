@@ -22,6 +22,7 @@ removed before it is restarted (:meth:`~ichnode.store.Store.sweep_process`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from multiprocessing.synchronize import Event as ProcessEvent
@@ -88,14 +89,16 @@ class Receivers:
                 f"ichnode-receiver-{i + 1}",
                 run_receiver,
                 (settings, wake, mine, listening),
-                on_exit=self._sweep,
+                on_exit=functools.partial(self._gone, mine),
             )
             for i, (mine, listening) in enumerate(zip(self.listeners, self.listening, strict=True))
         ]
 
-    def _sweep(self, pid: int) -> None:
-        """Remove the temp files of receiver ``pid``, which died (its writes were never
+    def _gone(self, listener: SharedListener, pid: int) -> None:
+        """Receiver ``pid`` (on ``listener``'s slot) died: no process defers to its slot
+        until its restart adopts it, and its temp files go (its writes were never
         acknowledged)."""
+        listener.vacate()
         removed = Store(self.settings.store).sweep_process(pid)
         if removed:
             log.info("removed %d unfinished temp files of receiver process %s", removed, pid)

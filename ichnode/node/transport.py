@@ -58,6 +58,8 @@ UNLIMITED_P_DATA = 1 << 28
 #: On a listening socket shared by receiver processes, a process that holds more connections
 #: than another waits this long before it accepts, so that the less busy one takes it.
 ACCEPT_DEFER = 0.05
+#: The load of a slot whose process is gone: more than any process holds.
+VACANT = 2**31 - 1
 
 
 def pdu_limits(max_pdu: int) -> dict[int, int]:
@@ -380,6 +382,12 @@ class SharedListener:
         nothing open here yet (a receiver that died may have left its count behind)."""
         self.sock.setblocking(False)
         self.loads[self.slot] = 0
+
+    def vacate(self) -> None:
+        """The process of this slot is gone (until a restart adopts it): no process defers
+        to it, whatever count it left behind (0 would make every busier one wait
+        :data:`ACCEPT_DEFER` for a taker that never comes)."""
+        self.loads[self.slot] = VACANT
 
     def busier(self) -> bool:
         """Whether another process should take the next connection: one holds fewer than this

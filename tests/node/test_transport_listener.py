@@ -76,3 +76,26 @@ def test_an_association_whose_thread_never_starts_is_uncounted(
     assert assoc.is_established and wait_for(lambda: loads[0] == 1)
     assoc.release()
     assert wait_for(lambda: loads[0] == 0)
+
+
+def test_no_process_defers_to_the_slot_of_a_receiver_that_died():
+    """A dead receiver's slot (vacated by the node until its restart adopts it) takes no
+    connection, so a busier process does not wait for it; the restart counts from zero."""
+    listener = SharedListener.bind(
+        "127.0.0.1", free_port(), 2, multiprocessing.get_context("spawn")
+    )
+    node, receiver = listener.for_process(0), listener.for_process(1)
+    try:
+        receiver.publish(0)
+        node.publish(1)
+        assert node.busier()  # a live receiver holding fewer takes the next connection
+        receiver.vacate()  # it died holding none
+        assert not node.busier()
+        receiver.publish(3)
+        receiver.vacate()  # it died holding three
+        assert not node.busier()
+        receiver.adopt()  # restarted
+        assert list(listener.loads) == [1, 0] and node.busier()
+    finally:
+        for each in (node, receiver, listener):
+            each.close()
