@@ -49,11 +49,13 @@ def run_receiver(
     wake: Wakeup | None,
     listener: SharedListener,
     listening: ProcessEvent,
+    pynetdicom_level: int,
     parent_pid: int,
 ) -> None:
     """A receiver process's body: the SCP alone on the node's listening socket ``listener`` until
     told to stop; sets ``listening`` once it accepts associations (only the node waits on
-    it)."""
+    it). ``pynetdicom_level``: the node's level for pynetdicom's logger (``--debug`` or not),
+    which also decides the C-STORE path (``StorageSCP._install_fast_store``)."""
     stop = child_stop(parent_pid)
     from ichnode.db.session import open_database
     from ichnode.node.scp import StorageSCP
@@ -62,6 +64,7 @@ def run_receiver(
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("pynetdicom").setLevel(pynetdicom_level)
     store = Store(settings.store, settings.min_free_bytes)
     engine, sessions = open_database(settings, create=False)
     scp = StorageSCP(settings, store, sessions, on_stored=wake.set if wake is not None else None)
@@ -88,7 +91,7 @@ class Receivers:
             Supervised(
                 f"ichnode-receiver-{i + 1}",
                 run_receiver,
-                (settings, wake, mine, listening),
+                (settings, wake, mine, listening, logging.getLogger("pynetdicom").level),
                 on_exit=functools.partial(self._gone, mine),
             )
             for i, (mine, listening) in enumerate(zip(self.listeners, self.listening, strict=True))

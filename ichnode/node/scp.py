@@ -231,5 +231,9 @@ class StorageSCP:
         return SUCCESS
 
     def _install_fast_store(self, assoc: Association) -> None:
-        """Give a new association the fast path (``fast_store``)."""
+        """Give a new association the fast path (``fast_store``), unless pynetdicom logs at
+        DEBUG (``ichnode --debug``): its path logs every PDU and DIMSE message, the fast
+        path none, and whoever debugs an association expects to see them."""
+        if logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
+            return
         FastStore(assoc, self.handle_fast, self.associations).install()

@@ -8,6 +8,7 @@ The backend does not matter here: the tests run on SQLite only.
 
 from __future__ import annotations
 
+import logging
 import struct
 from pathlib import Path
 
@@ -122,6 +123,19 @@ def test_fast_store_off_leaves_every_message_to_pynetdicom(scp_factory, fast_cal
     node = scp_factory(fast_store=False)
     assert send(node.settings.port, study(2, size=32)) == [SUCCESS, SUCCESS]
     assert fast_calls == [] and len(_stored(node)) == 2
+
+
+def test_with_pynetdicom_debugging_every_message_goes_through_pynetdicom(
+    scp_factory, fast_calls, caplog
+):
+    """``ichnode --debug`` sets pynetdicom's logger to DEBUG: the C-STOREs are then left to
+    pynetdicom, whose log shows each of them (the fast path logs none)."""
+    node = scp_factory()
+    caplog.set_level(logging.DEBUG, logger="pynetdicom")
+    assert send(node.settings.port, study(2, size=32)) == [SUCCESS, SUCCESS]
+    assert fast_calls == [] and len(_stored(node)) == 2
+    received = [r for r in caplog.records if "Received Store Request" in r.getMessage()]
+    assert len(received) == 2
 
 
 def test_a_data_set_fragment_without_its_command_goes_to_pynetdicom(scp_factory, fast_calls):
