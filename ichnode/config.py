@@ -112,7 +112,10 @@ class HTTPSettings(_Section):
         False, description="Allow a non-loopback bind without a token (not recommended)."
     )
     max_stow_bytes: int = Field(
-        1024 * 1024 * 1024, ge=1, description="Largest STOW-RS request body (413 past it)."
+        1024 * 1024 * 1024,
+        ge=1,
+        description="Largest STOW-RS request body (413 past it); it waits in a scratch file on "
+        "the store's disk, not in memory.",
     )
 
     @field_validator("bind")

@@ -20,8 +20,10 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 import uuid
 from pathlib import Path
+from typing import BinaryIO, cast
 
 from ichnode.errors import IchnodeError
 
@@ -142,6 +144,15 @@ class Store:
                     tmp.unlink()
             raise StoreError(f"cannot write to the store: {exc.strerror or exc}") from None
         return size
+
+    def spool(self) -> BinaryIO:
+        """An anonymous scratch file on the store's disk, in this process's folder of writes
+        in progress (a STOW-RS request body waits there, not in memory); gone once closed."""
+        try:
+            return cast(BinaryIO, tempfile.TemporaryFile(dir=self._incoming_folder(), buffering=0))
+        except OSError as exc:
+            self._incoming = None
+            raise StoreError(f"cannot write to the store: {exc.strerror or exc}") from None
 
     def _incoming_folder(self) -> Path:
         """This process's folder of writes in progress, made at its first write (and again

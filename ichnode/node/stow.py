@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import mmap
 import quopri
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -56,6 +57,10 @@ ALL_STORED, SOME_STORED, NONE_STORED = 200, 202, 409
 AUDIT_OUTCOME = "stow-rs"
 
 
+#: A request body: in memory, or a memory map of the file it was spooled to (the web layer's).
+Body = bytes | bytearray | mmap.mmap
+
+
 class StowRequestError(ValueError):
     """The request is not a STOW-RS multipart (``status``: 415 or 400)."""
 
@@ -64,7 +69,7 @@ class StowRequestError(ValueError):
         self.status = status
 
 
-def dicom_parts(content_type: str, body: bytes | bytearray) -> Iterator[tuple[str, memoryview]]:
+def dicom_parts(content_type: str, body: Body) -> Iterator[tuple[str, memoryview]]:
     """The (media type, bytes) of each part of a ``multipart/related`` body (RFC 2046).
 
     The request's and each part's headers are read by the standard library's MIME parser
@@ -91,7 +96,7 @@ def dicom_parts(content_type: str, body: bytes | bytearray) -> Iterator[tuple[st
         raise StowRequestError(400, "the body holds no multipart parts")
     view = memoryview(body)
     pos = first + len(delimiter)
-    while not body.startswith(b"--", pos):  # "--boundary--" closes the body
+    while body[pos : pos + 2] != b"--":  # "--boundary--" closes the body
         line_end = body.find(b"\r\n", pos)  # the rest of the delimiter line: padding
         headers_end = body.find(b"\r\n\r\n", line_end) if line_end >= 0 else -1
         end = body.find(b"\r\n" + delimiter, headers_end + 4) if headers_end >= 0 else -1
@@ -174,7 +179,7 @@ class StowReceiver:
         self.on_stored = on_stored or (lambda: None)
         self.keeper = storing.Keeper(settings, store, sessions)
 
-    def receive(self, content_type: str, body: bytes | bytearray, client: str | None) -> StowResult:
+    def receive(self, content_type: str, body: Body, client: str | None) -> StowResult:
         """Store every part of one request; raises :class:`StowRequestError` for a body that
         is not a STOW-RS multipart (nothing is stored then)."""
         parts = list(dicom_parts(content_type, body))

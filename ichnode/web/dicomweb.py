@@ -2,15 +2,21 @@
 
 ``POST /dicom-web/studies`` hands the request to the node's STOW-RS intake
 (:class:`ichnode.node.stow.StowReceiver`, the same path as a C-STORE), reading at most
-``http.max_stow_bytes`` (413 past it). ``GET /dicom-web/studies`` and
-``GET /dicom-web/studies/{uid}/series`` find the studies ichnode produced results for and
-their SR / summary / KOS series (PS3.18 10.6, ``application/dicom+json``), so a DICOMweb
-viewer can find them. Token auth is the rest of the API's (:mod:`ichnode.web.auth`).
+``http.max_stow_bytes`` (413 past it) into a scratch file on the store's disk
+(:meth:`ichnode.store.Store.spool`), which the intake reads through a memory map: a request
+holds disk, not memory (it held its whole body in memory, up to 1 GiB at the default limit).
+``GET /dicom-web/studies`` and ``GET /dicom-web/studies/{uid}/series`` find the studies
+ichnode produced results for and their SR / summary / KOS series (PS3.18 10.6,
+``application/dicom+json``), so a DICOMweb viewer can find them. Token auth is the rest of
+the API's (:mod:`ichnode.web.auth`).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import contextlib
+import logging
+import mmap
+from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -19,10 +25,12 @@ from starlette.concurrency import run_in_threadpool
 
 from ichnode.db import dicomweb as produced
 from ichnode.db.models import ReportKind, Study
-from ichnode.node.stow import DICOM_JSON, StowRequestError
+from ichnode.node.stow import DICOM_JSON, Body, StowRequestError
+from ichnode.store import StoreError
 from ichnode.web.context import Context
 from ichnode.web.responses import IDENTIFIERS_HIDDEN, UID_PATH, UNAUTHORIZED, Responses
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/dicom-web", tags=["DICOMweb"])
 
 
@@ -46,12 +54,14 @@ STOW_RESPONSES: Responses = UNAUTHORIZED | {
     400: _described("A malformed multipart body."),
     413: _described("A body larger than http.max_stow_bytes."),
     415: _described('Not multipart/related; type="application/dicom".'),
-    503: _described("This server does not receive instances."),
+    503: _described("This server does not receive instances, or its disk cannot hold the body."),
 }
 
 #: The Modality of each kind of report series.
 MODALITY = {ReportKind.SR: "SR", ReportKind.SUMMARY: "OT", ReportKind.KOS: "KO"}
 MAX_LIMIT = 500
+#: Bytes of a STOW-RS body gathered before each write to its spool file.
+SPOOL_WRITE = 1 << 20
 MAX_OFFSET = 1_000_000
 
 
@@ -59,18 +69,45 @@ def _error(status: int, detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status)
 
 
-async def _body(request: Request, limit: int) -> bytearray | None:
-    """The request body, or None once it grows past ``limit`` bytes. Gathered in one growing
-    buffer: a list of chunks joined at the end held the body twice."""
+async def _spooled(request: Request, limit: int, spool: BinaryIO) -> int | None:
+    """Copy the request body into ``spool`` (writes of about :data:`SPOOL_WRITE` bytes, off
+    the event loop); its size, or None once it grows past ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         return None
-    body = bytearray()
+    size = 0
+    pending = bytearray()
     async for chunk in request.stream():
-        if len(body) + len(chunk) > limit:
+        size += len(chunk)
+        if size > limit:
             return None
-        body += chunk
-    return body
+        pending += chunk
+        if len(pending) >= SPOOL_WRITE:
+            await run_in_threadpool(_write_all, spool, pending)
+            pending = bytearray()
+    await run_in_threadpool(_write_all, spool, pending)
+    return size
+
+
+def _write_all(spool: BinaryIO, data: bytearray) -> None:
+    """Write ``data`` whole (the spool is unbuffered: a write may take part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[spool.write(view) :]
+
+
+def _cannot_take(reason: str) -> JSONResponse:
+    """503 for a request body the store's disk cannot hold; one log line."""
+    log.error("STOW-RS request refused: %s", reason)
+    return _error(503, f"cannot take the request: {reason}")
+
+
+def _release(body: Body) -> None:
+    """Unmap a spooled body. A view of it still held (an exception's traceback keeps the
+    parts' frames) defers that to the garbage collector."""
+    if isinstance(body, mmap.mmap):
+        with contextlib.suppress(BufferError):
+            body.close()
 
 
 @router.post(
@@ -93,16 +130,27 @@ async def stow(request: Request, ctx: Context) -> Response:
     receiver = ctx.stow
     if receiver is None:
         return _error(503, "this server does not receive instances")
-    body = await _body(request, receiver.settings.http.max_stow_bytes)
-    if body is None:
-        return _error(413, "request larger than http.max_stow_bytes")
     client = request.client.host if request.client else None
     try:
-        result = await run_in_threadpool(
-            receiver.receive, request.headers.get("content-type", ""), body, client
-        )
-    except StowRequestError as exc:
-        return _error(exc.status, str(exc))
+        spool = receiver.keeper.store.spool()
+    except StoreError as exc:
+        return _cannot_take(str(exc))
+    with spool:
+        try:
+            size = await _spooled(request, receiver.settings.http.max_stow_bytes, spool)
+        except OSError as exc:  # the disk filled up under it
+            return _cannot_take(f"cannot write to the store: {exc.strerror or exc}")
+        if size is None:
+            return _error(413, "request larger than http.max_stow_bytes")
+        body: Body = mmap.mmap(spool.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        try:
+            result = await run_in_threadpool(
+                receiver.receive, request.headers.get("content-type", ""), body, client
+            )
+        except StowRequestError as exc:
+            return _error(exc.status, str(exc))
+        finally:
+            _release(body)
     return DicomJSONResponse(result.answer(), status_code=result.http_status)
 
 

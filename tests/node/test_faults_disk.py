@@ -55,3 +55,30 @@ def test_full_disk_answers_a700_leaves_nothing_and_recovers(scp_factory, small_d
     failed = [ds for ds, s in zip(slices, statuses, strict=True) if s != SUCCESS]
     assert send(node.settings.port, failed) == [SUCCESS] * len(failed)
     assert echo(node.settings.port) == SUCCESS
+
+
+def test_a_stow_request_the_disk_cannot_hold_answers_503_and_leaves_nothing(
+    tmp_path, session_factory, small_disk, caplog
+):
+    """A STOW-RS body waits in a scratch file on the store's disk: a full disk answers 503
+    with one clear reason, leaves no scratch file, and the same request succeeds once there
+    is room."""
+    from test_stow import REFERENCED_SOP_SEQUENCE, multipart, part10, stow_client
+
+    body, content_type = multipart([part10(ds) for ds in study(4, size=256)])  # ~530 KB
+    headers = {"Content-Type": content_type}
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (2 * 1024 * 1024 - 150 * 1024))  # leave ~150 KiB free
+    with stow_client(small_disk, session_factory, max_stow_bytes=8 << 20) as client:
+        answer = client.post("/dicom-web/studies", content=body, headers=headers)
+        assert answer.status_code == 503
+        assert answer.json()["detail"] == (
+            "cannot take the request: cannot write to the store: No space left on device"
+        )
+        refused = [r for r in caplog.records if "STOW-RS request refused" in r.getMessage()]
+        assert len(refused) == 1 and refused[0].exc_info is None
+        assert [p for p in (small_disk / "store").rglob("*") if p.is_file()] == []
+        filler.unlink()
+        answer = client.post("/dicom-web/studies", content=body, headers=headers)
+        assert answer.status_code == 200
+        assert len(answer.json()[REFERENCED_SOP_SEQUENCE]["Value"]) == 4

@@ -7,6 +7,8 @@ the answers are PS3.18's: 200 all stored, 202 partial with a Failed SOP Sequence
 
 from __future__ import annotations
 
+import contextlib
+import tracemalloc
 import uuid
 from io import BytesIO
 from types import SimpleNamespace
@@ -35,14 +37,14 @@ REFERENCED_SOP_SEQUENCE = "00081199"
 FAILURE_REASON = "00081197"
 
 
-@pytest.fixture
-def app(tmp_path, session_factory):  # noqa: ANN001, ANN201
-    """The web app served on a loopback port over a real database and store."""
+@contextlib.contextmanager
+def stow_client(tmp_path, session_factory, max_stow_bytes: int = 2_000_000):  # noqa: ANN001, ANN201
+    """The web app served on a loopback port over a real database and store; a client."""
     settings = Settings(
         db_url="sqlite:///unused.db",
         store=tmp_path / "store",
         min_free_bytes=0,
-        http=HTTPSettings(token=TOKEN, max_stow_bytes=2_000_000),
+        http=HTTPSettings(token=TOKEN, max_stow_bytes=max_stow_bytes),
     )
     store = Store(settings.store, 0)
     woken = SimpleNamespace(count=0)
@@ -51,12 +53,20 @@ def app(tmp_path, session_factory):  # noqa: ANN001, ANN201
     )
     ctx = WebContext(session_factory, store, settings, stow=receiver)
     handle = serve(ctx, token=TOKEN)
-    with httpx.Client(
-        base_url=handle.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
-    ) as client:
-        client.woken = woken
+    try:
+        with httpx.Client(
+            base_url=handle.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+        ) as client:
+            client.woken = woken
+            yield client
+    finally:
+        handle.stop()
+
+
+@pytest.fixture
+def app(tmp_path, session_factory):  # noqa: ANN001, ANN201
+    with stow_client(tmp_path, session_factory) as client:
         yield client
-    handle.stop()
 
 
 def part10(ds: pydicom.Dataset) -> bytes:
@@ -144,6 +154,32 @@ def test_multipart_without_boundary_answers_400(app):
 def test_body_over_the_limit_answers_413(app):
     answer = post(app, [b"\x00" * 2_100_000])
     assert answer.status_code == 413
+
+
+def test_a_large_body_waits_on_the_stores_disk_not_in_memory(tmp_path, session_factory):
+    """The body is spooled to a scratch file in the store's folder of writes in progress and
+    read through a memory map: the request's Python allocations stay well under its size
+    (it held the whole body in memory), and the scratch file is gone afterwards."""
+    datasets = study(24, size=512)
+    body, content_type = multipart([part10(ds) for ds in datasets])
+    with stow_client(tmp_path, session_factory, max_stow_bytes=64 << 20) as client:
+        tracemalloc.start()
+        try:
+            # Sent in chunks: httpx copies the rest of a bytes body at every partial send.
+            chunks = (body[i : i + (256 << 10)] for i in range(0, len(body), 256 << 10))
+            answer = client.post(
+                "/dicom-web/studies",
+                content=chunks,
+                headers={"Content-Type": content_type, "Content-Length": str(len(body))},
+            )
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert answer.status_code == 200
+    assert len(answer.json()[REFERENCED_SOP_SEQUENCE]["Value"]) == 24
+    assert len(body) > 12_000_000 and peak < len(body) / 2
+    incoming = tmp_path / "store" / ".incoming"
+    assert [f for f in incoming.rglob("*") if f.is_file()] == []
 
 
 def test_without_the_token_answers_401(app):
