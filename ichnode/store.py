@@ -119,8 +119,7 @@ class Store:
         """Write durably (temp file, fsync, rename, fsync folder); returns the size in bytes."""
         data = [chunks] if isinstance(chunks, bytes | bytearray | memoryview) else chunks
         size = sum(len(c) for c in data)
-        if self.min_free_bytes and self.free_bytes() - size < self.min_free_bytes:
-            raise StoreError("free disk space below the configured minimum")
+        self.make_room(size)
         final = self.path(relative)
         tmp: Path | None = None
         try:
@@ -144,6 +143,12 @@ class Store:
                     tmp.unlink()
             raise StoreError(f"cannot write to the store: {exc.strerror or exc}") from None
         return size
+
+    def make_room(self, size: int) -> None:
+        """Raise :class:`StoreError` if writing ``size`` bytes would leave less free space than
+        ``min_free_bytes`` (which keeps room for what is already acknowledged)."""
+        if self.min_free_bytes and self.free_bytes() - size < self.min_free_bytes:
+            raise StoreError("free disk space below the configured minimum")
 
     def spool(self) -> BinaryIO:
         """An anonymous scratch file on the store's disk, in this process's folder of writes

@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from ichnode.db import dicomweb as produced
 from ichnode.db.models import ReportKind, Study
 from ichnode.node.stow import DICOM_JSON, Body, StowRequestError
-from ichnode.store import StoreError
+from ichnode.store import Store, StoreError
 from ichnode.web.context import Context
 from ichnode.web.responses import IDENTIFIERS_HIDDEN, UID_PATH, UNAUTHORIZED, Responses
 
@@ -69,12 +69,15 @@ def _error(status: int, detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status)
 
 
-async def _spooled(request: Request, limit: int, spool: BinaryIO) -> int | None:
+async def _spooled(request: Request, limit: int, store: Store, spool: BinaryIO) -> int | None:
     """Copy the request body into ``spool`` (writes of about :data:`SPOOL_WRITE` bytes, off
-    the event loop); its size, or None once it grows past ``limit`` bytes."""
+    the event loop, each within the store's ``min_free_bytes``: StoreError past it); its
+    size, or None once it grows past ``limit`` bytes."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return None
+    if declared is not None and declared.isdigit():
+        if int(declared) > limit:
+            return None
+        store.make_room(int(declared))
     size = 0
     pending = bytearray()
     async for chunk in request.stream():
@@ -83,14 +86,15 @@ async def _spooled(request: Request, limit: int, spool: BinaryIO) -> int | None:
             return None
         pending += chunk
         if len(pending) >= SPOOL_WRITE:
-            await run_in_threadpool(_write_all, spool, pending)
+            await run_in_threadpool(_write_all, store, spool, pending)
             pending = bytearray()
-    await run_in_threadpool(_write_all, spool, pending)
+    await run_in_threadpool(_write_all, store, spool, pending)
     return size
 
 
-def _write_all(spool: BinaryIO, data: bytearray) -> None:
+def _write_all(store: Store, spool: BinaryIO, data: bytearray) -> None:
     """Write ``data`` whole (the spool is unbuffered: a write may take part of it)."""
+    store.make_room(len(data))
     view = memoryview(data)
     while view:
         view = view[spool.write(view) :]
@@ -131,13 +135,16 @@ async def stow(request: Request, ctx: Context) -> Response:
     if receiver is None:
         return _error(503, "this server does not receive instances")
     client = request.client.host if request.client else None
+    store = receiver.keeper.store
     try:
-        spool = receiver.keeper.store.spool()
+        spool = store.spool()
     except StoreError as exc:
         return _cannot_take(str(exc))
     with spool:
         try:
-            size = await _spooled(request, receiver.settings.http.max_stow_bytes, spool)
+            size = await _spooled(request, receiver.settings.http.max_stow_bytes, store, spool)
+        except StoreError as exc:
+            return _cannot_take(str(exc))
         except OSError as exc:  # the disk filled up under it
             return _cannot_take(f"cannot write to the store: {exc.strerror or exc}")
         if size is None:

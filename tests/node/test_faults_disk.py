@@ -82,3 +82,22 @@ def test_a_stow_request_the_disk_cannot_hold_answers_503_and_leaves_nothing(
         answer = client.post("/dicom-web/studies", content=body, headers=headers)
         assert answer.status_code == 200
         assert len(answer.json()[REFERENCED_SOP_SEQUENCE]["Value"]) == 4
+
+
+def test_a_stow_request_that_would_leave_less_than_min_free_bytes_answers_503(
+    session_factory, small_disk
+):
+    from test_stow import multipart, part10, stow_client
+
+    body, content_type = multipart([part10(ds) for ds in study(4, size=256)])  # ~530 KB
+    with stow_client(
+        small_disk, session_factory, max_stow_bytes=8 << 20, min_free_bytes=1600 << 10
+    ) as client:
+        answer = client.post(
+            "/dicom-web/studies", content=body, headers={"Content-Type": content_type}
+        )
+    assert answer.status_code == 503
+    assert answer.json()["detail"] == (
+        "cannot take the request: free disk space below the configured minimum"
+    )
+    assert [p for p in (small_disk / "store").rglob("*") if p.is_file()] == []

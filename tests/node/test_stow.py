@@ -38,15 +38,20 @@ FAILURE_REASON = "00081197"
 
 
 @contextlib.contextmanager
-def stow_client(tmp_path, session_factory, max_stow_bytes: int = 2_000_000):  # noqa: ANN001, ANN201
+def stow_client(  # noqa: ANN201
+    tmp_path,  # noqa: ANN001
+    session_factory,  # noqa: ANN001
+    max_stow_bytes: int = 2_000_000,
+    min_free_bytes: int = 0,
+):
     """The web app served on a loopback port over a real database and store; a client."""
     settings = Settings(
         db_url="sqlite:///unused.db",
         store=tmp_path / "store",
-        min_free_bytes=0,
+        min_free_bytes=min_free_bytes,
         http=HTTPSettings(token=TOKEN, max_stow_bytes=max_stow_bytes),
     )
-    store = Store(settings.store, 0)
+    store = Store(settings.store, min_free_bytes)
     woken = SimpleNamespace(count=0)
     receiver = StowReceiver(
         settings, store, session_factory, on_stored=lambda: setattr(woken, "count", woken.count + 1)
