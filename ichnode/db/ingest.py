@@ -60,12 +60,21 @@ def _text(ds: Dataset, keyword: str, limit: int = 64) -> str | None:
     return str(value)[:limit]
 
 
+#: The range of an IS value (PS3.5 6.2), which the integer columns hold on every backend.
+IS_RANGE = (-(2**31), 2**31 - 1)
+
+
 def _int(ds: Dataset, keyword: str) -> int | None:
+    """An IS value; None when absent, malformed or outside :data:`IS_RANGE` (PostgreSQL's
+    integer refused it: the instance was answered 0xA700 and resent for ever)."""
     try:
         value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
+        number = int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
+    if number is None or not IS_RANGE[0] <= number <= IS_RANGE[1]:
+        return None
+    return number
 
 
 @dataclass

@@ -180,6 +180,21 @@ def test_missing_sop_instance_uid_is_refused(scp_factory):
     assert _instances(node) == []
 
 
+@pytest.mark.every_backend
+def test_an_instance_number_outside_the_is_range_is_stored_without_it(scp_factory):
+    """PS3.5 bounds IS to 32 bits; eleven digits fit its 12 characters but not PostgreSQL's
+    integer column (the slice was answered 0xA700, so a sender retried it for ever)."""
+    node = scp_factory()
+    slices = study(2, size=32)
+    slices[0].InstanceNumber = "99999999999"
+    slices[1].InstanceNumber = "-2147483648"
+    assert send(node.settings.port, slices) == [SUCCESS, SUCCESS]
+    with node.sessions() as session:
+        rows = session.execute(select(Instance.sop_instance_uid, Instance.instance_number))
+        numbers = {uid: number for uid, number in rows}
+    assert numbers == {slices[0].SOPInstanceUID: None, slices[1].SOPInstanceUID: -(2**31)}
+
+
 def test_ct_without_pixel_data_is_refused(scp_factory):
     node = scp_factory()
     ds = study(1, size=32)[0]
