@@ -51,13 +51,16 @@ _INSERT_INSTANCE = insert(_instances).returning(_instances.c.id)
 
 
 def _text(ds: Dataset, keyword: str, limit: int = 64) -> str | None:
+    """A text value, at most ``limit`` characters; a NUL inside it (no DICOM text VR allows
+    one) becomes U+FFFD, since PostgreSQL refuses NUL in text (the instance was answered
+    0xA700 and resent for ever)."""
     try:
         value = ds.get(keyword)
     except Exception:  # noqa: BLE001 - a malformed element is as good as absent
         return None
     if value is None or value == "":
         return None
-    return str(value)[:limit]
+    return str(value)[:limit].replace("\x00", "\ufffd")
 
 
 #: The range of an IS value (PS3.5 6.2), which the integer columns hold on every backend.

@@ -13,10 +13,13 @@ import pydicom
 import pytest
 from dicom_client import echo, send, send_raw
 from helpers import ct_dataset, run_dcmtk, sample_file, study, wait_for, write_all
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
-from ichnode.db.models import Instance, InstanceStatus, Prediction
+from ichnode.db.models import Instance, InstanceStatus, Prediction, Series, Study
 from ichnode.node.scp import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH, SUCCESS
 from ichnode.predict import predict_folder
 from ichnode.results import study_detail
@@ -193,6 +196,29 @@ def test_an_instance_number_outside_the_is_range_is_stored_without_it(scp_factor
         rows = session.execute(select(Instance.sop_instance_uid, Instance.instance_number))
         numbers = {uid: number for uid, number in rows}
     assert numbers == {slices[0].SOPInstanceUID: None, slices[1].SOPInstanceUID: -(2**31)}
+
+
+@pytest.mark.every_backend
+def test_a_nul_inside_a_text_value_is_stored_as_a_replacement_character(scp_factory):
+    """No text VR allows NUL (only a UID's padding), and PostgreSQL refuses it in text: the
+    slice was answered 0xA700 and resent for ever. The row now holds U+FFFD there."""
+    node = scp_factory()
+    ds = study(1, size=32)[0]
+    for keyword, vr, raw in (
+        ("PatientName", "PN", b"AB\x00CD"),
+        ("SeriesDescription", "LO", b"HEAD\x00X"),
+        ("StudyDate", "DA", b"2020\x000101"),
+    ):
+        tag = Tag(tag_for_keyword(keyword))
+        ds[tag] = RawDataElement(tag, vr, len(raw), raw, 0, False, True)
+    assert send(node.settings.port, [ds]) == [SUCCESS]
+    with node.sessions() as session:
+        study_row = session.scalars(select(Study)).one()
+        series = session.scalars(select(Series)).one()
+    assert (
+        study_row.patient_name == "AB\ufffdCD" and study_row.study_date == "2020\ufffd010"
+    )  # DA: 8 characters
+    assert series.series_description == "HEAD\ufffdX"
 
 
 def test_ct_without_pixel_data_is_refused(scp_factory):
