@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ichnode.db.models import Verdict
 from ichnode.web.queries import Order, WorklistState
@@ -57,6 +57,14 @@ class ReviewIn(BaseModel):
     )
     note: str | None = Field(None, max_length=4000)
     version: int | None = Field(None, ge=1, description="The result version reviewed.")
+
+    @field_validator("reviewer", "note")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        """Text without NUL (PostgreSQL's text refuses it: a 500 instead of an answer)."""
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 class ReviewOut(BaseModel):

@@ -83,6 +83,8 @@ def test_the_reviewer_is_the_tokens_label_when_none_is_typed(seeded, web):
         ({"verdict": "missed", "subtypes": ["chronic"]}, 400, "unknown subtype 'chronic'"),
         ({"verdict": "missed", "slices": ["1.2.3.4"]}, 400, "not an instance of this study"),
         ({"verdict": "confirmed", "version": 7}, 409, "no result version 7"),
+        ({"verdict": "confirmed", "note": "ok\x00"}, 422, "must not contain NUL"),
+        ({"verdict": "confirmed", "reviewer": "\x00"}, 422, "must not contain NUL"),
     ],
 )
 def test_a_review_that_does_not_fit_the_study_is_refused(served, body, status, words):
