@@ -253,9 +253,8 @@ def check(ds: Dataset, request: Request, rules: SelectionRules, now: datetime) -
             CANNOT_UNDERSTAND, f"dataset cannot be decoded ({type(exc).__name__})"
         ) from None
     sop_uid = ids[2]
-    bad = [
-        n for n, u in zip(("study", "series", "SOP instance"), ids, strict=True) if not valid_uid(u)
-    ]
+    names = ("study", "series", "SOP instance", "SOP class")
+    bad = [n for n, u in zip(names, (*ids, sop_class), strict=True) if not valid_uid(u)]
     if bad:
         raise Refusal(DATASET_DOES_NOT_MATCH, f"missing or invalid {' and '.join(bad)} UID")
     if sop_uid != request.sop_instance_uid:

@@ -122,6 +122,19 @@ def test_a_bad_part_among_good_ones_answers_202_with_its_failure_reason(app):
     assert failed[FAILURE_REASON]["Value"] == [DATASET_DOES_NOT_MATCH]
 
 
+def test_a_part_whose_sop_class_is_not_a_uid_is_refused_a900(app, session_factory):
+    """With accept_other_objects (the default) any SOP class is taken as a non-CT object;
+    one that is not a UID (here longer than a UID column) is refused, not 0xA700."""
+    ds = study(1, size=16)[0]
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2." + "3" * 80
+    answer = post(app, [part10(ds)])
+    assert answer.status_code == 409
+    [failed] = answer.json()[FAILED_SOP_SEQUENCE]["Value"]
+    assert failed[FAILURE_REASON]["Value"] == [DATASET_DOES_NOT_MATCH]
+    with session_factory() as session:
+        assert session.scalars(select(Instance)).all() == []
+
+
 def test_nothing_stored_answers_409(app):
     answer = post(app, [b"\x00" * 300])
     assert answer.status_code == 409
