@@ -218,7 +218,11 @@ def _upsert_predictions(session: Session, rows: list[dict[str, object]]) -> None
 
 
 def fail(session: Session, instance_id: int, claim_token: str, reason: str) -> bool:
-    """Mark a claimed instance FAILED with ``reason`` (False when it is no longer ours)."""
+    """Mark a claimed instance FAILED with ``reason`` (False when it is no longer ours).
+
+    A NUL in ``reason`` (an error message may quote a file's bytes) becomes U+FFFD: PostgreSQL
+    refuses NUL in text, and a failure that cannot be recorded would be retried for ever."""
+    reason = reason.replace("\x00", "\ufffd")
     result = session.execute(
         update(Instance)
         .where(

@@ -227,6 +227,14 @@ def test_fail_records_the_reason_only_for_the_holder(session_factory):
     assert failed.reason == "no pixel data"
 
 
+def test_a_failure_reason_quoting_a_nul_is_recorded(session_factory):
+    (instance_id,) = _fill(session_factory, 1)
+    (inst,) = _claim(session_factory, "w1", 1)
+    with session_factory.begin() as session:
+        assert fail(session, instance_id, inst.claim_token, "ValueError: bad VR 'A\x00'")
+    assert _get(session_factory, instance_id).reason == "ValueError: bad VR 'A\ufffd'"
+
+
 def test_release_returns_the_workers_claims_to_the_queue(session_factory):
     ids = _fill(session_factory, 4)
     mine = _claim(session_factory, "leaving", 2)
