@@ -26,6 +26,7 @@ from ichnode.db.models import (
     OutboxEntry,
     ReportKind,
     ReportObject,
+    nul_free,
     utcnow,
 )
 
@@ -132,7 +133,9 @@ def record(
     entry.attempts += 1
     entry.claim_token = None
     session.add(
-        DeliveryAttempt(outbox_id=entry.id, at=utcnow(), status_code=status_code, error=error)
+        DeliveryAttempt(
+            outbox_id=entry.id, at=utcnow(), status_code=status_code, error=nul_free(error)
+        )
     )
     return settle(entry, delivered, error, now, max_attempts, backoff_seconds, backoff_max_seconds)
 
@@ -149,7 +152,7 @@ def settle(
     """The state of an outbox row (report objects or notifications) after an attempt already
     counted in ``row.attempts``: sent when ``delivered`` (no error kept), failed after
     ``max_attempts``, else due again after :func:`backoff_delay`."""
-    row.last_error = None if delivered else error
+    row.last_error = None if delivered else nul_free(error)
     if delivered:
         row.status = DeliveryStatus.SENT
         row.sent_at = utcnow()

@@ -20,7 +20,15 @@ from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from ichnode.db.models import Instance, InstanceStatus, Series, Study, StudyStatus, clip
+from ichnode.db.models import (
+    Instance,
+    InstanceStatus,
+    Series,
+    Study,
+    StudyStatus,
+    clip,
+    nul_free,
+)
 
 #: Two slices of one series closer than this along the normal are "the same position" (mm).
 SAME_POSITION_MM = 0.01
@@ -52,15 +60,15 @@ _INSERT_INSTANCE = insert(_instances).returning(_instances.c.id)
 
 def _text(ds: Dataset, keyword: str, limit: int = 64) -> str | None:
     """A text value, at most ``limit`` characters; a NUL inside it (no DICOM text VR allows
-    one) becomes U+FFFD, since PostgreSQL refuses NUL in text (the instance was answered
-    0xA700 and resent for ever)."""
+    one) becomes U+FFFD (:func:`nul_free`: the instance was answered 0xA700 and resent for
+    ever)."""
     try:
         value = ds.get(keyword)
     except Exception:  # noqa: BLE001 - a malformed element is as good as absent
         return None
     if value is None or value == "":
         return None
-    return str(value)[:limit].replace("\x00", "\ufffd")
+    return nul_free(str(value)[:limit])
 
 
 #: The range of an IS value (PS3.5 6.2), which the integer columns hold on every backend.

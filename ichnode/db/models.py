@@ -206,6 +206,14 @@ def probability_values(values: Sequence[float]) -> dict[str, float]:
     return dict(zip(PROBABILITY_COLUMNS, check_probabilities(values), strict=True))
 
 
+def nul_free(value: str | None) -> str | None:
+    """``value`` with each NUL replaced by U+FFFD. Text from outside (a header value, a
+    peer's answer, an error message quoting a file's bytes) may hold NUL, which PostgreSQL
+    refuses in text (SQLite takes it): the write failed, and what it recorded was retried
+    for ever."""
+    return value.replace("\x00", "\ufffd") if value else value
+
+
 def clip(column: Any, value: str | None) -> str | None:
     """``value`` cut to the length of ``column`` (e.g. ``clip(Study.study_date, ds.StudyDate)``).
 

@@ -27,6 +27,7 @@ from ichnode.db.models import (
     NotifyKind,
     Study,
     StudyResult,
+    nul_free,
     utcnow,
 )
 
@@ -127,7 +128,12 @@ def record(
     row.attempts += 1
     row.claim_token = None
     session.add(
-        NotificationAttempt(notification_id=row.id, at=utcnow(), response=response, error=error)
+        NotificationAttempt(
+            notification_id=row.id,
+            at=utcnow(),
+            response=nul_free(response),
+            error=nul_free(error),
+        )
     )
     return settle(
         row, error is None, error, now, max_attempts, backoff_seconds, backoff_max_seconds

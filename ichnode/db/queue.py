@@ -33,6 +33,7 @@ from ichnode.db.models import (
     Instance,
     InstanceStatus,
     Prediction,
+    nul_free,
     probability_values,
     utcnow,
 )
@@ -220,9 +221,8 @@ def _upsert_predictions(session: Session, rows: list[dict[str, object]]) -> None
 def fail(session: Session, instance_id: int, claim_token: str, reason: str) -> bool:
     """Mark a claimed instance FAILED with ``reason`` (False when it is no longer ours).
 
-    A NUL in ``reason`` (an error message may quote a file's bytes) becomes U+FFFD: PostgreSQL
-    refuses NUL in text, and a failure that cannot be recorded would be retried for ever."""
-    reason = reason.replace("\x00", "\ufffd")
+    A NUL in ``reason`` (an error message may quote a file's bytes) becomes U+FFFD
+    (:func:`~ichnode.db.models.nul_free`)."""
     result = session.execute(
         update(Instance)
         .where(
@@ -232,7 +232,7 @@ def fail(session: Session, instance_id: int, claim_token: str, reason: str) -> b
         )
         .values(
             status=InstanceStatus.FAILED,
-            reason=reason,
+            reason=nul_free(reason),
             completed_at=utcnow(),
             lease_expires_at=None,
         ),

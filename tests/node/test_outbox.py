@@ -258,6 +258,17 @@ def test_a_sender_whose_claim_lapsed_cannot_record_its_attempt(session_factory, 
     assert entry(session_factory, entry_id).attempts == 1
 
 
+def test_an_error_quoting_a_nul_is_recorded(session_factory, tmp_path):
+    """A peer's words may hold NUL (PostgreSQL refuses it in text): recorded as U+FFFD."""
+    s = settings(tmp_path)
+    store = Store(s.store)
+    [entry_id] = queue_entries(session_factory, store, free_port())
+    outbox = Outbox(session_factory, store, s)
+    [claimed] = outbox.claim(utcnow())
+    assert outbox.record(claimed, Outcome(0xA700, "peer said A\x00"), utcnow()) is not None
+    assert entry(session_factory, entry_id).last_error == "peer said A\ufffd"
+
+
 def test_a_send_cancelled_at_shutdown_releases_its_claim(session_factory, tmp_path, monkeypatch):
     # Found in CI: entries claimed just before a stop kept their 10-minute claim, so the
     # restarted node did not send them. A cancelled send is no attempt and is due at once.
