@@ -60,9 +60,9 @@ STOW_RESPONSES: Responses = UNAUTHORIZED | {
 #: The Modality of each kind of report series.
 MODALITY = {ReportKind.SR: "SR", ReportKind.SUMMARY: "OT", ReportKind.KOS: "KO"}
 MAX_LIMIT = 500
+MAX_OFFSET = 1_000_000
 #: Bytes of a STOW-RS body gathered before each write to its spool file.
 SPOOL_WRITE = 1 << 20
-MAX_OFFSET = 1_000_000
 
 
 def _error(status: int, detail: str) -> JSONResponse:
