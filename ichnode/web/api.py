@@ -69,7 +69,12 @@ def list_studies(
     ] = None,
     accession: Annotated[
         str | None,
-        Query(max_length=64, description="Only studies with this accession number."),
+        # No NUL: no DICOM value holds one, and PostgreSQL refuses it (a 500, not an answer).
+        Query(
+            max_length=64,
+            pattern=r"^[^\x00]*$",
+            description="Only studies with this accession number.",
+        ),
     ] = None,
     order: queries.Order = queries.Order.TRIAGE,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,

@@ -91,6 +91,7 @@ def test_study_list_filters_and_pages(served):
     ]
     assert by_accession["total"] >= 1
     assert client.get("/api/studies", params={"accession": "NO-SUCH"}).json()["total"] == 0
+    assert client.get("/api/studies", params={"accession": "A\x00"}).status_code == 422
 
 
 def test_study_detail_has_series_instances_by_z_and_versions(served):
