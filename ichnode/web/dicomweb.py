@@ -93,7 +93,9 @@ async def _spooled(request: Request, limit: int, store: Store, spool: BinaryIO) 
 
 
 def _write_all(store: Store, spool: BinaryIO, data: bytearray) -> None:
-    """Write ``data`` whole (the spool is unbuffered: a write may take part of it)."""
+    """Write ``data`` whole if the store has room for it. The spool is unbuffered (a write
+    may take part of it): a buffered one would keep what a full disk refused and raise
+    again when it is closed, after the 503 was chosen."""
     store.make_room(len(data))
     view = memoryview(data)
     while view:
