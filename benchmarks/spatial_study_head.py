@@ -79,10 +79,11 @@ def extract(data: Path, model: Path | None, out: Path) -> dict[str, np.ndarray]:
     rows = np.arange(len(seen), dtype=np.float32)[:, None]
     studies = group_studies(index, seen, rows, lg, y)  # the row numbers, grouped and z-ordered
     order = [r[:, 0].astype(int) for r in studies.emb]
+    in_order = np.concatenate(order)
     result = {
-        "fmap": np.concatenate(maps)[np.concatenate(order)],
-        "logits": lg[np.concatenate(order)],
-        "y": y[np.concatenate(order)],
+        "fmap": np.concatenate(maps)[in_order],
+        "logits": lg[in_order],
+        "y": y[in_order],
         "lengths": np.array([len(o) for o in order]),
         "label": np.stack([s.max(axis=0) for s in studies.y]),
         "old_study": np.stack([run_study_head(ckpt.study, emb[o], lg[o])[1] for o in order]),
