@@ -44,8 +44,21 @@ def check(settings: Settings, destination: Destination) -> str:
     return "OK" if answer.status_code in (200, 204) else f"HTTP {answer.status_code}"
 
 
+class _Session(requests.Session):
+    """A session whose ``verify`` (``tls.ca``) holds for every request. requests lets
+    ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` replace a session's CA when a request names none
+    (psf/requests#3829), and dicomweb-client's requests name none: where those variables are
+    set, the configured CA was ignored and the peer refused (SSLError)."""
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # noqa: ANN001, ANN201
+        merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if verify is None and self.verify is not True:
+            merged["verify"] = self.verify
+        return merged
+
+
 def _session(settings: Settings, destination: Destination | None) -> requests.Session:
-    session = requests.Session()
+    session = _Session()
     session.verify = str(settings.tls.ca) if settings.tls.ca else True
     if destination is not None and destination.username:
         session.auth = (destination.username, destination.password or "")

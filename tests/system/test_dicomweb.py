@@ -7,15 +7,35 @@ The node is in-process, with its web app served on a loopback port behind a toke
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
 from io import BytesIO
 
+import certifi
 import pydicom
 import pytest
-from delivery_fixtures import all_sent, bleed_study
+import uvicorn
+from cryptography.hazmat.primitives.asymmetric import ec
+from delivery_fixtures import all_sent, bleed_study, rows
+from dicom_client import send
 from dicomweb_client.api import DICOMwebClient
 from helpers import free_port, wait_for
 from orthanc import Orthanc
+from pki import certificate, write_pem
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
 from web_fixtures import serve
+
+from ichnode.config import Settings
+from ichnode.db.models import DeliveryStatus, Instance
+from ichnode.db.session import open_database
+from ichnode.node.statuses import SUCCESS
+from ichnode.node.stow import StowReceiver
+from ichnode.store import Store
+from ichnode.web import WebContext
+from ichnode.web.app import create_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]
 
@@ -61,6 +81,82 @@ def test_orthanc_stows_a_study_to_ichnode_and_gets_the_sr_back_over_stow_rs(tmp_
             assert srs[0]["StudyInstanceUID"] == study_uid
     finally:
         http.stop()
+
+
+def _https_pki(folder) -> tuple:  # noqa: ANN001
+    """(the peer's certificate and key, the CA that signed it, another CA)."""
+    folder.mkdir()
+    ca_key, key, other_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    ca = write_pem(folder, "ca", certificate("web CA", ca_key, "web CA", ca_key, ca=True))[0]
+    other = write_pem(folder, "other", certificate("other", other_key, "other", other_key, ca=True))
+    crt, pem = write_pem(
+        folder, "peer", certificate("127.0.0.1", key, "web CA", ca_key, ca=False), key
+    )
+    return (crt, pem), ca, other[0]
+
+
+@contextlib.contextmanager
+def _https_stow_peer(folder, cert: tuple) -> Iterator[tuple[str, sessionmaker]]:  # noqa: ANN001
+    """A second ichnode's STOW-RS endpoint served over HTTPS by uvicorn (with ``cert``): its
+    DICOMweb root URL and its database. (Orthanc 1.10's HTTPS server, the Debian package's,
+    died with SIGSEGV at its first connection here.)"""
+    settings = Settings(
+        db_url=f"sqlite:///{folder / 'peer.db'}", store=folder / "store", min_free_bytes=0
+    )
+    engine, sessions = open_database(settings)
+    store = Store(settings.store)
+    context = WebContext(sessions, store, settings, stow=StowReceiver(settings, store, sessions))
+    sock = socket.create_server(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        create_app(context),
+        log_level="warning",
+        lifespan="off",
+        ssl_certfile=str(cert[0]),
+        ssl_keyfile=str(cert[1]),
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    assert wait_for(lambda: server.started, timeout=30)
+    try:
+        yield f"https://127.0.0.1:{sock.getsockname()[1]}/dicom-web", sessions
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        engine.dispose()
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["trusted-ca", "other-ca"])
+def test_the_sr_goes_to_a_dicomweb_destination_over_https_verified_against_tls_ca(
+    tmp_path, node_factory, trusted, monkeypatch
+):
+    """STOW-RS out to a DICOMweb peer serving HTTPS: sent when its certificate's CA is the
+    node's ``tls.ca``; with another CA nothing arrives and the attempt names the TLS failure.
+    ``REQUESTS_CA_BUNDLE`` is set, as on many hosts: requests let it replace ``tls.ca``."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())
+    cert, ca, other = _https_pki(tmp_path / "pki")
+    (tmp_path / "peer").mkdir()
+    with _https_stow_peer(tmp_path / "peer", cert) as (url, peer):
+        node = node_factory(
+            destinations=[{"name": "peer", "kind": "dicomweb", "url": url, "objects": ["sr"]}],
+            tls={"ca": ca if trusted else other},
+            delivery_max_attempts=1,
+        )
+        assert set(send(node.settings.port, bleed_study(seed=3, n_slices=6))) == {SUCCESS}
+        with peer() as session:
+            received = lambda: session.scalars(select(Instance.sop_instance_uid)).all()  # noqa: E731
+            if trusted:
+                [row] = wait_for(lambda: all_sent(node, count=1), timeout=120)
+                assert row.destination == "peer" and row.kind == "sr"
+                assert received() == [row.sop_instance_uid]
+            else:
+                [row] = wait_for(lambda: _failed(node), timeout=120)
+                assert "SSL" in (row.last_error or "") and received() == []
+
+
+def _failed(node):  # noqa: ANN001, ANN202
+    found = rows(node)
+    return found if found and all(r.status == DeliveryStatus.FAILED for r in found) else None
 
 
 def test_dicomweb_client_stores_over_stow_rs_and_finds_the_results_over_qido_rs(node_factory):
