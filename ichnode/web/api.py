@@ -16,7 +16,7 @@ from ichnode.subtypes import DISPLAY_NAMES, SUBTYPES
 from ichnode.web import queries
 from ichnode.web.context import Context
 from ichnode.web.responses import IDENTIFIERS_HIDDEN, NOT_FOUND, UID_PATH, UNAUTHORIZED
-from ichnode.web.schemas import NodeInfo, StudyDetail, StudyList
+from ichnode.web.schemas import NO_NUL, NodeInfo, StudyDetail, StudyList
 
 #: How often the worklist page re-fetches the list.
 REFRESH_SECONDS = 5.0
@@ -69,10 +69,9 @@ def list_studies(
     ] = None,
     accession: Annotated[
         str | None,
-        # No NUL: no DICOM value holds one, and PostgreSQL refuses it (a 500, not an answer).
         Query(
             max_length=64,
-            pattern=r"^[^\x00]*$",
+            pattern=NO_NUL,
             description="Only studies with this accession number.",
         ),
     ] = None,

@@ -34,6 +34,11 @@ class Patient(BaseModel):
     study_description: str | None
 
 
+#: The pattern of a text field without NUL (no DICOM value holds one, and PostgreSQL refuses
+#: it in text).
+NO_NUL = r"^[^\x00]*$"
+
+
 class ReviewIn(BaseModel):
     """A radiologist's review of a study's result (the latest version unless ``version``)."""
 
@@ -53,15 +58,19 @@ class ReviewIn(BaseModel):
         None, max_length=2000, description="SOP instance UIDs of the slices that show them."
     )
     reviewer: str | None = Field(
-        None, max_length=128, description="Who reviews (default: the token's label, 'token')."
+        None,
+        max_length=128,
+        description="Who reviews (default: the token's label, 'token').",
+        json_schema_extra={"pattern": NO_NUL},
     )
-    note: str | None = Field(None, max_length=4000)
+    note: str | None = Field(None, max_length=4000, json_schema_extra={"pattern": NO_NUL})
     version: int | None = Field(None, ge=1, description="The result version reviewed.")
 
     @field_validator("reviewer", "note")
     @classmethod
     def _no_nul(cls, value: str | None) -> str | None:
-        """Text without NUL (PostgreSQL's text refuses it: a 500 instead of an answer)."""
+        """Text without NUL (PostgreSQL's text refuses it: a 500 instead of an answer); the
+        published schema says so (:data:`NO_NUL`), so that its clients know."""
         if value is not None and "\x00" in value:
             raise ValueError("must not contain NUL characters")
         return value
