@@ -16,6 +16,8 @@ from test_stow import stow_client
 from web_fixtures import TOKEN
 
 MAX_EXAMPLES = 25
+#: How each operation is fuzzed: a bounded number of generated requests, no deadline.
+FUZZ = settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 STOW_AUTH = {"Authorization": f"Bearer {STOW_TOKEN}"}
 
@@ -49,11 +51,7 @@ def _stow_body(ctx, value) -> bytes:  # noqa: ANN001
 
 
 @schema.parametrize()
-@settings(
-    max_examples=MAX_EXAMPLES,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-)
+@FUZZ
 def test_api_conforms_to_its_openapi_schema(case):
     # negative_data_rejection is left out: it counts a request as "missing Authorization" even
     # though this test adds the header, and the API ignores unknown query parameters on
@@ -70,11 +68,7 @@ def test_api_conforms_to_its_openapi_schema(case):
 
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 @schema_postgres.parametrize()
-@settings(
-    max_examples=MAX_EXAMPLES,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-)
+@FUZZ
 def test_api_on_postgresql_answers_without_server_errors(case):
     # As above; the database is empty, so positive_data_acceptance (a generated UID finds no
     # study: 404) is left out too: no server error, status codes, content types and bodies
