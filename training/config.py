@@ -163,7 +163,8 @@ class TrainConfig:
             "--init",
             "Fine-tune: start from this checkpoint's slice weights (the same --arch and "
             "preprocessing options, refused otherwise; a checkpoint without --mirror may start "
-            "a --mirror run, the new channels' first weights at zero).",
+            "a --mirror run, the new channels' first weights at zero; an ichnet2 may start an "
+            "ichnet2max run, or an ichseg run from its trunk).",
         ),
     )
     init_resize: bool = field(

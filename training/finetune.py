@@ -84,7 +84,8 @@ def init_from(
     except (IchnodeError, OSError) as exc:
         raise FineTuneError(f"--init {checkpoint}: {str(exc).splitlines()[0]}") from None
     widen = (ckpt.architecture, architecture) == ("ichnet2", "ichnet2max")
-    if ckpt.architecture != architecture and not widen:
+    trunk = (ckpt.architecture, architecture) == ("ichnet2", "ichseg")
+    if ckpt.architecture != architecture and not (widen or trunk):
         raise FineTuneError(
             f"--init: {ckpt.model_id} is a {ckpt.architecture}, this run trains {architecture} "
             "(give the same --arch)"
@@ -105,14 +106,35 @@ def init_from(
         state["classifier.2.weight"] = torch.cat([weight, torch.zeros_like(weight)], dim=1)
     if mirrored:
         _widen_input(state, ckpt.spec, spec)
-    model.load_state_dict(state)
+    if trunk:
+        _load_trunk(model, state)
+    else:
+        model.load_state_dict(state)
     log.info(
-        "fine-tuning from %s%s%s",
+        "fine-tuning from %s%s%s%s",
         ckpt.model_id,
         " (head widened to the maxima)" if widen else "",
+        " (its trunk; the pyramid and both heads start anew)" if trunk else "",
         " (mirror channels added, their weights at zero)" if mirrored else "",
     )
     return ckpt.model_id
+
+
+def _load_trunk(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """An ichnet2's layers into an ichseg's trunk (the same stem and stages, laid out as a
+    pyramid's: ``features.0`` is the stem's first layer, ``features.1`` its second, then two
+    layers a stage); the pyramid's top-down path and both heads keep their initial weights."""
+    renamed: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] != "features":
+            continue  # ichnet2's head: ichseg's pools another map
+        i = int(parts[1])
+        where = f"stem.{i}" if i < 2 else f"stages.{(i - 2) // 2}.{(i - 2) % 2}"
+        renamed[".".join(["features.0", where, *parts[2:]])] = value
+    missing, unexpected = model.load_state_dict(renamed, strict=False)
+    if unexpected or any(k.startswith(("features.0.stem", "features.0.stages")) for k in missing):
+        raise FineTuneError("--init: this ichnet2's layers do not fit the ichseg trunk")
 
 
 def _widen_input(state: dict[str, torch.Tensor], old: PreprocessSpec, new: PreprocessSpec) -> None:

@@ -191,3 +191,22 @@ def test_a_mirror_run_started_from_a_plain_checkpoint_computes_the_same_logits(t
     with torch.no_grad():
         out = mirrored(model_input(hu, spec, None, None))
         assert torch.allclose(out, base(model_input(hu, plain, None, None)), atol=1e-6)
+
+
+def test_ichseg_started_from_an_ichnet2_checkpoint_has_its_trunk(tmp_path):
+    # The stem and stages are the checkpoint's (the deepest stage computes the same map); the
+    # pyramid's top-down path and both heads are new.
+    spec = PreprocessSpec(size=64, pixel_mm=3.6)
+    base = build("ichnet2", in_channels=spec.channels).eval()
+    save_checkpoint(tmp_path / "base.safetensors", Checkpoint(base, "ichnet2", spec))
+    seg = build("ichseg", in_channels=spec.channels).eval()
+    fresh = {k: v.clone() for k, v in seg.state_dict().items()}
+    init_from(seg, tmp_path / "base.safetensors", "ichseg", spec)
+    pyramid = seg.features[0]
+    x = torch.randn(2, spec.channels, 64, 64)
+    with torch.no_grad():
+        f = pyramid.stem(x)
+        for stage in pyramid.stages:
+            f = stage(f)
+        assert torch.allclose(f, base.features(x), atol=1e-6)
+    assert torch.equal(seg.state_dict()["seg_head.weight"], fresh["seg_head.weight"])
