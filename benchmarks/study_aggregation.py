@@ -7,6 +7,7 @@
     python benchmarks/study_aggregation.py --pair A.npz A.npz:flip        (mirrored or not)
     python benchmarks/study_aggregation.py --pair OLD.npz,.. NEW.npz,.. --models OLD.st NEW.st
     python benchmarks/study_aggregation.py --pair OLD.npz,.. NEW.npz,.. --raw  (slice networks)
+    python benchmarks/study_aggregation.py --pair OLD.npz NEW.npz --new-aggregation "max refined"
 
 Scores every slice of ``--data`` with the checkpoint (default: the demo model) once, keeps the
 raw slice logits, the study model's refined ones and its study logit (``--out/scores.npz``),
@@ -169,9 +170,24 @@ def max_raw(paths: str) -> np.ndarray:
     return np.maximum.reduceat(raw, np.cumsum(np.r_[0, lengths[:-1]]))
 
 
-def compare_models(old: str, new: str, models: list[Path] | None = None, raw: bool = False) -> None:
+def aggregated(paths: str, name: str) -> np.ndarray:
+    """The study scores of aggregation ``name`` over the pooled ``scores.npz`` files."""
+    return np.array(
+        [AGGREGATIONS[name](s) for p in paths.split(",") for s in studies_of(dict(np.load(p)))]
+    )
+
+
+def compare_models(
+    old: str,
+    new: str,
+    models: list[Path] | None = None,
+    raw: bool = False,
+    new_aggregation: str | None = None,
+) -> None:
     """Print the paired differences of two models scored on the same sets (``--pair``); with
-    ``raw`` of their slice networks alone: the maximum raw slice logit, the raw slice AUCs."""
+    ``raw`` of their slice networks alone: the maximum raw slice logit, the raw slice AUCs;
+    with ``new_aggregation`` the new model's study score is that aggregation (the old one's
+    stays its head, or its maximum raw slice)."""
     y = pooled(old, "label")
     if not np.array_equal(y, pooled(new, "label")):
         raise SystemExit("the two lists do not hold the same studies in the same order")
@@ -179,10 +195,13 @@ def compare_models(old: str, new: str, models: list[Path] | None = None, raw: bo
         head_old, head_new = max_raw(old), max_raw(new)
     else:
         head_old, head_new = pooled(old, "study")[:, ANY], pooled(new, "study")[:, ANY]
+    if new_aggregation:
+        head_new = aggregated(new, new_aggregation)
     d, lo, hi = metrics.paired_auc_difference(y, head_old, head_new) or (np.nan,) * 3
     print(f"{len(y)} studies, {int(y.sum())} bleeding (pooled over {len(old.split(','))} sets)")
+    which = "maximum raw slice" if raw else "head"
     print(
-        f"study AUC(any), {'maximum raw slice' if raw else 'head'}: "
+        f"study AUC(any), {which} -> {new_aggregation or which}: "
         f"{metrics.safe_auc(y, head_old):.4f} -> "
         f"{metrics.safe_auc(y, head_new):.4f}, paired difference {d:+.4f} ({lo:+.4f} to {hi:+.4f})"
     )
@@ -234,9 +253,16 @@ def main() -> None:
         "--raw", action="store_true",
         help="with --pair: the slice networks alone (maximum raw slice logit, raw slice AUCs)",
     )  # fmt: skip
+    parser.add_argument(
+        "--new-aggregation", choices=sorted(AGGREGATIONS),
+        help="with --pair: the new model's study score by this aggregation",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.pair:
-        compare_models(args.pair[0], args.pair[1], models=args.models, raw=args.raw)
+        compare_models(
+            args.pair[0], args.pair[1], models=args.models, raw=args.raw,
+            new_aggregation=args.new_aggregation,
+        )  # fmt: skip
         return
     if args.scores:
         scores = dict(np.load(args.scores))

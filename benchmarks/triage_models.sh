@@ -201,3 +201,34 @@ done
 python "$here/study_aggregation.py" --raw \
   --pair runs/shipped-sel25/scores.npz,runs/shipped-sel26/scores.npz \
   runs/mirror-sel25/scores.npz,runs/mirror-sel26/scores.npz
+# 2026-12-07 (session 20): ichseg (the slice network with a stride-8 pyramid and a segmentation
+# head trained on the phantoms' bleed maps) started from the shipped network's trunk, slice
+# network only; judged by the maximum raw slice logit per study against the shipped network's,
+# then (it passed) its study model fitted with --epochs 0 and judged by the shipping rule
+# (docs/training.md).
+[ -f runs/seg/best.safetensors ] || ichnode train --data train10 --out runs/seg --arch ichseg \
+  --init "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}" --epochs 4 --epoch-samples 16000 \
+  --lr 3e-4 --workers 1 --study-model none --device cpu
+for set in sel25 sel26; do
+  python "$here/study_aggregation.py" --data "$set" --out "runs/seg-$set" \
+    --model runs/seg/best.safetensors
+done
+python "$here/study_aggregation.py" --raw \
+  --pair runs/shipped-sel25/scores.npz,runs/shipped-sel26/scores.npz \
+  runs/seg-sel25/scores.npz,runs/seg-sel26/scores.npz
+# Its study model (--epochs 0 keeps the slice network), calibrated on cal28, judged by the
+# shipping rule on seeds 25 and 26 (not shipped), and its maximum refined slice against the
+# shipped head on a fresh set (seed 27; not confirmed).
+[ -f runs/seg2/best.safetensors ] || ichnode train --data train10 --out runs/seg2 --arch ichseg \
+  --epochs 0 --init runs/seg/best.safetensors --workers 1 --calibration-data cal28 --device cpu
+for set in sel25 sel26 sel27; do
+  python "$here/study_aggregation.py" --data "$set" --out "runs/seg2-$set" \
+    --model runs/seg2/best.safetensors
+done
+python "$here/study_aggregation.py" --data sel27 --out runs/shipped-sel27 \
+  --model "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}"
+python "$here/study_aggregation.py" --pair runs/shipped-sel25/scores.npz,runs/shipped-sel26/scores.npz \
+  runs/seg2-sel25/scores.npz,runs/seg2-sel26/scores.npz \
+  --models "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}" runs/seg2/best.safetensors
+python "$here/study_aggregation.py" --pair runs/shipped-sel27/scores.npz \
+  runs/seg2-sel27/scores.npz --new-aggregation "max refined"
