@@ -232,3 +232,19 @@ python "$here/study_aggregation.py" --pair runs/shipped-sel25/scores.npz,runs/sh
   --models "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}" runs/seg2/best.safetensors
 python "$here/study_aggregation.py" --pair runs/shipped-sel27/scores.npz \
   runs/seg2-sel27/scores.npz --new-aggregation "max refined"
+# The same ichseg network trained 3 epochs more (lr 2e-4), judged raw on seeds 25, 26 and 27
+# pooled against the shipped slice network (fails; docs/training.md).
+[ -f runs/seg8/best.safetensors ] || ichnode train --data train10 --out runs/seg8 --arch ichseg \
+  --init runs/seg/best.safetensors --epochs 3 --epoch-samples 16000 --lr 2e-4 --workers 1 \
+  --study-model none --cache runs/seg/cache --device cpu
+for set in sel25 sel26 sel27; do
+  python "$here/study_aggregation.py" --data "$set" --out "runs/seg8-$set" \
+    --model runs/seg8/best.safetensors
+done
+python "$here/study_aggregation.py" --raw \
+  --pair runs/shipped-sel25/scores.npz,runs/shipped-sel26/scores.npz,runs/shipped-sel27/scores.npz \
+  runs/seg8-sel25/scores.npz,runs/seg8-sel26/scores.npz,runs/seg8-sel27/scores.npz
+# (the 4-epoch network on the same 3,000 studies: seg2's raw logits are seg's)
+python "$here/study_aggregation.py" --raw \
+  --pair runs/shipped-sel25/scores.npz,runs/shipped-sel26/scores.npz,runs/shipped-sel27/scores.npz \
+  runs/seg-sel25/scores.npz,runs/seg-sel26/scores.npz,runs/seg2-sel27/scores.npz
