@@ -33,6 +33,13 @@ train() {  # NAME ARGS... (DATA=FOLDER for another training set): train once, th
   done
 }
 
+aggregate() {  # NAME MODEL SET...: study_aggregation.py of MODEL on each SET -> runs/NAME-SET
+  local name=$1 model=$2; shift 2
+  for set in "$@"; do
+    python "$here/study_aggregation.py" --data "$set" --out "runs/$name-$set" --model "$model"
+  done
+}
+
 # The demo recipe: ichnet2, 256 px at 0.9 mm, HU augmentation, 40 % normal draws, BiGRU study model.
 train demo --epochs 12
 # The same at 128 px over the same field of view (1.8 mm per pixel).
@@ -122,10 +129,7 @@ synth train9 --preset train --seed 9 --studies 1000
 [ -f runs/ft9/best.safetensors ] || ichnode train --data train9 --out runs/ft9 \
   --init "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}" --epochs 4 --epoch-samples 16000 \
   --lr 2e-4 --workers 1 --calibration-data cal28 --device cpu
-for set in sel25 sel26; do
-  python "$here/study_aggregation.py" --data "$set" --out "runs/ft9-$set" \
-    --model runs/ft9/best.safetensors
-done
+aggregate ft9 runs/ft9/best.safetensors sel25 sel26
 python "$here/study_aggregation.py" --pair runs/ft8-sel25/scores.npz,runs/ft8-sel26/scores.npz \
   runs/ft9-sel25/scores.npz,runs/ft9-sel26/scores.npz \
   --models runs/ft8/cal28.safetensors runs/ft9/best.safetensors
@@ -137,10 +141,7 @@ synth train10 --preset train --seed 10 --studies 800
 [ -f runs/ft10faint/best.safetensors ] || ichnode train --data train10 --out runs/ft10faint \
   --init "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}" --epochs 4 --epoch-samples 16000 \
   --lr 2e-4 --workers 1 --faint-share 0.5 --calibration-data cal28 --device cpu
-for set in sel25 sel26; do
-  python "$here/study_aggregation.py" --data "$set" --out "runs/ft10faint-$set" \
-    --model runs/ft10faint/best.safetensors
-done
+aggregate ft10faint runs/ft10faint/best.safetensors sel25 sel26
 python "$here/study_aggregation.py" --pair runs/ft8-sel25/scores.npz,runs/ft8-sel26/scores.npz \
   runs/ft10faint-sel25/scores.npz,runs/ft10faint-sel26/scores.npz \
   --models runs/ft8/cal28.safetensors runs/ft10faint/best.safetensors
@@ -165,10 +166,7 @@ synth train11 --preset train --seed 11 --studies 1000
 [ -f runs/study2k/best.safetensors ] || ichnode train --data train10 --mix train11:0.6 \
   --out runs/study2k --init "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}" --epochs 0 \
   --workers 1 --calibration-data cal28 --device cpu
-for set in sel25 sel26; do
-  python "$here/study_aggregation.py" --data "$set" --out "runs/study2k-$set" \
-    --model runs/study2k/best.safetensors
-done
+aggregate study2k runs/study2k/best.safetensors sel25 sel26
 python "$here/study_aggregation.py" --pair runs/ft8-sel25/scores.npz,runs/ft8-sel26/scores.npz \
   runs/study2k-sel25/scores.npz,runs/study2k-sel26/scores.npz \
   --models runs/ft8/cal28.safetensors runs/study2k/best.safetensors
@@ -192,12 +190,8 @@ done
 [ -f runs/mirror/best.safetensors ] || ichnode train --data train10 --out runs/mirror \
   --init "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}" --mirror --epochs 4 --epoch-samples 16000 \
   --lr 2e-4 --workers 1 --study-model none --device cpu
-for set in sel25 sel26; do
-  python "$here/study_aggregation.py" --data "$set" --out "runs/shipped-$set" \
-    --model "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}"
-  python "$here/study_aggregation.py" --data "$set" --out "runs/mirror-$set" \
-    --model runs/mirror/best.safetensors
-done
+aggregate shipped "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}" sel25 sel26
+aggregate mirror runs/mirror/best.safetensors sel25 sel26
 python "$here/study_aggregation.py" --raw \
   --pair runs/shipped-sel25/scores.npz,runs/shipped-sel26/scores.npz \
   runs/mirror-sel25/scores.npz,runs/mirror-sel26/scores.npz
@@ -209,10 +203,7 @@ python "$here/study_aggregation.py" --raw \
 [ -f runs/seg/best.safetensors ] || ichnode train --data train10 --out runs/seg --arch ichseg \
   --init "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}" --epochs 4 --epoch-samples 16000 \
   --lr 3e-4 --workers 1 --study-model none --device cpu
-for set in sel25 sel26; do
-  python "$here/study_aggregation.py" --data "$set" --out "runs/seg-$set" \
-    --model runs/seg/best.safetensors
-done
+aggregate seg runs/seg/best.safetensors sel25 sel26
 python "$here/study_aggregation.py" --raw \
   --pair runs/shipped-sel25/scores.npz,runs/shipped-sel26/scores.npz \
   runs/seg-sel25/scores.npz,runs/seg-sel26/scores.npz
@@ -221,12 +212,8 @@ python "$here/study_aggregation.py" --raw \
 # shipped head on a fresh set (seed 27; not confirmed).
 [ -f runs/seg2/best.safetensors ] || ichnode train --data train10 --out runs/seg2 --arch ichseg \
   --epochs 0 --init runs/seg/best.safetensors --workers 1 --calibration-data cal28 --device cpu
-for set in sel25 sel26 sel27; do
-  python "$here/study_aggregation.py" --data "$set" --out "runs/seg2-$set" \
-    --model runs/seg2/best.safetensors
-done
-python "$here/study_aggregation.py" --data sel27 --out runs/shipped-sel27 \
-  --model "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}"
+aggregate seg2 runs/seg2/best.safetensors sel25 sel26 sel27
+aggregate shipped "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}" sel27
 python "$here/study_aggregation.py" --pair runs/shipped-sel25/scores.npz,runs/shipped-sel26/scores.npz \
   runs/seg2-sel25/scores.npz,runs/seg2-sel26/scores.npz \
   --models "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}" runs/seg2/best.safetensors
@@ -237,10 +224,7 @@ python "$here/study_aggregation.py" --pair runs/shipped-sel27/scores.npz \
 [ -f runs/seg8/best.safetensors ] || ichnode train --data train10 --out runs/seg8 --arch ichseg \
   --init runs/seg/best.safetensors --epochs 3 --epoch-samples 16000 --lr 2e-4 --workers 1 \
   --study-model none --cache runs/seg/cache --device cpu
-for set in sel25 sel26 sel27; do
-  python "$here/study_aggregation.py" --data "$set" --out "runs/seg8-$set" \
-    --model runs/seg8/best.safetensors
-done
+aggregate seg8 runs/seg8/best.safetensors sel25 sel26 sel27
 python "$here/study_aggregation.py" --raw \
   --pair runs/shipped-sel25/scores.npz,runs/shipped-sel26/scores.npz,runs/shipped-sel27/scores.npz \
   runs/seg8-sel25/scores.npz,runs/seg8-sel26/scores.npz,runs/seg8-sel27/scores.npz
