@@ -16,6 +16,9 @@ from typing import Annotated, Any
 
 #: Written for "no value" in options that accept one (``--pixel-mm none``).
 NONE = "none"
+#: ``--arch auto``: the architecture of the ``--init`` checkpoint, else the default below.
+AUTO = "auto"
+DEFAULT_ARCHITECTURE = "ichnet2"
 
 
 def option(flag: str, help: str, *, minimum: float | None = None, nullable: bool = False) -> dict:
@@ -31,7 +34,12 @@ class TrainConfig:
     data: Path = field(metadata=option("--data", "RSNA-layout folder (CSV + stage_2_train/)."))
     out: Path = field(metadata=option("--out", "Run folder: checkpoints, split, log."))
     architecture: str = field(
-        default="ichnet2", metadata=option("--arch", "Registered slice architecture.")
+        default=AUTO,
+        metadata=option(
+            "--arch",
+            "Registered slice architecture; 'auto': the --init checkpoint's, else "
+            f"{DEFAULT_ARCHITECTURE}.",
+        ),
     )
     epochs: int = field(
         default=5,
@@ -161,10 +169,11 @@ class TrainConfig:
         default=None,
         metadata=option(
             "--init",
-            "Fine-tune: start from this checkpoint's slice weights (the same --arch and "
-            "preprocessing options, refused otherwise; a checkpoint without --mirror may start "
-            "a --mirror run, the new channels' first weights at zero; an ichnet2 may start an "
-            "ichnet2max run, or an ichseg run from its trunk).",
+            "Fine-tune: start from this checkpoint's slice weights (its architecture unless "
+            "--arch names another, the same preprocessing options, refused otherwise; a "
+            "checkpoint without --mirror may start a --mirror run, the new channels' first "
+            "weights at zero; an ichnet2 may start an ichnet2max run, or an ichseg run from its "
+            "trunk).",
         ),
     )
     init_resize: bool = field(

@@ -67,6 +67,14 @@ class Mix:
         return cls(Path(folder), fraction)
 
 
+def init_architecture(checkpoint: Path) -> str:
+    """The slice architecture of ``checkpoint`` (what ``--arch auto`` trains with ``--init``)."""
+    try:
+        return load_checkpoint(checkpoint, "cpu").architecture
+    except (IchnodeError, OSError) as exc:
+        raise FineTuneError(f"--init {checkpoint}: {str(exc).splitlines()[0]}") from None
+
+
 def init_from(
     model: nn.Module,
     checkpoint: Path,

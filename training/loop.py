@@ -51,7 +51,7 @@ from training.augment import (
     jitter_windows,
 )
 from training.cache import PreprocessCache
-from training.config import TrainConfig
+from training.config import AUTO, DEFAULT_ARCHITECTURE, TrainConfig
 from training.dataset import (
     Layout,
     RSNADataset,
@@ -62,7 +62,14 @@ from training.dataset import (
     split_by_patient,
     write_split,
 )
-from training.finetune import MIXED_DIR, Mix, build_mixed, init_from, split_with_mix
+from training.finetune import (
+    MIXED_DIR,
+    Mix,
+    build_mixed,
+    init_architecture,
+    init_from,
+    split_with_mix,
+)
 from training.sampling import BalancedSampler, SeededRandomSampler, build_sampler, faint_members
 
 log = logging.getLogger(__name__)
@@ -519,6 +526,9 @@ def run(cfg: TrainConfig, augmentation: AugmentConfig | HUAugmentConfig | None =
     ``augmentation`` overrides the default strengths (``--no-augment`` disables them).
     Progress bars show when stderr is a terminal.
     """
+    if cfg.architecture == AUTO:  # fine-tuning keeps the checkpoint's architecture
+        init = None if cfg.init is None else init_architecture(Path(cfg.init))
+        cfg = dataclasses.replace(cfg, architecture=init or DEFAULT_ARCHITECTURE)
     out = Path(cfg.out)
     spec = make_spec(cfg.windows, cfg.image_size, cfg.pixel_mm, cfg.context, cfg.mirror)
 

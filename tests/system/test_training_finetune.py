@@ -63,6 +63,22 @@ def test_init_starts_from_the_checkpoints_weights(sets, base, tmp_path):
     )
 
 
+def test_init_trains_the_checkpoints_architecture_unless_arch_names_another(sets, tmp_path):
+    """--arch auto (the default): fine-tuning a simplecnn checkpoint trains a simplecnn from
+    its weights; naming another architecture it cannot start is refused in one line."""
+    seed = _train("--data", str(sets[0]), "--out", str(tmp_path / "seed"), "--arch", "simplecnn")
+    tuned = _train("--data", str(sets[0]), "--out", str(tmp_path / "run"), "--init", str(seed),
+                   "--lr", "0")  # fmt: skip
+    assert load_checkpoint(tuned).architecture == "simplecnn"
+    assert all(torch.equal(a, b) for a, b in zip(_weights(tuned), _weights(seed), strict=True))
+    refused = runner.invoke(app, ["train", "--data", str(sets[0]), "--out",
+                                  str(tmp_path / "refused"), "--init", str(seed), "--arch",
+                                  "ichnet2", *TINY])  # fmt: skip
+    assert isinstance(refused.exception, FineTuneError)
+    assert "simplecnn" in str(refused.exception) and "\n" not in str(refused.exception)
+    assert not (tmp_path / "refused").exists()
+
+
 def test_epochs_0_keeps_the_init_slice_network_and_fits_the_study_model(sets, base, tmp_path):
     """--epochs 0: the second stage alone, on the frozen slice network of --init."""
     out = tmp_path / "run"
