@@ -60,6 +60,18 @@ def _pair_min(values: np.ndarray) -> float:
     return float(np.minimum(values[:-1], values[1:]).max())
 
 
+def _above_median(values: np.ndarray) -> float:
+    """The highest score less the study's median: what stands out of the study's own level
+    (a noisier scanner raises every slice's score, a bleed only a few slices')."""
+    return float(values.max() - np.median(values))
+
+
+def _robust_z(values: np.ndarray) -> float:
+    """The highest score in units of the study's own spread (median absolute deviation)."""
+    mad = 1.4826 * float(np.median(np.abs(values - np.median(values))))
+    return _above_median(values) / max(mad, 0.05)
+
+
 #: name -> study score from the study's raw (L, 6), refined (L, 6) logits and study logits (6,).
 AGGREGATIONS: dict[str, Callable[[Study], float]] = {
     "head": lambda s: float(s["study"][ANY]),
@@ -72,6 +84,10 @@ AGGREGATIONS: dict[str, Callable[[Study], float]] = {
     "head + max refined": lambda s: (
         (float(s["study"][ANY]) + float(s["refined"][:, ANY].max())) / 2.0
     ),
+    "max - median raw": lambda s: _above_median(s["raw"][:, ANY]),
+    "max - median refined": lambda s: _above_median(s["refined"][:, ANY]),
+    "head - median refined": lambda s: float(s["study"][ANY] - np.median(s["refined"][:, ANY])),
+    "robust z raw": lambda s: _robust_z(s["raw"][:, ANY]),
 }
 
 

@@ -67,3 +67,42 @@ def produced_series(session: Session, study_uid: str) -> list[ProducedSeries]:
         .order_by(func.min(ReportObject.id))
     )
     return [ProducedSeries(uid, kind, n) for uid, kind, n, _ in rows]
+
+
+@dataclass(frozen=True)
+class ProducedInstance:
+    """One report object of a study: its series, SOP class and instance, kind and file."""
+
+    series_instance_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    kind: ReportKind
+    #: Relative to the store root.
+    path: str
+
+
+def produced_instances(
+    session: Session,
+    study_uid: str,
+    series_uid: str | None = None,
+    sop_uid: str | None = None,
+) -> list[ProducedInstance]:
+    """The report objects of one study (of one series, or one instance), oldest first."""
+    query = (
+        select(
+            ReportObject.series_instance_uid,
+            ReportObject.sop_class_uid,
+            ReportObject.sop_instance_uid,
+            ReportObject.kind,
+            ReportObject.path,
+        )
+        .join(StudyResult, StudyResult.id == ReportObject.study_result_id)
+        .join(Study, Study.id == StudyResult.study_id)
+        .where(Study.study_instance_uid == study_uid)
+        .order_by(ReportObject.id)
+    )
+    if series_uid is not None:
+        query = query.where(ReportObject.series_instance_uid == series_uid)
+    if sop_uid is not None:
+        query = query.where(ReportObject.sop_instance_uid == sop_uid)
+    return [ProducedInstance(*row) for row in session.execute(query)]

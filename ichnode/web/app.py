@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
-from ichnode.web import api, dicomweb, health, images, reviews
+from ichnode.web import api, dicomweb, health, images, reviews, wado
 from ichnode.web.auth import install_auth, publish_security
 from ichnode.web.context import WebContext
 
@@ -54,7 +54,10 @@ def create_app(node_or_context: Any) -> FastAPI:
         install_auth(app, ctx.token)
     publish_security(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    routers = (api.router, reviews.router, dicomweb.router, images.router, health.router, pages)
+    routers = (
+        api.router, reviews.router, dicomweb.router, wado.router, images.router, health.router,
+        pages,
+    )  # fmt: skip
     for router in routers:
         app.include_router(router)
     app.add_exception_handler(StarletteHTTPException, _allow_every_method)

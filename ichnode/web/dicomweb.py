@@ -1,4 +1,5 @@
-"""DICOMweb on the node's HTTP port: STOW-RS in, a minimal QIDO-RS over ichnode's results.
+"""DICOMweb on the node's HTTP port: STOW-RS in, a minimal QIDO-RS over ichnode's results
+(WADO-RS, which retrieves what it finds, is :mod:`ichnode.web.wado`).
 
 ``POST /dicom-web/studies`` hands the request to the node's STOW-RS intake
 (:class:`ichnode.node.stow.StowReceiver`, the same path as a C-STORE), reading at most
@@ -226,5 +227,31 @@ def search_series(study_uid: Annotated[str, UID_PATH], ctx: Context) -> Response
         ds.SeriesInstanceUID = s.series_instance_uid
         ds.Modality = MODALITY[s.kind]
         ds.NumberOfSeriesRelatedInstances = s.instances
+        found.append(ds.to_json_dict())
+    return DicomJSONResponse(found)
+
+
+@router.get(
+    "/studies/{study_uid}/series/{series_uid}/instances",
+    summary="QIDO-RS: ichnode's report objects of a series",
+    response_class=DicomJSONResponse,
+    responses=UNAUTHORIZED,
+)
+def search_instances(
+    study_uid: Annotated[str, UID_PATH], series_uid: Annotated[str, UID_PATH], ctx: Context
+) -> Response:
+    """The report objects of one series (retrieved by ``ichnode.web.wado``); none: []."""
+    if "\x00" in study_uid + series_uid:
+        return DicomJSONResponse([])
+    with ctx.sessions() as session:
+        instances = produced.produced_instances(session, study_uid, series_uid)
+    found = []
+    for i in instances:
+        ds = Dataset()
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = i.series_instance_uid
+        ds.SOPClassUID = i.sop_class_uid
+        ds.SOPInstanceUID = i.sop_instance_uid
+        ds.Modality = MODALITY[i.kind]
         found.append(ds.to_json_dict())
     return DicomJSONResponse(found)

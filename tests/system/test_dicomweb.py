@@ -1,6 +1,7 @@
 """DICOMweb with real peers: Orthanc (with its DICOMweb plugin) STOWs a phantom study to
-ichnode and gets the SR back over STOW-RS into the same study; ``dicomweb-client`` is a second
-client of ichnode's STOW-RS and QIDO-RS.
+ichnode and gets the SR back over STOW-RS into the same study, or retrieves ichnode's report
+objects over WADO-RS; ``dicomweb-client`` is a second client of ichnode's STOW-RS, QIDO-RS and
+WADO-RS.
 
 The node is in-process, with its web app served on a loopback port behind a token.
 """
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from io import BytesIO
 
 import certifi
+import httpx
 import pydicom
 import pytest
 import uvicorn
@@ -29,7 +31,7 @@ from sqlalchemy.orm import sessionmaker
 from web_fixtures import serve
 
 from ichnode.config import Settings
-from ichnode.db.models import DeliveryStatus, Instance
+from ichnode.db.models import DeliveryStatus, Instance, ReportObject
 from ichnode.db.session import open_database
 from ichnode.node.statuses import SUCCESS
 from ichnode.node.stow import StowReceiver
@@ -184,5 +186,93 @@ def test_dicomweb_client_stores_over_stow_rs_and_finds_the_results_over_qido_rs(
         assert "SR" in modalities
         studies = client.search_for_studies(search_filters={"StudyInstanceUID": study_uid})
         assert [pydicom.Dataset.from_json(s).StudyInstanceUID for s in studies] == [study_uid]
+    finally:
+        http.stop()
+
+
+def _resulted_with_objects(node_factory, seed: int):  # noqa: ANN001, ANN202
+    """A node that built report objects (for a destination that is down) for one phantom study
+    sent over DICOM: (node, study UID, {SOP instance UID: stored bytes})."""
+    pacs = {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": free_port()}
+    node = node_factory(destinations=[pacs], delivery_max_attempts=1)
+    datasets = bleed_study(seed=seed, n_slices=6)
+    assert set(send(node.settings.port, datasets)) == {SUCCESS}
+    wait_for(lambda: rows(node) or None, timeout=120, interval=0.5)
+    with node.sessions() as session:
+        stored = session.execute(select(ReportObject.sop_instance_uid, ReportObject.path)).all()
+    objects = {uid: node.store.path(path).read_bytes() for uid, path in stored}
+    assert len(objects) >= 2  # the SR and the summary image at least
+    return node, str(datasets[0].StudyInstanceUID), objects
+
+
+def test_dicomweb_client_finds_and_retrieves_the_report_objects_over_qido_and_wado_rs(
+    node_factory,
+):
+    node, study_uid, objects = _resulted_with_objects(node_factory, seed=7)
+    http = serve(node, token=TOKEN)
+    hidden = serve(node, token=TOKEN, show_patient_identifiers=False)
+    try:
+        client = DICOMwebClient(
+            f"{http.url}/dicom-web", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        retrieved = {}
+        for series in client.search_for_series(study_uid):
+            series_uid = pydicom.Dataset.from_json(series).SeriesInstanceUID
+            found = client.search_for_instances(study_uid, series_uid)
+            for item in map(pydicom.Dataset.from_json, found):
+                ds = client.retrieve_instance(study_uid, series_uid, item.SOPInstanceUID)
+                assert ds.SOPClassUID == item.SOPClassUID and ds.StudyInstanceUID == study_uid
+                retrieved[str(ds.SOPInstanceUID)] = part10(ds)
+            whole = client.retrieve_series(study_uid, series_uid)
+            assert {str(ds.SOPInstanceUID) for ds in whole} == {
+                pydicom.Dataset.from_json(i).SOPInstanceUID for i in found
+            }
+        assert retrieved.keys() == objects.keys()
+        study = client.retrieve_study(study_uid)
+        assert {str(ds.SOPInstanceUID) for ds in study} == objects.keys()
+        # What the wire carries is the stored file, byte for byte, its transfer syntax named.
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        answer = httpx.get(f"{http.url}/dicom-web/studies/{study_uid}", headers=auth)
+        assert answer.status_code == 200
+        media = answer.headers["content-type"]
+        assert media.startswith('multipart/related; type="application/dicom"')
+        assert all(data in answer.content for data in objects.values())
+        assert b"transfer-syntax=1.2.840.10008.1.2.1" in answer.content
+        # Nothing is transcoded; unknown UIDs and hidden identifiers are refused.
+        jpeg = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'
+        refused = httpx.get(f"{http.url}/dicom-web/studies/{study_uid}",
+                            headers=auth | {"Accept": jpeg})  # fmt: skip
+        assert refused.status_code == 406
+        unknown = httpx.get(f"{http.url}/dicom-web/studies/1.2.3.4", headers=auth)
+        assert unknown.status_code == 404
+        blocked = httpx.get(f"{hidden.url}/dicom-web/studies/{study_uid}", headers=auth)
+        assert blocked.status_code == 403 and blocked.content.find(b"DICM") == -1
+        assert httpx.get(f"{http.url}/dicom-web/studies/{study_uid}").status_code == 401
+    finally:
+        http.stop()
+        hidden.stop()
+
+
+def test_orthanc_retrieves_ichnodes_report_objects_over_wado_rs(tmp_path, node_factory):
+    """Orthanc's DICOMweb plugin, given ichnode as a DICOMweb server, pulls the study's report
+    objects into Orthanc (its /dicom-web/servers/{name}/retrieve: QIDO-RS, then WADO-RS)."""
+    node, study_uid, objects = _resulted_with_objects(node_factory, seed=9)
+    http = serve(node, token=TOKEN)
+    servers = {
+        "ichnode": {
+            "Url": f"{http.url}/dicom-web/",
+            "HttpHeaders": {"Authorization": f"Bearer {TOKEN}"},
+        }
+    }
+    try:
+        with Orthanc(tmp_path / "orthanc", dicomweb_servers=servers) as orthanc:
+            orthanc.post(
+                "/dicom-web/servers/ichnode/retrieve",
+                {"Resources": [{"Study": study_uid}], "Synchronous": True},
+            )
+            pulled = {i["SOPInstanceUID"]: i["ID"] for i in orthanc.instances(study_uid)}
+            assert pulled.keys() == objects.keys()
+            for uid, orthanc_id in pulled.items():
+                assert orthanc.file(orthanc_id) == objects[uid]
     finally:
         http.stop()
