@@ -31,6 +31,8 @@ from ichnode.subtypes import SUBTYPES
 from training.dataset import (
     CSV_NAME,
     IMAGE_DIR_NAME,
+    MASK_DIR_NAME,
+    Layout,
     find_layout,
     load_labels,
     split_by_patient,
@@ -190,8 +192,37 @@ def build_mixed(data: Path, mix: Mix, out: Path, seed: int) -> Path:
             row = table.loc[image_id]
             lines.extend(f"{prefix}{image_id}_{name},{int(row[name])}" for name in SUBTYPES)
     (target / CSV_NAME).write_text("\n".join(lines) + "\n", encoding="ascii")
+    if own.masks is not None and other.masks is not None:
+        _mix_phantom_tables(own, list(own_labels.index), other, chosen, target)
+    else:
+        log.info("mix: bleed maps only where both folders have them: none joined")
     log.info("mix: %d slices of %s with %d of %s", len(own_labels), data, len(chosen), mix.folder)
     return target
+
+
+def _mix_phantom_tables(
+    own: Layout, own_ids: list[str], other: Layout, chosen: list[str], target: Path
+) -> None:
+    """The bleed maps and per-slice table of two phantom folders, joined under the mixed ids
+    (the segmentation loss, ``--faint-share`` and ``--blood-fade`` read them)."""
+    from phantoms.synth import SLICES_CSV
+
+    masks = target / MASK_DIR_NAME
+    masks.mkdir(exist_ok=True)
+    tables = []
+    for layout, ids, prefix in ((own, own_ids, ""), (other, chosen, MIX_PREFIX)):
+        for image_id in ids:
+            source, link = layout.mask_path(image_id), masks / f"{prefix}{image_id}.png"
+            if source is not None and source.is_file() and not link.exists():
+                os.symlink(source.resolve(), link)
+        table_path = layout.root / SLICES_CSV
+        if table_path.is_file():
+            table = pd.read_csv(table_path, dtype={"image_id": str, "study": str})
+            table = table[table["image_id"].isin(set(ids))]
+            tables.append(table.assign(image_id=prefix + table["image_id"],
+                                       study=prefix + table["study"]))  # fmt: skip
+    if len(tables) == 2:
+        pd.concat(tables).to_csv(target / SLICES_CSV, index=False)
 
 
 def split_with_mix(index: pd.DataFrame, seed: int) -> dict[str, list[str]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -189,6 +190,24 @@ def test_mix_adds_the_phantom_set_to_the_training_split_only(sets, tmp_path):
     assert mixed and own
     assert not any(i.startswith(MIX_PREFIX) for i in split["val"] + split["test"])
     assert split["val"] and split["test"]
+
+
+def test_a_mix_of_two_phantom_sets_keeps_their_bleed_maps(sets, tmp_path):
+    """The joined folder has every slice's bleed map and the per-slice table under the mixed
+    ids, so an ichseg run on it trains its segmentation head (before, the maps were left out
+    and the run silently trained without the per-pixel loss)."""
+    from phantoms.synth import SLICES_CSV
+
+    site, mix = sets
+    best = _train("--data", str(site), "--out", str(tmp_path / "run"), "--mix", f"{mix}:0.25",
+                  "--arch", "ichseg")  # fmt: skip
+    assert load_checkpoint(best).summary["seg_weight"] == 1.0
+    mixed = tmp_path / "run" / "mixed"
+    images = {p.stem for p in (mixed / "stage_2_train").iterdir()}
+    assert any(i.startswith(MIX_PREFIX) for i in images)
+    assert {p.stem for p in (mixed / "phantom_masks").iterdir()} == images
+    table = pd.read_csv(mixed / SLICES_CSV, dtype={"image_id": str})
+    assert set(table["image_id"]) == images
 
 
 @pytest.mark.parametrize("text", ["phantoms", "phantoms:1.5", "phantoms:0", ":0.5", "x:half"])
