@@ -232,3 +232,30 @@ python "$here/study_aggregation.py" --raw \
 python "$here/study_aggregation.py" --raw \
   --pair runs/shipped-sel25/scores.npz,runs/shipped-sel26/scores.npz,runs/shipped-sel27/scores.npz \
   runs/seg-sel25/scores.npz,runs/seg-sel26/scores.npz,runs/seg2-sel27/scores.npz
+# 2026-12-07 (session 21): each study against its own level (max less the study's median, and
+# three like it), chosen on seed 25 and confirmed on seed 26 against the head (not adopted).
+aggregate shipped "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}" sel25 sel26
+# ichseg from the shipped trunk on twice the studies: train10 and 800 studies of seed 11 (the
+# run's folder was named train11; --mix joins their bleed maps since session 21), judged raw on
+# seeds 25 and 26 against the shipped network.
+synth train11s800 --preset train --seed 11 --studies 800
+[ -f runs/segmix/best.safetensors ] || ichnode train --data train10 --mix train11s800:0.6 \
+  --out runs/segmix --arch ichseg --init "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}" \
+  --epochs 4 --epoch-samples 16000 --lr 3e-4 --workers 1 --study-model none --device cpu
+aggregate segmix runs/segmix/best.safetensors sel25 sel26
+python "$here/study_aggregation.py" --raw \
+  --pair runs/shipped-sel25/scores.npz,runs/shipped-sel26/scores.npz \
+  runs/segmix-sel25/scores.npz,runs/segmix-sel26/scores.npz
+# Its study model (--epochs 0: the BiGRU on the same 1,600 studies), calibrated on cal28, judged
+# by the shipping rule on seeds 25 and 26 (fails), and on seed 27.
+[ -f runs/segmix2/best.safetensors ] || ichnode train --data train10 --mix train11s800:0.6 \
+  --out runs/segmix2 --epochs 0 --init runs/segmix/best.safetensors --workers 1 \
+  --calibration-data cal28 --device cpu
+aggregate segmix2 runs/segmix2/best.safetensors sel25 sel26 sel27
+python "$here/study_aggregation.py" \
+  --pair runs/shipped-sel25/scores.npz,runs/shipped-sel26/scores.npz \
+  runs/segmix2-sel25/scores.npz,runs/segmix2-sel26/scores.npz \
+  --models "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}" runs/segmix2/best.safetensors
+python "$here/study_aggregation.py" --pair runs/shipped-sel27/scores.npz \
+  runs/segmix2-sel27/scores.npz --models "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}" \
+  runs/segmix2/best.safetensors
