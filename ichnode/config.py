@@ -111,6 +111,12 @@ class HTTPSettings(_Section):
     allow_remote_without_token: bool = Field(
         False, description="Allow a non-loopback bind without a token (not recommended)."
     )
+    cert: Path | None = Field(
+        None,
+        description="PEM certificate (chain) of the HTTP side: with http.key set, the API, "
+        "worklist and DICOMweb are served over HTTPS only (TLS 1.2 or later).",
+    )
+    key: Path | None = Field(None, description="PEM private key of http.cert.")
     max_stow_bytes: int = Field(
         1024 * 1024 * 1024,
         ge=1,
@@ -123,6 +129,17 @@ class HTTPSettings(_Section):
     def _bind(cls, value: str) -> str:
         split_bind(value)
         return value.strip()
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> HTTPSettings:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("http.cert and http.key go together (HTTPS needs both)")
+        return self
+
+    @property
+    def https(self) -> bool:
+        """True when the HTTP side is served over TLS."""
+        return self.cert is not None
 
 
 class TLSSettings(_Section):

@@ -69,3 +69,18 @@ def revocation_list(
             .build()
         )
     return builder.sign(issuer_key, hashes.SHA256())
+
+
+def server_files(folder: Path) -> dict[str, Path]:
+    """A fresh CA and a server certificate (localhost, 127.0.0.1) it signed, with the
+    server's key and a key that is not its own: ``ca``, ``crt``, ``key``, ``other_key``."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ca_key, server_key, other_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    ca = certificate("ichnode test CA", ca_key, "ichnode test CA", ca_key, ca=True)
+    server = certificate("localhost", server_key, "ichnode test CA", ca_key, ca=False)
+    files: dict[str, Path] = {}
+    files["ca"], _ = write_pem(folder, "ca", ca)
+    files["crt"], files["key"] = write_pem(folder, "server", server, server_key)
+    _, files["other_key"] = write_pem(folder, "other", server, other_key)
+    return files

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 from typing import Any
 
 from ichnode.config import Settings, split_bind
@@ -48,7 +49,24 @@ def check_http_settings(settings: Any) -> tuple[str, int]:
             f"refusing to serve HTTP on {host} without a token: set http.token, bind to "
             "127.0.0.1, or set http.allow_remote_without_token = true"
         )
+    if getattr(http, "cert", None) is not None:
+        check_https_files(http.cert, http.key)
     return host, port
+
+
+def check_https_files(cert: Any, key: Any) -> None:
+    """ConfigError naming the settings when ``http.cert`` and ``http.key`` do not load as a
+    certificate chain and its private key (missing, unreadable, not PEM, not a pair)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(str(cert), str(key))
+    except ssl.SSLError as exc:
+        reason = exc.reason or str(exc)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    else:
+        return
+    raise ConfigError(f"invalid setting http.cert / http.key: cannot load them: {reason}")
 
 
 def bind_http(settings: Any) -> socket.socket:

@@ -16,7 +16,6 @@ from ichnode.web.app import create_app
 
 log = logging.getLogger(__name__)
 
-#: ``settings.http.allow_remote_without_token`` when the settings lack the field.
 #: Seconds to wait for uvicorn to start serving, and to stop.
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
@@ -25,16 +24,24 @@ STOP_TIMEOUT = 10.0
 class HTTPHandle:
     """A running HTTP server; ``stop()`` shuts it down and joins its thread."""
 
-    def __init__(self, server: uvicorn.Server, thread: threading.Thread, host: str, port: int):
+    def __init__(
+        self,
+        server: uvicorn.Server,
+        thread: threading.Thread,
+        host: str,
+        port: int,
+        https: bool = False,
+    ):
         self.server = server
         self.thread = thread
         self.host = host
         self.port = port
+        self.https = https
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.https else 'http'}://{host}:{self.port}"
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -54,12 +61,16 @@ def start_http(settings: Any, context: Any, sock: socket.socket | None = None) -
     if sock is None:
         sock = bind_http(settings)
     host, port = sock.getsockname()[:2]
+    http = settings.http
+    cert, key = getattr(http, "cert", None), getattr(http, "key", None)
     config = uvicorn.Config(
         create_app(context),
         log_level="warning",
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=5,
+        ssl_certfile=cert,
+        ssl_keyfile=key,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="http")
@@ -72,6 +83,6 @@ def start_http(settings: Any, context: Any, sock: socket.socket | None = None) -
             sock.close()
             raise ConfigError(f"the HTTP server on {host}:{port} did not start")
         time.sleep(0.02)
-    handle = HTTPHandle(server, thread, host, port)
+    handle = HTTPHandle(server, thread, host, port, https=cert is not None)
     log.info("HTTP API and worklist on %s", handle.url)
     return handle

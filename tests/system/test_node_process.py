@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 from dicom_client import send
 from helpers import free_port, port_in_use, run_dcmtk, study, wait_for
+from pki import server_files
 from pynetdicom import AE
 from sqlalchemy import create_engine, text
 
@@ -352,6 +354,55 @@ def test_the_ready_line_comes_once_http_answers(tmp_path):
     # The log says "ready" once too, with the HTTP part: no earlier record before HTTP listens.
     logged = [x for x in log.read_text().splitlines() if "ichnode ready:" in x]
     assert len(logged) == 1 and f"HTTP on http://127.0.0.1:{http_port}" in logged[0]
+
+
+def test_serve_over_https_says_so_and_answers(tmp_path):
+    pki = server_files(tmp_path)
+    http_port = free_port()
+    proc = subprocess.Popen(
+        [*ICHNODE, "serve", "--port", str(free_port())],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "ICHNODE_HTTP__ENABLED": "true",
+            "ICHNODE_HTTP__BIND": f"127.0.0.1:{http_port}",
+            "ICHNODE_HTTP__CERT": str(pki["crt"]),
+            "ICHNODE_HTTP__KEY": str(pki["key"]),
+        },
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert f"HTTP on https://127.0.0.1:{http_port}" in line, line
+        trust = ssl.create_default_context(cafile=str(pki["ca"]))
+        url = f"https://localhost:{http_port}/healthz"
+        with urllib.request.urlopen(url, timeout=30, context=trust) as rsp:
+            assert rsp.status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+
+
+def test_an_https_key_that_is_not_the_certificates_is_refused_before_anything_is_created(
+    tmp_path,
+):
+    pki = server_files(tmp_path)
+    line = _serve_fails(
+        tmp_path,
+        "--port",
+        str(free_port()),
+        env={
+            "ICHNODE_HTTP__ENABLED": "true",
+            "ICHNODE_HTTP__BIND": f"127.0.0.1:{free_port()}",
+            "ICHNODE_HTTP__CERT": str(pki["crt"]),
+            "ICHNODE_HTTP__KEY": str(pki["other_key"]),
+        },
+    )
+    assert line.startswith("error: invalid setting http.cert / http.key: cannot load them"), line
 
 
 def test_a_store_that_cannot_be_created_names_the_setting(tmp_path):
