@@ -14,6 +14,11 @@ every bleed with d' >= ``--visible`` above every normal study and the others at 
 ceiling the data leave for a model that cannot see what is not there. The same figures in
 fixed d' bins, which compare folders, are the "bleed visibility" breakdown of evaluate's
 ``report.md``.
+
+Folders written since 2026-12-08 also carry each slice's *ideal observer* d'
+(:mod:`phantoms.scanner`: from the generator's pre-noise images, the noise's correlation
+counted). Then the same breakdown follows by that d' in fixed bins, and the study AUC of the
+ideal observer itself: the ceiling no model can pass on this folder.
 """
 
 from __future__ import annotations
@@ -25,7 +30,19 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from phantoms.visibility import SLICES_CSV, folder_visibility, study_visibility
+from phantoms.visibility import (
+    SLICES_CSV,
+    folder_visibility,
+    ideal_study_auc,
+    study_blood_hu,
+    study_ideal_dprime,
+    study_visibility,
+)
+
+#: Bins of the ideal observer's d' (left-closed).
+IDEAL_BINS = [0.0, 3.0, 10.0, 20.0, 40.0, 80.0, np.inf]
+#: Bins of the blood's median HU on its brightest slice (brain is about 30 HU).
+BLOOD_HU_BINS = [-np.inf, 20.0, 40.0, 50.0, np.inf]
 
 
 def studies_from_scores(data: Path, scores_npz: Path) -> pd.DataFrame:
@@ -88,6 +105,35 @@ def main() -> None:
         f"d' < {args.visible:g}: {hidden} of {len(pos)} bleeding studies; a model ranking every "
         f"other one above every normal study and these at chance: study AUC {ceiling:.3f}"
     )
+    try:
+        ideal = study_ideal_dprime(args.data)
+    except KeyError:
+        return
+    pos = pos.join(ideal, how="inner")
+    print()
+    print("by the ideal observer's d' (the generator's own; the noise's correlation counted)")
+    print(f"{'ideal d' + chr(39):24s} studies   share   study AUC   ideal observer's AUC")
+    bins = pd.cut(pos["ideal_dprime"], IDEAL_BINS, right=False)
+    for interval, group in pos.groupby(bins, observed=True):
+        print(
+            f"{str(interval):24s} {len(group):7d}   {len(group) / len(pos):5.2f}"
+            f"   {auc(group.p_any.values):9.3f}   {ideal_study_auc(group.ideal_dprime.values):.3f}"
+        )
+    print(
+        f"the ideal observer (knows anatomy, bleed and noise), all {len(pos)} bleeding studies: "
+        f"study AUC {ideal_study_auc(pos.ideal_dprime.values):.3f}; this model "
+        f"{auc(pos.p_any.values):.3f}"
+    )
+    pos = pos.join(study_blood_hu(args.data), how="inner")
+    print()
+    print("by the blood's median HU on its brightest slice (what the image shows at best)")
+    print(f"{'median HU':24s} studies   share   study AUC")
+    for interval, group in pos.groupby(pd.cut(pos["blood_hu"], BLOOD_HU_BINS, right=False),
+                                       observed=True):  # fmt: skip
+        print(
+            f"{str(interval):24s} {len(group):7d}   {len(group) / len(pos):5.2f}"
+            f"   {auc(group.p_any.values):9.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -259,3 +259,27 @@ python "$here/study_aggregation.py" \
 python "$here/study_aggregation.py" --pair runs/shipped-sel27/scores.npz \
   runs/segmix2-sel27/scores.npz --models "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}" \
   runs/segmix2/best.safetensors
+# 2026-12-08 (session 22): a diagnostic, never a candidate -- the same fine-tuning as ft9 on 800
+# studies of the *held-out* preset (seed 40), judged on seeds 25 and 26 against the shipped model
+# (docs/training.md: no better; the gap is not the shift between the presets).
+synth hold40 --preset heldout --seed 40 --studies 800
+[ -f runs/h40/best.safetensors ] || ichnode train --data hold40 --out runs/h40 \
+  --init "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}" --epochs 4 --epoch-samples 16000 \
+  --lr 2e-4 --workers 1 --calibration-data cal28 --device cpu
+aggregate h40 runs/h40/best.safetensors sel25 sel26
+python "$here/study_aggregation.py" --pair runs/shipped-sel25/scores.npz,runs/shipped-sel26/scores.npz \
+  runs/h40-sel25/scores.npz,runs/h40-sel26/scores.npz \
+  --models "${PREVIOUS_DEMO:-runs/ft8/cal28.safetensors}" runs/h40/best.safetensors
+python "$here/study_aggregation.py" --raw \
+  --pair runs/shipped-sel25/scores.npz,runs/shipped-sel26/scores.npz \
+  runs/h40-sel25/scores.npz,runs/h40-sel26/scores.npz
+# The ideal observer's d' (phantom_slices.csv's ideal_dprime, written since 2026-12-08): the
+# selection sets regenerated under new names (the same images and labels), then each model's
+# study AUC by that d' and the ideal observer's own.
+synth sel25i --preset heldout --seed 25 --studies 1000
+synth sel26i --preset heldout --seed 26 --studies 1000
+for s in 25 26; do
+  for m in shipped h40; do
+    python "$here/bleed_visibility.py" --data "sel${s}i" --scores "runs/$m-sel$s/scores.npz"
+  done
+done

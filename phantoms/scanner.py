@@ -5,6 +5,13 @@ vault) and, elsewhere, the tentorium over the slice's thickness; the bleeds pain
 count the very pixels painted), then beam-hardening streaks, patient motion (a ghost), noise
 and the reconstruction kernel (Gaussian blur, or blur plus an unsharp mask for a sharp kernel)
 are applied, drawing their randomness from the study's RNG.
+
+Each slice also records how visible its blood is to the *ideal observer*, the one that knows
+the anatomy, the bleed and the noise exactly: the noise is white before the kernel and the
+kernel is an invertible linear filter applied to signal and noise alike, so that observer's
+detectability index is the norm of what the bleeds changed (before noise and kernel, after the
+motion ghost) over the noise's SD before the kernel. No reader or model can do better, so a
+bleed with an ideal d' near 1 is a label no reader would have given.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ class RenderedSlice:
     hu: np.ndarray  # int16
     tissue: np.ndarray  # uint8 Tissue codes
     bleed: np.ndarray  # uint8
+    ideal_dprime: float = 0.0  # the ideal observer's d' of the blood on this slice (0: none)
 
     def pixel_counts(self) -> dict[str, int]:
         """Bleed pixels per hemorrhage subtype."""
@@ -104,6 +112,7 @@ class Scanner:
         ph = self.phantom
         head = ph.head
         g, hu = self._anatomy(z)
+        anatomy = hu.copy()
         bleed_map = np.zeros(hu.shape, dtype=np.uint8)
         for b in bleeds:
             if not ph.near(z, (b.z_lo + b.z_hi) / 2.0, (b.z_hi - b.z_lo) / 2.0):
@@ -117,16 +126,19 @@ class Scanner:
                 hu[edema & ok & (bleed_map == 0) & ~visible] = head.white_hu - EDEMA_DROP
             hu[visible] = b.texture.values(g, visible)
             bleed_map[visible] = st.index(b.subtype) + 1
+        signal = hu - anatomy  # what the bleeds (and an IPH's oedema) changed
         ph.streaks(hu, z)
         if head.motion > 0 and rng.random() < head.motion:
             weight = rng.uniform(*GHOST_WEIGHT)
             shift = int(round(rng.uniform(*GHOST_SHIFT_512) * self.px_scale)) or 1
             axis = int(rng.integers(0, 2))
             hu = (1.0 - weight) * hu + weight * np.roll(hu, shift, axis=axis)
+            signal = (1.0 - weight) * signal + weight * np.roll(signal, shift, axis=axis)
+        ideal = float(np.linalg.norm(signal.astype(np.float64))) / self.sd_before_blur
         hu += rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(self.sd_before_blur)
         smooth = ndimage.gaussian_filter(hu, self.blur, truncate=3.0)
         if head.sharpen > 0:
             wide = ndimage.gaussian_filter(smooth, self.blur * UNSHARP_WIDTH, truncate=2.0)
             smooth += np.float32(head.sharpen) * (smooth - wide)
         out = np.clip(np.rint(smooth), HU_MIN, HU_MAX).astype(np.int16)
-        return RenderedSlice(hu=out, tissue=g.tissue, bleed=bleed_map)
+        return RenderedSlice(hu=out, tissue=g.tissue, bleed=bleed_map, ideal_dprime=ideal)

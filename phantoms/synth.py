@@ -46,7 +46,7 @@ CSV_NAME = "stage_2_train.csv"
 SLICES_CSV = "phantom_slices.csv"
 SLICES_COLUMNS = (
     "image_id", "study", "series_position", "bleed_pixels",
-    *(f"{name}_pixels" for name in st.HEMORRHAGE_SUBTYPES), "preset",
+    *(f"{name}_pixels" for name in st.HEMORRHAGE_SUBTYPES), "preset", "ideal_dprime",
 )  # fmt: skip
 IMAGE_DIR = "stage_2_train"
 #: Per-slice bleed maps (8-bit PNG, the values of :attr:`StudySlice.bleed`), beside the images.
@@ -90,7 +90,9 @@ class StudySlice:
     (:class:`phantoms.anatomy.Tissue` codes); ``bleed`` 0 or 1 + the subtype's index in
     ``SUBTYPES``. ``image_id`` is the RSNA id (file stem and CSV prefix), which differs from
     SOPInstanceUID when valid UIDs were asked for. ``series_position`` is 0 for the lowest
-    slice of the series and 1 for the highest; ``pixels`` the bleed pixels per subtype.
+    slice of the series and 1 for the highest; ``pixels`` the bleed pixels per subtype;
+    ``ideal_dprime`` the ideal observer's detectability of its blood
+    (:mod:`phantoms.scanner`; 0 without blood).
     """
 
     dataset: FileDataset
@@ -101,6 +103,7 @@ class StudySlice:
     bleed: np.ndarray
     series_position: float = 0.0
     pixels: dict[str, int] = field(default_factory=dict)
+    ideal_dprime: float = 0.0
 
 
 @dataclass
@@ -361,6 +364,7 @@ def _study(
                     r.bleed,
                     series_position=k / last,
                     pixels=r.pixel_counts(),
+                    ideal_dprime=r.ideal_dprime,
                 )  # fmt: skip
             )
     return out
@@ -419,7 +423,7 @@ def _slice_row(s: StudySlice, preset: str) -> str:
     counts = [s.pixels[name] for name in st.HEMORRHAGE_SUBTYPES]
     return ",".join(
         [s.image_id, str(s.dataset.StudyInstanceUID), f"{s.series_position:.4f}",
-         str(sum(counts)), *map(str, counts), preset]
+         str(sum(counts)), *map(str, counts), preset, f"{s.ideal_dprime:.3f}"]
     )  # fmt: skip
 
 

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
@@ -346,7 +347,7 @@ def test_cli_synth_heldout_preset(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "wrote 1 study, " in result.output
     text = (out / "phantom_slices.csv").read_text()
-    assert text.splitlines()[1].endswith(",heldout")
+    assert text.splitlines()[1].split(",")[SLICES_COLUMNS.index("preset")] == "heldout"
 
 
 def test_cli_synth_unknown_preset_is_a_one_line_error(tmp_path: Path) -> None:
@@ -410,3 +411,48 @@ def test_the_level_top_of_the_tentorium_is_averaged_over_a_thick_slice(preset) -
         phantom.tentorium_partial_volume(g, z, hu, thickness)
         share = (hu[tent] - head.grey_hu) / (head.dura_hu - head.grey_hu)
         assert at_least <= np.median(share) <= at_most, (thickness, np.median(share))
+
+
+@pytest.mark.parametrize("subtype", ["intraparenchymal", "subdural"])
+def test_the_ideal_observers_dprime_is_the_signal_before_the_kernel_over_its_noise(
+    subtype: str,
+) -> None:
+    # Rendered twice with the same noise, with and without the bleed: the difference of the
+    # two images is the bleed's signal after the kernel (a Gaussian blur, which can only
+    # shrink it). The ideal d' is that signal before the kernel over the noise's SD before
+    # it: never below the blurred difference's norm over that SD, and for a large blob
+    # (little changed by a blur) close to it; a thin subdural loses more to the blur.
+    from dataclasses import replace
+
+    from phantoms.anatomy import Phantom, sample_head
+    from phantoms.bleeds import sample_bleed
+    from phantoms.scanner import Scanner
+
+    rng = np.random.default_rng(7)
+    head = replace(sample_head(rng, HELDOUT_PRESET), motion=0.0, sharpen=0.0)
+    scanner = Scanner(Phantom(head, 256, 230.0 / 256), thickness=5.0)
+    for _ in range(50):
+        bleed = sample_bleed(subtype, head, (-20.0, 60.0), rng, HELDOUT_PRESET)
+        z = (bleed.z_lo + bleed.z_hi) / 2.0
+        with_bleed = scanner.render(z, [bleed], np.random.default_rng(1))
+        if with_bleed.bleed.sum() > 20:
+            break
+    plain = scanner.render(z, [], np.random.default_rng(1))
+    assert plain.ideal_dprime == 0.0 and with_bleed.ideal_dprime > 0.0
+    blurred = np.linalg.norm(with_bleed.hu.astype(float) - plain.hu) / scanner.sd_before_blur
+    assert blurred <= with_bleed.ideal_dprime * 1.02
+    if subtype == "intraparenchymal":
+        assert with_bleed.ideal_dprime <= blurred * 1.3
+    # Twice the noise, the same bleed: half the d'.
+    noisy = Scanner(Phantom(replace(head, noise_sd=2 * head.noise_sd), 256, 230.0 / 256), 5.0)
+    again = noisy.render(z, [bleed], np.random.default_rng(1))
+    assert again.ideal_dprime == pytest.approx(with_bleed.ideal_dprime / 2, rel=1e-4)
+
+
+def test_phantom_slices_csv_carries_the_ideal_dprime_of_bleeding_slices_only(
+    small_run: Path,
+) -> None:
+    table = pd.read_csv(small_run / SLICES_CSV)
+    bleeding = table["bleed_pixels"] > 0
+    assert (table.loc[~bleeding, "ideal_dprime"] == 0).all()
+    assert (table.loc[bleeding, "ideal_dprime"] > 0).all()

@@ -66,3 +66,41 @@ def test_the_visibility_breakdown_judges_each_bin_against_every_normal_study():
     assert out["d' 10-20"] == {"studies": 1, "sensitivity": 1.0, "study_auc_any": 1.0}
     assert out["d' 20-40"] == {"studies": 0, "sensitivity": None, "study_auc_any": None}
     assert out["d' >= 80"]["study_auc_any"] == 1.0
+
+
+def test_each_storage_of_the_same_study_gives_the_same_visibility(tmp_path):
+    # The RSNA 12-bit quirk (stored values wrapped, intercept -1024 written) must be read as
+    # Hounsfield units like the others; read naively its blood came out in the thousands.
+    from phantoms.synth import IMAGE_DIR, MASK_DIR, STORAGES, synth_study, write_mask
+
+    measured = {}
+    for storage in STORAGES:
+        folder = tmp_path / storage
+        (folder / IMAGE_DIR).mkdir(parents=True)
+        (folder / MASK_DIR).mkdir()
+        rows = ["image_id,study,bleed_pixels"]
+        for s in synth_study(4, n_slices=12, size=64, subtypes=("intraparenchymal",),
+                             storage=storage):  # fmt: skip
+            s.dataset.save_as(folder / IMAGE_DIR / f"{s.image_id}.dcm", enforce_file_format=True)
+            write_mask(folder / MASK_DIR / f"{s.image_id}.png", s.bleed)
+            rows.append(f"{s.image_id},study,{int((s.bleed > 0).sum())}")
+        (folder / "phantom_slices.csv").write_text("\n".join(rows) + "\n")
+        measured[storage] = folder_visibility(folder)[["pixels", "contrast", "dprime"]]
+    first = measured[STORAGES[0]]
+    assert not first.empty and (first["contrast"] > 10).all()  # blood over its surroundings
+    for storage in STORAGES[1:]:
+        pd.testing.assert_frame_equal(measured[storage], first)
+
+
+def test_the_blood_hu_a_study_shows_at_best_is_blood_dense_for_a_plain_bleed(tmp_path):
+    from phantoms.visibility import study_blood_hu, study_ideal_dprime
+
+    generate(tmp_path, studies=6, size=128, seed=2, progress=False)
+    slices = pd.read_csv(tmp_path / "phantom_slices.csv", dtype={"study": str})
+    bleeding = set(slices.loc[slices["bleed_pixels"] > 0, "study"])
+    blood = study_blood_hu(tmp_path)
+    assert set(blood.index) == bleeding and len(bleeding) > 0
+    assert (blood < 100).all() and blood.max() > 45  # blood, not bone; one plainly dense
+    ideal = study_ideal_dprime(tmp_path)
+    assert (ideal[list(bleeding)] > 0).all()
+    assert (ideal.drop(list(bleeding)) == 0).all()
