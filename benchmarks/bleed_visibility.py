@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from phantoms.synth import MASK_DIR, read_mask, study_heads
 from phantoms.visibility import (
     SLICES_CSV,
     folder_visibility,
@@ -64,6 +65,11 @@ def main() -> None:
     given.add_argument("--scores", type=Path, help="study_aggregation.py's scores.npz")
     parser.add_argument("--visible", type=float, default=3.0, help="d' counted as visible")
     parser.add_argument("--list", action="store_true", help="print every bleeding study")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="the folder's synth seed: each study's kernel, replayed, beside the blood's HU",
+    )
     args = parser.parse_args()
 
     vis = study_visibility(folder_visibility(args.data))
@@ -125,14 +131,23 @@ def main() -> None:
         f"{auc(pos.p_any.values):.3f}"
     )
     pos = pos.join(study_blood_hu(args.data), how="inner")
+    kernel = ""
+    if args.seed is not None:  # replay each study's draws: its unsharp-mask amount (0: none)
+        table = pd.read_csv(args.data / SLICES_CSV, dtype={"study": str})
+        preset = str(table["preset"].iloc[0])
+        size = int(np.sqrt(read_mask(next((args.data / MASK_DIR).glob("*.png"))).size))
+        heads = study_heads(table["study"].nunique(), args.seed, size, preset)
+        pos["sharpen"] = [heads[k].sharpen for k in pos.index]
+        kernel = "   sharp kernel"
     print()
     print("by the blood's median HU on its brightest slice (what the image shows at best)")
-    print(f"{'median HU':24s} studies   share   study AUC")
+    print(f"{'median HU':24s} studies   share   study AUC{kernel}")
     for interval, group in pos.groupby(pd.cut(pos["blood_hu"], BLOOD_HU_BINS, right=False),
                                        observed=True):  # fmt: skip
+        sharp = f"   {(group.sharpen > 0).mean():12.2f}" if kernel else ""
         print(
             f"{str(interval):24s} {len(group):7d}   {len(group) / len(pos):5.2f}"
-            f"   {auc(group.p_any.values):9.3f}"
+            f"   {auc(group.p_any.values):9.3f}{sharp}"
         )
 
 

@@ -280,6 +280,7 @@ synth sel25i --preset heldout --seed 25 --studies 1000
 synth sel26i --preset heldout --seed 26 --studies 1000
 for s in 25 26; do
   for m in shipped h40; do
-    python "$here/bleed_visibility.py" --data "sel${s}i" --scores "runs/$m-sel$s/scores.npz"
+    python "$here/bleed_visibility.py" --data "sel${s}i" --scores "runs/$m-sel$s/scores.npz" \
+      --seed "$s"
   done
 done

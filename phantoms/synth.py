@@ -438,6 +438,35 @@ def read_mask(path: Path) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8)
 
 
+def _plans(
+    studies: int, seed: int, preset: Preset
+) -> list[tuple[np.random.Generator, int, str, tuple[str, ...]]]:
+    """Each study's RNG (seeded ``(seed, i)``), slice count, storage and bleed subtypes."""
+    plans = []
+    for i in range(studies):
+        rng = np.random.default_rng([seed, i])
+        n = int(rng.integers(preset.slices[0], preset.slices[1] + 1))
+        storage = str(rng.choice(STORAGES, p=STORAGE_WEIGHTS))
+        plans.append((rng, n, storage, _draw_subtypes(rng)))
+    return plans
+
+
+def study_heads(
+    studies: int, seed: int, size: int, preset: str = TRAIN, valid_uids: bool = False
+) -> dict[str, Head]:
+    """The anatomy and scanner draws (:class:`~phantoms.anatomy.Head`: noise, kernel, ...) of
+    each study :func:`generate` writes with these arguments, by StudyInstanceUID (the
+    ``study`` of ``phantom_slices.csv``), replayed from the seeds without rendering: to break
+    results down by how a study was drawn."""
+    chosen = get_preset(preset)
+    used: set[str] = set()
+    heads = {}
+    for rng, _n, _storage, _subtypes in _plans(studies, seed, chosen):
+        header = _Header.draw(_Ids(rng, used), rng, size, valid_uids, chosen)
+        heads[header.study_uid] = sample_head(rng, chosen)  # what _render draws first
+    return heads
+
+
 def generate(
     out: Path,
     studies: int,
@@ -466,12 +495,7 @@ def generate(
     except OSError as exc:
         raise IchnodeError(f"cannot create {image_dir}: {exc.strerror or exc}") from None
     start = time.perf_counter()
-    plans = []
-    for i in range(studies):
-        rng = np.random.default_rng([seed, i])
-        n = int(rng.integers(chosen.slices[0], chosen.slices[1] + 1))
-        storage = str(rng.choice(STORAGES, p=STORAGE_WEIGHTS))
-        plans.append((rng, n, storage, _draw_subtypes(rng)))
+    plans = _plans(studies, seed, chosen)
     positives = dict.fromkeys(st.SUBTYPES, 0)
     storages = dict.fromkeys(STORAGES, 0)
     rows: list[str] = []
@@ -524,6 +548,7 @@ __all__ = [
     "SynthSummary",
     "generate",
     "read_mask",
+    "study_heads",
     "synth_study",
     "write_mask",
 ]

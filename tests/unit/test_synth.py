@@ -456,3 +456,22 @@ def test_phantom_slices_csv_carries_the_ideal_dprime_of_bleeding_slices_only(
     bleeding = table["bleed_pixels"] > 0
     assert (table.loc[~bleeding, "ideal_dprime"] == 0).all()
     assert (table.loc[bleeding, "ideal_dprime"] > 0).all()
+
+
+def test_study_heads_replays_the_draws_each_written_study_was_rendered_with(
+    tmp_path: Path,
+) -> None:
+    # The slice thickness written in each study follows from its head (size, span) and its
+    # slice count: replayed heads must give every study's own.
+    from phantoms.presets import get_preset
+    from phantoms.synth import _series_heights, study_heads
+
+    generate(tmp_path, studies=5, size=64, seed=9, progress=False, preset="heldout")
+    heads = study_heads(5, seed=9, size=64, preset="heldout")
+    table = pd.read_csv(tmp_path / SLICES_CSV, dtype={"study": str})
+    assert set(heads) == set(table["study"])
+    for study, rows in table.groupby("study"):
+        ds = pydicom.dcmread(tmp_path / "stage_2_train" / f"{rows['image_id'].iloc[0]}.dcm")
+        _, spacing = _series_heights(heads[study], len(rows), get_preset("heldout"))
+        assert float(ds.SliceThickness) == pytest.approx(spacing)
+    assert len({h.noise_sd for h in heads.values()}) == 5  # five draws, not one
