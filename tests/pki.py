@@ -73,7 +73,9 @@ def revocation_list(
 
 def server_files(folder: Path) -> dict[str, Path]:
     """A fresh CA and a server certificate (localhost, 127.0.0.1) it signed, with the
-    server's key and a key that is not its own: ``ca``, ``crt``, ``key``, ``other_key``."""
+    server's key and a key that is not its own: ``ca``, ``crt``, ``key``, ``other_key``; and a
+    renewed server certificate of the same CA with its own key: ``renewed_crt``,
+    ``renewed_key``."""
     from cryptography.hazmat.primitives.asymmetric import ec
 
     ca_key, server_key, other_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
@@ -83,4 +85,7 @@ def server_files(folder: Path) -> dict[str, Path]:
     files["ca"], _ = write_pem(folder, "ca", ca)
     files["crt"], files["key"] = write_pem(folder, "server", server, server_key)
     _, files["other_key"] = write_pem(folder, "other", server, other_key)
+    renewed_key = ec.generate_private_key(ec.SECP256R1())
+    renewed = certificate("localhost", renewed_key, "ichnode test CA", ca_key, ca=False)
+    files["renewed_crt"], files["renewed_key"] = write_pem(folder, "renewed", renewed, renewed_key)
     return files

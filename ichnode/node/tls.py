@@ -53,7 +53,7 @@ def tls_context(tls: TLSSettings) -> ssl.SSLContext | None:
     return ctx
 
 
-def _fingerprint(path: Path | None) -> tuple[int, int, int] | None:
+def file_fingerprint(path: Path | None) -> tuple[int, int, int] | None:
     """What changes when a file is rewritten or replaced: inode, size, modification time."""
     if path is None:
         return None
@@ -84,7 +84,7 @@ class ReloadingContext:
 
     def _fingerprints(self) -> tuple[tuple[int, int, int] | None, ...]:
         t = self.tls
-        return tuple(_fingerprint(p) for p in (t.cert, t.key, t.ca, t.crl))
+        return tuple(file_fingerprint(p) for p in (t.cert, t.key, t.ca, t.crl))
 
     def current(self) -> ssl.SSLContext:
         """The context for a new connection, rebuilt first if a file changed."""

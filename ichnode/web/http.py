@@ -13,6 +13,7 @@ import uvicorn
 from ichnode.errors import ConfigError
 from ichnode.node.preflight import bind_http
 from ichnode.web.app import create_app
+from ichnode.web.https import CertificateWatcher
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,14 @@ class HTTPHandle:
         host: str,
         port: int,
         https: bool = False,
+        watcher: CertificateWatcher | None = None,
     ):
         self.server = server
         self.thread = thread
         self.host = host
         self.port = port
         self.https = https
+        self.watcher = watcher
 
     @property
     def url(self) -> str:
@@ -44,6 +47,8 @@ class HTTPHandle:
         return f"{'https' if self.https else 'http'}://{host}:{self.port}"
 
     def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
         self.server.should_exit = True
         self.thread.join(timeout=STOP_TIMEOUT)
         if self.thread.is_alive():
@@ -83,6 +88,9 @@ def start_http(settings: Any, context: Any, sock: socket.socket | None = None) -
             sock.close()
             raise ConfigError(f"the HTTP server on {host}:{port} did not start")
         time.sleep(0.02)
-    handle = HTTPHandle(server, thread, host, port, https=cert is not None)
+    watcher = None
+    if cert is not None and key is not None:
+        watcher = CertificateWatcher(server, cert, key).start()
+    handle = HTTPHandle(server, thread, host, port, https=cert is not None, watcher=watcher)
     log.info("HTTP API and worklist on %s", handle.url)
     return handle

@@ -3,7 +3,11 @@ port, httpx verifying the certificate against the CA the test made."""
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 import ssl
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -77,3 +81,44 @@ def test_files_that_do_not_load_name_the_settings(pki, tmp_path, cert, key, reas
     assert message.startswith("invalid setting http.cert / http.key: cannot load them: ")
     assert reason in message and "\n" not in message
     assert check_http_settings(_http(cert=pki["crt"], key=pki["key"])) == ("127.0.0.1", 0)
+
+
+def _served_certificate(port: int) -> str:
+    return ssl.get_server_certificate(("127.0.0.1", port))
+
+
+def _same(pem: str, path: Path) -> bool:
+    return ssl.PEM_cert_to_DER_cert(pem) == ssl.PEM_cert_to_DER_cert(path.read_text())
+
+
+def _replace(source: Path, target: Path) -> None:
+    """Put ``source`` in place of ``target`` at once, as an operator's renewal does."""
+    scratch = target.with_suffix(".new")
+    shutil.copyfile(source, scratch)
+    os.replace(scratch, target)
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(empty, web, pki, tmp_path, caplog):
+    cert, key = tmp_path / "http.crt", tmp_path / "http.key"
+    shutil.copyfile(pki["crt"], cert)
+    shutil.copyfile(pki["key"], key)
+    handle = web(empty, cert=cert, key=key)
+    assert _same(_served_certificate(handle.port), pki["crt"])
+    _replace(pki["renewed_key"], key)
+    _replace(pki["renewed_crt"], cert)
+    deadline = time.monotonic() + 15
+    while not _same(_served_certificate(handle.port), pki["renewed_crt"]):
+        assert time.monotonic() < deadline, "the renewed certificate was never served"
+        time.sleep(0.2)
+    with httpx.Client(base_url=handle.url, verify=_verify(pki), timeout=30) as client:
+        assert client.get("/healthz").status_code == 200  # the renewed key goes with it
+    # A half-written certificate is not loaded: the renewed one stays, and the log says why.
+    caplog.set_level(logging.ERROR, logger="ichnode.web.https")
+    cert.write_text("-----BEGIN CERTIFICATE-----\ntruncated")
+    deadline = time.monotonic() + 15
+    while "changed files not loaded" not in caplog.text:
+        assert time.monotonic() < deadline, "the bad certificate was not reported"
+        time.sleep(0.2)
+    assert _same(_served_certificate(handle.port), pki["renewed_crt"])
+    with httpx.Client(base_url=handle.url, verify=_verify(pki), timeout=30) as client:
+        assert client.get("/healthz").status_code == 200
