@@ -136,11 +136,6 @@ class HTTPSettings(_Section):
             raise ValueError("http.cert and http.key go together (HTTPS needs both)")
         return self
 
-    @property
-    def https(self) -> bool:
-        """True when the HTTP side is served over TLS."""
-        return self.cert is not None
-
 
 class TLSSettings(_Section):
     """DICOM TLS for the listening port."""
