@@ -8,6 +8,7 @@
     python benchmarks/study_aggregation.py --pair OLD.npz,.. NEW.npz,.. --models OLD.st NEW.st
     python benchmarks/study_aggregation.py --pair OLD.npz,.. NEW.npz,.. --raw  (slice networks)
     python benchmarks/study_aggregation.py --pair OLD.npz NEW.npz --new-aggregation "max refined"
+    python benchmarks/study_aggregation.py --pair OLD.npz,.. NEW.npz,.. --ensemble  (both at once)
 
 Scores every slice of ``--data`` with the checkpoint (default: the demo model) once, keeps the
 raw slice logits, the study model's refined ones and its study logit (``--out/scores.npz``),
@@ -199,11 +200,14 @@ def compare_models(
     models: list[Path] | None = None,
     raw: bool = False,
     new_aggregation: str | None = None,
+    ensemble: bool = False,
 ) -> None:
     """Print the paired differences of two models scored on the same sets (``--pair``); with
     ``raw`` of their slice networks alone: the maximum raw slice logit, the raw slice AUCs;
     with ``new_aggregation`` the new model's study score is that aggregation (the old one's
-    stays its head, or its maximum raw slice)."""
+    stays its head, or its maximum raw slice); with ``ensemble`` the new score is the mean of
+    the two models' study logits (both run on every slice) and the slice figures are the means
+    of their logits."""
     y = pooled(old, "label")
     if not np.array_equal(y, pooled(new, "label")):
         raise SystemExit("the two lists do not hold the same studies in the same order")
@@ -213,11 +217,13 @@ def compare_models(
         head_old, head_new = pooled(old, "study")[:, ANY], pooled(new, "study")[:, ANY]
     if new_aggregation:
         head_new = aggregated(new, new_aggregation)
+    if ensemble:
+        head_new = (head_old + head_new) / 2.0
     d, lo, hi = metrics.paired_auc_difference(y, head_old, head_new) or (np.nan,) * 3
     print(f"{len(y)} studies, {int(y.sum())} bleeding (pooled over {len(old.split(','))} sets)")
     which = "maximum raw slice" if raw else "head"
     print(
-        f"study AUC(any), {which} -> {new_aggregation or which}: "
+        f"study AUC(any), {which} -> {'mean of both' if ensemble else new_aggregation or which}: "
         f"{metrics.safe_auc(y, head_old):.4f} -> "
         f"{metrics.safe_auc(y, head_new):.4f}, paired difference {d:+.4f} ({lo:+.4f} to {hi:+.4f})"
     )
@@ -228,6 +234,8 @@ def compare_models(
     ys = pooled(old, "slice_label")
     kind = "raw" if raw else "refined"
     ref_old, ref_new = pooled(old, kind), pooled(new, kind)
+    if ensemble:
+        ref_new = (ref_old + ref_new) / 2.0
     for j, name in enumerate(metrics.SUBTYPES):
         a, b = metrics.safe_auc(ys[:, j], ref_old[:, j]), metrics.safe_auc(ys[:, j], ref_new[:, j])
         print(f"slice AUC {name:<18}{a:.4f} -> {b:.4f} ({b - a:+.4f})")
@@ -273,11 +281,15 @@ def main() -> None:
         "--new-aggregation", choices=sorted(AGGREGATIONS),
         help="with --pair: the new model's study score by this aggregation",
     )  # fmt: skip
+    parser.add_argument(
+        "--ensemble", action="store_true",
+        help="with --pair: the new score is the mean of both models' (the two run together)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.pair:
         compare_models(
             args.pair[0], args.pair[1], models=args.models, raw=args.raw,
-            new_aggregation=args.new_aggregation,
+            new_aggregation=args.new_aggregation, ensemble=args.ensemble,
         )  # fmt: skip
         return
     if args.scores:
