@@ -284,3 +284,8 @@ for s in 25 26; do
       --seed "$s"
   done
 done
+# 2026-12-08: the shipped model and the ichseg network of session 20 (`seg` above) together:
+# the mean of their study logits, paired with the shipped head (not worth building).
+python "$here/study_aggregation.py" --ensemble \
+  --pair runs/shipped-sel25/scores.npz,runs/shipped-sel26/scores.npz \
+  runs/seg-sel25/scores.npz,runs/seg-sel26/scores.npz
