@@ -27,7 +27,7 @@ anatomy, the bleed and the noise: no model can rank the studies better.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -59,14 +59,15 @@ def slice_visibility(hu: np.ndarray, bleed: np.ndarray) -> tuple[int, float, flo
     return n, contrast, sd, contrast / max(sd, 1e-6) * float(np.sqrt(n))
 
 
-def folder_visibility(folder: Path, image_ids: Collection[str] | None = None) -> pd.DataFrame:
-    """One row per bleeding slice of a phantom folder (of ``image_ids`` only, when given):
-    ``image_id, study, pixels, contrast, sd, dprime``."""
+def _bleeding_slices(
+    folder: Path, image_ids: Collection[str] | None = None
+) -> Iterator[tuple[str, str, np.ndarray, np.ndarray]]:
+    """``(image_id, study, hu, bleed)`` of each bleeding slice of a phantom folder (of
+    ``image_ids`` only, when given): its Hounsfield units and its bleed map at their size."""
     folder = Path(folder)
-    slices = pd.read_csv(folder / SLICES_CSV)
+    slices = pd.read_csv(folder / SLICES_CSV, dtype={"study": str})
     if image_ids is not None:
         slices = slices[slices["image_id"].isin(set(image_ids))]
-    rows = []
     for image_id, study in slices.loc[slices["bleed_pixels"] > 0, ["image_id", "study"]].values:
         with warnings.catch_warnings():  # RSNA-style "ID_..." values in UID elements
             warnings.simplefilter("ignore", UserWarning)
@@ -76,6 +77,14 @@ def folder_visibility(folder: Path, image_ids: Collection[str] | None = None) ->
         if bleed.shape != hu.shape:  # written at another size: nearest neighbour
             zoom = (hu.shape[0] / bleed.shape[0], hu.shape[1] / bleed.shape[1])
             bleed = ndimage.zoom(bleed.astype(np.uint8), zoom, order=0) > 0
+        yield image_id, study, hu, bleed
+
+
+def folder_visibility(folder: Path, image_ids: Collection[str] | None = None) -> pd.DataFrame:
+    """One row per bleeding slice of a phantom folder (of ``image_ids`` only, when given):
+    ``image_id, study, pixels, contrast, sd, dprime``."""
+    rows = []
+    for image_id, study, hu, bleed in _bleeding_slices(folder, image_ids):
         measured = slice_visibility(hu, bleed)
         if measured is not None:
             rows.append((image_id, study, *measured))
@@ -114,15 +123,8 @@ def study_blood_hu(folder: Path) -> pd.Series:
     slice where that median is highest: what a reader sees at best. Blood is painted at
     35-85 HU; a value under brain's ~30 means the image hides it (partial volume, or a sharp
     kernel's undershoot beside bone)."""
-    folder = Path(folder)
-    slices = pd.read_csv(folder / SLICES_CSV, dtype={"study": str})
     best: dict[str, float] = {}
-    for image_id, study in slices.loc[slices["bleed_pixels"] > 0, ["image_id", "study"]].values:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            hu = to_hu(pydicom.dcmread(folder / IMAGE_DIR / f"{image_id}.dcm"))
-        bleed = read_mask(folder / MASK_DIR / f"{image_id}.png") > 0
-        if bleed.shape != hu.shape or not bleed.any():
-            continue
-        best[study] = max(best.get(study, -np.inf), float(np.median(hu[bleed])))
+    for _, study, hu, bleed in _bleeding_slices(folder):
+        if bleed.any():
+            best[study] = max(best.get(study, -np.inf), float(np.median(hu[bleed])))
     return pd.Series(best, name="blood_hu", dtype=float)
