@@ -16,9 +16,10 @@ fixed d' bins, which compare folders, are the "bleed visibility" breakdown of ev
 ``report.md``.
 
 Folders written since 2026-12-08 also carry each slice's *ideal observer* d'
-(:mod:`phantoms.scanner`: from the generator's pre-noise images, the noise's correlation
-counted). Then the same breakdown follows by that d' in fixed bins, and the study AUC of the
-ideal observer itself: the ceiling no model can pass on this folder.
+(:mod:`phantoms.scanner`: from the generator's pre-noise images, for an observer that knows
+the anatomy, the bleed and the noise). Then the same breakdown follows by that d' in fixed
+bins, and the study AUC of the ideal observer itself: the ceiling no model can pass on this
+folder.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def main() -> None:
         return
     pos = pos.join(ideal, how="inner")
     print()
-    print("by the ideal observer's d' (the generator's own; the noise's correlation counted)")
+    print("by the ideal observer's d' (the generator's own: anatomy, bleed and noise known)")
     print(f"{'ideal d' + chr(39):24s} studies   share   study AUC   ideal observer's AUC")
     bins = pd.cut(pos["ideal_dprime"], IDEAL_BINS, right=False)
     for interval, group in pos.groupby(bins, observed=True):
