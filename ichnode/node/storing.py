@@ -23,6 +23,7 @@ from ichnode.config import Settings
 from ichnode.db import ingest
 from ichnode.db.engine import error_reason, sqlite_file
 from ichnode.db.models import InstanceStatus
+from ichnode.db.prepared import Writer
 from ichnode.db.write_turn import WriteTurns
 from ichnode.node.intake import Admitted, Refusal
 from ichnode.node.selection import SelectionRules
@@ -85,11 +86,12 @@ def keep(
     study_uid, series_uid, sop_uid = admitted.uids
     tag = uid_hash(sop_uid)
     try:
-        # One session per instance: the duplicate check is a plain SELECT (no write lock on
-        # SQLite), the file is written, then the rows are inserted and committed at once.
-        with sessions() as session:
-            if ingest.mark_duplicate(session, sop_uid, now):
-                session.commit()
+        # One pooled connection per instance, its statements prepared (db.prepared): the
+        # duplicate check is a plain SELECT (no write lock on SQLite), the file is written,
+        # then the rows are inserted and committed at once.
+        with Writer.checkout(sessions) as db:
+            if ingest.mark_duplicate(db, sop_uid, now):
+                db.commit()
                 log.info("instance %s received again: kept the first copy", tag)
                 return None
             relative = None
@@ -105,21 +107,21 @@ def keep(
             try:
                 with turns.turn():
                     status = ingest.record_instance(
-                        session, received, skip_duplicate_positions, known_ids
+                        db, received, skip_duplicate_positions, known_ids
                     ).status
                     committing = True
-                    session.commit()
+                    db.commit()
             except IntegrityError:
                 # The same SOP Instance arrived on another association at the same moment:
                 # its row won; our identical bytes went to the same path.
-                session.rollback()
+                db.rollback()
                 known_ids.clear()
-                if not ingest.mark_duplicate(session, sop_uid, now):
+                if not ingest.mark_duplicate(db, sop_uid, now):
                     # Not a duplicate: a real constraint failure (answer 0xA700).
                     if relative:
                         store.remove(relative)
                     raise
-                session.commit()
+                db.commit()
                 return None
             except SQLAlchemyError:
                 known_ids.clear()
@@ -129,7 +131,7 @@ def keep(
                 if relative and not committing:
                     store.remove(relative)
                 with contextlib.suppress(SQLAlchemyError):  # a dead connection cannot roll back
-                    session.rollback()
+                    db.rollback()
                 raise
     except StoreError as exc:
         raise Refusal(OUT_OF_RESOURCES, f"out of resources for instance {tag}: {exc}") from None
