@@ -37,11 +37,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import pynetdicom
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pynetdicom.association import Association
-from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from pynetdicom.dul import DULServiceProvider
 
+from ichnode.node.file_meta import file_meta
 from ichnode.node.transport import P_DATA_TF, PDU_TYPES
 
 log = logging.getLogger(__name__)
@@ -77,13 +77,8 @@ class StoreRequest:
 
     def file_meta(self) -> bytes:
         """Preamble, prefix and File Meta Information, as pynetdicom's
-        ``Event.encoded_dataset()`` writes them."""
-        meta = create_file_meta(
-            sop_class_uid=UID(self.sop_class_uid),
-            sop_instance_uid=UID(self.sop_instance_uid),
-            transfer_syntax=UID(self.transfer_syntax),
-        )
-        return b"\x00" * 128 + b"DICM" + encode_file_meta(meta)
+        ``Event.encoded_dataset()`` writes them (:mod:`ichnode.node.file_meta`)."""
+        return file_meta(self.sop_class_uid, self.sop_instance_uid, self.transfer_syntax)
 
 
 #: The store handler: the association and the request in, a DIMSE status out.
