@@ -2,16 +2,17 @@
 
 Starts ``ichnode serve`` as ``benchmarks/ingest.py`` does (``ichnode-1rx``: its defaults but
 one receiver process, so that every association is in the process py-spy watches; inference
-on, in its own process; ``--off``: ``--workers 0``), warms it up with 20 other slices, then
-attaches ``py-spy record --threads`` to it for exactly the timed send of ``--slices`` slices
-(one DCMTK ``storescu`` association, ``TCP_NODELAY=1``). Prints, per thread kind, its share
-of all samples and, for the thread that runs the C-STORE handler (the DUL reader on the fast
-path, ``node.fast_store``; the association's thread on pynetdicom's), the inclusive share of
-the functions that matter. ``--raw DIR`` keeps py-spy's collapsed stacks
-(flamegraph.pl reads them).
+on, in its own process; ``--off``: ``--workers 0``), waits for its ready line, warms it up with
+20 other slices, then attaches ``py-spy record --threads`` to it for exactly the timed send of
+``--slices`` slices (one DCMTK ``storescu`` association, ``--parallel N`` for N; with
+``TCP_NODELAY=1``). Prints, per thread kind, its share of all samples (``--gil``: only while
+holding the GIL, i.e. Python's own time) and, for the thread that runs the C-STORE handler (the
+DUL reader on the fast path, ``node.fast_store``; the association's thread on pynetdicom's),
+the inclusive share of the functions that matter. ``--raw DIR`` keeps py-spy's collapsed
+stacks (flamegraph.pl reads them).
 
     pip install -e ".[bench]"      (py-spy)
-    python benchmarks/ingest_profile.py --slices 400 [--off]
+    python benchmarks/ingest_profile.py --slices 400 [--off] [--parallel 2] [--gil]
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import free_port, phantom_slices, port_open, wait_for  # noqa: E402
-from ingest import _queue_left, _receiver, send  # noqa: E402
+from common import free_port, phantom_slices, wait_for  # noqa: E402
+from ingest import _queue_left, _ready, _receiver, send  # noqa: E402
 
 #: Functions whose inclusive share of the association thread's samples is printed, in order.
 WATCH = (
@@ -114,6 +115,14 @@ def main() -> None:
     parser.add_argument("--off", action="store_true", help="inference off (--workers 0)")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--raw", type=Path, help="a folder to keep py-spy's collapsed stacks in")
+    parser.add_argument(
+        "--parallel", type=int, default=1, help="associations the slices are sent over"
+    )
+    parser.add_argument(
+        "--gil",
+        action="store_true",
+        help="CPU samples only of threads holding the GIL (Python's own time, no system calls)",
+    )
     args = parser.parse_args()
     files = sorted(phantom_slices(args.slices).glob("*.dcm"))
     warmup = sorted(phantom_slices(20, seed=999).glob("*.dcm"))
@@ -126,7 +135,9 @@ def main() -> None:
     port = free_port()
     proc = _receiver(kind, port, out)
     try:
-        wait_for(lambda: port_open(port), timeout=120)
+        # The ready line, not the open port: serve imports its web side after the port
+        # listens, which a profile started at the port would count.
+        wait_for(lambda: _ready(kind, port, out), timeout=120)
         send(port, warmup, 1)
         spies = [
             subprocess.Popen(
@@ -135,11 +146,11 @@ def main() -> None:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            for path, extra in ((wall, ["--idle"]), (cpu, []))
+            for path, extra in ((wall, ["--idle"]), (cpu, ["--gil"] if args.gil else []))
         ]
         time.sleep(1.0)  # py-spy attaches
         t0 = time.perf_counter()
-        elapsed = send(port, files, 1)
+        elapsed = send(port, files, args.parallel)
         if not args.off:
             wait_for(lambda: _queue_left(out) == 0, timeout=600, interval=0.1)
         sampled = time.perf_counter() - t0 + 1.0

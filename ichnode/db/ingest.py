@@ -14,6 +14,7 @@ SQLAlchemy's per-execution work after that (about 0.35 ms). The functions take a
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -248,23 +249,38 @@ class KnownIds:
     """Ids of study and series rows already inserted (rows are never deleted or renumbered).
 
     The C-STORE handler keeps one per node, so the 2nd..Nth slice of a series skips the study
-    and series upserts and lookups (four statements per instance). Bounded; cleared when full
-    and after any database error.
+    and series upserts and lookups (four statements per instance); ``touched`` holds when this
+    process last moved each study's ``last_received_at`` (``time.monotonic``). Bounded;
+    cleared when full and after any database error (a rolled-back touch must not count).
     """
 
     def __init__(self, limit: int = 4096) -> None:
         self.limit = limit
         self.studies: dict[str, int] = {}
         self.series: dict[str, int] = {}
+        self.touched: dict[int, float] = {}
 
     def remember(self, table: dict[str, int], uid: str, row_id: int) -> None:
         if len(table) >= self.limit:
             table.clear()
         table[uid] = row_id
 
+    def due(self, study_id: int, every: float) -> bool:
+        """Whether the study's ``last_received_at`` is to be moved now: never moved by this
+        process, or at least ``every`` seconds ago (0: every time)."""
+        last = self.touched.get(study_id)
+        return last is None or time.monotonic() - last >= every
+
+    def touch(self, study_id: int) -> None:
+        """The study's ``last_received_at`` was moved, and committed, just now."""
+        if len(self.touched) >= self.limit:
+            self.touched.clear()
+        self.touched[study_id] = time.monotonic()
+
     def clear(self) -> None:
         self.studies.clear()
         self.series.clear()
+        self.touched.clear()
 
 
 @dataclass(frozen=True)
@@ -276,6 +292,8 @@ class Recorded:
     series_id: int
     status: InstanceStatus
     reason: str | None
+    #: Whether the study's ``last_received_at`` was moved (see ``touch_every``).
+    touched: bool = True
 
 
 def record_instance(
@@ -283,8 +301,17 @@ def record_instance(
     r: Received,
     skip_duplicate_positions: bool = True,
     known: KnownIds | None = None,
+    touch_every: float = 0.0,
 ) -> Recorded:
-    """Insert the instance (and its study and series if new); reopen a resulted study."""
+    """Insert the instance (and its study and series if new); reopen a resulted study.
+
+    ``touch_every``: seconds within which one process moves a study's ``last_received_at``
+    (and ``status``) once, not for every instance (an UPDATE of the study row and its index
+    per instance otherwise). The column then lags the newest instance by at most that; it
+    must be well under ``stable_seconds``, so that a study that became stable (or resulted)
+    is always touched by the next instance (:func:`touch_every`). The caller, who owns the
+    transaction, tells ``known`` of a touch (``Recorded.touched``) once it is committed.
+    """
     writer, statements = _writer(db)
     known = known if known is not None else KnownIds()
     study_id = known.studies.get(r.study_uid)
@@ -309,7 +336,9 @@ def record_instance(
             },
         )
         study_id = _one(writer.execute(statements.id_of_study, {"b_uid": r.study_uid}))
-    writer.execute(statements.touch_study, {"b_study": study_id, "b_at": r.received_at})
+    touched = known.due(study_id, touch_every)
+    if touched:
+        writer.execute(statements.touch_study, {"b_study": study_id, "b_at": r.received_at})
     series_id = known.series.get(r.series_uid)
     if series_id is None:
         writer.execute(
@@ -350,7 +379,13 @@ def record_instance(
     )
     known.remember(known.studies, r.study_uid, study_id)
     known.remember(known.series, r.series_uid, series_id)
-    return Recorded(instance_id, study_id, series_id, status, reason)
+    return Recorded(instance_id, study_id, series_id, status, reason, touched)
+
+
+def touch_every(stable_seconds: float) -> float:
+    """How often a receiver moves a study's ``last_received_at``: a tenth of
+    ``stable_seconds``, at most 1 s; every instance when ``stable_seconds`` is under 1 s."""
+    return min(1.0, stable_seconds / 10) if stable_seconds >= 1 else 0.0
 
 
 def _one(cursor: Any) -> int:

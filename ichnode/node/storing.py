@@ -62,6 +62,7 @@ class Keeper:
             known_ids=self.known_ids,
             now=now,
             turns=self.turns,
+            touch_every=ingest.touch_every(self.settings.stable_seconds),
         )
 
 
@@ -76,11 +77,14 @@ def keep(
     known_ids: ingest.KnownIds,
     now: datetime,
     turns: WriteTurns | None = None,
+    touch_every: float = 0.0,
 ) -> InstanceStatus | None:
     """Write the file (CT only: ``parts`` joined are the Part 10 file, at most
     ``max_instance_bytes``) and the row; returns the row's status (None: a repeat, the first
     copy kept). Raises :class:`Refusal` (0xA700) when either cannot be made durable.
-    ``turns``: the receivers' turns at SQLite's write lock (:mod:`ichnode.db.write_turn`)."""
+    ``turns``: the receivers' turns at SQLite's write lock (:mod:`ichnode.db.write_turn`);
+    ``touch_every``: how often the study's ``last_received_at`` moves
+    (:func:`ichnode.db.ingest.record_instance`)."""
     turns = turns or WriteTurns(None)
     received = admitted.received
     study_uid, series_uid, sop_uid = admitted.uids
@@ -106,11 +110,13 @@ def keep(
             committing = False
             try:
                 with turns.turn():
-                    status = ingest.record_instance(
-                        db, received, skip_duplicate_positions, known_ids
-                    ).status
+                    recorded = ingest.record_instance(
+                        db, received, skip_duplicate_positions, known_ids, touch_every
+                    )
                     committing = True
                     db.commit()
+                if recorded.touched:
+                    known_ids.touch(recorded.study_id)
             except IntegrityError:
                 # The same SOP Instance arrived on another association at the same moment:
                 # its row won; our identical bytes went to the same path.
@@ -139,4 +145,4 @@ def keep(
         raise Refusal(
             OUT_OF_RESOURCES, f"database failure for instance {tag}: {error_reason(exc)}"
         ) from None
-    return status
+    return recorded.status

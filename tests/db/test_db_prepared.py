@@ -193,3 +193,42 @@ def test_a_connection_the_server_dropped_is_invalidated_and_not_handed_out_again
     with Writer.checkout(engine) as db:  # a new connection, not the dropped one
         assert db.execute(backend_pid).fetchone()[0] != pid
         assert not ingest.mark_duplicate(db, new_uid(), datetime.now(UTC))
+
+
+def test_a_study_is_touched_once_within_touch_every_and_again_after(
+    engine: Engine, session_factory
+):
+    known = KnownIds()
+    study, series = new_uid(), new_uid()
+    t0 = datetime(2026, 12, 8, 1, 0, 0, tzinfo=UTC)
+
+    def record(z: float, at: datetime, every: float) -> ingest.Recorded:
+        with Writer.checkout(engine) as db:
+            recorded = ingest.record_instance(
+                db, received(study, series, z, at), True, known, every
+            )
+            db.commit()
+        if recorded.touched:
+            known.touch(recorded.study_id)
+        return recorded
+
+    def last_received() -> datetime:
+        with session_factory() as session:
+            return session.scalars(select(Study.last_received_at)).one()
+
+    assert record(0.0, t0, 60.0).touched  # never touched by this process: touched
+    later = t0 + timedelta(seconds=1)
+    assert not record(1.0, later, 60.0).touched  # within a minute: left alone
+    assert last_received() == t0
+    assert record(2.0, later + timedelta(seconds=1), 0.0).touched  # 0: every instance
+    assert last_received() == later + timedelta(seconds=1)
+    known.clear()  # after a database error nothing is taken as touched
+    assert record(3.0, later + timedelta(seconds=2), 60.0).touched
+
+
+def test_touch_every_stays_well_under_stable_seconds():
+    assert ingest.touch_every(10.0) == 1.0
+    assert ingest.touch_every(3.0) == pytest.approx(0.3)
+    assert ingest.touch_every(60.0) == 1.0
+    assert ingest.touch_every(0.5) == 0.0  # short windows: every instance
+    assert ingest.touch_every(0.0) == 0.0
