@@ -104,9 +104,13 @@ class Writer:
         if not isinstance(engine, Engine):
             raise TypeError("a Writer needs an engine, or sessions bound to one")
         connection = engine.raw_connection()
+        writer = cls(connection, engine.dialect)
         try:
-            yield cls(connection, engine.dialect)
+            yield writer
         finally:
+            if writer._cursor is not None:
+                with contextlib.suppress(Exception):  # a dropped connection's cursor
+                    writer._cursor.close()
             connection.close()
 
     @classmethod
