@@ -289,3 +289,9 @@ done
 python "$here/study_aggregation.py" --ensemble \
   --pair runs/shipped-sel25/scores.npz,runs/shipped-sel26/scores.npz \
   runs/seg-sel25/scores.npz,runs/seg-sel26/scores.npz
+
+# 2026-12-08 (session 23): the shipped model on 1,000 unseen studies of its own (training)
+# preset, seed 42, which no training round used.
+synth fam42 --preset train --seed 42 --studies 1000
+ichnode evaluate --data fam42 --out fam42-eval --device cpu
+python "$here/study_aggregation.py" --data fam42 --out runs/fam42
