@@ -66,10 +66,15 @@ class Prepared:
             fixed = defaults.get(name, _REQUIRED if bind.required else bind.value)
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
             self.binds.append((name, fixed, processor))
+        self._names = frozenset(names)
 
     def parameters(self, values: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
         """The driver's parameters for ``values`` (by bind name), processed as SQLAlchemy
-        would bind them: a sequence for positional paramstyles, else a dict."""
+        would bind them: a sequence for positional paramstyles, else a dict. A value the
+        statement has no parameter for is an error, not dropped (an INSERT's ``keys``)."""
+        unknown = values.keys() - self._names
+        if unknown:
+            raise KeyError(f"the statement has no bind parameter {sorted(unknown)[0]!r}")
         out = []
         for name, fixed, processor in self.binds:
             value = values.get(name, fixed)

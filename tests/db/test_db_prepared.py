@@ -113,6 +113,9 @@ def test_a_prepared_statement_needs_every_value_it_has_no_default_for(engine: En
     prepared = Prepared(ingest._TOUCH_STUDY, engine.dialect)
     with pytest.raises(KeyError, match="b_study"):
         prepared.parameters({"b_at": datetime.now(UTC)})
+    # A value it has no parameter for (a column left out of an INSERT's keys) is not dropped.
+    with pytest.raises(KeyError, match="b_extra"):
+        prepared.parameters({"b_at": datetime.now(UTC), "b_study": 1, "b_extra": 2})
     # A column whose default is computed (a clock) is not filled in behind the caller's back.
     with pytest.raises(ValueError, match="first_received_at"):
         Prepared(insert(Study), engine.dialect, ["study_instance_uid"])
