@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from db_fixtures import (  # noqa: F401 - fixtures are found by name
+    CT_IMAGE_STORAGE,
+    EXPLICIT_VR_LITTLE_ENDIAN,
     db_url,
     engine,
     new_uid,
@@ -24,17 +26,14 @@ from ichnode.db.prepared import Prepared, Writer
 
 pytestmark = pytest.mark.every_backend
 
-CT = "1.2.840.10008.5.1.4.1.1.2"
-EXPLICIT = "1.2.840.10008.1.2.1"
-
 
 def received(study: str, series: str, z: float, at: datetime) -> Received:
     return Received(
         study_uid=study,
         series_uid=series,
         sop_uid=new_uid(),
-        sop_class_uid=CT,
-        transfer_syntax_uid=EXPLICIT,
+        sop_class_uid=CT_IMAGE_STORAGE,
+        transfer_syntax_uid=EXPLICIT_VR_LITTLE_ENDIAN,
         received_at=at,
         calling_ae="TESTSCU",
         modality="CT",
@@ -91,8 +90,8 @@ def test_prepared_statements_send_what_sqlalchemy_sends(engine: Engine, session_
                 "study_id": first.study_id,
                 "series_id": first.series_id,
                 "sop_instance_uid": new_uid(),
-                "sop_class_uid": CT,
-                "transfer_syntax_uid": EXPLICIT,
+                "sop_class_uid": CT_IMAGE_STORAGE,
+                "transfer_syntax_uid": EXPLICIT_VR_LITTLE_ENDIAN,
                 "path": "x.dcm",
                 "size_bytes": 1,
                 "z": 2.0,
